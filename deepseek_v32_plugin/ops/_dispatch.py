@@ -1,0 +1,110 @@
+"""One dispatch for every op: CUDA extension -> Triton -> plain-PyTorch reference.
+
+Each op family's `__init__.py` validates its inputs, then calls `resolve(op, device)` to get the
+implementation. Implementations share the exact signature of the `naive_*` reference:
+  - torch:  deepseek_v32_plugin.ops.<family>.naive.naive_<op>
+  - triton: deepseek_v32_plugin.triton_kernels.<family>.<op>
+  - cuda:   deepseek_v32_plugin.ops._cuda.<op>   (JIT-built torch extension from csrc/)
+
+Choice: `backend=` argument > env DSV32_BACKEND_<OP> (upper-case op name) > env DSV32_BACKEND >
+auto. Auto on a CUDA tensor tries cuda, then triton, then torch; on CPU it uses torch (Triton on CPU
+is the interpreter: tests force it with backend="triton"). A forced backend that cannot run raises;
+an auto choice that falls back warns once, naming the op and why.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from typing import Callable, Optional
+
+import torch
+
+BACKENDS = ("cuda", "triton", "torch")
+
+_FAMILY_OF: dict[str, str] = {}
+_cache: dict[tuple, Callable] = {}
+_warned: set = set()
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised by a backend module/function that cannot serve this call (not built, wrong GPU, ...)."""
+
+
+def register_ops(family: str, ops: list[str]) -> None:
+    for op in ops:
+        _FAMILY_OF[op] = family
+
+
+def _load(op: str, backend: str) -> Callable:
+    family = _FAMILY_OF[op]
+    if backend == "torch":
+        mod = importlib.import_module(f"deepseek_v32_plugin.ops.{family}.naive")
+        return getattr(mod, f"naive_{op}")
+    if backend == "triton":
+        mod = importlib.import_module(f"deepseek_v32_plugin.triton_kernels.{family}")
+    else:
+        mod = importlib.import_module("deepseek_v32_plugin.ops._cuda")
+        if not mod.is_available():
+            raise BackendUnavailable(mod.unavailable_reason())
+    fn = getattr(mod, op, None)
+    if fn is None:
+        raise BackendUnavailable(f"{backend} backend has no {op}")
+    return fn
+
+
+def requested_backend(op: str, backend: Optional[str] = None) -> Optional[str]:
+    b = backend or os.environ.get(f"DSV32_BACKEND_{op.upper()}") or os.environ.get("DSV32_BACKEND")
+    if b in (None, "", "auto"):
+        return None
+    if b not in BACKENDS:
+        raise ValueError(f"backend={b!r} for op {op}: choose one of {BACKENDS} or 'auto'")
+    return b
+
+
+def resolve(op: str, device: torch.device, backend: Optional[str] = None) -> Callable:
+    forced = requested_backend(op, backend)
+    if forced is not None:
+        key = (op, forced)
+        if key not in _cache:
+            _cache[key] = _load(op, forced)  # errors propagate: the user asked for this backend
+        return _cache[key]
+    order = ("cuda", "triton", "torch") if device.type == "cuda" else ("torch",)
+    key = (op, device.type)
+    if key in _cache:
+        return _cache[key]
+    reasons = []
+    for b in order:
+        try:
+            fn = _load(op, b)
+        except (ImportError, BackendUnavailable, AttributeError) as e:
+            reasons.append(f"{b}: {e}")
+            continue
+        if reasons and (op, "fallback") not in _warned:
+            _warned.add((op, "fallback"))
+            warnings.warn(f"deepseek_v32_plugin: op {op} falls back to the {b} backend ({'; '.join(reasons)})")
+        _cache[key] = fn
+        return fn
+    raise BackendUnavailable(f"no backend for op {op}: {'; '.join(reasons)}")
+
+
+# ---------- shared input checks: one clear error naming the tensor ----------
+
+def check_tensor(name: str, t, *, dtype=None, dims: Optional[int] = None, shape: Optional[tuple] = None,
+                 contiguous: bool = False, device=None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtype is not None:
+        allowed = dtype if isinstance(dtype, (tuple, list)) else (dtype,)
+        if t.dtype not in allowed:
+            raise TypeError(f"{name}.dtype={t.dtype}: expected {' or '.join(str(d) for d in allowed)}")
+    if dims is not None and t.dim() != dims:
+        raise ValueError(f"{name} must be {dims}-D, got shape {tuple(t.shape)}")
+    if shape is not None:
+        if len(shape) != t.dim() or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+            want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+            raise ValueError(f"{name} has shape {list(t.shape)}, expected {want}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (got strides {t.stride()})")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device}")
