@@ -1,0 +1,5 @@
+"""Engine-neutral DeepSeek-V3.2 math: the reference model (oracle) and helpers the engine adapters share."""
+from .cache import CacheFullError, PagedCache, Sequence  # noqa: F401
+from .moe import route  # noqa: F401
+from .reference import ReferenceModel, rms_norm  # noqa: F401
+from .rope import YarnRope, yarn_inv_freq  # noqa: F401
