@@ -6,9 +6,11 @@ defined and ``torchvision._meta_registrations`` fails at import), and the CPU pl
 with ``SGLANG_USE_CPU_ENGINE=1``.
 
 ``install()`` is idempotent and does nothing that a real GPU install would notice:
-- ``sgl_kernel``: a stand-in is served by a meta-path finder placed *last* on ``sys.meta_path``, so a real
-  ``sgl_kernel`` (any GPU install) is always found first. Every attribute of the stand-in is a function
-  that raises ``NotImplementedError`` naming itself, so a CPU path that really needs a kernel fails loudly.
+- ``sgl_kernel``: a stand-in package is served by a meta-path finder placed *last* on ``sys.meta_path``,
+  so a real ``sgl_kernel`` (any GPU install) is always found first. Its top-level names are functions that
+  raise ``NotImplementedError`` naming themselves when called (SGLang imports some unconditionally); it has
+  no submodules, so SGLang's ``try: from sgl_kernel.<sub> import X / except ImportError`` fallbacks take
+  their CPU branch.
 - torchvision: the two op schemas are defined only when torch is a CPU build and torchvision's ``_C``
   has not registered them.
 - ``SGLANG_USE_CPU_ENGINE`` defaults to ``1`` only when torch has neither CUDA nor ROCm.
@@ -46,28 +48,26 @@ def _torch_is_cpu_build() -> bool:
 
 
 class _StubModule(types.ModuleType):
-    """Stand-in for ``sgl_kernel`` and its submodules: attributes are functions that refuse to run."""
+    """Stand-in ``sgl_kernel``: any top-level name is a function that refuses to run."""
 
     def __getattr__(self, name: str):
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
-        qual = f"{self.__name__}.{name}"
 
         def _missing(*args, **kwargs):
             raise NotImplementedError(
-                f"{qual} is a CUDA kernel from sgl_kernel, which is not installed (CPU stand-in from "
-                "deepseek_v32_plugin.engines.sglang.cpu_shims); this code path needs a GPU build of SGLang"
+                f"sgl_kernel.{name} is a compiled SGLang kernel and sgl_kernel is not installed (CPU stand-in "
+                "from deepseek_v32_plugin.engines.sglang.cpu_shims): this path needs a GPU build of SGLang"
             )
 
-        _missing.__name__ = name
-        _missing.__qualname__ = qual
+        _missing.__name__ = _missing.__qualname__ = name
         return _missing
 
 
 class _StubLoader(importlib.abc.Loader):
     def create_module(self, spec):
-        mod = _StubModule(spec.name)
-        mod.__path__ = []  # a package, so `import sgl_kernel.x` works too
+        mod = _StubModule(spec.name, "CPU stand-in for sgl_kernel (deepseek_v32_plugin cpu_shims)")
+        mod.__path__ = []  # a package with no submodules: `from sgl_kernel.x import y` raises ImportError
         mod.__version__ = "0.0.0+cpu-stub"
         mod.DSV32_CPU_STUB = True
         return mod
@@ -78,7 +78,7 @@ class _StubLoader(importlib.abc.Loader):
 
 class _StubFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
-        if fullname == _STUB_ROOT or fullname.startswith(_STUB_ROOT + "."):
+        if fullname == _STUB_ROOT:
             return importlib.machinery.ModuleSpec(fullname, _StubLoader(), is_package=True)
         return None
 
