@@ -1,0 +1,112 @@
+"""Compile @triton.jit kernels for a GPU target without a GPU, and inspect PTX / SASS / resources.
+
+    from compile_util import compile_kernels
+    reps = compile_kernels([dict(module="deepseek_v32_plugin.triton_kernels.indexer", kernel="_k",
+                                 signature={"x_ptr": "*fp8e4nv", "n": "i32", "BLOCK": "constexpr"},
+                                 constexprs={"BLOCK": 128}, arch=90, num_warps=4, num_stages=3)])
+    reps[0]["mma"]  -> {"QGMMA": 24, ...};  reps[0]["spills"] -> 0;  reps[0]["shared"] -> bytes
+
+Compilation runs in a child process with TRITON_INTERPRET unset (the test session imports kernel modules
+under the interpreter, where `@triton.jit` yields InterpretedFunction objects that cannot be compiled).
+The child uses `triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32))`
+(sm_90 -> sm_90a, sm_100 -> sm_100a), then the triton wheel's `cuobjdump` for SASS and resource usage.
+Works with triton 3.6 and 3.7. Run as a script it reads a JSON list of specs on stdin, writes reports.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024, 120: 99 * 1024}
+MMA_OPS = ("QGMMA", "HGMMA", "IGMMA", "UTCQMMA", "UTCHMMA", "UTCMMA", "UTCOMMA", "HMMA", "QMMA", "IMMA")
+
+
+def _tool(name: str) -> str:
+    import triton
+    p = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    return p if os.path.exists(p) else name
+
+
+def _compile_one(spec: dict) -> dict:
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    mod = importlib.import_module(spec["module"])
+    fn = getattr(mod, spec["kernel"])
+    arch = int(spec["arch"])
+    sig = dict(spec["signature"])
+    consts = dict(spec.get("constexprs", {}))
+    for k in consts:
+        sig.setdefault(k, "constexpr")
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+    opts = {"num_warps": spec.get("num_warps", 4), "num_stages": spec.get("num_stages", 3)}
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+    rep = {"kernel": spec["kernel"], "arch": arch, "shared": int(k.metadata.shared),
+           "num_warps": opts["num_warps"], "num_stages": opts["num_stages"]}
+    ptx = k.asm.get("ptx", "")
+    rep["ptx_wgmma"] = len(re.findall(r"\bwgmma\.mma_async", ptx))
+    rep["ptx_tcgen05"] = len(re.findall(r"\btcgen05\.mma", ptx))
+    rep["ptx_mma"] = len(re.findall(r"\bmma\.sync", ptx))
+    rep["ptx_fp8_cvt"] = len(re.findall(r"cvt\.[a-z.]*e4m3", ptx))
+    cubin = k.asm.get("cubin")
+    sass, res = "", ""
+    if cubin:
+        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+            f.write(cubin)
+            path = f.name
+        try:
+            cu = _tool("cuobjdump")
+            sass = subprocess.run([cu, "-sass", path], capture_output=True, text=True).stdout
+            res = subprocess.run([cu, "-res-usage", path], capture_output=True, text=True).stdout
+        finally:
+            os.unlink(path)
+    rep["mma"] = {op: len(re.findall(rf"\b{op}\b", sass)) for op in MMA_OPS if re.search(rf"\b{op}\b", sass)}
+    m = re.search(r"REG:(\d+)", res)
+    rep["regs"] = int(m.group(1)) if m else -1
+    m = re.search(r"LOCAL:(\d+)", res)
+    rep["local"] = int(m.group(1)) if m else -1
+    m = re.search(r"STACK:(\d+)", res)
+    rep["stack"] = int(m.group(1)) if m else -1
+    # spills: local-memory traffic in SASS (STL/LDL) is what a spill looks like
+    rep["spill_insts"] = len(re.findall(r"\b(STL|LDL)(\.\w+)*\b", sass))
+    rep["spills"] = rep["spill_insts"]
+    rep["sass_lines"] = sass.count("\n")
+    rep["res_usage"] = res.strip().splitlines()[-1] if res.strip() else ""
+    rep["shared_limit"] = SHARED_LIMIT.get(arch, 99 * 1024)
+    return rep
+
+
+def compile_kernels(specs: list[dict], timeout: int = 600) -> list[dict]:
+    """Compile each spec in one child process (no interpreter). Returns one report per spec; a failed
+    compile gives {"error": "..."} instead of raising, so tests can name the failing config."""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    env.setdefault("TRITON_CACHE_DIR", os.path.join(tempfile.gettempdir(), "dsv32_triton_compile_cache"))
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], input=json.dumps(specs),
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"compile child failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _main() -> None:
+    specs = json.loads(sys.stdin.read())
+    out = []
+    for spec in specs:
+        try:
+            out.append(_compile_one(spec))
+        except Exception as e:  # report, don't abort the batch
+            out.append({"kernel": spec.get("kernel"), "arch": spec.get("arch"),
+                        "error": f"{type(e).__name__}: {str(e)[-2000:]}"})
+    sys.stdout.write("\n" + json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,79 @@
+"""Shared test setup.
+
+Triton kernels run in two modes:
+  - CPU (no CUDA device, or DSV32_TRITON_INTERPRET=1): TRITON_INTERPRET=1 is set here, *before* any
+    kernel module is imported (`@triton.jit` picks interpreter vs compiler at decoration time), and
+    tests/triton_interp_patch.py fixes the interpreter's numeric bugs (bf16 dot, fp32->fp8/bf16 casts).
+  - GPU: kernels compile and run on cuda; tests marked `gpu` (full sizes) run only here.
+
+Fixtures / markers:
+  triton_device   "cpu" under the interpreter, "cuda" on a GPU; skips if triton is not installed.
+  @pytest.mark.gpu    needs a CUDA device (skipped on CPU).
+  @pytest.mark.interp only meaningful under the interpreter (skipped on GPU).
+Write kernels for the interpreter with masked loads only: an unmasked out-of-bounds load segfaults it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # helpers (triton_interp_patch, compile_util) importable by plain name
+    sys.path.insert(0, _HERE)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+ON_GPU = _cuda_available() and os.environ.get("DSV32_TRITON_INTERPRET", "0") != "1"
+INTERPRET = HAS_TRITON and not ON_GPU
+
+if INTERPRET:
+    os.environ["TRITON_INTERPRET"] = "1"
+    import triton_interp_patch  # noqa: E402
+
+    triton_interp_patch.apply()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (full-size kernel tests, timings)")
+    config.addinivalue_line("markers", "interp: runs a Triton kernel under TRITON_INTERPRET=1 on CPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_interp = pytest.mark.skip(reason="interpreter-only test (a GPU is present)")
+    for item in items:
+        if "gpu" in item.keywords and not ON_GPU:
+            item.add_marker(skip_gpu)
+        if "interp" in item.keywords and ON_GPU:
+            item.add_marker(skip_interp)
+
+
+@pytest.fixture
+def triton_device():
+    """Device on which Triton kernels run in this session: 'cuda' on a GPU, 'cpu' (interpreter) otherwise."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    return "cuda" if ON_GPU else "cpu"
+
+
+@pytest.fixture
+def seed():
+    """A fresh seed per test (printed on failure): inputs are random, never reused constants."""
+    import random
+
+    import torch
+    s = int(os.environ.get("DSV32_TEST_SEED", random.randrange(1 << 30)))
+    torch.manual_seed(s)
+    print(f"seed={s}")
+    return s
