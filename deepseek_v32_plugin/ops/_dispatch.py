@@ -41,10 +41,13 @@ def _load(op: str, backend: str) -> Callable:
     if backend == "torch":
         mod = importlib.import_module(f"deepseek_v32_plugin.ops.{family}.naive")
         return getattr(mod, f"naive_{op}")
-    if backend == "triton":
-        mod = importlib.import_module(f"deepseek_v32_plugin.triton_kernels.{family}")
-    else:
-        mod = importlib.import_module("deepseek_v32_plugin.ops._cuda")
+    modname = (f"deepseek_v32_plugin.triton_kernels.{family}" if backend == "triton"
+               else "deepseek_v32_plugin.ops._cuda")
+    try:
+        mod = importlib.import_module(modname)
+    except ImportError as e:
+        raise BackendUnavailable(f"{backend} backend cannot be imported ({e})") from e
+    if backend == "cuda":
         if not mod.is_available():
             raise BackendUnavailable(mod.unavailable_reason())
     fn = getattr(mod, op, None)
@@ -77,7 +80,7 @@ def resolve(op: str, device: torch.device, backend: Optional[str] = None) -> Cal
     for b in order:
         try:
             fn = _load(op, b)
-        except (ImportError, BackendUnavailable, AttributeError) as e:
+        except BackendUnavailable as e:
             reasons.append(f"{b}: {e}")
             continue
         if reasons and (op, "fallback") not in _warned:

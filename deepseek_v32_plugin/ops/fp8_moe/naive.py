@@ -35,7 +35,8 @@ def naive_silu_and_mul_fp8_quant(x):
 
 
 def naive_fp8_moe_experts(x, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids):
-    """Independent per-(token, expert) formulation of ops.fp8_moe.fp8_moe_experts."""
+    """Independent per-expert formulation of ops.fp8_moe.fp8_moe_experts. Like the GPU kernels, the
+    GEMM outputs (gate/up and down) are rounded to bf16 before the next step."""
     t, d = x.shape
     out = torch.zeros(t, d, dtype=torch.float32, device=x.device)
     x_fp8, x_scale = naive_fp8_quant_act(x)
@@ -44,8 +45,8 @@ def naive_fp8_moe_experts(x, w13, w13_scale, w2, w2_scale, topk_weights, topk_id
         tok, slot = (topk_ids == e).nonzero(as_tuple=True)
         if tok.numel() == 0:
             continue
-        h = xq[tok] @ naive_fp8_dequant_weight(w13[e], w13_scale[e]).t()
+        h = (xq[tok] @ naive_fp8_dequant_weight(w13[e], w13_scale[e]).t()).bfloat16()
         h_fp8, h_scale = naive_silu_and_mul_fp8_quant(h)
-        y = naive_fp8_dequant_act(h_fp8, h_scale) @ naive_fp8_dequant_weight(w2[e], w2_scale[e]).t()
-        out.index_add_(0, tok, y * topk_weights[tok, slot, None].float())
+        y = (naive_fp8_dequant_act(h_fp8, h_scale) @ naive_fp8_dequant_weight(w2[e], w2_scale[e]).t()).bfloat16()
+        out.index_add_(0, tok, y.float() * topk_weights[tok, slot, None].float())
     return out.to(x.dtype)
