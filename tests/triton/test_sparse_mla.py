@@ -1,0 +1,221 @@
+"""Triton sparse-MLA kernels (cache write/gather, decode, prefill) vs the naive references.
+
+Under the interpreter (CPU) these run small shapes; every input is fresh random data. The sm_80 path
+(FP8 bytes decoded with integer arithmetic) is exercised by patching `native_fp8` to False.
+"""
+import math
+
+import pytest
+import torch
+
+from deepseek_v32_plugin.ops import sparse_mla as ops
+from deepseek_v32_plugin.ops.sparse_mla import naive
+
+tk = pytest.importorskip("deepseek_v32_plugin.triton_kernels.sparse_mla")
+
+PAGE = 64
+SCALE = 576 ** -0.5
+
+
+@pytest.fixture(params=["native", "sm80"])
+def fp8_path(request, monkeypatch):
+    if request.param == "sm80":
+        monkeypatch.setattr(tk, "native_fp8", lambda dev: False)
+    return request.param
+
+
+def _latent(t, dev, big=False):
+    kv_c = torch.randn(t, 512, device=dev) * torch.rand(t, 1, device=dev).add(0.2)
+    if big:  # spread of magnitudes across groups: tiny (subnormal after scaling), zero and large groups
+        kv_c[:, :128] *= 1e-3
+        kv_c[0, 128:256] = 0.0
+        kv_c[:, 384:] *= 300.0
+    k_pe = torch.randn(t, 64, device=dev)
+    return kv_c, k_pe
+
+
+def _cache(fp8, pages, dev, dtype=torch.bfloat16):
+    """A cache filled (by the reference writer) with random latent rows on every slot."""
+    if fp8:
+        cache = torch.zeros(pages, PAGE, 656, dtype=torch.uint8, device=dev)
+    else:
+        cache = torch.zeros(pages, PAGE, 576, dtype=dtype, device=dev)
+    n = pages * PAGE
+    kv_c, k_pe = _latent(n, dev)
+    naive.naive_mla_cache_write(kv_c.bfloat16(), k_pe.bfloat16(), cache, torch.arange(n, device=dev))
+    return cache
+
+
+# ------------------------------------------------------------------ cache write / gather
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("in_dtype", [torch.bfloat16, torch.float32], ids=["in_bf16", "in_f32"])
+def test_cache_write_matches_reference(triton_device, seed, fp8, in_dtype, fp8_path):
+    if not fp8 and fp8_path == "sm80":
+        pytest.skip("bf16 cache has no FP8 path")
+    dev = triton_device
+    pages, t = 3, 37
+    kv_c, k_pe = _latent(t, dev, big=True)
+    kv_c, k_pe = kv_c.to(in_dtype), k_pe.to(in_dtype)
+    slots = torch.randperm(pages * PAGE, device=dev)[:t].int()
+    slots[3] = -1
+    slots[10] = -1
+    slots[5] = PAGE - 1          # page boundary neighbours
+    slots[6] = PAGE
+    shape = (pages, PAGE, 656 if fp8 else 576)
+    dt = torch.uint8 if fp8 else torch.bfloat16
+    ref = torch.randint(0, 255, shape, dtype=torch.uint8, device=dev).view(dt) if fp8 else \
+        torch.randn(shape, device=dev).to(dt)
+    got = ref.clone()
+    naive.naive_mla_cache_write(kv_c, k_pe, ref, slots)
+    ops.mla_cache_write(kv_c, k_pe, got, slots, backend="triton")
+    if fp8:
+        assert torch.equal(got, ref), (got != ref).nonzero()[:10]
+    else:
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_cache_gather_matches_reference(triton_device, seed, fp8, fp8_path):
+    if not fp8 and fp8_path == "sm80":
+        pytest.skip("bf16 cache has no FP8 path")
+    cache = _cache(fp8, 2, triton_device)
+    slots = torch.randint(-1, 2 * PAGE, (5, 7), device=triton_device, dtype=torch.int32)
+    slots[0, 0] = -1
+    got = ops.mla_cache_gather(cache, slots, backend="triton")
+    want = naive.naive_mla_cache_gather(cache, slots)
+    assert got.shape == (5, 7, 576)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ decode
+
+def _indices(b, s_q, topk, n_slots, n_valid, dev):
+    """Random distinct slots, n_valid per row (the rest -1), shuffled positions."""
+    idx = torch.full((b, s_q, topk), -1, dtype=torch.int32, device=dev)
+    for i in range(b):
+        for j in range(s_q):
+            nv = min(n_valid, topk)
+            sel = torch.randperm(n_slots, device=dev)[:nv].int()
+            pos = torch.randperm(topk, device=dev)[:nv]
+            idx[i, j, pos] = sel
+    return idx
+
+
+def _check(out, lse, ref_out, ref_lse, same_dtype=True):
+    assert out.shape == ref_out.shape
+    assert out.dtype == ref_out.dtype or not same_dtype
+    assert lse.dtype == torch.float32 and lse.shape == ref_lse.shape
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), fin)
+    assert (lse[~fin] == float("-inf")).all()
+    torch.testing.assert_close(lse[fin], ref_lse[fin], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.float(), ref_out.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("b,s_q,h,topk,n_valid", [
+    (2, 1, 16, 64, 40),      # topk > valid keys
+    (1, 2, 20, 96, 96),      # h not a multiple of 16, topk not a multiple of the block
+    (1, 1, 128, 64, 64),     # two head blocks
+    (1, 1, 3, 128, 5),       # tiny h, mostly -1
+], ids=lambda v: str(v))
+def test_decode_matches_reference(triton_device, seed, fp8, b, s_q, h, topk, n_valid, fp8_path):
+    if not fp8 and fp8_path == "sm80":
+        pytest.skip("bf16 cache has no FP8 path")
+    dev = triton_device
+    pages = 3
+    cache = _cache(fp8, pages, dev)
+    q = torch.randn(b, s_q, h, 576, device=dev).bfloat16()
+    idx = _indices(b, s_q, topk, pages * PAGE, n_valid, dev)
+    out, lse = ops.sparse_mla_decode(q, cache, idx, SCALE, backend="triton")
+    ref_out, ref_lse = naive.naive_sparse_mla_decode(q, cache, idx, SCALE)
+    _check(out, lse, ref_out, ref_lse)
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_decode_all_invalid_rows_and_oob(triton_device, seed, fp8):
+    dev = triton_device
+    cache = _cache(fp8, 2, dev)
+    q = torch.randn(2, 2, 16, 576, device=dev).bfloat16()
+    idx = _indices(2, 2, 64, 2 * PAGE, 30, dev)
+    idx[0, 1] = -1                    # a whole row of -1
+    idx[1, 0, :] = -1
+    idx[1, 0, 7] = PAGE               # single valid key at a page start
+    out, lse = ops.sparse_mla_decode(q, cache, idx, SCALE, backend="triton")
+    ref_out, ref_lse = naive.naive_sparse_mla_decode(q, cache, idx, SCALE)
+    _check(out, lse, ref_out, ref_lse)
+    assert (out[0, 1] == 0).all() and (lse[0, 1] == float("-inf")).all()
+    # a single key: out is exactly that key's latent (softmax weight 1)
+    row = naive.naive_mla_cache_gather(cache, torch.tensor([PAGE], device=dev))[0, :512]
+    torch.testing.assert_close(out[1, 0].float(), row.expand(16, 512).bfloat16().float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_decode_split_topk_combine(triton_device, seed, fp8, monkeypatch):
+    """Force the split-K path (several programs per row + the combine kernel), including a split with no valid key."""
+    monkeypatch.setattr(tk, "plan_splits", lambda *a: 3)
+    dev = triton_device
+    cache = _cache(fp8, 4, dev)
+    q = torch.randn(1, 2, 16, 576, device=dev).bfloat16()
+    idx = _indices(1, 2, 192, 4 * PAGE, 192, dev)
+    idx[0, 0, 64:128] = -1            # second split of row 0 empty
+    idx[0, 1, :] = -1                 # row 1 empty in all splits
+    out, lse = ops.sparse_mla_decode(q, cache, idx, SCALE, backend="triton")
+    ref_out, ref_lse = naive.naive_sparse_mla_decode(q, cache, idx, SCALE)
+    _check(out, lse, ref_out, ref_lse)
+
+
+def test_plan_splits():
+    dev = torch.device("cpu")
+    assert tk.plan_splits(256, 2, 2048, 64, dev) == 1            # b=128, s_q=2, h=128: enough programs
+    s = tk.plan_splits(1, 1, 2048, 64, dev)
+    assert 1 < s <= 2048 // tk.MIN_KEYS_PER_SPLIT
+    assert tk.plan_splits(1, 1, 128, 64, dev) == 1               # too few keys to split
+
+
+# ------------------------------------------------------------------ prefill
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "f32"])
+@pytest.mark.parametrize("s_q,h,topk,s_kv", [(3, 16, 64, 50), (1, 24, 100, 300), (2, 64, 32, 20)],
+                         ids=lambda v: str(v))
+def test_prefill_matches_reference(triton_device, seed, dtype, s_q, h, topk, s_kv):
+    dev = triton_device
+    q = torch.randn(s_q, h, 576, device=dev).to(dtype)
+    kv = torch.randn(s_kv, 1, 576, device=dev).to(dtype)
+    idx = _indices(s_q, 1, topk, s_kv, min(topk, s_kv), dev).reshape(s_q, 1, topk)
+    idx[0, 0, :3] = -1
+    out, lse = ops.sparse_mla_prefill(q, kv, idx, SCALE, backend="triton")
+    # reference on bf16-rounded inputs (the kernel's dot operands are bf16)
+    ref_out, ref_lse = naive.naive_sparse_mla_prefill(q.bfloat16().float(), kv.bfloat16().float(), idx, SCALE)
+    assert out.dtype == dtype
+    _check(out, lse, ref_out, ref_lse, same_dtype=False)
+
+
+def test_prefill_causal_window_equals_dense(triton_device, seed):
+    """Each query attends to keys 0..i (selected in shuffled order): equals dense causal attention."""
+    dev = triton_device
+    s, h = 9, 16
+    q = torch.randn(s, h, 576, device=dev).bfloat16()
+    kv = torch.randn(s, 1, 576, device=dev).bfloat16()
+    idx = torch.full((s, 1, 16), -1, dtype=torch.int32, device=dev)
+    for i in range(s):
+        idx[i, 0, torch.randperm(16)[: i + 1]] = torch.randperm(i + 1).int().to(dev)
+    out, lse = ops.sparse_mla_prefill(q, kv, idx, SCALE, backend="triton")
+    sc = torch.einsum("qhd,kd->qhk", q.float(), kv[:, 0].float()) * SCALE
+    sc = sc.masked_fill(torch.ones(s, s, dtype=torch.bool, device=dev).triu(1)[:, None], float("-inf"))
+    torch.testing.assert_close(lse, torch.logsumexp(sc, -1), rtol=1e-4, atol=1e-4)
+    dense = torch.softmax(sc, -1) @ kv[:, 0, :512].float()
+    torch.testing.assert_close(out.float(), dense, rtol=2e-2, atol=2e-2)
+    assert math.isfinite(lse.min().item())
+
+
+def test_launcher_rejects_bad_input(triton_device):
+    dev = triton_device
+    cache = _cache(False, 1, dev)
+    q = torch.randn(1, 1, 16, 576, device=dev).bfloat16()
+    idx = torch.zeros(1, 1, 8, dtype=torch.int64, device=dev)
+    with pytest.raises(TypeError, match="indices"):
+        tk.sparse_mla_decode(q, cache, idx, SCALE)
+    with pytest.raises(ValueError, match="d_v"):
+        tk.sparse_mla_decode(q, cache, idx.int(), SCALE, 256)

@@ -1,0 +1,86 @@
+"""Shared Triton helpers for FP8 e4m3 without hardware FP8 (sm_80) and for exact ue8m0 scales.
+
+Triton rejects `fp8e4nv` below sm_89, so the sm_80 paths move FP8 as raw bytes (uint8) and
+encode/decode them with integer arithmetic. Both helpers are exact (round-to-nearest-even,
+saturation at +-448, subnormals kept), so they also sidestep the interpreter's fp32->fp8 cast bugs.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+FP8_MAX = 448.0
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_device(name: str, t: torch.Tensor) -> None:
+    """The Triton backend runs on CUDA tensors (or anywhere under TRITON_INTERPRET=1)."""
+    if t.device.type != "cuda" and not interpreting():
+        raise ValueError(f"{name} is on {t.device}: the Triton backend needs CUDA tensors "
+                         "(or TRITON_INTERPRET=1 for the CPU interpreter)")
+
+
+def native_fp8(device: torch.device) -> bool:
+    """True where Triton's fp8e4nv (casts, tl.dot) is available: sm_89+ (and the interpreter).
+
+    Tests monkeypatch this to exercise the byte-decoding sm_80 path under the interpreter.
+    """
+    if device.type != "cuda":
+        return True
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@triton.jit
+def ue8m0_scale_bits(amax):
+    """fp32 amax -> (scale, 1/scale) with scale = 2^ceil(log2(max(amax, 1e-4) / 448)), exactly.
+
+    amax = 1.f * 2^e: amax/448 <= 2^(e-8) iff 1.f <= 1.75, else it needs 2^(e-7). No division or log2,
+    so no approximate-math rounding at exact powers of two.
+    """
+    a = tl.maximum(amax, 1e-4)
+    bits = a.to(tl.int32, bitcast=True)
+    e = (bits >> 23) & 0xFF
+    mant = bits & 0x7FFFFF
+    k = e - 8 + (mant > 0x600000).to(tl.int32)
+    scale = (k << 23).to(tl.float32, bitcast=True)
+    inv = ((254 - k) << 23).to(tl.float32, bitcast=True)
+    return scale, inv
+
+
+@triton.jit
+def f32_to_e4m3_bits(x):
+    """fp32 -> e4m3fn byte (as int32 0..255): round to nearest even, saturate at +-448, keep subnormals."""
+    x = tl.minimum(tl.maximum(x, -448.0), 448.0)
+    bits = x.to(tl.int32, bitcast=True)
+    a = tl.abs(x)
+    abits = a.to(tl.int32, bitcast=True)
+    # normal range [2^-6, 448]: keep 3 mantissa bits with RNE on the bit pattern; rebias exponent 127 -> 7
+    norm = ((abits + 0x7FFFF + ((abits >> 20) & 1)) >> 20) - (120 << 3)
+    # subnormal range: code = rne(a * 2^9); adding 2^23 makes the fp32 adder do the rounding
+    sub = (a * 512.0 + 8388608.0).to(tl.int32, bitcast=True) - 0x4B000000
+    code = tl.where(a < 0.015625, sub, norm)
+    return code | ((bits >> 24) & 0x80)
+
+
+@triton.jit
+def e4m3_bits_to_f16(b):
+    """e4m3fn byte (any int type) -> fp16 equal to value / 256 (exact, subnormals included).
+
+    The 4-bit exponent and 3-bit mantissa sit at fp16's exponent/mantissa boundary; fp16's bias is 15
+    vs 7, hence the 2^-8 factor that callers fold into their scales.
+    """
+    v = b.to(tl.int32) & 0xFF
+    h = ((v & 0x80) << 8) | ((v & 0x7F) << 7)
+    return h.to(tl.int16).to(tl.float16, bitcast=True)

@@ -1,0 +1,402 @@
+"""Triton kernels for the MLA latent cache and sparse MLA (decode over the paged cache, prefill over kv).
+
+Semantics: deepseek_v32_plugin.ops.sparse_mla (naive.py defines them). Same positional signatures as the
+references without the `naive_` prefix.
+
+Attention kernel (`_sparse_mla_attn_kernel`): one program per (query token, block of BLOCK_H heads, split
+of top-k). Heads are padded to BLOCK_H (>= 16 for tl.dot) by masking. The loop walks the token's top-k
+indices BLOCK_T at a time, gathers those latent rows ([BLOCK_T, 512] + [BLOCK_T, 64]), dequantizes the
+FP8 656-B layout in registers (one multiply per 128-group), and runs
+    s = q_nope @ k^T + q_pe @ k_pe^T   (bf16 tl.dot, fp32 accumulate)
+    online softmax in base 2,  acc += p @ k     (the latent row is both K and V: dequantized once)
+Indices < 0 (or past the cache) are skipped; a row with none valid returns out = 0, lse = -inf.
+When few (token, head-block) programs exist (small decode batches), top-k is split across programs and
+`_combine_kernel` merges the partial (out, lse) pairs.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._fp8_util import (check_device, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, num_sms,
+                        ue8m0_scale_bits)
+
+PAGE = 64
+KV_LORA = 512
+ROPE = 64
+HEAD_576 = KV_LORA + ROPE
+FP8_ROW = 656            # bytes: 512 e4m3 | 4 fp32 scales | 64 bf16 rope
+_FP8_SCALE_OFF = 128     # in fp32 elements of a 656-B row (byte 512)
+_FP8_ROPE_OFF = 264      # in bf16 elements of a 656-B row (byte 528)
+LOG2E = 1.4426950408889634
+
+# Shipped launch configuration of the attention kernel, per arch family (see tests/triton/test_compile_mla_moe.py).
+ATTN_CONFIGS = {
+    "default": dict(BLOCK_H=64, BLOCK_T=64, num_warps=8, num_stages=1),
+    "sm80": dict(BLOCK_H=64, BLOCK_T=32, num_warps=8, num_stages=1),
+}
+MIN_KEYS_PER_SPLIT = 256
+
+
+def _fp8_views(kv_cache: torch.Tensor):
+    """Three typed views of one 656-B/token cache: raw bytes (e4m3 values), fp32 scales, bf16 rope."""
+    if kv_cache.storage_offset() % 4 or kv_cache.data_ptr() % 16:
+        raise ValueError("fp8_ds_mla kv_cache must start 16-byte aligned (fp32 scales are read in place)")
+    flat = kv_cache.view(-1, FP8_ROW)
+    return flat, flat.view(torch.float32), flat.view(torch.bfloat16)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+# ------------------------------------------------------------------------------------------------
+# cache write / gather
+# ------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _mla_cache_write_kernel(c_ptr, stride_c, pe_ptr, stride_pe, slot_ptr,
+                            cache_ptr, cache_scale_ptr, cache_rope_ptr, stride_row, n_rows,
+                            KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr):
+    i_t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + i_t).to(tl.int64)
+    if (slot >= 0) & (slot < n_rows):
+        o_r = tl.arange(0, 64)
+        # [64]
+        b_pe = tl.load(pe_ptr + i_t * stride_pe + o_r)
+        if KV_FP8:
+            o_g = tl.arange(0, 4)
+            o_c = tl.arange(0, 128)
+            o_gc = o_g[:, None] * 128 + o_c[None, :]
+            # [4, 128]
+            b_c = tl.load(c_ptr + i_t * stride_c + o_gc).to(tl.float32)
+            scale, inv = ue8m0_scale_bits(tl.max(tl.abs(b_c), axis=1))
+            b_y = b_c * inv[:, None]
+            if FP8_NATIVE:
+                b_y = tl.minimum(tl.maximum(b_y, -448.0), 448.0)
+                tl.store(cache_ptr + slot * 656 + o_gc, b_y.to(tl.float8e4nv).to(tl.uint8, bitcast=True))
+            else:
+                tl.store(cache_ptr + slot * 656 + o_gc, f32_to_e4m3_bits(b_y).to(tl.uint8))
+            tl.store(cache_scale_ptr + slot * 164 + 128 + o_g, scale)
+            tl.store(cache_rope_ptr + slot * 328 + 264 + o_r, b_pe.to(tl.bfloat16))
+        else:
+            o_c = tl.arange(0, 512)
+            b_c = tl.load(c_ptr + i_t * stride_c + o_c).to(tl.float32)
+            tl.store(cache_ptr + slot * stride_row + o_c, b_c.to(cache_ptr.dtype.element_ty))
+            tl.store(cache_ptr + slot * stride_row + 512 + o_r,
+                     b_pe.to(tl.float32).to(cache_ptr.dtype.element_ty))
+
+
+def mla_cache_write(kv_c: torch.Tensor, k_pe: torch.Tensor, kv_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor) -> None:
+    """kv_c [T, 512], k_pe [T, 64] -> kv_cache rows at slot_mapping [T] (bf16 576 or fp8_ds_mla 656 B)."""
+    for name, t in (("kv_c", kv_c), ("k_pe", k_pe), ("kv_cache", kv_cache), ("slot_mapping", slot_mapping)):
+        check_device(name, t)
+    if not kv_cache.is_contiguous():
+        raise ValueError("kv_cache must be contiguous")
+    t = kv_c.shape[0]
+    if t == 0:
+        return
+    kv_c, k_pe, slot_mapping = _rows(kv_c), _rows(k_pe), slot_mapping.contiguous()
+    n_rows = kv_cache.shape[0] * kv_cache.shape[1]
+    fp8 = kv_cache.dtype == torch.uint8
+    if fp8:
+        native = native_fp8(kv_cache.device)
+        vals, scales, rope = _fp8_views(kv_cache)
+        _mla_cache_write_kernel[(t,)](kv_c, kv_c.stride(0), k_pe, k_pe.stride(0), slot_mapping,
+                                      vals, scales, rope, FP8_ROW, n_rows,
+                                      KV_FP8=True, FP8_NATIVE=native, num_warps=2)
+    else:
+        rows = kv_cache.view(-1, HEAD_576)
+        _mla_cache_write_kernel[(t,)](kv_c, kv_c.stride(0), k_pe, k_pe.stride(0), slot_mapping,
+                                      rows, rows, rows, HEAD_576, n_rows,
+                                      KV_FP8=False, FP8_NATIVE=False, num_warps=2)
+
+
+@triton.jit
+def _load_latent_rows(kv_ptr, kv_scale_ptr, kv_rope_ptr, stride_row, row, valid,
+                      KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Gather rows -> (k [BLOCK_T, 512] fp32, k_pe [BLOCK_T, 64] fp32); invalid rows are 0."""
+    o_r = tl.arange(0, 64)
+    if KV_FP8:
+        o_g = tl.arange(0, 4)
+        o_c = tl.arange(0, 128)
+        # [BLOCK_T, 4, 128] e4m3 as raw bytes (masked rows read 0 = +0.0)
+        b_raw = tl.load(kv_ptr + row[:, None, None] * 656 + o_g[None, :, None] * 128 + o_c[None, None, :],
+                        mask=valid[:, None, None], other=0)
+        # [BLOCK_T, 4] fp32 dequant scales
+        b_s = tl.load(kv_scale_ptr + row[:, None] * 164 + 128 + o_g[None, :], mask=valid[:, None], other=0.0)
+        if FP8_NATIVE:
+            b_v = b_raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        else:
+            b_v = e4m3_bits_to_f16(b_raw).to(tl.float32)
+            b_s = b_s * 256.0
+        b_k = tl.reshape(b_v * b_s[:, :, None], (BLOCK_T, 512))
+        # [BLOCK_T, 64] bf16
+        b_pe = tl.load(kv_rope_ptr + row[:, None] * 328 + 264 + o_r[None, :], mask=valid[:, None], other=0.0)
+    else:
+        o_c = tl.arange(0, 512)
+        b_k = tl.load(kv_ptr + row[:, None] * stride_row + o_c[None, :], mask=valid[:, None], other=0.0)
+        b_pe = tl.load(kv_ptr + row[:, None] * stride_row + 512 + o_r[None, :], mask=valid[:, None], other=0.0)
+    return b_k, b_pe
+
+
+@triton.jit
+def _mla_cache_gather_kernel(slot_ptr, n_slots, kv_ptr, kv_scale_ptr, kv_rope_ptr, stride_row, n_rows, out_ptr,
+                             KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr, BLOCK_T: tl.constexpr):
+    i_n = tl.program_id(0)
+    o_t = i_n * BLOCK_T + tl.arange(0, BLOCK_T)
+    m_t = o_t < n_slots
+    slot = tl.load(slot_ptr + o_t, mask=m_t, other=-1).to(tl.int64)
+    valid = (slot >= 0) & (slot < n_rows)
+    row = tl.where(valid, slot, 0)
+    b_k, b_pe = _load_latent_rows(kv_ptr, kv_scale_ptr, kv_rope_ptr, stride_row, row, valid,
+                                  KV_FP8, FP8_NATIVE, BLOCK_T)
+    o_out = o_t.to(tl.int64)[:, None] * 576
+    tl.store(out_ptr + o_out + tl.arange(0, 512)[None, :], b_k.to(tl.float32), mask=m_t[:, None])
+    tl.store(out_ptr + o_out + 512 + tl.arange(0, 64)[None, :], b_pe.to(tl.float32), mask=m_t[:, None])
+
+
+def mla_cache_gather(kv_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """slots [...] int -> rows [..., 576] fp32 (dequantized for fp8_ds_mla); -1 gives zeros."""
+    check_device("kv_cache", kv_cache)
+    check_device("slots", slots)
+    flat = slots.reshape(-1).contiguous()
+    n = flat.numel()
+    out = torch.empty(n, HEAD_576, dtype=torch.float32, device=kv_cache.device)
+    if n == 0:
+        return out.reshape(*slots.shape, HEAD_576)
+    n_rows = kv_cache.shape[0] * kv_cache.shape[1]
+    block = 16
+    grid = (triton.cdiv(n, block),)
+    if kv_cache.dtype == torch.uint8:
+        native = native_fp8(kv_cache.device)
+        vals, scales, rope = _fp8_views(kv_cache)
+        _mla_cache_gather_kernel[grid](flat, n, vals, scales, rope, FP8_ROW, n_rows, out,
+                                       KV_FP8=True, FP8_NATIVE=native, BLOCK_T=block, num_warps=4)
+    else:
+        rows = kv_cache.view(-1, HEAD_576)
+        _mla_cache_gather_kernel[grid](flat, n, rows, rows, rows, HEAD_576, n_rows, out,
+                                       KV_FP8=False, FP8_NATIVE=False, BLOCK_T=block, num_warps=4)
+    return out.reshape(*slots.shape, HEAD_576)
+
+
+# ------------------------------------------------------------------------------------------------
+# attention
+# ------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _sparse_mla_attn_kernel(
+    q_ptr, stride_q_t, stride_q_h,
+    kv_ptr, kv_scale_ptr, kv_rope_ptr, stride_kv_row, n_rows,
+    idx_ptr, stride_idx_t, topk, split_len,
+    o_ptr, stride_o_t, stride_o_s, stride_o_h,
+    lse_ptr, stride_l_t, stride_l_s,
+    H, qk_scale_log2,
+    BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
+    KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):
+    i_t = tl.program_id(0).to(tl.int64)
+    i_h = tl.program_id(1)
+    i_s = tl.program_id(2)
+    o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_h = o_h < H
+    o_c = tl.arange(0, 512)
+    o_r = tl.arange(0, 64)
+
+    p_q = q_ptr + i_t * stride_q_t + o_h[:, None] * stride_q_h
+    # [BLOCK_H, 512], [BLOCK_H, 64]
+    b_q = tl.load(p_q + o_c[None, :], mask=m_h[:, None], other=0.0).to(DOT_DTYPE)
+    b_qpe = tl.load(p_q + 512 + o_r[None, :], mask=m_h[:, None], other=0.0).to(DOT_DTYPE)
+
+    b_m = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    b_l = tl.zeros([BLOCK_H], dtype=tl.float32)
+    b_acc = tl.zeros([BLOCK_H, 512], dtype=tl.float32)
+
+    start = i_s * split_len
+    end = tl.minimum(start + split_len, topk)
+    p_idx = idx_ptr + i_t * stride_idx_t
+    for t0 in range(start, end, BLOCK_T):
+        o_t = t0 + tl.arange(0, BLOCK_T)
+        # [BLOCK_T] slots / rows
+        b_idx = tl.load(p_idx + o_t, mask=o_t < end, other=-1).to(tl.int64)
+        valid = (b_idx >= 0) & (b_idx < n_rows)
+        row = tl.where(valid, b_idx, 0)
+        b_k, b_pe = _load_latent_rows(kv_ptr, kv_scale_ptr, kv_rope_ptr, stride_kv_row, row, valid,
+                                      KV_FP8, FP8_NATIVE, BLOCK_T)
+        b_k = b_k.to(DOT_DTYPE)
+        b_pe = b_pe.to(DOT_DTYPE)
+        # [BLOCK_H, BLOCK_T] scores in log2 units
+        b_s = tl.dot(b_qpe, tl.trans(b_pe), acc=tl.dot(b_q, tl.trans(b_k)))
+        b_s = tl.where(valid[None, :], b_s * qk_scale_log2, float("-inf"))
+        b_m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
+        b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
+        b_alpha = tl.exp2(b_m - b_m_safe)
+        b_p = tl.exp2(b_s - b_m_safe[:, None])
+        b_l = b_l * b_alpha + tl.sum(b_p, axis=1)
+        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(DOT_DTYPE), b_k)
+        b_m = b_m_new
+
+    empty = b_l == 0.0
+    b_l_safe = tl.where(empty, 1.0, b_l)
+    b_o = b_acc / b_l_safe[:, None]
+    b_lse = tl.where(empty, float("-inf"), (b_m + tl.log2(b_l_safe)) * 0.6931471805599453)
+    p_o = o_ptr + i_t * stride_o_t + i_s * stride_o_s + o_h[:, None] * stride_o_h + o_c[None, :]
+    tl.store(p_o, b_o.to(o_ptr.dtype.element_ty), mask=m_h[:, None])
+    tl.store(lse_ptr + i_t * stride_l_t + i_s * stride_l_s + o_h, b_lse, mask=m_h)
+
+
+@triton.jit
+def _combine_kernel(op_ptr, lp_ptr, out_ptr, lse_ptr, H, n_splits,
+                    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Merge split partials: op [T, S, H, 512] fp32 (normalized), lp [T, S, H] -> out [T, H, 512], lse [T, H]."""
+    i_t = tl.program_id(0).to(tl.int64)
+    i_h = tl.program_id(1)
+    o_s = tl.arange(0, BLOCK_S)
+    m_s = o_s < n_splits
+    b_ls = tl.load(lp_ptr + (i_t * n_splits + o_s) * H + i_h, mask=m_s, other=float("-inf"))
+    b_max = tl.max(b_ls, axis=0)
+    b_max_safe = tl.where(b_max == float("-inf"), 0.0, b_max)
+    b_w = tl.exp(b_ls - b_max_safe)
+    b_tot = tl.sum(b_w, axis=0)
+    empty = b_tot == 0.0
+    b_tot_safe = tl.where(empty, 1.0, b_tot)
+    tl.store(lse_ptr + i_t * H + i_h, tl.where(empty, float("-inf"), b_max_safe + tl.log(b_tot_safe)))
+    b_w = b_w / b_tot_safe
+    for d0 in tl.static_range(0, 512, BLOCK_D):
+        o_d = d0 + tl.arange(0, BLOCK_D)
+        # [BLOCK_S, BLOCK_D]
+        b_o = tl.load(op_ptr + ((i_t * n_splits + o_s[:, None]) * H + i_h) * 512 + o_d[None, :],
+                      mask=m_s[:, None], other=0.0)
+        b_out = tl.sum(b_o * b_w[:, None], axis=0)
+        tl.store(out_ptr + (i_t * H + i_h) * 512 + o_d, b_out.to(out_ptr.dtype.element_ty))
+
+
+def _attn_config(device: torch.device) -> dict:
+    native = native_fp8(device)
+    return dict(ATTN_CONFIGS["default" if native else "sm80"])
+
+
+def plan_splits(n_tokens: int, n_hblocks: int, topk: int, block_t: int, device: torch.device) -> int:
+    """Number of top-k splits: enough programs for ~2 waves, each split >= MIN_KEYS_PER_SPLIT keys."""
+    progs = n_tokens * n_hblocks
+    target = 2 * num_sms(device)
+    if progs >= target:
+        return 1
+    max_splits = max(1, topk // max(MIN_KEYS_PER_SPLIT, block_t))
+    return max(1, min(triton.cdiv(target, progs), max_splits, 64))
+
+
+def _sparse_mla(q3: torch.Tensor, kv_rows, kv_fp8: bool, native: bool, stride_kv_row: int, n_rows: int,
+                idx2: torch.Tensor, sm_scale: float, kv_dtype: torch.dtype):
+    """q3 [T, H, 576], idx2 [T, topk] -> out [T, H, 512] q.dtype, lse [T, H] fp32."""
+    T, H, _ = q3.shape
+    topk = idx2.shape[1]
+    dev = q3.device
+    out = torch.empty(T, H, KV_LORA, dtype=q3.dtype, device=dev)
+    lse = torch.empty(T, H, dtype=torch.float32, device=dev)
+    if T == 0 or H == 0:
+        return out, lse
+    if topk == 0:
+        out.zero_()
+        lse.fill_(float("-inf"))
+        return out, lse
+    cfg = _attn_config(dev)
+    block_h = max(16, min(cfg.pop("BLOCK_H"), triton.next_power_of_2(H)))
+    block_t = cfg.pop("BLOCK_T")
+    n_hb = triton.cdiv(H, block_h)
+    dot_dtype = tl.float16 if (q3.dtype == torch.float16 and kv_dtype == torch.float16) else tl.bfloat16
+    vals, scales, rope = kv_rows
+    splits = plan_splits(T, n_hb, topk, block_t, dev)
+    split_len = triton.cdiv(triton.cdiv(topk, splits), block_t) * block_t
+    splits = triton.cdiv(topk, split_len)
+    if splits == 1:
+        o_buf, l_buf = out, lse
+        so = (out.stride(0), 0, out.stride(1))
+        sl = (lse.stride(0), 0)
+    else:
+        o_buf = torch.empty(T, splits, H, KV_LORA, dtype=torch.float32, device=dev)
+        l_buf = torch.empty(T, splits, H, dtype=torch.float32, device=dev)
+        so = (o_buf.stride(0), o_buf.stride(1), o_buf.stride(2))
+        sl = (l_buf.stride(0), l_buf.stride(1))
+    _sparse_mla_attn_kernel[(T, n_hb, splits)](
+        q3, q3.stride(0), q3.stride(1),
+        vals, scales, rope, stride_kv_row, n_rows,
+        idx2, idx2.stride(0), topk, split_len,
+        o_buf, *so, l_buf, *sl,
+        H, float(sm_scale) * LOG2E,
+        BLOCK_H=block_h, BLOCK_T=block_t, KV_FP8=kv_fp8, FP8_NATIVE=native, DOT_DTYPE=dot_dtype, **cfg)
+    if splits > 1:
+        _combine_kernel[(T, H)](o_buf, l_buf, out, lse, H, splits,
+                                BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=128, num_warps=4)
+    return out, lse
+
+
+def _check_q(q: torch.Tensor) -> torch.Tensor:
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    return q
+
+
+def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Tensor, sm_scale: float,
+                      d_v: int = KV_LORA):
+    """q [b, s_q, h, 576], kv_cache paged (bf16 [P, 64, 576] or fp8_ds_mla uint8 [P, 64, 656]),
+    indices [b, s_q, topk] int32 slots (-1 skipped) -> out [b, s_q, h, 512] q.dtype, lse [b, s_q, h] fp32."""
+    for name, t in (("q", q), ("kv_cache", kv_cache), ("indices", indices)):
+        check_device(name, t)
+    if d_v != KV_LORA:
+        raise ValueError(f"d_v={d_v}: the Triton sparse MLA kernel supports only {KV_LORA}")
+    if indices.dtype != torch.int32:
+        raise TypeError(f"indices.dtype={indices.dtype}: expected torch.int32")
+    if not kv_cache.is_contiguous():
+        raise ValueError("kv_cache must be contiguous")
+    b, s_q, h, d = q.shape
+    if d != HEAD_576:
+        raise ValueError(f"q last dim {d} must be {HEAD_576}")
+    q3 = _check_q(q).reshape(b * s_q, h, HEAD_576)
+    idx2 = indices.reshape(b * s_q, indices.shape[-1])
+    if idx2.stride(-1) != 1:
+        idx2 = idx2.contiguous()
+    n_rows = kv_cache.shape[0] * kv_cache.shape[1]
+    if kv_cache.dtype == torch.uint8:
+        native = native_fp8(kv_cache.device)
+        views = _fp8_views(kv_cache)
+        out, lse = _sparse_mla(q3, views, True, native, FP8_ROW, n_rows, idx2, sm_scale, torch.bfloat16)
+    else:
+        rows = kv_cache.view(-1, HEAD_576)
+        out, lse = _sparse_mla(q3, (rows, rows, rows), False, False, HEAD_576, n_rows, idx2, sm_scale,
+                               kv_cache.dtype)
+    return out.reshape(b, s_q, h, KV_LORA), lse.reshape(b, s_q, h)
+
+
+def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, sm_scale: float,
+                       d_v: int = KV_LORA):
+    """q [s_q, h, 576], kv [s_kv, 1, 576], indices [s_q, 1, topk] int32 rows of kv (-1 skipped)
+    -> out [s_q, h, 512] q.dtype, lse [s_q, h] fp32."""
+    for name, t in (("q", q), ("kv", kv), ("indices", indices)):
+        check_device(name, t)
+    if d_v != KV_LORA:
+        raise ValueError(f"d_v={d_v}: the Triton sparse MLA kernel supports only {KV_LORA}")
+    if indices.dtype != torch.int32:
+        raise TypeError(f"indices.dtype={indices.dtype}: expected torch.int32")
+    s_q, h, d = q.shape
+    if d != HEAD_576:
+        raise ValueError(f"q last dim {d} must be {HEAD_576}")
+    q3 = _check_q(q)
+    rows = kv.reshape(kv.shape[0], HEAD_576)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    idx2 = indices[:, 0, :]
+    if idx2.stride(-1) != 1:
+        idx2 = idx2.contiguous()
+    return _sparse_mla(q3, (rows, rows, rows), False, False, rows.stride(0), rows.shape[0], idx2, sm_scale,
+                       kv.dtype)
+
+
+def flops_sparse_mla(b: int, s_q: int, h: int, topk: int) -> float:
+    """FlashMLA's FLOP count for sparse decode: 2 * b * s_q * h * topk * (576 + 512)."""
+    return 2.0 * b * s_q * h * topk * (HEAD_576 + KV_LORA)
+
+
+__all__ = ["mla_cache_write", "mla_cache_gather", "sparse_mla_decode", "sparse_mla_prefill"]
