@@ -21,8 +21,17 @@ import sys
 import pytest
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
 if _HERE not in sys.path:  # helpers (triton_interp_patch, compile_util) importable by plain name
     sys.path.insert(0, _HERE)
+
+# `python -m pytest` puts the cwd (the repo root) first on sys.path, which would shadow the *installed*
+# package with the repo's deepseek_v32_plugin/ (that one lacks .triton_kernels, installed from
+# triton_kernels/). Drop the root when an installed copy exists, so tests run against the install.
+_saved_path = list(sys.path)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _ROOT]
+if "deepseek_v32_plugin" not in sys.modules and importlib.util.find_spec("deepseek_v32_plugin") is None:
+    sys.path[:] = _saved_path
 
 
 def _cuda_available() -> bool:
