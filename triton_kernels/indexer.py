@@ -1,0 +1,517 @@
+"""Triton kernels for the DSA lightning indexer: Hadamard + FP8 quant, paged key cache, logits, top-k.
+
+Semantics and byte layouts: deepseek_v32_plugin.ops.indexer (naive.py defines them). Each public function
+has the signature of its `naive_*` reference:
+  indexer_quant(x, rotate)                         fused 128-point Hadamard (3 bf16 MMAs, exact split) + ue8m0 FP8
+  indexer_cache_write(k_fp8, k_scale, kv_cache, slot_mapping)
+  indexer_k_quant_and_cache(k, kv_cache, slot_mapping)   quant fused with the cache write
+  indexer_cache_gather(kv_cache, slots)
+  fp8_indexer_logits(q_fp8, k_fp8, k_scale, weights, ks, ke)          ragged prefill, FP8 MMA
+  fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table, max_context_len)  next_n 1..4
+  indexer_topk(logits, topk, ks, ke)               radix select (4 x 8-bit histogram passes) + compaction + sort
+  indices_to_slots(indices, block_table, page_size)
+
+FP8 tensors enter the kernels as their bytes (uint8): on sm_89+ they are bitcast to fp8e4nv for the MMA,
+below sm_89 decoded to fp16 by integer arithmetic (fp8_quant._e4m3_to_f16_unscaled); the choice is made at
+launch from the device capability (fp8_quant.native_fp8).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .fp8_quant import (FP8_DTYPE, _e4m3_encode, _e4m3_to_f16_unscaled, _ue8m0_scale, capability,  # noqa: F401
+                        native_fp8, require)
+
+HEAD_DIM = 128
+PAGE = 64
+BYTES_PER_TOKEN = HEAD_DIM + 4
+PAGE_BYTES = PAGE * BYTES_PER_TOKEN          # 8448
+VALUE_BYTES = PAGE * HEAD_DIM                # 8192: keys first, then 64 fp32 scales
+MAX_TOPK = 4096                              # one row's selection is held in registers for the final sort
+_INV_SQRT_D = float(torch.tensor(HEAD_DIM ** -0.5, dtype=torch.float32))
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # interpreter: still exercise several splits
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def _u8(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.uint8)
+
+
+def _check_cache(kv_cache: torch.Tensor) -> None:
+    require(kv_cache.dtype == torch.uint8 and kv_cache.dim() == 3 and tuple(kv_cache.shape[1:]) == (PAGE, BYTES_PER_TOKEN),
+            f"indexer kv_cache must be uint8 [pages, {PAGE}, {BYTES_PER_TOKEN}], got {kv_cache.dtype} {list(kv_cache.shape)}")
+    require(kv_cache.is_contiguous(), "indexer kv_cache must be contiguous")
+
+
+def _contig(name: str, t: torch.Tensor) -> None:
+    require(t.is_contiguous(), f"{name} must be contiguous (strides {t.stride()})")
+
+
+# ----------------------------------------------------------------------------- device helpers
+
+@triton.jit
+def _as_mma_operand(b, NATIVE_FP8: tl.constexpr):
+    """e4m3 bytes -> MMA operand: fp8e4nv (sm_89+) or fp16 holding value * 2^-8 (byte path)."""
+    if NATIVE_FP8:
+        return b.to(tl.float8e4nv, bitcast=True)
+    else:
+        return _e4m3_to_f16_unscaled(b)
+
+
+@triton.jit
+def _hadamard_rotate(x, D: tl.constexpr):
+    """x [R, D] fp32 -> x @ H_D * D^-0.5 (Sylvester order). H entries are +-1 (exact in bf16); x is split
+    into three bf16 parts (hi + mid + lo == x exactly) so three bf16 MMAs give the fp32 product."""
+    o_i = tl.arange(0, D)
+    p = o_i[:, None] & o_i[None, :]
+    p = p ^ (p >> 4)
+    p = p ^ (p >> 2)
+    p = p ^ (p >> 1)
+    h = (1 - 2 * (p & 1)).to(tl.bfloat16)
+    x_hi = x.to(tl.bfloat16)
+    r = x - x_hi.to(tl.float32)
+    x_mid = r.to(tl.bfloat16)
+    x_lo = (r - x_mid.to(tl.float32)).to(tl.bfloat16)
+    acc = tl.dot(x_hi, h)
+    acc = tl.dot(x_mid, h, acc)
+    acc = tl.dot(x_lo, h, acc)
+    return acc * 0.08838834764831845
+
+
+@triton.jit
+def _f32_sort_key(v):
+    """fp32 -> int32 whose signed order is the float order (-inf lowest)."""
+    b = v.to(tl.int32, bitcast=True)
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+# ----------------------------------------------------------------------------- quant (+ cache write)
+
+@triton.jit
+def _indexer_quant_kernel(x_ptr, q_ptr, s_ptr, slot_ptr, cache_ptr, cache_f32_ptr, R,
+                          BLOCK_R: tl.constexpr, D: tl.constexpr, ROTATE: tl.constexpr,
+                          TO_CACHE: tl.constexpr, NATIVE_FP8: tl.constexpr):
+    i_r = tl.program_id(0)
+    o_r = i_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    o_d = tl.arange(0, D)
+    m_r = o_r < R
+    # [BLOCK_R, D]
+    b_x = tl.load(x_ptr + o_r[:, None].to(tl.int64) * D + o_d[None, :], mask=m_r[:, None], other=0.0).to(tl.float32)
+    if ROTATE:
+        b_x = _hadamard_rotate(b_x, D)
+    scale, inv = _ue8m0_scale(tl.max(tl.abs(b_x), axis=1))
+    b_y = tl.minimum(tl.maximum(b_x * inv[:, None], -448.0), 448.0)
+    if NATIVE_FP8:
+        b_q = b_y.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+    else:
+        b_q = _e4m3_encode(b_y)
+    if TO_CACHE:
+        slot = tl.load(slot_ptr + o_r, mask=m_r, other=-1).to(tl.int64)
+        m_w = m_r & (slot >= 0)
+        page = slot // 64
+        off = slot % 64
+        tl.store(cache_ptr + (page * 8448 + off * 128)[:, None] + o_d[None, :], b_q, mask=m_w[:, None])
+        tl.store(cache_f32_ptr + page * 2112 + 2048 + off, scale, mask=m_w)
+    else:
+        tl.store(q_ptr + o_r[:, None].to(tl.int64) * D + o_d[None, :], b_q, mask=m_r[:, None])
+        tl.store(s_ptr + o_r, scale, mask=m_r)
+
+
+QUANT_CONFIG = dict(BLOCK_R=64, num_warps=4, num_stages=1)
+
+
+def indexer_quant(x: torch.Tensor, rotate: bool = True):
+    """x [..., 128] float -> (x_fp8 [..., 128] e4m3, scale [...] fp32 power of two)."""
+    require(x.shape[-1] == HEAD_DIM, f"indexer_quant: x last dim {x.shape[-1]} must be {HEAD_DIM}")
+    _contig("indexer_quant: x", x)
+    native = native_fp8(x.device)
+    q = torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device)
+    s = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+    r = x.numel() // HEAD_DIM
+    if r:
+        cfg = QUANT_CONFIG
+        _indexer_quant_kernel[(triton.cdiv(r, cfg["BLOCK_R"]),)](
+            x, _u8(q), s, s, s, s, r, D=HEAD_DIM, ROTATE=bool(rotate), TO_CACHE=False, NATIVE_FP8=native, **cfg)
+    return q, s
+
+
+def indexer_k_quant_and_cache(k: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """k [T, 128] float -> Hadamard + FP8 quant -> kv_cache at slot_mapping [T] (-1 skipped)."""
+    require(k.dim() == 2 and k.shape[1] == HEAD_DIM, f"indexer_k_quant_and_cache: k must be [T, {HEAD_DIM}]")
+    _contig("indexer_k_quant_and_cache: k", k)
+    _contig("slot_mapping", slot_mapping)
+    _check_cache(kv_cache)
+    t = k.shape[0]
+    if t == 0:
+        return
+    cfg = QUANT_CONFIG
+    _indexer_quant_kernel[(triton.cdiv(t, cfg["BLOCK_R"]),)](
+        k, kv_cache, kv_cache, slot_mapping, kv_cache, kv_cache.view(torch.float32), t, D=HEAD_DIM, ROTATE=True,
+        TO_CACHE=True, NATIVE_FP8=native_fp8(k.device), **cfg)
+
+
+# ----------------------------------------------------------------------------- cache write / gather
+
+@triton.jit
+def _cache_copy_kernel(k_ptr, ks_ptr, slot_ptr, cache_ptr, cache_f32_ptr, T, TOTAL_SLOTS,
+                       BLOCK_T: tl.constexpr, D: tl.constexpr, GATHER: tl.constexpr):
+    """GATHER=False: cache[slot[t]] <- (k[t], ks[t]) (slot -1 skipped). GATHER=True: the reverse."""
+    o_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    o_d = tl.arange(0, D)
+    m_t = o_t < T
+    slot = tl.load(slot_ptr + o_t, mask=m_t, other=-1).to(tl.int64)
+    m_s = m_t & (slot >= 0) & (slot < TOTAL_SLOTS)
+    page = slot // 64
+    off = slot % 64
+    p_c = cache_ptr + (page * 8448 + off * 128)[:, None] + o_d[None, :]
+    p_cs = cache_f32_ptr + page * 2112 + 2048 + off
+    p_k = k_ptr + o_t[:, None].to(tl.int64) * D + o_d[None, :]
+    if GATHER:
+        tl.store(p_k, tl.load(p_c, mask=m_s[:, None], other=0), mask=m_t[:, None])
+        tl.store(ks_ptr + o_t, tl.load(p_cs, mask=m_s, other=0.0), mask=m_t)
+    else:
+        tl.store(p_c, tl.load(p_k, mask=m_s[:, None], other=0), mask=m_s[:, None])
+        tl.store(p_cs, tl.load(ks_ptr + o_t, mask=m_s, other=0.0), mask=m_s)
+
+
+def indexer_cache_write(k_fp8, k_scale, kv_cache, slot_mapping) -> None:
+    """k_fp8 [T, 128] e4m3 + k_scale [T] fp32 -> kv_cache [pages, 64, 132] uint8 at slot_mapping [T]."""
+    _check_cache(kv_cache)
+    for name, t in (("k_fp8", k_fp8), ("k_scale", k_scale), ("slot_mapping", slot_mapping)):
+        _contig(f"indexer_cache_write: {name}", t)
+    t = k_fp8.shape[0]
+    if t == 0:
+        return
+    _cache_copy_kernel[(triton.cdiv(t, 32),)](_u8(k_fp8), k_scale, slot_mapping, kv_cache, kv_cache.view(torch.float32),
+                                               t, kv_cache.shape[0] * PAGE, BLOCK_T=32, D=HEAD_DIM, GATHER=False,
+                                               num_warps=4)
+
+
+def indexer_cache_gather(kv_cache, slots):
+    """slots [N] -> (k_fp8 [N, 128] e4m3, k_scale [N] fp32); slots outside the cache read as zeros."""
+    _check_cache(kv_cache)
+    _contig("indexer_cache_gather: slots", slots)
+    n = slots.shape[0]
+    k = torch.empty((n, HEAD_DIM), dtype=FP8_DTYPE, device=kv_cache.device)
+    s = torch.empty((n,), dtype=torch.float32, device=kv_cache.device)
+    if n:
+        _cache_copy_kernel[(triton.cdiv(n, 32),)](_u8(k), s, slots, kv_cache, kv_cache.view(torch.float32), n,
+                                                   kv_cache.shape[0] * PAGE, BLOCK_T=32, D=HEAD_DIM, GATHER=True,
+                                                   num_warps=4)
+    return k, s
+
+
+# ----------------------------------------------------------------------------- logits
+
+@triton.jit
+def _weighted_relu_sum(acc, b_w, BS: tl.constexpr, HP: tl.constexpr, BN: tl.constexpr):
+    """acc [BS*HP, BN] (q.k per (query, head) row), b_w [BS*HP] -> [BS, BN] = sum_h w * relu(acc)."""
+    acc = tl.maximum(acc, 0.0) * b_w[:, None]
+    if BS == 1:
+        return tl.reshape(tl.sum(acc, axis=0), (1, BN))
+    else:
+        return tl.sum(tl.reshape(acc, (BS, HP, BN)), axis=1)
+
+
+@triton.jit
+def _fp8_logits_kernel(q_ptr, k_ptr, kscale_ptr, w_ptr, ks_ptr, ke_ptr, out_ptr, S, N, H, KEYS_PER_SPLIT,
+                       BS: tl.constexpr, HP: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+                       NATIVE_FP8: tl.constexpr):
+    """One program: BS query tokens x one split of the keys. Rows of the MMA are (query, head) pairs."""
+    i_s, i_sp = tl.program_id(0), tl.program_id(1)
+    o_q = tl.arange(0, BS * HP)
+    q_s = i_s * BS + o_q // HP
+    q_h = o_q % HP
+    m_q = (q_s < S) & (q_h < H)
+    o_d = tl.arange(0, D)
+    # [BS*HP, D] query bytes, [BS*HP] head weights
+    b_q = tl.load(q_ptr + (q_s.to(tl.int64) * H + q_h)[:, None] * D + o_d[None, :], mask=m_q[:, None], other=0)
+    b_q = _as_mma_operand(b_q, NATIVE_FP8)
+    b_w = tl.load(w_ptr + q_s.to(tl.int64) * H + q_h, mask=m_q, other=0.0)
+    if not NATIVE_FP8:
+        b_w = b_w * 65536.0
+    o_s = i_s * BS + tl.arange(0, BS)
+    m_s = o_s < S
+    r_ks = tl.load(ks_ptr + o_s, mask=m_s, other=0).to(tl.int32)
+    r_ke = tl.load(ke_ptr + o_s, mask=m_s, other=0).to(tl.int32)
+    lo = tl.min(tl.where(m_s, r_ks, N), axis=0)
+    hi = tl.max(tl.where(m_s, r_ke, 0), axis=0)
+    n0 = i_sp * KEYS_PER_SPLIT
+    n1 = tl.minimum(n0 + KEYS_PER_SPLIT, N)
+    c0 = tl.maximum(lo, n0)
+    c1 = tl.minimum(hi, n1)
+    start = tl.where(c1 > c0, n0 + ((c0 - n0) // BN) * BN, n0)
+    end = tl.where(c1 > c0, c1, n0)
+    p_out = out_ptr + o_s[:, None].to(tl.int64) * N
+    neg = tl.full((BS, BN), float("-inf"), tl.float32)
+    for n in range(n0, start, BN):
+        o_n = n + tl.arange(0, BN)
+        tl.store(p_out + o_n[None, :], neg, mask=m_s[:, None] & (o_n[None, :] < n1))
+    for n in range(start, end, BN):
+        o_n = n + tl.arange(0, BN)
+        m_n = o_n < n1
+        # [BN, D] key bytes, [BN] key scales
+        b_k = tl.load(k_ptr + o_n[:, None].to(tl.int64) * D + o_d[None, :], mask=m_n[:, None], other=0)
+        b_sc = tl.load(kscale_ptr + o_n, mask=m_n, other=0.0)
+        acc = tl.dot(b_q, tl.trans(_as_mma_operand(b_k, NATIVE_FP8)))
+        logit = _weighted_relu_sum(acc, b_w, BS, HP, BN) * b_sc[None, :]
+        valid = (o_n[None, :] >= r_ks[:, None]) & (o_n[None, :] < r_ke[:, None])
+        tl.store(p_out + o_n[None, :], tl.where(valid, logit, float("-inf")), mask=m_s[:, None] & m_n[None, :])
+    for n in range(start + tl.cdiv(end - start, BN) * BN, n1, BN):
+        o_n = n + tl.arange(0, BN)
+        tl.store(p_out + o_n[None, :], neg, mask=m_s[:, None] & (o_n[None, :] < n1))
+
+
+def logits_config(h: int, cap: tuple[int, int]) -> dict:
+    """Shipped config for fp8_indexer_logits: (query, head) rows per MMA = BS * HP."""
+    hp = max(16, _next_pow2(h))
+    bs = max(1, min(4, 128 // hp))
+    return dict(BS=bs, HP=hp, BN=128 if cap >= (9, 0) else 64, num_warps=8 if bs * hp >= 128 else 4, num_stages=3)
+
+
+def fp8_indexer_logits(q_fp8, k_fp8, k_scale, weights, ks, ke):
+    """q_fp8 [S, H, 128] e4m3, k_fp8 [N, 128] e4m3, k_scale [N], weights [S, H] fp32, ks/ke [S] -> [S, N] fp32."""
+    s, h, d = q_fp8.shape
+    n = k_fp8.shape[0]
+    require(d == HEAD_DIM, f"fp8_indexer_logits: head dim {d} must be {HEAD_DIM}")
+    require(h <= 128, f"fp8_indexer_logits: H={h} heads > 128 is not supported by the Triton kernel")
+    for name, t in (("q_fp8", q_fp8), ("k_fp8", k_fp8), ("k_scale", k_scale), ("weights", weights), ("ks", ks), ("ke", ke)):
+        _contig(f"fp8_indexer_logits: {name}", t)
+    out = torch.empty((s, n), dtype=torch.float32, device=q_fp8.device)
+    if s == 0 or n == 0:
+        return out
+    cfg = logits_config(h, capability(q_fp8.device))
+    n_sblk = triton.cdiv(s, cfg["BS"])
+    want_splits = max(1, triton.cdiv(4 * _num_sms(q_fp8.device), n_sblk))
+    kps = triton.cdiv(triton.cdiv(n, want_splits), cfg["BN"]) * cfg["BN"]
+    grid = (n_sblk, triton.cdiv(n, kps))
+    _fp8_logits_kernel[grid](_u8(q_fp8), _u8(k_fp8), k_scale, weights, ks, ke, out, s, n, h, kps, D=HEAD_DIM,
+                             NATIVE_FP8=native_fp8(q_fp8.device), **cfg)
+    return out
+
+
+@triton.jit
+def _fp8_paged_logits_kernel(q_ptr, cache_ptr, cache_f32_ptr, w_ptr, ctx_ptr, bt_ptr, out_ptr, H, MAX_LEN,
+                             bt_stride, PAGES_PER_SPLIT,
+                             NEXT_N: tl.constexpr, NP: tl.constexpr, HP: tl.constexpr, BLOCK_PAGES: tl.constexpr,
+                             D: tl.constexpr, NATIVE_FP8: tl.constexpr):
+    """One program: one sequence's NEXT_N query tokens x one split of its pages (BLOCK_PAGES pages per step).
+    Query j (0-based) of sequence b sees positions n < ctx[b] - NEXT_N + j + 1."""
+    BN: tl.constexpr = BLOCK_PAGES * 64
+    i_b, i_sp = tl.program_id(0), tl.program_id(1)
+    ctx = tl.load(ctx_ptr + i_b).to(tl.int32)
+    o_q = tl.arange(0, NP * HP)
+    q_j = o_q // HP
+    q_h = o_q % HP
+    m_q = (q_j < NEXT_N) & (q_h < H)
+    row_q = i_b.to(tl.int64) * NEXT_N + q_j
+    o_d = tl.arange(0, D)
+    # [NP*HP, D] query bytes, [NP*HP] weights
+    b_q = tl.load(q_ptr + (row_q * H + q_h)[:, None] * D + o_d[None, :], mask=m_q[:, None], other=0)
+    b_q = _as_mma_operand(b_q, NATIVE_FP8)
+    b_w = tl.load(w_ptr + row_q * H + q_h, mask=m_q, other=0.0)
+    if not NATIVE_FP8:
+        b_w = b_w * 65536.0
+    o_j = tl.arange(0, NP)
+    m_j = o_j < NEXT_N
+    limit = ctx - NEXT_N + 1 + o_j                       # [NP] exclusive key bound per query
+    p_out = out_ptr + (i_b.to(tl.int64) * NEXT_N + o_j)[:, None] * MAX_LEN
+    n_pages_out = tl.cdiv(MAX_LEN, 64)
+    p0 = i_sp * PAGES_PER_SPLIT
+    p1 = tl.minimum(p0 + PAGES_PER_SPLIT, n_pages_out)
+    pc = tl.maximum(tl.minimum(tl.cdiv(tl.minimum(ctx, MAX_LEN), 64), p1), p0)   # pages [p0, pc) hold keys
+    o_t = tl.arange(0, BN)
+    o_tp = o_t // 64
+    o_to = o_t % 64
+    for p in range(p0, pc, BLOCK_PAGES):
+        page = p + o_tp
+        m_t = page < pc
+        blk = tl.load(bt_ptr + i_b.to(tl.int64) * bt_stride + page, mask=m_t, other=0).to(tl.int64)
+        # [BN, D] key bytes (BLOCK_PAGES pages), [BN] scales
+        b_k = tl.load(cache_ptr + (blk * 8448 + o_to * 128)[:, None] + o_d[None, :], mask=m_t[:, None], other=0)
+        b_sc = tl.load(cache_f32_ptr + blk * 2112 + 2048 + o_to, mask=m_t, other=0.0)
+        acc = tl.dot(b_q, tl.trans(_as_mma_operand(b_k, NATIVE_FP8)))
+        logit = _weighted_relu_sum(acc, b_w, NP, HP, BN) * b_sc[None, :]
+        o_n = p * 64 + o_t
+        logit = tl.where(o_n[None, :] < limit[:, None], logit, float("-inf"))
+        tl.store(p_out + o_n[None, :], logit, mask=m_j[:, None] & (o_n[None, :] < MAX_LEN) & (o_n[None, :] < p1 * 64))
+    neg = tl.full((NP, BN), float("-inf"), tl.float32)
+    for p in range(p0 + tl.cdiv(pc - p0, BLOCK_PAGES) * BLOCK_PAGES, p1, BLOCK_PAGES):
+        o_n = p * 64 + o_t
+        tl.store(p_out + o_n[None, :], neg, mask=m_j[:, None] & (o_n[None, :] < p1 * 64) & (o_n[None, :] < MAX_LEN))
+
+
+def paged_logits_config(h: int, next_n: int, cap: tuple[int, int]) -> dict:
+    """Shipped config for fp8_paged_indexer_logits: MMA rows = NP * HP (next_n padded to a power of two)."""
+    hp = max(16, _next_pow2(h))
+    np_ = _next_pow2(next_n)
+    rows = np_ * hp
+    block_pages = 2 if rows <= 128 else 1
+    return dict(NP=np_, HP=hp, BLOCK_PAGES=block_pages, num_warps=4 if rows <= 64 else 8,
+                num_stages=3 if cap >= (8, 0) else 2)
+
+
+def fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table, max_context_len: int):
+    """q_fp8 [B, next_n, H, 128] e4m3, kv_cache [pages, 64, 132] uint8, weights [B*next_n, H] fp32,
+    context_lens [B], block_table [B, max_pages] -> logits [B*next_n, max_context_len] fp32."""
+    b, next_n, h, d = q_fp8.shape
+    require(d == HEAD_DIM, f"fp8_paged_indexer_logits: head dim {d} must be {HEAD_DIM}")
+    require(1 <= next_n <= 4, f"fp8_paged_indexer_logits: next_n={next_n} must be in 1..4")
+    require(h <= 128 and next_n * h <= 256, f"fp8_paged_indexer_logits: H={h} x next_n={next_n} query rows "
+                                             "exceed the kernel's 256-row MMA tile")
+    _check_cache(kv_cache)
+    for name, t in (("q_fp8", q_fp8), ("weights", weights), ("context_lens", context_lens)):
+        _contig(f"fp8_paged_indexer_logits: {name}", t)
+    require(block_table.stride(1) == 1, "fp8_paged_indexer_logits: block_table rows must be contiguous")
+    out = torch.empty((b * next_n, max_context_len), dtype=torch.float32, device=q_fp8.device)
+    if b == 0 or max_context_len == 0:
+        return out
+    cfg = paged_logits_config(h, next_n, capability(q_fp8.device))
+    n_pages = triton.cdiv(max_context_len, PAGE)
+    want_splits = max(1, triton.cdiv(2 * _num_sms(q_fp8.device), b))
+    pps = triton.cdiv(triton.cdiv(n_pages, want_splits), cfg["BLOCK_PAGES"]) * cfg["BLOCK_PAGES"]
+    grid = (b, triton.cdiv(n_pages, pps))
+    _fp8_paged_logits_kernel[grid](_u8(q_fp8), kv_cache, kv_cache.view(torch.float32), weights, context_lens,
+                                   block_table, out, h, max_context_len, block_table.stride(0), pps,
+                                   NEXT_N=next_n, D=HEAD_DIM, NATIVE_FP8=native_fp8(q_fp8.device), **cfg)
+    return out
+
+
+# ----------------------------------------------------------------------------- top-k
+
+@triton.jit
+def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, N, stride_x, TOPK,
+                 TOPK_PAD: tl.constexpr, BLOCK: tl.constexpr, SORTED: tl.constexpr):
+    """Per row: radix-select the TOPK-th largest key over [ks, ke) with four 8-bit histogram passes, then
+    one pass writes the positions of every key above it and the first ties equal to it (stream
+    compaction with prefix sums), then the selection is sorted by descending score."""
+    r = tl.program_id(0)
+    row = x_ptr + r.to(tl.int64) * stride_x
+    orow = out_ptr + r.to(tl.int64) * TOPK
+    ks = tl.minimum(tl.maximum(tl.load(ks_ptr + r).to(tl.int32), 0), N)
+    ke = tl.minimum(tl.maximum(tl.load(ke_ptr + r).to(tl.int32), ks), N)
+    length = ke - ks
+    k = tl.minimum(length, TOPK)
+    select = length > TOPK
+    o_b = tl.arange(0, BLOCK)
+    o_bin = tl.arange(0, 256)
+    prefix = tl.zeros((), tl.int32)         # selected high digits of the threshold key (signed order)
+    remaining = TOPK + tl.zeros((), tl.int32)
+    if select:
+        for pas in tl.static_range(4):
+            SHIFT: tl.constexpr = 24 - 8 * pas
+            hist = tl.zeros((256,), tl.int32)
+            for n0 in range(ks, ke, BLOCK):
+                o_n = n0 + o_b
+                m_n = o_n < ke
+                key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
+                if pas == 0:
+                    match = m_n
+                    digit = ((key >> 24) & 0xFF) ^ 0x80     # flip the sign bit: unsigned digit order
+                else:
+                    match = m_n & ((key >> (SHIFT + 8)) == (prefix >> (SHIFT + 8)))
+                    digit = (key >> SHIFT) & 0xFF
+                hist += tl.histogram(digit, 256, mask=match)
+            cge = tl.cumsum(hist, 0, reverse=True)             # keys with this digit or a larger one
+            d = tl.max(tl.where(cge >= remaining, o_bin, -1), axis=0)
+            above = tl.sum(tl.where(o_bin == d, cge - hist, 0), axis=0)
+            remaining -= above
+            if pas == 0:
+                prefix = (d ^ 0x80) << 24
+            else:
+                prefix = prefix | (d << SHIFT)
+    # prefix = key of the TOPK-th largest; take all keys above it and `remaining` keys equal to it
+    n_eq = tl.where(select, remaining, 0)
+    thr = tl.where(select, prefix, -2147483647 - 1)      # without selection every key in range is taken
+    eq_base = k - n_eq
+    cnt_gt = tl.zeros((), tl.int32)
+    cnt_eq = tl.zeros((), tl.int32)
+    for n0 in range(ks, ke, BLOCK):
+        o_n = n0 + o_b
+        m_n = o_n < ke
+        key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
+        gt = m_n & (key > thr)
+        eq = m_n & (key == prefix)
+        gt_i = gt.to(tl.int32)
+        eq_i = eq.to(tl.int32)
+        pos_gt = cnt_gt + tl.cumsum(gt_i, 0) - 1
+        pos_eq = cnt_eq + tl.cumsum(eq_i, 0) - 1
+        tl.store(orow + pos_gt, o_n - ks, mask=gt)
+        tl.store(orow + eq_base + pos_eq, o_n - ks, mask=eq & (pos_eq < n_eq))
+        cnt_gt += tl.sum(gt_i, axis=0)
+        cnt_eq += tl.sum(eq_i, axis=0)
+    o_k = tl.arange(0, TOPK_PAD)
+    if SORTED:
+        tl.debug_barrier()
+        m_k = o_k < k
+        idx = tl.load(orow + o_k, mask=m_k, other=0)
+        key = _f32_sort_key(tl.load(row + ks + idx, mask=m_k, other=float("-inf")))
+        packed = (key.to(tl.int64) << 32) | idx.to(tl.int64)
+        packed = tl.where(m_k, packed, -9223372036854775807 - 1)
+        packed = tl.sort(packed, descending=True)
+        idx = (packed & 0xFFFFFFFF).to(tl.int32)
+        tl.store(orow + o_k, tl.where(m_k, idx, -1), mask=o_k < TOPK)
+    else:
+        tl.store(orow + o_k, tl.full((TOPK_PAD,), -1, tl.int32), mask=(o_k >= k) & (o_k < TOPK))
+
+
+TOPK_CONFIG = dict(BLOCK=4096, num_warps=16, num_stages=1)
+
+
+def indexer_topk(logits: torch.Tensor, topk: int, ks: torch.Tensor, ke: torch.Tensor) -> torch.Tensor:
+    """logits [R, N] fp32 (unit stride along N) -> indices [R, topk] int32 relative to ks, descending, -1 padded."""
+    r, n = logits.shape
+    require(1 <= topk <= MAX_TOPK, f"indexer_topk: topk={topk} must be in 1..{MAX_TOPK} for the Triton kernel")
+    require(logits.stride(1) == 1, f"indexer_topk: logits must have unit stride along N (strides {logits.stride()})")
+    require(n < 2 ** 31, "indexer_topk: N must fit in int32")
+    _contig("indexer_topk: ks", ks)
+    _contig("indexer_topk: ke", ke)
+    out = torch.empty((r, topk), dtype=torch.int32, device=logits.device)
+    if r == 0:
+        return out
+    _topk_kernel[(r,)](logits, ks, ke, out, n, logits.stride(0), topk, TOPK_PAD=_next_pow2(topk), SORTED=True,
+                       **TOPK_CONFIG)
+    return out
+
+
+# ----------------------------------------------------------------------------- positions -> slots
+
+@triton.jit
+def _indices_to_slots_kernel(idx_ptr, bt_ptr, out_ptr, K, MAX_PAGES, idx_stride, bt_stride, PAGE_SIZE,
+                             BLOCK: tl.constexpr):
+    r, i_k = tl.program_id(0), tl.program_id(1)
+    o_k = i_k * BLOCK + tl.arange(0, BLOCK)
+    m_k = o_k < K
+    pos = tl.load(idx_ptr + r.to(tl.int64) * idx_stride + o_k, mask=m_k, other=-1).to(tl.int64)
+    page = pos // PAGE_SIZE
+    valid = (pos >= 0) & (page < MAX_PAGES)
+    blk = tl.load(bt_ptr + r.to(tl.int64) * bt_stride + page, mask=m_k & valid, other=0).to(tl.int64)
+    slot = tl.where(valid, blk * PAGE_SIZE + pos % PAGE_SIZE, -1)
+    tl.store(out_ptr + r.to(tl.int64) * K + o_k, slot.to(tl.int32), mask=m_k)
+
+
+def indices_to_slots(indices: torch.Tensor, block_table: torch.Tensor, page_size: int = PAGE) -> torch.Tensor:
+    """indices [R, K] positions (-1 invalid), block_table [R, max_pages] -> slots [R, K] int32 (-1 kept;
+    positions beyond the block table also give -1)."""
+    require(page_size > 0, f"indices_to_slots: page_size={page_size} must be positive")
+    require(indices.stride(1) == 1 and block_table.stride(1) == 1,
+            "indices_to_slots: indices and block_table need unit stride along their last dim")
+    r, k = indices.shape
+    out = torch.empty((r, k), dtype=torch.int32, device=indices.device)
+    if r == 0 or k == 0:
+        return out
+    block = min(1024, _next_pow2(k))
+    _indices_to_slots_kernel[(r, triton.cdiv(k, block))](indices, block_table, out, k, block_table.shape[1],
+                                                         indices.stride(0), block_table.stride(0), page_size,
+                                                         BLOCK=block, num_warps=4)
+    return out
