@@ -1,12 +1,47 @@
-"""SGLang adapter for DeepSeek-V3.2 (entry point group ``sglang.srt.plugins``).
+"""SGLang adapter for DeepSeek-V3.2 (entry point group ``sglang.srt.plugins`` -> ``register``).
 
-``register()`` runs in every SGLang process (engine, server, scheduler, detokenizer, TP workers); it must
-stay cheap and import nothing from SGLang's CUDA paths. Filled in below as the adapter lands.
+SGLang calls ``register()`` through ``load_plugins()`` in every process it starts (engine/server, scheduler
+and TP workers, detokenizer), before it builds ServerArgs. It:
+  1. applies the CPU shims when torch is a CPU build (a no-op on GPU installs; see cpu_shims.py);
+  2. registers our ``DeepseekV32ForCausalLM`` over SGLang's built-in one (``ModelRegistry.register(...,
+     overwrite=True)``), unless ``DSV32_SGLANG_BUILTIN=1`` hands the architecture back to SGLang;
+  3. registers our attention backend ``dsv32_sparse`` and makes it the default for this architecture
+     (SGLang would force its "dsa" backend, which needs Hopper/Blackwell kernels);
+  4. on a torch without CUDA, answers the CUDA capability probes SGLang's V3.2 server-argument hooks
+     make (they call torch.cuda.get_device_capability unconditionally) with (0, 0) during those hooks.
+SGLang itself keeps choosing, from the architecture name, the MLA attention arch, 64-token pages and its
+``DSATokenToKVPool`` (latent cache + index-key cache), which our backend uses as they are.
 """
 from __future__ import annotations
 
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+ARCH = "DeepseekV32ForCausalLM"
+BUILTIN_ENV = "DSV32_SGLANG_BUILTIN"
+_REGISTERED = False
+
+
+def plugin_active() -> bool:
+    return os.environ.get(BUILTIN_ENV, "0") != "1"
+
 
 def register() -> None:
+    global _REGISTERED
     from . import cpu_shims
 
     cpu_shims.install()
+    if _REGISTERED:
+        return
+    _REGISTERED = True
+    if not plugin_active():
+        logger.info("%s=1: leaving %s to SGLang's built-in implementation", BUILTIN_ENV, ARCH)
+        return
+    from . import hooks
+
+    hooks.register_model()
+    hooks.register_attention_backend()
+    hooks.register_server_arg_overrides()
+    hooks.register_cuda_probe_guard()

@@ -1,0 +1,92 @@
+"""The SGLang-side registrations behind register(): model, attention backend, server-arg defaults, probes.
+
+Everything SGLang keys on the string "DeepseekV32ForCausalLM" and what we do about it (SGLang 0.5.23):
+  - configs/model_config.py is_deepseek_dsa() and the MLA name list -> MLA attention arch and the
+    DSATokenToKVPool with an index-key cache: kept, our backend uses that pool.
+  - arg_groups/model_overrides/deepseek_v2.py _deepseek_family_overrides -> attention_backend "dsa",
+    page_size 64: we append our own override for the arch (last writer wins) that picks our backend.
+  - arg_groups/model_hook.py handle_model_specific_adjustments and the passes it runs
+    (overrides.py _dsa_kv_cache_dtype_default, _dsa_split_backend_resolution) call
+    torch.cuda.get_device_capability() on any non-NPU/XPU platform, which raises on a CPU torch: on a torch
+    without CUDA we run that hook with the probe answering (0, 0) (-> bf16 KV cache, as SGLang picks below sm100).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+from . import ARCH
+from .backend import BACKEND_NAME
+
+logger = logging.getLogger(__name__)
+
+MODELS_PACKAGE = "deepseek_v32_plugin.engines.sglang.models"
+
+
+def register_model() -> None:
+    from sglang.srt.models.registry import ModelRegistry
+
+    ModelRegistry.register(MODELS_PACKAGE, overwrite=True, strict=True)
+
+
+def register_attention_backend() -> None:
+    from sglang.srt.arg_groups.choices import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
+    from sglang.srt.layers.attention.attention_registry import register_attention_backend as reg
+
+    from .backend import create_backend
+
+    reg(BACKEND_NAME)(create_backend)
+    if BACKEND_NAME not in ATTENTION_BACKEND_CHOICES:
+        add_attention_backend_choices([BACKEND_NAME])
+
+
+def _v32_overrides(server_args, hf_config) -> dict:
+    """Appended after SGLang's DeepSeek family override: our backend instead of "dsa", 64-token pages.
+
+    Reads the user's own choice from the raw record: platform defaults declared earlier in the resolution
+    (e.g. "intel_amx" on CPU) are not a user choice and are replaced too."""
+    out = {"page_size": 64}
+    user = [getattr(server_args, f, None) for f in
+            ("attention_backend", "prefill_attention_backend", "decode_attention_backend")]
+    if all(b in (None, "dsa", "nsa", BACKEND_NAME) for b in user):
+        out["attention_backend"] = BACKEND_NAME
+    return out
+
+
+def register_server_arg_overrides() -> None:
+    import sglang.srt.arg_groups.overrides  # noqa: F401  (registers SGLang's own overrides first)
+    from sglang.srt.arg_groups.model_override_base import register_model_override
+
+    register_model_override(ARCH)(_v32_overrides)
+
+
+@contextlib.contextmanager
+def _cpu_capability_probe():
+    orig = torch.cuda.get_device_capability
+
+    def probe(device=None):
+        return (0, 0)
+
+    torch.cuda.get_device_capability = probe
+    try:
+        yield
+    finally:
+        torch.cuda.get_device_capability = orig
+
+
+def _around_model_adjustments(original, *args, **kwargs):
+    if torch.cuda.is_available():
+        return original(*args, **kwargs)
+    with _cpu_capability_probe():
+        return original(*args, **kwargs)
+
+
+def register_cuda_probe_guard() -> None:
+    if torch.version.cuda is not None and torch.cuda.is_available():
+        return  # a real GPU answers the probes itself
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register("sglang.srt.arg_groups.model_hook.handle_model_specific_adjustments",
+                          _around_model_adjustments, HookType.AROUND)

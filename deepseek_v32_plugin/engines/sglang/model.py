@@ -1,0 +1,355 @@
+"""DeepSeek-V3.2 built from SGLang's layers, for SGLang's ModelRunner (registered as "DeepseekV32ForCausalLM").
+
+Module tree and parameter names follow the HF checkpoint (`prefix=` = checkpoint key), so weights load by
+name. Parallelism is SGLang's: Column/RowParallelLinear shard the MLA heads and MLPs over TP, FusedMoE
+shards or distributes the experts, VocabParallelEmbedding/ParallelLMHead the vocabulary. The indexer is
+replicated (as in SGLang's own V3.2). The math is shared with the engine-neutral reference:
+  - rope: deepseek_v32_plugin.model.YarnRope (interleaved for MLA, half-split for the indexer);
+  - indexer q/k/head weights: deepseek_v32_plugin.model.reference.Attention.indexer_qk;
+  - attention (cache writes, indexer logits/top-k, sparse MLA): our backend (backend.py) over ops;
+  - routed experts: ops.fp8_moe.fp8_moe_experts on the checkpoint's FP8 blocks (DSV32Fp8MoEMethod),
+    routing by SGLang's TopK (sigmoid, bias for choice, grouped, renormalized).
+FP8 block-quantized dense linears are dequantized to the model dtype at load (SGLang's FP8 block GEMM
+needs CUDA or AMX on CPU); the routed experts stay FP8.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sglang.srt.distributed.communication_op import tensor_model_parallel_all_reduce
+from sglang.srt.layers.layernorm import RMSNorm
+from sglang.srt.layers.linear import (ColumnParallelLinear, MergedColumnParallelLinear, ReplicatedLinear,
+                                      RowParallelLinear)
+from sglang.srt.layers.logits_processor import LogitsProcessor
+from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
+from sglang.srt.layers.moe.topk import TopK
+from sglang.srt.layers.quantization.base_config import FusedMoEMethodBase
+from sglang.srt.layers.radix_attention import RadixAttention
+from sglang.srt.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+from sglang.srt.model_loader.weight_utils import default_weight_loader
+from sglang.srt.runtime_context import get_parallel
+from sglang.srt.utils import set_weight_attrs
+
+from ...config import V32Config
+from ...model import YarnRope
+from ...model.reference import Attention as _RefAttention
+from ...ops import fp8_moe, indexer
+from ...ops.fp8_quant import FP8_DTYPE, GROUP, fp8_dequant_weight
+from .backend import IndexerInputs
+
+logger = logging.getLogger(__name__)
+
+
+def v32_config(hf_config) -> V32Config:
+    """Our typed, validated view of the HF config: an unservable config fails here, naming the field."""
+    d = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
+    d["architectures"] = ["DeepseekV32ForCausalLM"]
+    return V32Config.from_dict(d)
+
+
+# ---------------------------------------------------------------------------------------------------
+# MoE: SGLang's FusedMoE plumbing (weights, loader, TP/EP, dispatch) with our FP8 grouped GEMM as compute
+# ---------------------------------------------------------------------------------------------------
+class DSV32Fp8MoEMethod(FusedMoEMethodBase):
+    """FusedMoE expert compute on the checkpoint's FP8 128x128 blocks via ops.fp8_moe.fp8_moe_experts."""
+
+    def create_weights(self, layer, num_experts, hidden_size, intermediate_size_per_partition, params_dtype,
+                       **extra_weight_attrs):
+        from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoeWeightScaleSupported
+
+        i = intermediate_size_per_partition
+        if i % GROUP or hidden_size % GROUP:
+            raise ValueError(f"moe_intermediate_size per TP rank ({i}) and hidden_size ({hidden_size}) must be "
+                             f"multiples of the FP8 block {GROUP}")
+
+        def param(name, shape, dtype, attrs):
+            p = nn.Parameter(torch.empty(*shape, dtype=dtype), requires_grad=False)
+            layer.register_parameter(name, p)
+            set_weight_attrs(p, attrs)
+
+        param("w13_weight", (num_experts, 2 * i, hidden_size), FP8_DTYPE, extra_weight_attrs)
+        param("w2_weight", (num_experts, hidden_size, i), FP8_DTYPE, extra_weight_attrs)
+        scale_attrs = dict(extra_weight_attrs, quant_method=FusedMoeWeightScaleSupported.BLOCK.value)
+        param("w13_weight_scale_inv", (num_experts, 2 * i // GROUP, hidden_size // GROUP), torch.float32,
+              scale_attrs)
+        param("w2_weight_scale_inv", (num_experts, hidden_size // GROUP, i // GROUP), torch.float32, scale_attrs)
+
+    def create_moe_runner(self, layer, moe_runner_config):
+        self.moe_runner_config = moe_runner_config
+
+    def get_moe_runner_backend(self, layer):
+        return None
+
+    def process_weights_after_loading(self, layer) -> None:
+        return None
+
+    def apply(self, layer, dispatch_output):
+        from sglang.srt.layers.moe.token_dispatcher import StandardCombineInput
+
+        x = dispatch_output.hidden_states
+        topk_weights, topk_ids = dispatch_output.topk_output[0], dispatch_output.topk_output[1]
+        scale = self.moe_runner_config.routed_scaling_factor or 1.0
+        out = fp8_moe.fp8_moe_experts(x, layer.w13_weight, layer.w13_weight_scale_inv, layer.w2_weight,
+                                      layer.w2_weight_scale_inv, topk_weights.float() * scale, topk_ids)
+        return StandardCombineInput(hidden_states=out)
+
+
+class DenseMLP(nn.Module):
+    def __init__(self, hidden: int, inter: int, prefix: str, reduce_results: bool = True):
+        super().__init__()
+        self.gate_up_proj = MergedColumnParallelLinear(hidden, [inter, inter], bias=False,
+                                                       prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = RowParallelLinear(inter, hidden, bias=False, reduce_results=reduce_results,
+                                           prefix=f"{prefix}.down_proj")
+
+    def forward(self, x):
+        gu, _ = self.gate_up_proj(x)
+        g, u = gu.chunk(2, dim=-1)
+        y, _ = self.down_proj(F.silu(g) * u)
+        return y
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: V32Config, layer_id: int, prefix: str):
+        super().__init__()
+        self.tp_size = get_parallel().tp_size
+        self.gate = ReplicatedLinear(cfg.hidden_size, cfg.n_routed_experts, bias=False, prefix=f"{prefix}.gate")
+        self.gate.e_score_correction_bias = nn.Parameter(torch.zeros(cfg.n_routed_experts, dtype=torch.float32),
+                                                         requires_grad=False)
+        self.topk = TopK(top_k=cfg.num_experts_per_tok, layer_id=layer_id, use_grouped_topk=True,
+                         topk_group=cfg.topk_group, num_expert_group=cfg.n_group, renormalize=cfg.norm_topk_prob,
+                         scoring_func="sigmoid", correction_bias=self.gate.e_score_correction_bias,
+                         routed_scaling_factor=cfg.routed_scaling_factor)
+        self.experts = FusedMoE(num_experts=cfg.n_routed_experts, hidden_size=cfg.hidden_size,
+                                intermediate_size=cfg.moe_intermediate_size, layer_id=layer_id,
+                                top_k=cfg.num_experts_per_tok, reduce_results=False,
+                                routed_scaling_factor=cfg.routed_scaling_factor, prefix=f"{prefix}.experts",
+                                quant_method=DSV32Fp8MoEMethod(), params_dtype=torch.get_default_dtype())
+        self.shared_experts = (DenseMLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts,
+                                        f"{prefix}.shared_experts", reduce_results=False)
+                               if cfg.n_shared_experts else None)
+
+    def forward(self, x):
+        router_logits = F.linear(x.float(), self.gate.weight.float())
+        out = self.experts(x, self.topk(x, router_logits))
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        if self.tp_size > 1:
+            out = tensor_model_parallel_all_reduce(out)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention: MLA (absorbed) + lightning indexer; the backend does caches, selection and sparse attention
+# ---------------------------------------------------------------------------------------------------
+class IndexerWeights(nn.Module):
+    def __init__(self, cfg: V32Config, prefix: str):
+        super().__init__()
+        self.wq_b = ReplicatedLinear(cfg.q_lora_rank, cfg.index_n_heads * cfg.index_head_dim, bias=False,
+                                     prefix=f"{prefix}.wq_b")
+        self.wk = ReplicatedLinear(cfg.hidden_size, cfg.index_head_dim, bias=False, prefix=f"{prefix}.wk")
+        self.k_norm = nn.LayerNorm(cfg.index_head_dim, eps=1e-6, dtype=torch.float32)
+        for p in self.k_norm.parameters():
+            p.requires_grad_(False)
+        self.weights_proj = ReplicatedLinear(cfg.hidden_size, cfg.index_n_heads, bias=False,
+                                             prefix=f"{prefix}.weights_proj")
+
+
+class _RefIndexerView:
+    """Presents our SGLang parameters under the names the reference's indexer_qk reads."""
+
+    def __init__(self, cfg: V32Config, rope: YarnRope, w: IndexerWeights):
+        self.cfg, self.rope, self.w = cfg, rope, w
+
+    def __getattr__(self, name):
+        w = self.__dict__["w"]
+        return {"idx_wq_b": lambda: w.wq_b.weight, "idx_wk": lambda: w.wk.weight,
+                "idx_k_norm_w": lambda: w.k_norm.weight, "idx_k_norm_b": lambda: w.k_norm.bias,
+                "idx_weights_proj": lambda: w.weights_proj.weight}[name]()
+
+
+class MLAAttention(nn.Module):
+    def __init__(self, cfg: V32Config, layer_id: int, prefix: str, rope: YarnRope):
+        super().__init__()
+        tp = get_parallel().tp_size
+        if cfg.num_attention_heads % tp:
+            raise ValueError(f"num_attention_heads={cfg.num_attention_heads} is not divisible by tp_size={tp}")
+        self.cfg, self.rope = cfg, rope
+        self.h = cfg.num_attention_heads // tp
+        self.q_a_proj = ReplicatedLinear(cfg.hidden_size, cfg.q_lora_rank, bias=False, prefix=f"{prefix}.q_a_proj")
+        self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, eps=cfg.rms_norm_eps)
+        self.q_b_proj = ColumnParallelLinear(cfg.q_lora_rank, cfg.num_attention_heads * cfg.qk_head_dim,
+                                             bias=False, prefix=f"{prefix}.q_b_proj")
+        self.kv_a_proj_with_mqa = ReplicatedLinear(cfg.hidden_size, cfg.kv_lora_rank + cfg.qk_rope_head_dim,
+                                                   bias=False, prefix=f"{prefix}.kv_a_proj_with_mqa")
+        self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, eps=cfg.rms_norm_eps)
+        self.kv_b_proj = ColumnParallelLinear(cfg.kv_lora_rank,
+                                              cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+                                              bias=False, prefix=f"{prefix}.kv_b_proj")
+        self.o_proj = RowParallelLinear(cfg.num_attention_heads * cfg.v_head_dim, cfg.hidden_size, bias=False,
+                                        reduce_results=True, prefix=f"{prefix}.o_proj")
+        self.indexer = IndexerWeights(cfg, f"{prefix}.indexer")
+        self._ref_indexer = _RefIndexerView(cfg, rope, self.indexer)
+        self.attn = RadixAttention(self.h, cfg.mla_cache_dim, cfg.softmax_scale, num_kv_heads=1,
+                                   layer_id=layer_id, v_head_dim=cfg.kv_lora_rank, prefix=f"{prefix}.attn")
+        self.w_kc: Optional[torch.Tensor] = None   # [h, nope, kv_lora]: absorbed into q
+        self.w_vc: Optional[torch.Tensor] = None   # [h, v, kv_lora]: applied to the latent output
+
+    def post_load_weights(self):
+        cfg = self.cfg
+        w = self.kv_b_proj.weight.view(self.h, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
+        self.w_kc = w[:, : cfg.qk_nope_head_dim].contiguous()
+        self.w_vc = w[:, cfg.qk_nope_head_dim:].contiguous()
+
+    def forward(self, positions, x, forward_batch):
+        cfg = self.cfg
+        t = x.shape[0]
+        qr = self.q_a_layernorm(self.q_a_proj(x)[0])
+        q = self.q_b_proj(qr)[0].view(t, self.h, cfg.qk_head_dim)
+        q_nope, q_pe = q[..., : cfg.qk_nope_head_dim], q[..., cfg.qk_nope_head_dim:]
+        q_pe = self.rope.apply(q_pe, positions, interleaved=True)
+        kv = self.kv_a_proj_with_mqa(x)[0]
+        kv_c = self.kv_a_layernorm(kv[:, : cfg.kv_lora_rank].contiguous())
+        k_pe = self.rope.apply(kv[:, cfg.kv_lora_rank:], positions, interleaved=True)
+
+        iq, ik, head_w = _RefAttention.indexer_qk(self._ref_indexer, x, qr, positions)
+        q_fp8, q_scale = indexer.indexer_quant(iq)
+        index_inputs = IndexerInputs(k=ik, q_fp8=q_fp8, weights=(head_w * q_scale).float().contiguous(),
+                                     topk=cfg.index_topk)
+
+        q_lat = torch.einsum("thd,hdc->thc", q_nope, self.w_kc)
+        q576 = torch.cat([q_lat, q_pe], dim=-1)
+        out_lat = self.attn(q576, kv_c.unsqueeze(1), kv_c.unsqueeze(1), forward_batch,
+                            k_rope=k_pe.unsqueeze(1), dsv32_index=index_inputs)
+        out = torch.einsum("thc,hvc->thv", out_lat.view(t, self.h, cfg.kv_lora_rank).to(self.w_vc.dtype),
+                           self.w_vc)
+        return self.o_proj(out.reshape(t, self.h * cfg.v_head_dim))[0]
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: V32Config, layer_id: int, prefix: str, rope: YarnRope):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.self_attn = MLAAttention(cfg, layer_id, f"{prefix}.self_attn", rope)
+        is_moe = cfg.is_moe_layer(layer_id) or layer_id >= cfg.num_hidden_layers  # the MTP layer is MoE
+        self.mlp = MoE(cfg, layer_id, f"{prefix}.mlp") if is_moe else DenseMLP(
+            cfg.hidden_size, cfg.intermediate_size, f"{prefix}.mlp")
+
+    def forward(self, positions, x, forward_batch):
+        x = x + self.self_attn(positions, self.input_layernorm(x), forward_batch)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DeepseekV32Model(nn.Module):
+    def __init__(self, cfg: V32Config, prefix: str = "model"):
+        super().__init__()
+        rope = YarnRope(cfg)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, prefix=f"{prefix}.embed_tokens")
+        self.layers = nn.ModuleList([DecoderLayer(cfg, i, f"{prefix}.layers.{i}", rope)
+                                     for i in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+
+    def forward(self, input_ids, positions, forward_batch, input_embeds=None):
+        x = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
+        for layer in self.layers:
+            x = layer(positions, x, forward_batch)
+        return self.norm(x)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Weight loading: HF names -> our params; FP8 dense linears dequantized, routed experts kept FP8
+# ---------------------------------------------------------------------------------------------------
+_STACKED = [("gate_up_proj", "gate_proj", 0), ("gate_up_proj", "up_proj", 1)]
+
+
+def load_v32_weights(module: nn.Module, weights: Iterable[Tuple[str, torch.Tensor]], cfg: V32Config,
+                     skip=lambda name: False) -> set:
+    params = dict(module.named_parameters())
+    expert_map = FusedMoE.make_expert_params_mapping("gate_proj", "down_proj", "up_proj", cfg.n_routed_experts)
+    pending_w, pending_s, loaded = {}, {}, set()
+
+    def load_one(name, w):
+        for param_name, weight_name, expert_id, shard_id in expert_map:
+            if weight_name in name:
+                pname = name.replace(weight_name, param_name)
+                p = params[pname]
+                p.weight_loader(p, w, pname, shard_id=shard_id, expert_id=expert_id)
+                loaded.add(pname)
+                return
+        if name.endswith(".weight") and w.dtype == FP8_DTYPE:   # a dense FP8 linear: needs its scale
+            pending_w[name] = w
+            return try_dequant(name[: -len(".weight")])
+        if name.endswith(".weight_scale_inv"):
+            pending_s[name] = w
+            return try_dequant(name[: -len(".weight_scale_inv")])
+        for pname, shard, sid in _STACKED:
+            if f".{shard}." in name and ".experts." not in name:
+                target = name.replace(shard, pname)
+                p = params[target]
+                p.weight_loader(p, w, sid)
+                loaded.add(target)
+                return
+        if name not in params:
+            raise KeyError(f"checkpoint tensor {name!r} has no matching parameter in the SGLang V3.2 model")
+        p = params[name]
+        getattr(p, "weight_loader", default_weight_loader)(p, w)
+        loaded.add(name)
+
+    def try_dequant(prefix):
+        wn, sn = f"{prefix}.weight", f"{prefix}.weight_scale_inv"
+        if wn in pending_w and sn in pending_s:
+            w = fp8_dequant_weight(pending_w.pop(wn), pending_s.pop(sn).float(), out_dtype=torch.get_default_dtype(),
+                                   name=wn)
+            load_one(wn, w)
+
+    for name, w in weights:
+        if skip(name):
+            continue
+        load_one(name, w)
+    if pending_w or pending_s:
+        left = sorted(set(pending_w) | set(pending_s))
+        raise KeyError(f"FP8 weights without their weight_scale_inv (or scales without weights): {left[:4]}")
+    return loaded
+
+
+class DeepseekV32ForCausalLM(nn.Module):
+    """DeepSeek-V3.2 for SGLang through deepseek_v32_plugin (indexer + sparse MLA + FP8 MoE ops)."""
+
+    def __init__(self, config, quant_config=None, prefix: str = ""):
+        super().__init__()
+        self.config = config
+        self.cfg = v32_config(config)
+        self.cfg.validate()
+        # FP8 is handled by us (dequantized dense linears, FP8 experts): SGLang's FP8 config is not used.
+        self.quant_config = None
+        self.model = DeepseekV32Model(self.cfg)
+        self.lm_head = ParallelLMHead(self.cfg.vocab_size, self.cfg.hidden_size, prefix="lm_head")
+        self.logits_processor = LogitsProcessor(config)
+
+    @torch.no_grad()
+    def forward(self, input_ids, positions, forward_batch, input_embeds=None, get_embedding: bool = False,
+                pp_proxy_tensors=None):
+        hidden = self.model(input_ids, positions, forward_batch, input_embeds)
+        return self.logits_processor(input_ids, hidden, self.lm_head, forward_batch)
+
+    def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]):
+        n = self.cfg.num_hidden_layers
+        mtp_prefix = f"model.layers.{n}."   # the MTP layer belongs to the draft model (NextN)
+        loaded = load_v32_weights(self, weights, self.cfg, skip=lambda name: name.startswith(mtp_prefix))
+        self._check_loaded(loaded)
+        for layer in self.model.layers:
+            layer.self_attn.post_load_weights()
+
+    def _check_loaded(self, loaded: set):
+        missing = [name for name, _ in self.named_parameters() if name not in loaded]
+        if missing:
+            raise KeyError(f"checkpoint is missing tensors for: {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+
+
+EntryClass = [DeepseekV32ForCausalLM]

@@ -1,0 +1,1 @@
+"""Model package handed to SGLang's ModelRegistry.register(...): every module here exposes EntryClass."""
