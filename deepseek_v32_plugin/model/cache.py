@@ -31,12 +31,13 @@ class Sequence:
 
 class PagedCache:
     def __init__(self, num_layers: int, num_pages: int, device="cpu", mla_format: str = "bf16"):
-        if mla_format not in ("bf16", "fp8_ds_mla"):
-            raise ValueError(f"mla_format={mla_format!r}: choose 'bf16' or 'fp8_ds_mla'")
+        if mla_format not in ("bf16", "fp8_ds_mla", "fp32"):
+            raise ValueError(f"mla_format={mla_format!r}: choose 'bf16', 'fp8_ds_mla' or 'fp32' (oracle only)")
         self.device = torch.device(device)
         self.num_pages = num_pages
-        if mla_format == "bf16":
-            self.mla = [torch.zeros(num_pages, PAGE_SIZE, HEAD_576, dtype=torch.bfloat16, device=device)
+        if mla_format in ("bf16", "fp32"):
+            dt = torch.bfloat16 if mla_format == "bf16" else torch.float32
+            self.mla = [torch.zeros(num_pages, PAGE_SIZE, HEAD_576, dtype=dt, device=device)
                         for _ in range(num_layers)]
         else:
             self.mla = [torch.zeros(num_pages, PAGE_SIZE, FP8_BYTES, dtype=torch.uint8, device=device)

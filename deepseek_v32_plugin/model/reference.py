@@ -155,8 +155,8 @@ class MLP:
 
 
 class MoE:
-    def __init__(self, cfg: V32Config, w: _Weights, prefix: str):
-        self.cfg = cfg
+    def __init__(self, cfg: V32Config, w: _Weights, prefix: str, expert_act_fp8: bool = True):
+        self.cfg, self.expert_act_fp8, self.dtype = cfg, expert_act_fp8, w.dtype
         self.gate = w.raw(f"{prefix}.gate.weight").float()
         self.bias = w.raw(f"{prefix}.gate.e_score_correction_bias").float()
         w13, s13, w2, s2 = [], [], [], []
@@ -171,20 +171,36 @@ class MoE:
 
     def forward(self, x):
         weights, ids = route(x.float() @ self.gate.t(), self.bias, self.cfg)
-        out = fp8_moe.fp8_moe_experts(x, self.w13, self.s13, self.w2, self.s2, weights, ids)
+        if self.expert_act_fp8:
+            out = fp8_moe.fp8_moe_experts(x, self.w13, self.s13, self.w2, self.s2, weights, ids)
+        else:
+            out = self._experts_dequantized(x, weights, ids)
         if self.shared is not None:
             out = out + self.shared.forward(x)
         return out
 
 
+    def _experts_dequantized(self, x, weights, ids):
+        """Weight-only formulation (no activation FP8): what HF transformers computes."""
+        out = torch.zeros_like(x)
+        for e in ids.unique().tolist():
+            tok, slot = (ids == e).nonzero(as_tuple=True)
+            w13 = fp8_dequant_weight(self.w13[e], self.s13[e]).to(self.dtype)
+            w2 = fp8_dequant_weight(self.w2[e], self.s2[e]).to(self.dtype)
+            gate, up = (x[tok] @ w13.t()).chunk(2, dim=-1)
+            y = (F.silu(gate) * up) @ w2.t()
+            out.index_add_(0, tok, y * weights[tok, slot, None].to(self.dtype))
+        return out
+
+
 class DecoderLayer:
-    def __init__(self, cfg: V32Config, w: _Weights, idx: int, rope: YarnRope):
+    def __init__(self, cfg: V32Config, w: _Weights, idx: int, rope: YarnRope, expert_act_fp8: bool = True):
         p = f"model.layers.{idx}"
         self.cfg, self.idx = cfg, idx
         self.in_norm = w.vec(f"{p}.input_layernorm.weight")
         self.post_norm = w.vec(f"{p}.post_attention_layernorm.weight")
         self.attn = Attention(cfg, w, p, rope)
-        self.mlp = MoE(cfg, w, f"{p}.mlp") if cfg.is_moe_layer(idx) else MLP(w, f"{p}.mlp")
+        self.mlp = MoE(cfg, w, f"{p}.mlp", expert_act_fp8) if cfg.is_moe_layer(idx) else MLP(w, f"{p}.mlp")
 
     def forward(self, x, positions, seq, cache: PagedCache, slot: int, use_indexer=True):
         a, sel = self.attn.forward(rms_norm(x, self.in_norm, self.cfg.rms_norm_eps), positions, seq,
@@ -196,18 +212,21 @@ class DecoderLayer:
 class ReferenceModel:
     """DeepSeek-V3.2 main model + MTP module over paged caches. Not an nn.Module: it is an oracle."""
 
-    def __init__(self, cfg: V32Config, tensors: dict, dtype: torch.dtype = torch.float32, device="cpu"):
+    def __init__(self, cfg: V32Config, tensors: dict, dtype: torch.dtype = torch.float32, device="cpu",
+                 expert_act_fp8: bool = True):
+        """expert_act_fp8: routed experts quantize activations to FP8 (1x128) like the GPU kernels;
+        False gives the weight-only formulation (dequantized weights), as HF transformers computes."""
         self.cfg, self.dtype, self.device = cfg, dtype, torch.device(device)
         w = _Weights(tensors, dtype, self.device)
         rope = YarnRope(cfg)
         self.embed = w.vec("model.embed_tokens.weight")
-        self.layers = [DecoderLayer(cfg, w, i, rope) for i in range(cfg.num_hidden_layers)]
+        self.layers = [DecoderLayer(cfg, w, i, rope, expert_act_fp8) for i in range(cfg.num_hidden_layers)]
         self.norm = w.vec("model.norm.weight")
         self.lm_head = w.linear("lm_head")
         self.mtp = None
         if cfg.num_nextn_predict_layers:
             m = f"model.layers.{cfg.num_hidden_layers}"
-            self.mtp = dict(layer=DecoderLayer(cfg, w, cfg.num_hidden_layers, rope),
+            self.mtp = dict(layer=DecoderLayer(cfg, w, cfg.num_hidden_layers, rope, expert_act_fp8),
                             enorm=w.vec(f"{m}.enorm.weight"), hnorm=w.vec(f"{m}.hnorm.weight"),
                             eh_proj=w.linear(f"{m}.eh_proj"), embed=w.vec(f"{m}.embed_tokens.weight"),
                             head_norm=w.vec(f"{m}.shared_head.norm.weight"), head=w.linear(f"{m}.shared_head.head"))
