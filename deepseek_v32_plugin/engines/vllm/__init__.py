@@ -1,0 +1,39 @@
+"""vLLM adapter for DeepSeek-V3.2 (entry point group ``vllm.general_plugins``).
+
+``register()`` runs in every vLLM process (API server, engine core, each TP worker). It is re-entrant and
+registers by string only, so nothing heavy (our ops, CUDA) is imported until vLLM builds the model:
+  DeepseekV32ForCausalLM -> deepseek_v32_plugin.engines.vllm.model:DeepseekV32ForCausalLM
+  DeepseekV32MTPModel    -> deepseek_v32_plugin.engines.vllm.mtp:DeepseekV32MTP   (speculative draft, method="mtp")
+  quantization "dsv32_fp8"  -> quant_config:DSV32QuantConfig (claims the checkpoint's FP8 block weights)
+Set DSV32_VLLM_BUILTIN=1 to leave both names to vLLM's built-in implementation.
+"""
+from __future__ import annotations
+
+import os
+
+ARCH = "DeepseekV32ForCausalLM"
+MTP_ARCH = "DeepseekV32MTPModel"
+MODEL_CLS = "deepseek_v32_plugin.engines.vllm.model:DeepseekV32ForCausalLM"
+MTP_CLS = "deepseek_v32_plugin.engines.vllm.mtp:DeepseekV32MTP"
+
+_registered = False
+
+
+def builtin_requested() -> bool:
+    return os.environ.get("DSV32_VLLM_BUILTIN", "0").lower() in ("1", "true", "yes")
+
+
+def register() -> None:
+    global _registered
+    if _registered or builtin_requested():
+        return
+    from vllm import ModelRegistry
+    from vllm.model_executor.layers.quantization import register_quantization_config
+
+    from .quant_config import QUANT_NAME, DSV32QuantConfig
+
+    ModelRegistry.register_model(ARCH, MODEL_CLS)
+    ModelRegistry.register_model(MTP_ARCH, MTP_CLS)
+    # claims V3.2 `quant_method: fp8` checkpoints (vLLM's own FP8 path needs AMX on CPU, refuses fp32)
+    register_quantization_config(QUANT_NAME)(DSV32QuantConfig)
+    _registered = True

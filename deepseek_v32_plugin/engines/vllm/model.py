@@ -1,0 +1,427 @@
+"""DeepSeek-V3.2 for vLLM, built from vLLM's own layers (parallel linears / embedding / norms / FusedMoE),
+with our lightning indexer and sparse-MLA backend (backend.py) and FP8 experts (quant.py).
+
+Module names follow the checkpoint (`prefix=` = checkpoint key), so an unchanged HF V3.2 directory loads:
+  model.embed_tokens, model.layers.{i}.{input_layernorm, post_attention_layernorm,
+  self_attn.{q_a_proj, q_a_layernorm, q_b_proj, kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj,
+             indexer.{wq_b, wk, k_norm, weights_proj}},
+  mlp.{gate_up_proj (<- gate_proj, up_proj), down_proj} | mlp.{gate, shared_experts, experts}}, model.norm,
+  lm_head. The MTP layer (model.layers.{num_hidden_layers}) belongs to mtp.py.
+Tensor parallelism: attention heads are split (q_b_proj / kv_b_proj column-parallel, o_proj row-parallel);
+the latent and indexer caches and the indexer are replicated per rank (one latent row per token, MQA).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Optional
+
+import torch
+from torch import nn
+
+from vllm.compilation.decorators import support_torch_compile  # noqa: F401  (eager: see DSV32Model)
+from vllm.config import VllmConfig, get_current_vllm_config
+from vllm.distributed import get_tensor_model_parallel_world_size
+from vllm.forward_context import get_forward_context
+from vllm.model_executor.layers.activation import SiluAndMul
+from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
+from vllm.model_executor.layers.fused_moe import FusedMoEFactory, GateLinear, fused_moe_make_expert_params_mapping
+from vllm.model_executor.layers.layernorm import LayerNorm, RMSNorm
+from vllm.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    MergedColumnParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+    UnquantizedLinearMethod,
+)
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.sequence import IntermediateTensors
+from vllm.v1.kv_cache_interface import MLAAttentionSpec, SparseCacheRole
+
+from deepseek_v32_plugin.config import V32Config
+from deepseek_v32_plugin.model.rope import YarnRope
+from deepseek_v32_plugin.ops import PAGE_SIZE, indexer
+from deepseek_v32_plugin.ops.fp8_quant import FP8_DTYPE, fp8_dequant_weight, fp8_quant_weight
+from deepseek_v32_plugin.ops.indexer import BYTES_PER_TOKEN
+from deepseek_v32_plugin.ops.sparse_mla import FP8_BYTES, HEAD_576
+
+from .backend import DSV32IndexerBackend, DSV32IndexerImpl, DSV32SparseMLABackend, DSV32SparseMLAImpl, is_supported
+from .quant_config import make_quant_config
+
+FP8_CACHE_DTYPES = ("fp8", "fp8_e4m3", "fp8_ds_mla")
+
+
+def v32_config(hf_config) -> V32Config:
+    """Validate the HF config with the foundation's V32Config: one clear error naming the bad field."""
+    d = hf_config.to_dict()
+    rs = d.get("rope_scaling") or d.get("rope_parameters")
+    if rs and rs.get("rope_type", rs.get("type")) in ("yarn", "deepseek_yarn"):
+        d["rope_scaling"] = {k: v for k, v in rs.items() if k != "rope_type"} | {"type": "yarn"}
+    elif rs and rs.get("rope_type", rs.get("type")) == "default":
+        d["rope_scaling"] = None
+    d.setdefault("architectures", ["DeepseekV32ForCausalLM"])
+    d["architectures"] = ["DeepseekV32ForCausalLM"]
+    return V32Config.from_dict(d)
+
+
+class CacheLayer(nn.Module, AttentionLayerBase):
+    """A paged cache vLLM's KV-cache manager allocates (its own spec) in the same block table as the
+    other cache of the layer; `kv_cache` is bound to [num_pages, PAGE_SIZE, bytes-or-width]."""
+
+    def __init__(self, prefix: str, head_size: int, dtype: torch.dtype, backend, role: SparseCacheRole,
+                 cache_dtype_str: Optional[str] = None):
+        super().__init__()
+        self.layer_name, self.head_size, self.dtype = prefix, head_size, dtype
+        self.backend, self.role, self.cache_dtype_str = backend, role, cache_dtype_str
+        self.kv_cache = torch.tensor([])
+        ctx = get_current_vllm_config().compilation_config.static_forward_context
+        if prefix in ctx:
+            raise ValueError(f"Duplicate layer name: {prefix}")
+        ctx[prefix] = self
+
+    def get_kv_cache_spec(self, vllm_config: VllmConfig):
+        return MLAAttentionSpec(block_size=PAGE_SIZE, num_kv_heads=1, max_tp_shards=1, head_size=self.head_size,
+                                dtype=self.dtype, cache_role=self.role, cache_dtype_str=self.cache_dtype_str)
+
+    def bind_kv_cache(self, kv_cache: torch.Tensor) -> None:
+        self.kv_cache = kv_cache.squeeze(1)   # [pages, 1, PAGE, C] -> [pages, PAGE, C]
+
+    def get_attn_backend(self):
+        return self.backend
+
+    def forward(self):  # storage only; the attention module reads self.kv_cache
+        raise RuntimeError("CacheLayer is storage only")
+
+
+def _metadata(layer_name: str):
+    md = get_forward_context().attn_metadata
+    if md is None:
+        return None
+    if isinstance(md, list):
+        md = md[0]
+    return md.get(layer_name)
+
+
+class Indexer(nn.Module):
+    def __init__(self, cfg: V32Config, cache_config, prefix: str):
+        super().__init__()
+        self.cfg = cfg
+        self.wq_b = ReplicatedLinear(cfg.q_lora_rank, cfg.index_n_heads * cfg.index_head_dim, bias=False,
+                                     quant_config=None, prefix=f"{prefix}.wq_b")
+        self.wk = ReplicatedLinear(cfg.hidden_size, cfg.index_head_dim, bias=False, quant_config=None,
+                                   prefix=f"{prefix}.wk")
+        self.k_norm = LayerNorm(cfg.index_head_dim, eps=1e-6, dtype=torch.float32)
+        self.weights_proj = ReplicatedLinear(cfg.hidden_size, cfg.index_n_heads, bias=False, quant_config=None,
+                                             prefix=f"{prefix}.weights_proj")
+        self.k_cache = CacheLayer(f"{prefix}.k_cache", BYTES_PER_TOKEN, torch.uint8, DSV32IndexerBackend,
+                                  SparseCacheRole.INDEXER)
+        self.impl = DSV32IndexerImpl(cfg.index_topk)
+        self.head_scale = cfg.index_n_heads ** -0.5 * cfg.index_head_dim ** -0.5
+
+    def forward(self, x, qr, positions, rope: YarnRope, md) -> torch.Tensor:
+        """-> top-k latent-cache slots [T, index_topk] int32 (-1 = none)."""
+        cfg, n, r = self.cfg, x.shape[0], self.cfg.qk_rope_head_dim
+        q = self.wq_b(qr)[0].view(n, cfg.index_n_heads, cfg.index_head_dim)
+        k = self.k_norm(self.wk(x)[0])
+        # rope on the first qk_rope_head_dim dims, half-split (non-interleaved) for the indexer
+        q = torch.cat([rope.apply(q[..., :r], positions, interleaved=False), q[..., r:]], dim=-1)
+        k = torch.cat([rope.apply(k[:, :r], positions, interleaved=False), k[:, r:]], dim=-1)
+        q_fp8, q_scale = indexer.indexer_quant(q)
+        weights = (self.weights_proj(x)[0].float() * self.head_scale * q_scale).contiguous()
+        return self.impl.forward(k, q_fp8, weights, self.k_cache.kv_cache, md)
+
+
+class MLAAttention(nn.Module):
+    """Multi-head latent attention with DSA: indexer top-k, then sparse MLA in the absorbed form."""
+
+    def __init__(self, cfg: V32Config, vllm_config: VllmConfig, quant_config, prefix: str):
+        super().__init__()
+        self.cfg = cfg
+        tp = get_tensor_model_parallel_world_size()
+        if cfg.num_attention_heads % tp:
+            raise ValueError(f"num_attention_heads={cfg.num_attention_heads} is not divisible by "
+                             f"tensor_parallel_size={tp}")
+        self.num_heads = cfg.num_attention_heads // tp
+        self.q_a_proj = ReplicatedLinear(cfg.hidden_size, cfg.q_lora_rank, bias=False, quant_config=quant_config,
+                                         prefix=f"{prefix}.q_a_proj")
+        self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, eps=cfg.rms_norm_eps)
+        self.q_b_proj = ColumnParallelLinear(cfg.q_lora_rank, cfg.num_attention_heads * cfg.qk_head_dim, bias=False,
+                                             quant_config=quant_config, prefix=f"{prefix}.q_b_proj")
+        self.kv_a_proj_with_mqa = ReplicatedLinear(cfg.hidden_size, cfg.mla_cache_dim, bias=False,
+                                                   quant_config=quant_config, prefix=f"{prefix}.kv_a_proj_with_mqa")
+        self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, eps=cfg.rms_norm_eps)
+        # kv_b is absorbed (W_UK into the query, W_UV after attention): kept dense, dequantized at load
+        self.kv_b_proj = ColumnParallelLinear(cfg.kv_lora_rank,
+                                              cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+                                              bias=False, quant_config=None, prefix=f"{prefix}.kv_b_proj")
+        self.o_proj = RowParallelLinear(cfg.num_attention_heads * cfg.v_head_dim, cfg.hidden_size, bias=False,
+                                        quant_config=quant_config, prefix=f"{prefix}.o_proj")
+        self.indexer = Indexer(cfg, vllm_config.cache_config, f"{prefix}.indexer")
+        cache_dtype = vllm_config.cache_config.cache_dtype
+        if cache_dtype in FP8_CACHE_DTYPES:
+            self.attn = CacheLayer(f"{prefix}.attn", FP8_BYTES, torch.uint8, DSV32SparseMLABackend,
+                                   SparseCacheRole.SPARSE, "fp8_ds_mla")
+        elif cache_dtype in ("auto", "bfloat16"):   # FlashMLA's bf16 layout, whatever the activation dtype
+            self.attn = CacheLayer(f"{prefix}.attn", HEAD_576, torch.bfloat16, DSV32SparseMLABackend,
+                                   SparseCacheRole.SPARSE)
+        else:
+            raise ValueError(f"kv_cache_dtype={cache_dtype!r}: deepseek_v32_plugin serves 'auto'/'bfloat16' "
+                             f"(576 x bf16 latent rows) or 'fp8_ds_mla' (656 B rows)")
+        self.impl = DSV32SparseMLAImpl(self.num_heads, cfg.softmax_scale, cfg.kv_lora_rank)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, rope: YarnRope) -> torch.Tensor:
+        cfg, h = self.cfg, self.num_heads
+        md = _metadata(self.attn.layer_name)
+        n = x.shape[0]
+        qr = self.q_a_layernorm(self.q_a_proj(x)[0])
+        q = self.q_b_proj(qr)[0].view(n, h, cfg.qk_head_dim)
+        kv = self.kv_a_proj_with_mqa(x)[0]
+        out_lat = torch.zeros(n, h, cfg.kv_lora_rank, dtype=x.dtype, device=x.device)
+        if md is not None:   # None: profiling / dummy runs without a cache
+            t = md.num_actual_tokens
+            pos = positions[:t]
+            q_nope, q_pe = q[:t, :, : cfg.qk_nope_head_dim], q[:t, :, cfg.qk_nope_head_dim:]
+            kv_c = self.kv_a_layernorm(kv[:t, : cfg.kv_lora_rank].contiguous())
+            k_pe = rope.apply(kv[:t, cfg.kv_lora_rank:], pos, interleaved=True)
+            q_pe = rope.apply(q_pe, pos, interleaved=True)
+            slots = self.indexer(x[:t], qr[:t], pos, rope, _metadata(self.indexer.k_cache.layer_name))
+            q576 = torch.cat([torch.einsum("thd,hdc->thc", q_nope, self.w_uk), q_pe], dim=-1)
+            out_lat[:t] = self.impl.forward(q576, kv_c, k_pe, self.attn.kv_cache, slots, md).to(x.dtype)
+        out = torch.einsum("thc,hvc->thv", out_lat, self.w_uv).reshape(n, h * cfg.v_head_dim)
+        return self.o_proj(out)[0]
+
+    def process_weights_after_loading(self):
+        cfg = self.cfg
+        kv_b = self.kv_b_proj.weight.view(self.num_heads, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
+        self.w_uk = kv_b[:, : cfg.qk_nope_head_dim]   # [h, nope, 512]
+        self.w_uv = kv_b[:, cfg.qk_nope_head_dim:]    # [h, v, 512]
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, inter: int, quant_config, prefix: str, reduce_results: bool = True):
+        super().__init__()
+        self.gate_up_proj = MergedColumnParallelLinear(hidden, [inter, inter], bias=False, quant_config=quant_config,
+                                                       prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = RowParallelLinear(inter, hidden, bias=False, quant_config=quant_config,
+                                           reduce_results=reduce_results, prefix=f"{prefix}.down_proj")
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)[0]))[0]
+
+
+class MoE(nn.Module):
+    """vLLM's FusedMoE (router: sigmoid + noaux_tc grouped top-k; shared expert; TP/EP all-reduce) with our
+    FP8 expert compute (quant.DSV32Fp8MoEMethod)."""
+
+    def __init__(self, cfg: V32Config, quant_config, prefix: str):
+        super().__init__()
+        self.gate = GateLinear(cfg.hidden_size, cfg.n_routed_experts, out_dtype=torch.float32, prefix=f"{prefix}.gate")
+        self.gate.e_score_correction_bias = nn.Parameter(torch.empty(cfg.n_routed_experts, dtype=torch.float32),
+                                                         requires_grad=False)
+        self.shared_experts = None
+        if cfg.n_shared_experts:
+            self.shared_experts = MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts,
+                                      quant_config.engine_fp8_config, f"{prefix}.shared_experts",
+                                      reduce_results=False)
+        self.experts = FusedMoEFactory(
+            shared_experts=self.shared_experts, gate=self.gate, num_experts=cfg.n_routed_experts,
+            top_k=cfg.num_experts_per_tok, hidden_size=cfg.hidden_size, intermediate_size=cfg.moe_intermediate_size,
+            renormalize=cfg.norm_topk_prob, quant_config=quant_config, use_grouped_topk=True,
+            num_expert_group=cfg.n_group, topk_group=cfg.topk_group, prefix=f"{prefix}.experts",
+            scoring_func=cfg.scoring_func, routed_scaling_factor=cfg.routed_scaling_factor,
+            e_score_correction_bias=self.gate.e_score_correction_bias, reduce_results=True,
+            router_logits_dtype=torch.float32)
+
+    def forward(self, x):
+        return self.experts(hidden_states=x, router_logits=x)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: V32Config, vllm_config: VllmConfig, quant_config, layer_idx: int, prefix: str):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        lin = quant_config.engine_fp8_config
+        self.self_attn = MLAAttention(cfg, vllm_config, lin, f"{prefix}.self_attn")
+        if cfg.is_moe_layer(layer_idx):
+            self.mlp = MoE(cfg, quant_config, f"{prefix}.mlp")
+        else:
+            self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, lin, f"{prefix}.mlp")
+
+    def forward(self, positions, x, rope):
+        x = x + self.self_attn(positions, self.input_layernorm(x), rope)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DSV32Model(nn.Module):
+    # Eager on purpose: vLLM's CPU path would otherwise trace with Dynamo; our ops dispatch per call.
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        cfg = v32_config(vllm_config.model_config.hf_config)
+        ok, why = is_supported(cfg.index_topk)
+        if not ok:
+            raise ValueError(f"deepseek_v32_plugin cannot serve this model: {why}")
+        self.cfg = cfg
+        self.quant_config = make_quant_config(vllm_config.quant_config)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, prefix=f"{prefix}.embed_tokens")
+        self.layers = nn.ModuleList([DecoderLayer(cfg, vllm_config, self.quant_config, i, f"{prefix}.layers.{i}")
+                                     for i in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.rope = YarnRope(cfg)
+
+    def forward(self, input_ids, positions, inputs_embeds=None):
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        for layer in self.layers:
+            x = layer(positions, x, self.rope)
+        return self.norm(x)
+
+
+class DeepseekV32ForCausalLM(nn.Module):
+    """Registered by deepseek_v32_plugin.engines.vllm.register() under the checkpoint's architecture name."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        self.vllm_config = vllm_config
+        self.model = DSV32Model(vllm_config=vllm_config, prefix="model")
+        cfg = self.model.cfg
+        self.config = vllm_config.model_config.hf_config
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, prefix="lm_head")
+        self.logits_processor = LogitsProcessor(cfg.vocab_size)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    def forward(self, input_ids, positions, intermediate_tensors: Optional[IntermediateTensors] = None,
+                inputs_embeds=None, **kwargs):
+        return self.model(input_ids, positions, inputs_embeds)
+
+    def compute_logits(self, hidden_states: torch.Tensor):
+        return self.logits_processor(self.lm_head, hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        cfg = self.model.cfg
+        mtp_prefix = f"model.layers.{cfg.num_hidden_layers}."
+        loaded = load_v32_weights(self, ((n, w) for n, w in weights if not n.startswith(mtp_prefix)),
+                                  cfg.n_routed_experts)
+        check_indexer_weights(self, loaded)
+        finish_loading(self)
+        return loaded
+
+
+# ---------------------------------------------------------------- weight loading
+
+STACKED = [("gate_up_proj", "gate_proj", 0), ("gate_up_proj", "up_proj", 1)]
+
+
+def _dequantizes(module: nn.Module) -> bool:
+    """True when `module` holds plain (bf16/fp32) weights: FP8 checkpoint blocks are dequantized at load."""
+    qm = getattr(module, "quant_method", None)
+    return qm is None or isinstance(qm, UnquantizedLinearMethod)
+
+
+def _pair_fp8(weights: Iterable[tuple[str, torch.Tensor]]):
+    """Yield (name, tensor, scale_inv-or-None): FP8 `W` joined with its `W_scale_inv`, in any order."""
+    pending_w, pending_s = {}, {}
+    for name, w in weights:
+        if name.endswith(".weight_scale_inv"):
+            base = name[: -len("_scale_inv")]
+            if base in pending_w:
+                yield base, pending_w.pop(base), w
+            else:
+                pending_s[base] = w
+        elif name.endswith(".weight") and w.dtype == FP8_DTYPE:
+            if name in pending_s:
+                yield name, w, pending_s.pop(name)
+            else:
+                pending_w[name] = w
+        else:
+            yield name, w, None
+    if pending_w or pending_s:
+        missing = sorted(list(pending_w)[:3]) + sorted(n + "_scale_inv" for n in list(pending_s)[:3])
+        raise ValueError(f"deepseek_v32_plugin: FP8 weights without their scale (or scales without weights) "
+                         f"in the checkpoint, e.g. {missing}")
+
+
+def load_v32_weights(model: nn.Module, weights, n_routed_experts: int, rename=None) -> set[str]:
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    expert_map = fused_moe_make_expert_params_mapping(model, ckpt_gate_proj_name="gate_proj",
+                                                      ckpt_down_proj_name="down_proj", ckpt_up_proj_name="up_proj",
+                                                      num_experts=n_routed_experts)
+    loaded: set[str] = set()
+    for name, w, scale in _pair_fp8(weights):
+        if rename is not None:
+            name = rename(name)
+            if name is None:
+                continue
+        if "rotary_emb.inv_freq" in name:
+            continue
+        if ".mlp.experts." in name:
+            _load_expert(params, expert_map, name, w, scale, loaded)
+            continue
+        for param_name, shard_name, shard_id in STACKED:
+            if f".{shard_name}." in name:
+                target = name.replace(shard_name, param_name)
+                w = _maybe_dequant(modules, target, w, scale, name)
+                params[target].weight_loader(params[target], w, shard_id)
+                loaded.add(target)
+                if scale is not None and not _dequantizes(modules[target.rsplit(".", 1)[0]]):
+                    s = target + "_scale_inv"
+                    params[s].weight_loader(params[s], scale, shard_id)
+                    loaded.add(s)
+                break
+        else:
+            if name not in params:
+                raise ValueError(f"deepseek_v32_plugin: checkpoint tensor {name!r} has no parameter in the model")
+            w = _maybe_dequant(modules, name, w, scale, name)
+            p = params[name]
+            getattr(p, "weight_loader", default_weight_loader)(p, w)
+            loaded.add(name)
+            if scale is not None and not _dequantizes(modules[name.rsplit(".", 1)[0]]):
+                s = name + "_scale_inv"
+                getattr(params[s], "weight_loader", default_weight_loader)(params[s], scale)
+                loaded.add(s)
+    return loaded
+
+
+def _maybe_dequant(modules, param_name, w, scale, ckpt_name):
+    if scale is None:
+        return w
+    module = modules[param_name.rsplit(".", 1)[0]]
+    if _dequantizes(module):
+        return fp8_dequant_weight(w, scale.float(), out_dtype=torch.float32, name=ckpt_name)
+    return w
+
+
+def _load_expert(params, expert_map, name, w, scale, loaded):
+    if scale is None and w.dtype != FP8_DTYPE and w.dim() == 2:   # a bf16 checkpoint: quantize at load
+        w, scale = fp8_quant_weight(w.float())
+    for item, tensor in ((name, w), (name + "_scale_inv", scale)):
+        if tensor is None:
+            continue
+        for param_name, weight_name, expert_id, shard_id in expert_map:
+            if weight_name not in item:
+                continue
+            target = item.replace(weight_name, param_name)
+            p = params[target]
+            p.weight_loader(p, tensor, target, shard_id=shard_id, expert_id=expert_id)
+            loaded.add(target)
+            break
+        else:
+            raise ValueError(f"deepseek_v32_plugin: no expert parameter for checkpoint tensor {item!r}")
+
+
+def check_indexer_weights(model: nn.Module, loaded: set[str]) -> None:
+    """A checkpoint without the lightning indexer's weights is not a V3.2 checkpoint: say so by name."""
+    missing = sorted(n for n, _ in model.named_parameters() if ".indexer." in n and n not in loaded)
+    if missing:
+        raise ValueError(f"deepseek_v32_plugin: the checkpoint is missing indexer weights, e.g. {missing[:4]} "
+                         f"({len(missing)} tensors): is this a DeepSeek-V3.2 checkpoint?")
+
+
+def finish_loading(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, MLAAttention):
+            m.process_weights_after_loading()
