@@ -187,7 +187,15 @@ class V32Config:
         need(self.index_head_dim == SUPPORTED_INDEX_HEAD_DIM, "index_head_dim",
              f"the indexer's Hadamard/FP8 layout (132 B/token) needs {SUPPORTED_INDEX_HEAD_DIM}")
         need(self.index_head_dim >= self.qk_rope_head_dim, "index_head_dim", "must hold the rope dims")
-        need(self.qk_nope_head_dim > 0 and self.v_head_dim > 0, "qk_nope_head_dim", "must be positive")
+        for name in ("qk_nope_head_dim", "v_head_dim", "intermediate_size", "moe_intermediate_size",
+                     "moe_layer_freq"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, "must be a positive int")
+        need(self.first_k_dense_replace >= 0, "first_k_dense_replace", "must be >= 0")
+        need(self.n_shared_experts >= 0 and self.n_routed_experts >= 0, "n_shared_experts", "must be >= 0")
+        need(self.routed_scaling_factor > 0, "routed_scaling_factor", "must be > 0")
+        need(self.rms_norm_eps > 0, "rms_norm_eps", "must be > 0")
+        for name in ("bos_token_id", "eos_token_id"):
+            need(0 <= getattr(self, name) < self.vocab_size, name, f"must be a token id in [0, {self.vocab_size})")
         if self.num_key_value_heads is not None:
             need(self.num_key_value_heads == self.num_attention_heads, "num_key_value_heads",
                  "MLA keeps one latent per token; V3.2 configs set it equal to num_attention_heads")

@@ -144,10 +144,9 @@ def test_bad_field_is_named(edit, field):
 
 
 # Fields config.py does not check yet (each accepted, or blamed on another field, or crashing later).
-# strict xfail: once config.py rejects them with the right name these XPASS and fail, so the marks get removed.
 GAPS = [
-    ("v_head_dim=0", _set(v_head_dim=0), "v_head_dim"),               # error names qk_nope_head_dim
-    ("moe_layer_freq=0", _set(moe_layer_freq=0), "moe_layer_freq"),   # ZeroDivisionError in is_moe_layer
+    ("v_head_dim=0", _set(v_head_dim=0), "v_head_dim"),
+    ("moe_layer_freq=0", _set(moe_layer_freq=0), "moe_layer_freq"),
     ("first_k_dense<0", _set(first_k_dense_replace=-1), "first_k_dense_replace"),
     ("moe_intermediate=0", _set(moe_intermediate_size=0), "moe_intermediate_size"),
     ("intermediate=0", _set(intermediate_size=0), "intermediate_size"),
@@ -159,7 +158,6 @@ GAPS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="not validated by config.py yet (reported to the lead)")
 @pytest.mark.parametrize("edit,field", [g[1:] for g in GAPS], ids=[g[0] for g in GAPS])
 def test_unchecked_field_is_named(edit, field):
     with pytest.raises(ConfigError, match=field):
