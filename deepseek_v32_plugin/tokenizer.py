@@ -101,7 +101,12 @@ def _check_vocab_size(vocab_size: int) -> None:
 def build_tokenizer(vocab_size: int):
     """A `tokenizers.Tokenizer` (byte-level BPE) with len <= vocab_size; bos id 0, eos id 1."""
     _check_vocab_size(vocab_size)
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    try:
+        from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors,
+                                trainers)
+    except ImportError as e:
+        raise ImportError("writing a checkpoint's tokenizer needs the `tokenizers` package "
+                          "(pip install tokenizers; vLLM and SGLang already depend on it)") from e
 
     tok = Tokenizer(models.BPE(byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.Sequence([

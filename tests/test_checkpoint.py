@@ -157,6 +157,18 @@ def test_table_real_v32_shapes_and_dtypes():
         k for k in specs if not k.startswith(f"model.layers.{L}.")]
 
 
+def test_table_parameter_counts_match_published_totals():
+    """DeepSeek-V3's published sizes: 671B parameters in the main model, 685B with the MTP module (V3.2 adds
+    the indexers, ~0.9B)."""
+    specs = expected_tensors(preset_config("full"))
+    params = lambda pred: sum(s.numel for k, s in specs.items() if pred(k) and not k.endswith("_scale_inv"))  # noqa
+    main = params(lambda k: not k.startswith("model.layers.61.") and ".indexer." not in k)
+    mtp = params(lambda k: k.startswith("model.layers.61.") and ".indexer." not in k)
+    assert 670.5e9 < main < 671.5e9
+    assert 684.0e9 < main + mtp < 685.5e9
+    assert 0.8e9 < params(lambda k: ".indexer." in k) < 1.0e9
+
+
 def test_table_without_quantization_config_is_bf16():
     cfg = preset_config("tiny", quantization_config=None)
     specs = expected_tensors(cfg)
@@ -552,5 +564,8 @@ def test_bench_state_dict_on_gpu():
     assert sd.keys() == specs.keys()
     assert all(tuple(sd[k].shape) == s.shape and sd[k].dtype == s.torch_dtype and sd[k].is_cuda
                for k, s in specs.items())
-    again = ck.make_state_dict(cfg, seed=0, device="cuda")
-    assert all(_equal(sd[k], again[k]) for k in ("lm_head.weight", "model.layers.1.mlp.experts.200.up_proj.weight"))
+    some = {"lm_head.weight", "model.layers.1.mlp.experts.200.up_proj.weight",
+            "model.layers.1.mlp.experts.200.up_proj.weight_scale_inv"}
+    again = dict(ck.iter_random_tensors(cfg, seed=0, device="cuda", names=some))
+    assert again.keys() == some and all(_equal(sd[k], again[k]) for k in some)
+    assert sum(t.numel() * t.element_size() for t in sd.values()) == sum(s.nbytes for s in specs.values())
