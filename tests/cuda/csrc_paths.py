@@ -57,3 +57,15 @@ def cutlass_include() -> str | None:
         return p if os.path.exists(os.path.join(p, "cute")) else None
     except ImportError:
         return None
+
+
+def cuda_include() -> str | None:
+    """CUDA toolkit headers (cuda_runtime_api.h)."""
+    cands = [os.environ.get("CUDA_HOME"), "/usr/local/cuda"]
+    n = nvcc()
+    if n:
+        cands.append(os.path.dirname(os.path.dirname(os.path.realpath(n))))
+    for home in cands:
+        if home and os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h")):
+            return os.path.join(home, "include")
+    return None

@@ -1,0 +1,202 @@
+// Torch dispatcher bindings for the dsv32 CUDA ops (namespace torch.ops.dsv32). The only translation
+// unit that includes ATen; the kernels are reached through the plain launchers in api/*.h.
+// Shape/dtype validation of user input happens in deepseek_v32_plugin/ops/<family>/__init__.py; the
+// checks here guard the layout assumptions of the kernels (contiguity, int32 index tensors, limits).
+// Fake (meta) implementations for torch.compile are registered in deepseek_v32_plugin/ops/_cuda.py.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <string>
+#include <tuple>
+
+#include "fp8_moe.h"
+#include "indexer.h"
+#include "sparse_mla.h"
+
+namespace dsv32 {
+namespace {
+
+#define DSV32_CHECK_LAUNCH(expr, op)                                                                  \
+  do {                                                                                                \
+    const cudaError_t err_ = (expr);                                                                  \
+    TORCH_CHECK(err_ == cudaSuccess, "dsv32::" op " launch failed: ", cudaGetErrorString(err_));      \
+  } while (0)
+
+void check_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor (got ", t.device(), ")");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+void check_i32(const at::Tensor& t, const char* name) {
+  check_cuda(t, name);
+  TORCH_CHECK(t.scalar_type() == at::kInt, name, " must be int32 (got ", t.scalar_type(), ")");
+}
+void check_fp8(const at::Tensor& t, const char* name) {
+  check_cuda(t, name);
+  TORCH_CHECK(t.scalar_type() == at::kFloat8_e4m3fn, name, " must be float8_e4m3fn (got ", t.scalar_type(), ")");
+}
+void check_f32(const at::Tensor& t, const char* name) {
+  check_cuda(t, name);
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32 (got ", t.scalar_type(), ")");
+}
+const uint8_t* bytes(const at::Tensor& t) { return static_cast<const uint8_t*>(t.data_ptr()); }
+
+at::Tensor fp8_paged_indexer_logits(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& weights,
+                                    const at::Tensor& context_lens, const at::Tensor& block_table,
+                                    int64_t max_context_len) {
+  check_fp8(q, "q_fp8");
+  check_cuda(kv_cache, "kv_cache");
+  check_f32(weights, "weights");
+  check_i32(context_lens, "context_lens");
+  check_i32(block_table, "block_table");
+  TORCH_CHECK(q.dim() == 4 && q.size(3) == 128, "q_fp8 must be [B, next_n, H, 128]");
+  const int b = q.size(0), next_n = q.size(1), h = q.size(2);
+  TORCH_CHECK(h <= 128, "the CUDA indexer supports at most 128 heads, got ", h);
+  const at::cuda::CUDAGuard guard(q.device());
+  auto out = at::empty({int64_t(b) * next_n, max_context_len}, q.options().dtype(at::kFloat));
+  DSV32_CHECK_LAUNCH(launch_fp8_paged_indexer_logits(
+                         bytes(q), bytes(kv_cache), weights.data_ptr<float>(), context_lens.data_ptr<int32_t>(),
+                         block_table.data_ptr<int32_t>(), block_table.size(1), out.data_ptr<float>(),
+                         max_context_len, b, next_n, h, int(max_context_len), at::cuda::getCurrentCUDAStream()),
+                     "fp8_paged_indexer_logits");
+  return out;
+}
+
+at::Tensor fp8_indexer_logits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& k_scale,
+                              const at::Tensor& weights, const at::Tensor& ks, const at::Tensor& ke) {
+  check_fp8(q, "q_fp8");
+  check_fp8(k, "k_fp8");
+  check_f32(k_scale, "k_scale");
+  check_f32(weights, "weights");
+  check_i32(ks, "ks");
+  check_i32(ke, "ke");
+  const int s = q.size(0), h = q.size(1), n = k.size(0);
+  TORCH_CHECK(h <= 128, "the CUDA indexer supports at most 128 heads, got ", h);
+  const at::cuda::CUDAGuard guard(q.device());
+  auto out = at::empty({s, n}, q.options().dtype(at::kFloat));
+  DSV32_CHECK_LAUNCH(launch_fp8_indexer_logits(bytes(q), bytes(k), k_scale.data_ptr<float>(),
+                                               weights.data_ptr<float>(), ks.data_ptr<int32_t>(),
+                                               ke.data_ptr<int32_t>(), out.data_ptr<float>(), s, h, n,
+                                               at::cuda::getCurrentCUDAStream()),
+                     "fp8_indexer_logits");
+  return out;
+}
+
+at::Tensor indexer_topk(const at::Tensor& logits, int64_t topk, const at::Tensor& ks, const at::Tensor& ke) {
+  check_cuda(logits, "logits");
+  TORCH_CHECK(logits.scalar_type() == at::kFloat && logits.dim() == 2, "logits must be [R, N] float32");
+  check_i32(ks, "ks");
+  check_i32(ke, "ke");
+  TORCH_CHECK(topk > 0 && topk <= 2048, "the CUDA top-k supports 1 <= topk <= 2048, got ", topk);
+  const at::cuda::CUDAGuard guard(logits.device());
+  auto out = at::empty({logits.size(0), topk}, logits.options().dtype(at::kInt));
+  DSV32_CHECK_LAUNCH(launch_indexer_topk(logits.data_ptr<float>(), logits.size(1), ks.data_ptr<int32_t>(),
+                                         ke.data_ptr<int32_t>(), out.data_ptr<int32_t>(), logits.size(0),
+                                         logits.size(1), int(topk), at::cuda::getCurrentCUDAStream()),
+                     "indexer_topk");
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> sparse_mla_decode(const at::Tensor& q, const at::Tensor& kv_cache,
+                                                     const at::Tensor& indices, double sm_scale) {
+  check_cuda(q, "q");
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && q.dim() == 4 && q.size(3) == 576, "q must be [b, s_q, h, 576] bf16");
+  check_cuda(kv_cache, "kv_cache");
+  const bool fp8 = kv_cache.scalar_type() == at::kByte;
+  TORCH_CHECK(fp8 ? kv_cache.size(-1) == 656 : (kv_cache.scalar_type() == at::kBFloat16 && kv_cache.size(-1) == 576),
+              "kv_cache must be [pages, 64, 656] uint8 (fp8_ds_mla) or [pages, 64, 576] bf16");
+  check_i32(indices, "indices");
+  const int64_t b = q.size(0), s_q = q.size(1), h = q.size(2), topk = indices.size(2);
+  const at::cuda::CUDAGuard guard(q.device());
+  auto out = at::empty({b, s_q, h, 512}, q.options());
+  auto lse = at::empty({b, s_q, h}, q.options().dtype(at::kFloat));
+  DSV32_CHECK_LAUNCH(launch_sparse_mla_decode(q.data_ptr(), kv_cache.data_ptr(), fp8, indices.data_ptr<int32_t>(),
+                                              out.data_ptr(), lse.data_ptr<float>(), int(b * s_q), int(h), int(topk),
+                                              float(sm_scale), at::cuda::getCurrentCUDAStream()),
+                     "sparse_mla_decode");
+  return {out, lse};
+}
+
+at::Tensor grouped_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b, const at::Tensor& b_scale,
+                        const at::Tensor* m_indices, const at::Tensor* masked_m, at::ScalarType out_dtype) {
+  check_fp8(a, "a");
+  check_f32(a_scale, "a_scale");
+  check_fp8(b, "b");
+  check_f32(b_scale, "b_scale");
+  TORCH_CHECK(out_dtype == at::kBFloat16 || out_dtype == at::kFloat, "out_dtype must be bfloat16 or float32");
+  GroupedGemmArgs p{};
+  p.a = bytes(a);
+  p.a_scale = a_scale.data_ptr<float>();
+  p.b = bytes(b);
+  p.b_scale = b_scale.data_ptr<float>();
+  p.groups = b.size(0);
+  p.n = b.size(1);
+  p.k = b.size(2);
+  p.out_fp32 = out_dtype == at::kFloat;
+  at::Tensor out;
+  if (m_indices) {
+    check_i32(*m_indices, "m_indices");
+    p.m = a.size(0);
+    p.m_indices = m_indices->data_ptr<int32_t>();
+    out = at::empty({p.m, p.n}, a.options().dtype(out_dtype));
+  } else {
+    check_i32(*masked_m, "masked_m");
+    p.m = a.size(1);
+    p.masked_m = masked_m->data_ptr<int32_t>();
+    out = at::empty({p.groups, p.m, p.n}, a.options().dtype(out_dtype));
+  }
+  TORCH_CHECK(p.k % 128 == 0, "K=", p.k, " must be a multiple of 128");
+  if (p.k == 0 || out.numel() == 0) return out.zero_();
+  p.out = out.data_ptr();
+  const at::cuda::CUDAGuard guard(a.device());
+  const auto* prop = at::cuda::getCurrentDeviceProperties();
+  const char* force = std::getenv("DSV32_CUDA_GEMM");  // "sm80" forces the mma.sync kernel
+  const bool sm90 = prop->major == 9 && fp8_grouped_gemm_sm90_built() && !(force && std::string(force) == "sm80");
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  if (sm90) {
+    DSV32_CHECK_LAUNCH(launch_fp8_grouped_gemm_sm90(p, stream), "fp8_grouped_gemm (sm90)");
+  } else {
+    DSV32_CHECK_LAUNCH(launch_fp8_grouped_gemm_sm80(p, stream), "fp8_grouped_gemm (sm80)");
+  }
+  return out;
+}
+
+at::Tensor fp8_grouped_gemm_nt_contiguous(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b,
+                                          const at::Tensor& b_scale, const at::Tensor& m_indices,
+                                          at::ScalarType out_dtype) {
+  return grouped_gemm(a, a_scale, b, b_scale, &m_indices, nullptr, out_dtype);
+}
+
+at::Tensor fp8_grouped_gemm_nt_masked(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b,
+                                      const at::Tensor& b_scale, const at::Tensor& masked_m, at::ScalarType out_dtype) {
+  return grouped_gemm(a, a_scale, b, b_scale, nullptr, &masked_m, out_dtype);
+}
+
+bool has_sm90_gemm() { return fp8_grouped_gemm_sm90_built(); }
+
+}  // namespace
+}  // namespace dsv32
+
+TORCH_LIBRARY(dsv32, m) {
+  m.def("fp8_paged_indexer_logits(Tensor q_fp8, Tensor kv_cache, Tensor weights, Tensor context_lens, "
+        "Tensor block_table, int max_context_len) -> Tensor");
+  m.def("fp8_indexer_logits(Tensor q_fp8, Tensor k_fp8, Tensor k_scale, Tensor weights, Tensor ks, Tensor ke) -> Tensor");
+  m.def("indexer_topk(Tensor logits, int topk, Tensor ks, Tensor ke) -> Tensor");
+  m.def("sparse_mla_decode(Tensor q, Tensor kv_cache, Tensor indices, float sm_scale) -> (Tensor, Tensor)");
+  m.def("fp8_grouped_gemm_nt_contiguous(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor m_indices, "
+        "ScalarType out_dtype) -> Tensor");
+  m.def("fp8_grouped_gemm_nt_masked(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor masked_m, "
+        "ScalarType out_dtype) -> Tensor");
+  m.def("has_sm90_gemm() -> bool", &dsv32::has_sm90_gemm);
+}
+
+TORCH_LIBRARY_IMPL(dsv32, CUDA, m) {
+  m.impl("fp8_paged_indexer_logits", &dsv32::fp8_paged_indexer_logits);
+  m.impl("fp8_indexer_logits", &dsv32::fp8_indexer_logits);
+  m.impl("indexer_topk", &dsv32::indexer_topk);
+  m.impl("sparse_mla_decode", &dsv32::sparse_mla_decode);
+  m.impl("fp8_grouped_gemm_nt_contiguous", &dsv32::fp8_grouped_gemm_nt_contiguous);
+  m.impl("fp8_grouped_gemm_nt_masked", &dsv32::fp8_grouped_gemm_nt_masked);
+}

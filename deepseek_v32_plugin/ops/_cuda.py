@@ -1,0 +1,257 @@
+"""CUDA backend: the csrc/ torch extension, JIT-built on first use, its ops on the torch dispatcher.
+
+Functions here share the signatures of the `naive_*` references (ops/_dispatch.py calls them after
+`is_available()`); each calls one `torch.ops.dsv32.<op>` (usable under CUDA graphs and torch.compile:
+fake implementations are registered below).
+
+Build: `torch.utils.cpp_extension.load` compiles the installed sources (`deepseek_v32_plugin._csrc`:
+api/bindings.cpp + every .cu) the first time an op is needed. Only when torch has CUDA
+(`torch.version.cuda`), a GPU is visible and nvcc is found ($CUDA_HOME/bin/nvcc or PATH). Environment:
+  DSV32_CUDA_ARCHS     arch list, e.g. "8.0;9.0a" (default: the visible devices; 9.0 becomes 9.0a so the
+                       wgmma kernels are built)
+  DSV32_CUDA_CACHE     build directory (default ~/.cache/deepseek_v32_plugin/cuda_ext/<hash>)
+  DSV32_CUTLASS_INCLUDE  CuTe/CUTLASS headers for the sm_90a GEMM (default: the nvidia-cutlass wheel)
+  DSV32_CUDA_DISABLE=1 never build (the dispatch falls back to Triton / the references)
+  DSV32_CUDA_GEMM=sm80 use the mma.sync grouped GEMM even on Hopper
+  DSV32_CUDA_VERBOSE=1 show the compiler output
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import threading
+import warnings
+from typing import Optional
+
+import torch
+
+_lock = threading.Lock()
+_state: dict = {"loaded": False, "reason": None}
+MAX_TOPK = 2048
+
+
+# ---------------------------------------------------------------- build ----
+
+def csrc_dir() -> str:
+    import deepseek_v32_plugin._csrc as c
+    return os.path.dirname(os.path.abspath(c.__file__))
+
+
+def sources(root: Optional[str] = None) -> list[str]:
+    """api/bindings.cpp + every .cu under csrc/ (kernels are ATen-free and compile alone)."""
+    root = root or csrc_dir()
+    cu = sorted(glob.glob(os.path.join(root, "**", "*.cu"), recursive=True))
+    return [os.path.join(root, "api", "bindings.cpp")] + cu
+
+
+def _nvcc() -> Optional[str]:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return os.path.join(home, "bin", "nvcc")
+    return shutil.which("nvcc")
+
+
+def cuda_archs() -> list[str]:
+    """Arch list like ["8.0", "9.0a"]: $DSV32_CUDA_ARCHS, else the visible devices'."""
+    env = os.environ.get("DSV32_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if env:
+        archs = [a.strip() for a in env.replace(",", ";").replace(" ", ";").split(";") if a.strip()]
+    else:
+        archs = sorted({"%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    return [a.replace("+PTX", "") + ("a" if a in ("9.0", "10.0") else "") for a in archs]
+
+
+def gencode_flags(archs: list[str]) -> list[str]:
+    flags = []
+    for a in archs:
+        num = a.replace(".", "")
+        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+    return flags
+
+
+def cutlass_include() -> Optional[str]:
+    env = os.environ.get("DSV32_CUTLASS_INCLUDE")
+    if env:
+        return env
+    try:
+        import cutlass_library
+        p = os.path.join(os.path.dirname(cutlass_library.__file__), "source", "include")
+        return p if os.path.isdir(os.path.join(p, "cute")) else None
+    except ImportError:
+        return None
+
+
+def nvcc_flags(archs: list[str], cute: Optional[bool] = None) -> list[str]:
+    """Flags shared by the JIT build and tests/cuda/test_compile.py. CuTe (for the sm_90a wgmma GEMM) is
+    used when a 9.0 arch is listed and its headers are found; cute=True forces it (compile checks)."""
+    flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", *gencode_flags(archs)]
+    if cute is None:
+        cute = any(a.startswith("9.0") for a in archs)
+    inc = cutlass_include() if cute else None
+    if inc:
+        flags += [f"-I{inc}", "-DDSV32_WITH_CUTE=1"]
+        if "9.0a" in archs:
+            flags.append("-DDSV32_SM90A=1")  # the fatbin holds sm_90a code: the wgmma path may be used
+    return flags
+
+
+def _why_not() -> Optional[str]:
+    if os.environ.get("DSV32_CUDA_DISABLE", "0") == "1":
+        return "DSV32_CUDA_DISABLE=1"
+    if not torch.version.cuda:
+        return f"torch {torch.__version__} is built without CUDA"
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible"
+    if _nvcc() is None:
+        return "nvcc not found (set CUDA_HOME)"
+    major, _ = torch.cuda.get_device_capability()
+    if major < 8:
+        return f"compute capability {major}.x < 8.0 (the kernels need sm_80+)"
+    return None
+
+
+def _build() -> None:
+    from torch.utils import cpp_extension
+
+    archs = cuda_archs()
+    srcs = sources()
+    flags = nvcc_flags(archs)
+    h = hashlib.sha256()
+    for s in srcs + sorted(glob.glob(os.path.join(csrc_dir(), "**", "*.h*"), recursive=True)) + \
+            sorted(glob.glob(os.path.join(csrc_dir(), "**", "*.cuh"), recursive=True)):
+        with open(s, "rb") as f:
+            h.update(f.read())
+    h.update(" ".join(flags).encode())
+    h.update(torch.__version__.encode())
+    tag = h.hexdigest()[:16]
+    build_dir = os.environ.get("DSV32_CUDA_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "deepseek_v32_plugin", "cuda_ext")
+    build_dir = os.path.join(build_dir, tag)
+    os.makedirs(build_dir, exist_ok=True)
+    if os.environ.get("CUDA_HOME") is None and _nvcc():
+        os.environ["CUDA_HOME"] = os.path.dirname(os.path.dirname(os.path.realpath(_nvcc())))
+    cpp_extension.load(
+        name=f"dsv32_cuda_{tag}", sources=srcs, extra_cflags=["-O3", "-std=c++17"],
+        extra_cuda_cflags=flags, extra_include_paths=[os.path.join(csrc_dir(), "api")],
+        build_directory=build_dir, is_python_module=False,
+        verbose=os.environ.get("DSV32_CUDA_VERBOSE", "0") == "1")
+    _register_fakes()
+
+
+def _ensure() -> None:
+    if _state["loaded"]:
+        return
+    with _lock:
+        if _state["loaded"] or _state["reason"]:
+            return
+        why = _why_not()
+        if why is None:
+            try:
+                _build()
+                _state["loaded"] = True
+                return
+            except Exception as e:  # a failed build must not break the plugin: report and fall back
+                why = f"CUDA extension build failed: {type(e).__name__}: {str(e)[-2000:]}"
+                warnings.warn(f"deepseek_v32_plugin: {why}")
+        _state["reason"] = why
+
+
+def is_available() -> bool:
+    _ensure()
+    return _state["loaded"]
+
+
+def unavailable_reason() -> Optional[str]:
+    _ensure()
+    return _state["reason"]
+
+
+def _register_fakes() -> None:
+    """Meta implementations so torch.compile can trace through the ops without running them."""
+    lib = torch.library
+
+    def fake(name):
+        def deco(fn):
+            try:
+                lib.register_fake(f"dsv32::{name}")(fn)
+            except RuntimeError:  # already registered (a second load in one process)
+                pass
+            return fn
+        return deco
+
+    @fake("fp8_paged_indexer_logits")
+    def _(q, kv_cache, weights, context_lens, block_table, max_context_len):
+        return q.new_empty((q.shape[0] * q.shape[1], max_context_len), dtype=torch.float32)
+
+    @fake("fp8_indexer_logits")
+    def _(q, k, k_scale, weights, ks, ke):
+        return q.new_empty((q.shape[0], k.shape[0]), dtype=torch.float32)
+
+    @fake("indexer_topk")
+    def _(logits, topk, ks, ke):
+        return logits.new_empty((logits.shape[0], topk), dtype=torch.int32)
+
+    @fake("sparse_mla_decode")
+    def _(q, kv_cache, indices, sm_scale):
+        return (q.new_empty((*q.shape[:3], 512)), q.new_empty(q.shape[:3], dtype=torch.float32))
+
+    @fake("fp8_grouped_gemm_nt_contiguous")
+    def _(a, a_scale, b, b_scale, m_indices, out_dtype):
+        return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+
+    @fake("fp8_grouped_gemm_nt_masked")
+    def _(a, a_scale, b, b_scale, masked_m, out_dtype):
+        return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype)
+
+
+# ------------------------------------------------------------------ ops ----
+# Same positional signatures as the naive_* references.
+
+def _i32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.int32).contiguous()
+
+
+def fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table, max_context_len):
+    return torch.ops.dsv32.fp8_paged_indexer_logits(q_fp8.contiguous(), kv_cache, weights.float().contiguous(),
+                                                    _i32(context_lens), _i32(block_table), int(max_context_len))
+
+
+def fp8_indexer_logits(q_fp8, k_fp8, k_scale, weights, ks, ke):
+    return torch.ops.dsv32.fp8_indexer_logits(q_fp8.contiguous(), k_fp8.contiguous(), k_scale.float().contiguous(),
+                                              weights.float().contiguous(), _i32(ks), _i32(ke))
+
+
+def indexer_topk(logits, topk, ks, ke):
+    if topk > MAX_TOPK:  # the kernel sorts the selection in shared memory (2048 entries)
+        from .indexer.naive import naive_indexer_topk
+        return naive_indexer_topk(logits, topk, ks, ke)
+    return torch.ops.dsv32.indexer_topk(logits.float().contiguous(), int(topk), _i32(ks), _i32(ke))
+
+
+def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512):
+    if kv_cache.dtype not in (torch.uint8, torch.bfloat16):  # fp16/fp32 latent caches: reference path
+        from .sparse_mla.naive import naive_sparse_mla_decode
+        return naive_sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v)
+    out, lse = torch.ops.dsv32.sparse_mla_decode(q.to(torch.bfloat16).contiguous(), kv_cache,
+                                                 _i32(indices), float(sm_scale))
+    return out.to(q.dtype), lse
+
+
+def _gemm_dtype(out_dtype):
+    return torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32
+
+
+def fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, out_dtype=torch.bfloat16):
+    out = torch.ops.dsv32.fp8_grouped_gemm_nt_contiguous(a.contiguous(), a_scale.float().contiguous(),
+                                                         b.contiguous(), b_scale.float().contiguous(),
+                                                         _i32(m_indices), _gemm_dtype(out_dtype))
+    return out if out.dtype == out_dtype else out.to(out_dtype)
+
+
+def fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, out_dtype=torch.bfloat16):
+    out = torch.ops.dsv32.fp8_grouped_gemm_nt_masked(a.contiguous(), a_scale.float().contiguous(),
+                                                     b.contiguous(), b_scale.float().contiguous(),
+                                                     _i32(masked_m), _gemm_dtype(out_dtype))
+    return out if out.dtype == out_dtype else out.to(out_dtype)
