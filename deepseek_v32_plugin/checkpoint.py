@@ -23,6 +23,7 @@ and the engine adapters all use it. This module imports torch only inside the fu
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -160,7 +161,18 @@ def expected_tensors(cfg: V32Config, include_mtp: bool = True) -> dict[str, Tens
     """Every tensor of the HF checkpoint for cfg, {name: TensorSpec}, in a stable order:
     model.embed_tokens, layers 0..L-1, model.norm, lm_head, then the MTP layer(s) L.. (if include_mtp).
     Dense MLP for layers < first_k_dense_replace, MoE (gate + experts.{j} + shared_experts) after.
-    Each FP8 weight is followed by its `weight_scale_inv`."""
+    Each FP8 weight is followed by its `weight_scale_inv`. Returns a fresh dict (the table is cached)."""
+    return dict(_table(cfg, include_mtp))
+
+
+def _table(cfg: V32Config, include_mtp: bool) -> dict:
+    try:
+        return _cached_table(cfg, include_mtp)
+    except TypeError:  # a hand-built config holding a list/dict: not hashable, build uncached
+        return _build_table(cfg, include_mtp)
+
+
+def _build_table(cfg: V32Config, include_mtp: bool) -> dict:
     t = _Table(cfg)
     t.add("model.embed_tokens.weight", (cfg.vocab_size, cfg.hidden_size), BF16)
     for i in range(cfg.num_hidden_layers):
@@ -171,6 +183,9 @@ def expected_tensors(cfg: V32Config, include_mtp: bool = True) -> dict[str, Tens
         for i in mtp_layer_indices(cfg):
             t.mtp_layer(i)
     return t.specs
+
+
+_cached_table = functools.lru_cache(maxsize=8)(_build_table)
 
 
 def layer_of(name: str) -> Optional[int]:
@@ -209,7 +224,7 @@ def random_weight(cfg: V32Config, name: str, seed: int = 0, device="cpu"):
     (seed, name, device type); independent of which other tensors are generated.
       norms ~ 1 + N(0, 0.02); k_norm.bias ~ N(0, 0.02); e_score_correction_bias ~ N(0, 0.05);
       embeddings ~ N(0, 1); lm_head ~ N(0, head_std(cfg)); other linears [out, in] ~ N(0, 1/in)."""
-    spec = expected_tensors(cfg).get(name)
+    spec = _table(cfg, True).get(name)
     if spec is None or name.endswith("_scale_inv"):
         raise KeyError(f"{name!r} is not a generated weight of this config")
     return _draw(cfg, name, spec.shape, seed, device)
