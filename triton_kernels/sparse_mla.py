@@ -115,31 +115,35 @@ def mla_cache_write(kv_c: torch.Tensor, k_pe: torch.Tensor, kv_cache: torch.Tens
 
 
 @triton.jit
-def _load_latent_rows(kv_ptr, kv_scale_ptr, kv_rope_ptr, stride_row, row, valid,
-                      KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Gather rows -> (k [BLOCK_T, 512] fp32, k_pe [BLOCK_T, 64] fp32); invalid rows are 0."""
-    o_r = tl.arange(0, 64)
+def _load_k_chunk(kv_ptr, kv_scale_ptr, stride_row, row, valid, G: tl.constexpr,
+                  KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr):
+    """Gathered latent columns [G*128, G*128+128) of rows -> [BLOCK_T, 128] fp32 (dequantized); invalid rows 0."""
+    o_c = G * 128 + tl.arange(0, 128)
     if KV_FP8:
-        o_g = tl.arange(0, 4)
-        o_c = tl.arange(0, 128)
-        # [BLOCK_T, 4, 128] e4m3 as raw bytes (masked rows read 0 = +0.0)
-        b_raw = tl.load(kv_ptr + row[:, None, None] * 656 + o_g[None, :, None] * 128 + o_c[None, None, :],
-                        mask=valid[:, None, None], other=0)
-        # [BLOCK_T, 4] fp32 dequant scales
-        b_s = tl.load(kv_scale_ptr + row[:, None] * 164 + 128 + o_g[None, :], mask=valid[:, None], other=0.0)
+        # [BLOCK_T, 128] e4m3 as raw bytes (masked rows read 0 = +0.0)
+        b_raw = tl.load(kv_ptr + row[:, None] * 656 + o_c[None, :], mask=valid[:, None], other=0)
+        # [BLOCK_T] fp32 dequant scale of this group
+        b_s = tl.load(kv_scale_ptr + row * 164 + (128 + G), mask=valid, other=0.0)
         if FP8_NATIVE:
             b_v = b_raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
         else:
             b_v = e4m3_bits_to_f16(b_raw).to(tl.float32)
             b_s = b_s * 256.0
-        b_k = tl.reshape(b_v * b_s[:, :, None], (BLOCK_T, 512))
-        # [BLOCK_T, 64] bf16
+        b_k = b_v * b_s[:, None]
+    else:
+        b_k = tl.load(kv_ptr + row[:, None] * stride_row + o_c[None, :], mask=valid[:, None], other=0.0)
+    return b_k
+
+
+@triton.jit
+def _load_k_pe(kv_ptr, kv_rope_ptr, stride_row, row, valid, KV_FP8: tl.constexpr):
+    """Gathered rope key [BLOCK_T, 64] (bf16 in the fp8 layout, cache dtype otherwise); invalid rows 0."""
+    o_r = tl.arange(0, 64)
+    if KV_FP8:
         b_pe = tl.load(kv_rope_ptr + row[:, None] * 328 + 264 + o_r[None, :], mask=valid[:, None], other=0.0)
     else:
-        o_c = tl.arange(0, 512)
-        b_k = tl.load(kv_ptr + row[:, None] * stride_row + o_c[None, :], mask=valid[:, None], other=0.0)
         b_pe = tl.load(kv_ptr + row[:, None] * stride_row + 512 + o_r[None, :], mask=valid[:, None], other=0.0)
-    return b_k, b_pe
+    return b_pe
 
 
 @triton.jit
@@ -151,10 +155,11 @@ def _mla_cache_gather_kernel(slot_ptr, n_slots, kv_ptr, kv_scale_ptr, kv_rope_pt
     slot = tl.load(slot_ptr + o_t, mask=m_t, other=-1).to(tl.int64)
     valid = (slot >= 0) & (slot < n_rows)
     row = tl.where(valid, slot, 0)
-    b_k, b_pe = _load_latent_rows(kv_ptr, kv_scale_ptr, kv_rope_ptr, stride_row, row, valid,
-                                  KV_FP8, FP8_NATIVE, BLOCK_T)
     o_out = o_t.to(tl.int64)[:, None] * 576
-    tl.store(out_ptr + o_out + tl.arange(0, 512)[None, :], b_k.to(tl.float32), mask=m_t[:, None])
+    for g in tl.static_range(4):
+        b_k = _load_k_chunk(kv_ptr, kv_scale_ptr, stride_row, row, valid, g, KV_FP8, FP8_NATIVE)
+        tl.store(out_ptr + o_out + g * 128 + tl.arange(0, 128)[None, :], b_k.to(tl.float32), mask=m_t[:, None])
+    b_pe = _load_k_pe(kv_ptr, kv_rope_ptr, stride_row, row, valid, KV_FP8)
     tl.store(out_ptr + o_out + 512 + tl.arange(0, 64)[None, :], b_pe.to(tl.float32), mask=m_t[:, None])
 
 
@@ -195,24 +200,31 @@ def _sparse_mla_attn_kernel(
     lse_ptr, stride_l_t, stride_l_s,
     H, qk_scale_log2,
     BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
-    KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr, DOT_FP16: tl.constexpr,
 ):
+    DOT_DTYPE: tl.constexpr = tl.float16 if DOT_FP16 else tl.bfloat16
     i_t = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1)
     i_s = tl.program_id(2)
     o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
     m_h = o_h < H
-    o_c = tl.arange(0, 512)
+    o_c = tl.arange(0, 128)
     o_r = tl.arange(0, 64)
 
     p_q = q_ptr + i_t * stride_q_t + o_h[:, None] * stride_q_h
-    # [BLOCK_H, 512], [BLOCK_H, 64]
-    b_q = tl.load(p_q + o_c[None, :], mask=m_h[:, None], other=0.0).to(DOT_DTYPE)
+    # q in four 128-column groups + rope: [BLOCK_H, 128] x 4, [BLOCK_H, 64]
+    b_q0 = tl.load(p_q + o_c[None, :], mask=m_h[:, None], other=0.0).to(DOT_DTYPE)
+    b_q1 = tl.load(p_q + 128 + o_c[None, :], mask=m_h[:, None], other=0.0).to(DOT_DTYPE)
+    b_q2 = tl.load(p_q + 256 + o_c[None, :], mask=m_h[:, None], other=0.0).to(DOT_DTYPE)
+    b_q3 = tl.load(p_q + 384 + o_c[None, :], mask=m_h[:, None], other=0.0).to(DOT_DTYPE)
     b_qpe = tl.load(p_q + 512 + o_r[None, :], mask=m_h[:, None], other=0.0).to(DOT_DTYPE)
 
     b_m = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BLOCK_H], dtype=tl.float32)
-    b_acc = tl.zeros([BLOCK_H, 512], dtype=tl.float32)
+    b_acc0 = tl.zeros([BLOCK_H, 128], dtype=tl.float32)
+    b_acc1 = tl.zeros([BLOCK_H, 128], dtype=tl.float32)
+    b_acc2 = tl.zeros([BLOCK_H, 128], dtype=tl.float32)
+    b_acc3 = tl.zeros([BLOCK_H, 128], dtype=tl.float32)
 
     start = i_s * split_len
     end = tl.minimum(start + split_len, topk)
@@ -223,27 +235,41 @@ def _sparse_mla_attn_kernel(
         b_idx = tl.load(p_idx + o_t, mask=o_t < end, other=-1).to(tl.int64)
         valid = (b_idx >= 0) & (b_idx < n_rows)
         row = tl.where(valid, b_idx, 0)
-        b_k, b_pe = _load_latent_rows(kv_ptr, kv_scale_ptr, kv_rope_ptr, stride_kv_row, row, valid,
-                                      KV_FP8, FP8_NATIVE, BLOCK_T)
-        b_k = b_k.to(DOT_DTYPE)
-        b_pe = b_pe.to(DOT_DTYPE)
-        # [BLOCK_H, BLOCK_T] scores in log2 units
-        b_s = tl.dot(b_qpe, tl.trans(b_pe), acc=tl.dot(b_q, tl.trans(b_k)))
+        # the latent row is both K (with the rope part) and V: gathered and dequantized once
+        b_pe = _load_k_pe(kv_ptr, kv_rope_ptr, stride_kv_row, row, valid, KV_FP8).to(DOT_DTYPE)
+        # [BLOCK_H, BLOCK_T] scores; each 128-column group is loaded, dequantized and used in turn
+        b_s = tl.dot(b_qpe, tl.trans(b_pe))
+        b_k0 = _load_k_chunk(kv_ptr, kv_scale_ptr, stride_kv_row, row, valid, 0, KV_FP8, FP8_NATIVE).to(DOT_DTYPE)
+        b_s = tl.dot(b_q0, tl.trans(b_k0), b_s)
+        b_k1 = _load_k_chunk(kv_ptr, kv_scale_ptr, stride_kv_row, row, valid, 1, KV_FP8, FP8_NATIVE).to(DOT_DTYPE)
+        b_s = tl.dot(b_q1, tl.trans(b_k1), b_s)
+        b_k2 = _load_k_chunk(kv_ptr, kv_scale_ptr, stride_kv_row, row, valid, 2, KV_FP8, FP8_NATIVE).to(DOT_DTYPE)
+        b_s = tl.dot(b_q2, tl.trans(b_k2), b_s)
+        b_k3 = _load_k_chunk(kv_ptr, kv_scale_ptr, stride_kv_row, row, valid, 3, KV_FP8, FP8_NATIVE).to(DOT_DTYPE)
+        b_s = tl.dot(b_q3, tl.trans(b_k3), b_s)
         b_s = tl.where(valid[None, :], b_s * qk_scale_log2, float("-inf"))
+        # online softmax (base 2); fully masked blocks keep m = -inf without producing NaN
         b_m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
         b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
         b_alpha = tl.exp2(b_m - b_m_safe)
         b_p = tl.exp2(b_s - b_m_safe[:, None])
         b_l = b_l * b_alpha + tl.sum(b_p, axis=1)
-        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(DOT_DTYPE), b_k)
+        b_p = b_p.to(DOT_DTYPE)
+        b_acc0 = tl.dot(b_p, b_k0, b_acc0 * b_alpha[:, None])
+        b_acc1 = tl.dot(b_p, b_k1, b_acc1 * b_alpha[:, None])
+        b_acc2 = tl.dot(b_p, b_k2, b_acc2 * b_alpha[:, None])
+        b_acc3 = tl.dot(b_p, b_k3, b_acc3 * b_alpha[:, None])
         b_m = b_m_new
 
     empty = b_l == 0.0
     b_l_safe = tl.where(empty, 1.0, b_l)
-    b_o = b_acc / b_l_safe[:, None]
+    b_inv = 1.0 / b_l_safe
     b_lse = tl.where(empty, float("-inf"), (b_m + tl.log2(b_l_safe)) * 0.6931471805599453)
     p_o = o_ptr + i_t * stride_o_t + i_s * stride_o_s + o_h[:, None] * stride_o_h + o_c[None, :]
-    tl.store(p_o, b_o.to(o_ptr.dtype.element_ty), mask=m_h[:, None])
+    tl.store(p_o, (b_acc0 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
+    tl.store(p_o + 128, (b_acc1 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
+    tl.store(p_o + 256, (b_acc2 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
+    tl.store(p_o + 384, (b_acc3 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
     tl.store(lse_ptr + i_t * stride_l_t + i_s * stride_l_s + o_h, b_lse, mask=m_h)
 
 
@@ -306,7 +332,7 @@ def _sparse_mla(q3: torch.Tensor, kv_rows, kv_fp8: bool, native: bool, stride_kv
     block_h = max(16, min(cfg.pop("BLOCK_H"), triton.next_power_of_2(H)))
     block_t = cfg.pop("BLOCK_T")
     n_hb = triton.cdiv(H, block_h)
-    dot_dtype = tl.float16 if (q3.dtype == torch.float16 and kv_dtype == torch.float16) else tl.bfloat16
+    dot_fp16 = q3.dtype == torch.float16 and kv_dtype == torch.float16
     vals, scales, rope = kv_rows
     splits = plan_splits(T, n_hb, topk, block_t, dev)
     split_len = triton.cdiv(triton.cdiv(topk, splits), block_t) * block_t
@@ -326,7 +352,7 @@ def _sparse_mla(q3: torch.Tensor, kv_rows, kv_fp8: bool, native: bool, stride_kv
         idx2, idx2.stride(0), topk, split_len,
         o_buf, *so, l_buf, *sl,
         H, float(sm_scale) * LOG2E,
-        BLOCK_H=block_h, BLOCK_T=block_t, KV_FP8=kv_fp8, FP8_NATIVE=native, DOT_DTYPE=dot_dtype, **cfg)
+        BLOCK_H=block_h, BLOCK_T=block_t, KV_FP8=kv_fp8, FP8_NATIVE=native, DOT_FP16=dot_fp16, **cfg)
     if splits > 1:
         _combine_kernel[(T, H)](o_buf, l_buf, out, lse, H, splits,
                                 BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=128, num_warps=4)

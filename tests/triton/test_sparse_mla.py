@@ -57,11 +57,12 @@ def test_cache_write_matches_reference(triton_device, seed, fp8, in_dtype, fp8_p
     pages, t = 3, 37
     kv_c, k_pe = _latent(t, dev, big=True)
     kv_c, k_pe = kv_c.to(in_dtype), k_pe.to(in_dtype)
-    slots = torch.randperm(pages * PAGE, device=dev)[:t].int()
+    perm = torch.randperm(pages * PAGE, device=dev)
+    perm = perm[(perm != PAGE - 1) & (perm != PAGE)]
+    # distinct slots, with the two page-boundary neighbours PAGE-1 and PAGE at positions 5 and 6
+    slots = torch.cat([perm[:5], torch.tensor([PAGE - 1, PAGE], device=dev), perm[5:t - 2]]).int()
     slots[3] = -1
     slots[10] = -1
-    slots[5] = PAGE - 1          # page boundary neighbours
-    slots[6] = PAGE
     shape = (pages, PAGE, 656 if fp8 else 576)
     dt = torch.uint8 if fp8 else torch.bfloat16
     ref = torch.randint(0, 255, shape, dtype=torch.uint8, device=dev).view(dt) if fp8 else \

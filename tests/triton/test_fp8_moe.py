@@ -1,0 +1,215 @@
+"""Triton grouped FP8 GEMMs, SiLU-and-mul + FP8 quant, and the FP8 byte codecs vs the naive references.
+
+Interpreter-sized shapes with fresh random inputs. `fp8_path` runs each kernel twice: native fp8e4nv
+(sm_89+) and the sm_80 path that decodes/encodes e4m3 bytes with integer arithmetic.
+"""
+import pytest
+import torch
+
+from deepseek_v32_plugin.ops import fp8_moe as ops
+from deepseek_v32_plugin.ops.fp8_moe import naive
+from deepseek_v32_plugin.ops.fp8_quant.naive import (fp8_saturate_cast, naive_fp8_dequant_act,
+                                                      naive_fp8_quant_act, naive_fp8_quant_weight)
+
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
+tk = pytest.importorskip("deepseek_v32_plugin.triton_kernels.fp8_moe")
+fu = pytest.importorskip("deepseek_v32_plugin.triton_kernels._fp8_util")
+
+
+@pytest.fixture(params=["native", "sm80"])
+def fp8_path(request, monkeypatch):
+    if request.param == "sm80":
+        monkeypatch.setattr(tk, "native_fp8", lambda dev: False)
+    return request.param
+
+
+def _weights(g, n, k, dev):
+    ws, ss = [], []
+    for _ in range(g):
+        w = torch.randn(n, k, device=dev) * torch.rand(1, device=dev).add(0.05)
+        w[: n // 2, : k // 2] *= 20.0                       # blocks with different scales
+        q, s = naive_fp8_quant_weight(w)
+        ws.append(q)
+        ss.append(s)
+    return torch.stack(ws), torch.stack(ss)
+
+
+def _acts(shape, dev):
+    x = torch.randn(shape, device=dev) * torch.rand(shape[:-1] + (1,), device=dev).add(0.01) * 10
+    x[..., :128] *= 1e-3                                     # tiny group: subnormal fp8 values
+    return naive_fp8_quant_act(x)
+
+
+def _close(got, want):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    scale = want.float().abs().amax().clamp_min(1e-6)
+    torch.testing.assert_close(got.float() / scale, want.float() / scale, rtol=1e-2, atol=2e-3)
+
+
+# ------------------------------------------------------------------ grouped GEMM, contiguous
+
+@pytest.mark.parametrize("case", ["aligned", "unsorted", "empty_groups", "all_padding"])
+def test_grouped_contiguous_matches_reference(triton_device, seed, case, fp8_path):
+    dev = triton_device
+    G, N, K = 4, 160, 256                                   # N not a multiple of 128: ragged scale block
+    if case == "aligned":                                    # DeepGEMM layout: groups padded to 128 rows with -1
+        counts = [100, 0, 128, 30]
+        m_idx = []
+        for g, c in enumerate(counts):
+            pad = (-c) % 128
+            m_idx += [g] * c + [-1] * pad
+        m_idx = torch.tensor(m_idx, dtype=torch.int32, device=dev)
+    elif case == "unsorted":                                 # rows of a tile spread over several experts
+        m_idx = torch.randint(-1, G + 1, (150,), dtype=torch.int32, device=dev)   # G is out of range -> 0
+    elif case == "empty_groups":                             # only expert 2, unaligned length
+        m_idx = torch.full((70,), 2, dtype=torch.int32, device=dev)
+        m_idx[-5:] = -1
+    else:
+        m_idx = torch.full((33,), -1, dtype=torch.int32, device=dev)
+    M = m_idx.numel()
+    a, a_s = _acts((M, K), dev)
+    b, b_s = _weights(G, N, K, dev)
+    got = ops.fp8_grouped_gemm_nt_contiguous(a, a_s, b, b_s, m_idx, backend="triton")
+    want = naive.naive_fp8_grouped_gemm_nt_contiguous(a, a_s, b, b_s, m_idx)
+    invalid = (m_idx < 0) | (m_idx >= G)
+    assert (got[invalid] == 0).all()
+    if (~invalid).any():
+        _close(got[~invalid], want[~invalid])
+
+
+def test_grouped_contiguous_single_row_fp32_out(triton_device, seed):
+    dev = triton_device
+    a, a_s = _acts((1, 128), dev)
+    b, b_s = _weights(2, 128, 128, dev)
+    m_idx = torch.tensor([1], dtype=torch.int32, device=dev)
+    got = ops.fp8_grouped_gemm_nt_contiguous(a, a_s, b, b_s, m_idx, torch.float32, backend="triton")
+    want = naive.naive_fp8_grouped_gemm_nt_contiguous(a, a_s, b, b_s, m_idx, torch.float32)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_grouped_saturated_inputs(triton_device, seed):
+    """Values at the e4m3 limits (+-448, saturated casts) and the smallest subnormals."""
+    dev = triton_device
+    x = torch.randn(20, 256, device=dev) * 1e4
+    x[:, 5] = 1e9                                              # amax group: others saturate at scale boundary
+    a = fp8_saturate_cast(x / 64.0)                            # many values clipped to +-448
+    a_s = torch.full((20, 2), 0.5, device=dev)
+    b, b_s = _weights(1, 128, 256, dev)
+    b[0, :, :3] = fp8_saturate_cast(torch.tensor([448.0, -448.0, 2.0 ** -9], device=dev))
+    m_idx = torch.zeros(20, dtype=torch.int32, device=dev)
+    got = ops.fp8_grouped_gemm_nt_contiguous(a, a_s, b, b_s, m_idx, backend="triton")
+    want = naive.naive_fp8_grouped_gemm_nt_contiguous(a, a_s, b, b_s, m_idx)
+    assert torch.isfinite(got.float()).all()
+    _close(got, want)
+
+
+# ------------------------------------------------------------------ grouped GEMM, masked
+
+@pytest.mark.parametrize("masked", [[0, 17, 40], [40, 0, 1]], ids=["m0-17-40", "m40-0-1"])
+def test_grouped_masked_matches_reference(triton_device, seed, masked, fp8_path):
+    dev = triton_device
+    G, M, N, K = 3, 40, 128, 256
+    a, a_s = _acts((G, M, K), dev)
+    b, b_s = _weights(G, N, K, dev)
+    mm = torch.tensor(masked, dtype=torch.int32, device=dev)
+    got = ops.fp8_grouped_gemm_nt_masked(a, a_s, b, b_s, mm, backend="triton")
+    want = naive.naive_fp8_grouped_gemm_nt_masked(a, a_s, b, b_s, mm)
+    for g in range(G):
+        assert (got[g, masked[g]:] == 0).all()
+        if masked[g]:
+            _close(got[g, : masked[g]], want[g, : masked[g]])
+
+
+# ------------------------------------------------------------------ SiLU-and-mul + quant
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "f32"])
+def test_silu_and_mul_fp8_quant(triton_device, seed, dtype, fp8_path):
+    dev = triton_device
+    M, N = 19, 384
+    x = (torch.randn(M, 2 * N, device=dev) * torch.rand(M, 1, device=dev).add(0.1) * 8).to(dtype)
+    x[0, :128] = 0.0                       # all-zero group: amax floor
+    x[1, N:N + 128] *= 1e-6                # tiny values: subnormal codes
+    q, s = ops.silu_and_mul_fp8_quant(x, backend="triton")
+    rq, rs = naive.naive_silu_and_mul_fp8_quant(x)
+    assert q.dtype == torch.float8_e4m3fn and q.shape == (M, N) and s.shape == (M, N // 128)
+    torch.testing.assert_close(s, rs, rtol=0, atol=0)
+    deq, rdeq = naive_fp8_dequant_act(q, s), naive_fp8_dequant_act(rq, rs)
+    # silu's exp may differ by an ulp: allow one e4m3 step (1/8 relative) on rare elements
+    step = (rdeq.abs() / 8).clamp_min(s.repeat_interleave(128, 1) * 2.0 ** -9)
+    assert ((deq - rdeq).abs() <= step + 1e-30).all()
+    assert (q.view(torch.uint8) == rq.view(torch.uint8)).float().mean() > 0.99
+
+
+# ------------------------------------------------------------------ FP8 byte codecs (sm_80 path)
+
+@triton.jit
+def _codec_kernel(x_ptr, code_ptr, dec_ptr, n, BLOCK: tl.constexpr):
+    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = o < n
+    x = tl.load(x_ptr + o, mask=m, other=0.0)
+    code = fu.f32_to_e4m3_bits(x)
+    tl.store(code_ptr + o, code.to(tl.uint8), mask=m)
+    tl.store(dec_ptr + o, fu.e4m3_bits_to_f16(code.to(tl.uint8)).to(tl.float32) * 256.0, mask=m)
+
+
+@triton.jit
+def _scale_kernel(a_ptr, s_ptr, inv_ptr, n, BLOCK: tl.constexpr):
+    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = o < n
+    s, inv = fu.ue8m0_scale_bits(tl.load(a_ptr + o, mask=m, other=1.0))
+    tl.store(s_ptr + o, s, mask=m)
+    tl.store(inv_ptr + o, inv, mask=m)
+
+
+def test_e4m3_codec_exact(triton_device, seed):
+    """Integer encode (RNE, saturating, subnormals) == torch's saturating cast; decode == torch for all codes."""
+    dev = triton_device
+    codes = torch.arange(256, dtype=torch.int32)
+    codes = codes[(codes & 0x7F) != 0x7F]                           # skip the two NaN codes
+    exact = codes.to(torch.uint8).view(torch.float8_e4m3fn).float()
+    mids = (exact[1:] + exact[:-1]) / 2                             # ties -> round to even
+    x = torch.cat([exact, mids, torch.randn(2000) * 100, torch.randn(500) * 2.0 ** -8,
+                   torch.tensor([448.0, 449.0, 464.0, 480.0, 1e6, -1e6, -464.0, 2.0 ** -10, -2.0 ** -10,
+                                 3 * 2.0 ** -11, 0.0, -0.0, 2.0 ** -6 - 2.0 ** -11])]).to(dev)
+    code = torch.empty(x.numel(), dtype=torch.uint8, device=dev)
+    dec = torch.empty(x.numel(), dtype=torch.float32, device=dev)
+    _codec_kernel[(triton.cdiv(x.numel(), 256),)](x, code, dec, x.numel(), BLOCK=256)
+    want = fp8_saturate_cast(x)
+    assert torch.equal(code, want.view(torch.uint8)), (x[code != want.view(torch.uint8)])[:8]
+    torch.testing.assert_close(dec, want.float(), rtol=0, atol=0)
+
+
+def test_ue8m0_scale_bits_exact(triton_device, seed):
+    """scale = 2^ceil(log2(max(amax, 1e-4) / 448)) computed from the bits: the smallest power of two with
+    amax / scale <= 448 (checked in float64), equal to the reference away from 1-ulp-above-boundary inputs,
+    where the reference's float log2 rounds down (and its cast then saturates)."""
+    from deepseek_v32_plugin.ops.fp8_quant.naive import ue8m0_scale
+    dev = triton_device
+    p2 = 2.0 ** torch.arange(-20, 20).float()
+    a = torch.cat([torch.rand(1000) * 1000, torch.rand(100) * 1e-3, p2 * 448, p2 * 448 * (1 - 2.0 ** -24),
+                   torch.tensor([0.0, 1e-7, 1e-4, 3e38])]).to(dev)
+    above = (p2 * 448 * (1 + 2.0 ** -22)).to(dev)
+    x = torch.cat([a, above])
+    s = torch.empty_like(x)
+    inv = torch.empty_like(x)
+    _scale_kernel[(triton.cdiv(x.numel(), 256),)](x, s, inv, x.numel(), BLOCK=256)
+    n = a.numel()
+    torch.testing.assert_close(s[:n], ue8m0_scale(a), rtol=0, atol=0)
+    torch.testing.assert_close(inv, 1.0 / s, rtol=0, atol=0)
+    r = x.double().clamp_min(1e-4) / s.double()
+    assert (r <= 448).all() and (r * 2 > 448).all()
+
+
+def test_launcher_errors(triton_device):
+    dev = triton_device
+    a, a_s = _acts((4, 256), dev)
+    b, b_s = _weights(2, 128, 256, dev)
+    with pytest.raises(ValueError, match="m_indices"):
+        tk.fp8_grouped_gemm_nt_contiguous(a, a_s, b, b_s, torch.zeros(4, dtype=torch.int64, device=dev))
+    with pytest.raises(ValueError, match="b_scale"):
+        tk.fp8_grouped_gemm_nt_contiguous(a, a_s, b, b_s[:, :, :1], torch.zeros(4, dtype=torch.int32, device=dev))
+    with pytest.raises(TypeError, match="float8"):
+        tk.fp8_grouped_gemm_nt_contiguous(a.float(), a_s, b, b_s, torch.zeros(4, dtype=torch.int32, device=dev))
+    with pytest.raises(ValueError, match="multiple of 128"):
+        tk.silu_and_mul_fp8_quant(torch.randn(2, 200, device=dev))
