@@ -36,7 +36,7 @@ for stage in "${STAGES[@]}"; do
       run_stage unit-env bash scripts/env_unit.sh
       # -n 2: two workers; a kernel that segfaults under the interpreter kills one worker, which xdist
       # reports as that test's failure and replaces, so the rest of the run goes on.
-      run_stage unit pytest_in .venvs/unit tests -n 2 --dist=loadfile
+      OMP_NUM_THREADS=1 run_stage unit pytest_in .venvs/unit tests -n 2 --dist=loadfile
       ;;
     vllm)
       if [[ -d integration_tests/vllm ]]; then
