@@ -3,7 +3,8 @@
     from compile_util import compile_kernels
     reps = compile_kernels([dict(module="deepseek_v32_plugin.triton_kernels.indexer", kernel="_k",
                                  signature={"x_ptr": "*fp8e4nv", "n": "i32", "BLOCK": "constexpr"},
-                                 constexprs={"BLOCK": 128}, arch=90, num_warps=4, num_stages=3)])
+                                 constexprs={"BLOCK": 128}, arch=90, num_warps=4, num_stages=3,
+                                 aligned=["n"])])   # ints known to be multiples of 16 (pointers always are)
     reps[0]["mma"]  -> {"QGMMA": 24, ...};  reps[0]["spills"] -> 0;  reps[0]["shared"] -> bytes
 
 Compilation runs in a child process with TRITON_INTERPRET unset (the test session imports kernel modules
@@ -45,7 +46,11 @@ def _compile_one(spec: dict) -> dict:
     consts = dict(spec.get("constexprs", {}))
     for k in consts:
         sig.setdefault(k, "constexpr")
-    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+    # pointers (and the ints named in "aligned") get 16-byte divisibility, as the JIT gives aligned tensors
+    aligned = spec.get("aligned", [])
+    aligned = [k for k, v in sig.items() if v.startswith("*")] + list(aligned)
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     opts = {"num_warps": spec.get("num_warps", 4), "num_stages": spec.get("num_stages", 3)}
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
     rep = {"kernel": spec["kernel"], "arch": arch, "shared": int(k.metadata.shared),

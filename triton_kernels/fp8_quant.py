@@ -188,8 +188,8 @@ def gemm_config(m: int, n: int, k: int, cap: tuple[int, int]) -> dict:
     bm = 64 if m <= 64 else 128
     if cap >= (9, 0):
         return dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8 if bm == 128 else 4, num_stages=4)
-    if cap >= (8, 9):
-        return dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8 if bm == 128 else 4, num_stages=2)
+    if cap >= (8, 9):  # FP8 mma.sync: operands and the partial product live in registers -> narrower N
+        return dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=8 if bm == 128 else 4, num_stages=3)
     return dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3)
 
 

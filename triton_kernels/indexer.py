@@ -127,7 +127,12 @@ def _indexer_quant_kernel(x_ptr, q_ptr, s_ptr, slot_ptr, cache_ptr, cache_f32_pt
         tl.store(s_ptr + o_r, scale, mask=m_r)
 
 
-QUANT_CONFIG = dict(BLOCK_R=64, num_warps=4, num_stages=1)
+QUANT_CONFIG = dict(BLOCK_R=64, num_warps=4, num_stages=1)          # sm_90+: H is a wgmma operand in shared
+QUANT_CONFIG_MMA = dict(BLOCK_R=16, num_warps=8, num_stages=1)      # mma.sync: H lives in registers
+
+
+def quant_config(cap: tuple[int, int]) -> dict:
+    return QUANT_CONFIG if cap >= (9, 0) else QUANT_CONFIG_MMA
 
 
 def indexer_quant(x: torch.Tensor, rotate: bool = True):
@@ -139,7 +144,7 @@ def indexer_quant(x: torch.Tensor, rotate: bool = True):
     s = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
     r = x.numel() // HEAD_DIM
     if r:
-        cfg = QUANT_CONFIG
+        cfg = quant_config(capability(x.device))
         _indexer_quant_kernel[(triton.cdiv(r, cfg["BLOCK_R"]),)](
             x, _u8(q), s, s, s, s, r, D=HEAD_DIM, ROTATE=bool(rotate), TO_CACHE=False, NATIVE_FP8=native, **cfg)
     return q, s
@@ -154,7 +159,7 @@ def indexer_k_quant_and_cache(k: torch.Tensor, kv_cache: torch.Tensor, slot_mapp
     t = k.shape[0]
     if t == 0:
         return
-    cfg = QUANT_CONFIG
+    cfg = quant_config(capability(k.device))
     _indexer_quant_kernel[(triton.cdiv(t, cfg["BLOCK_R"]),)](
         k, kv_cache, kv_cache, slot_mapping, kv_cache, kv_cache.view(torch.float32), t, D=HEAD_DIM, ROTATE=True,
         TO_CACHE=True, NATIVE_FP8=native_fp8(k.device), **cfg)
@@ -409,7 +414,7 @@ def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, N, stride_x, TOPK,
     remaining = TOPK + tl.zeros((), tl.int32)
     if select:
         for pas in tl.static_range(4):
-            SHIFT: tl.constexpr = 24 - 8 * pas
+            SHIFT = 24 - 8 * pas
             hist = tl.zeros((256,), tl.int32)
             for n0 in range(ks, ke, BLOCK):
                 o_n = n0 + o_b

@@ -1,0 +1,109 @@
+"""Compile the shipped fp8_quant + indexer Triton configs for real GPU targets without a GPU.
+
+For sm_90a, sm_100a, sm_89 and sm_80 (the byte path: Triton has no e4m3 type below sm_89) every kernel
+must compile with no register spills (no STL/LDL in the SASS) and shared memory within the limit;
+the FP8 GEMM and the logits kernels must use the FP8 tensor-core instruction of the target
+(QGMMA = FP8 wgmma on sm_90a, UTCQMMA = tcgen05 FP8 on sm_100a, QMMA on sm_89) and HMMA on sm_80.
+One test per target compiles all kernels in one child process (tests/compile_util.py).
+"""
+from __future__ import annotations
+
+import pytest
+
+from compile_util import compile_kernels
+
+MOD_Q = "deepseek_v32_plugin.triton_kernels.fp8_quant"
+MOD_I = "deepseek_v32_plugin.triton_kernels.indexer"
+
+# per target: the MMA instruction the FP8 matmuls must show
+FP8_MMA = {90: "QGMMA", 100: "UTCQMMA", 89: "QMMA", 80: "HMMA"}
+BF16_MMA = {90: "HGMMA", 100: "UTCHMMA", 89: "HMMA", 80: "HMMA"}
+
+
+def _launch(cfg: dict):
+    cfg = dict(cfg)
+    return cfg.pop("num_warps"), cfg.pop("num_stages", 3), cfg
+
+
+def specs_for(arch: int) -> list[tuple[dict, str | None]]:
+    """(compile spec, required MMA op or None) for every shipped config on `arch`."""
+    from deepseek_v32_plugin.triton_kernels import fp8_quant as fq
+    from deepseek_v32_plugin.triton_kernels import indexer as ix
+    cap = (arch // 10, arch % 10)
+    native = arch >= 89
+    f8 = "*fp8e4nv" if native else "*u8"
+    out = []
+
+    out.append((dict(module=MOD_Q, kernel="_fp8_quant_act_kernel",
+                     signature={"x_ptr": "*bf16", "q_ptr": f8, "s_ptr": "*fp32", "R": "i32", "K": "i32", "NG": "i32"},
+                     constexprs=dict(BLOCK_R=32, GROUP_SIZE=128, UE8M0=True, NATIVE_FP8=native),
+                     aligned=["K"], num_warps=4, num_stages=1), None))
+    for m in (4096, 16):
+        nw, ns, cfg = _launch(fq.gemm_config(m, 7168, 2048, cap))
+        out.append((dict(module=MOD_Q, kernel="_fp8_gemm_nt_kernel",
+                         signature={"a_ptr": f8, "as_ptr": "*fp32", "b_ptr": f8, "bs_ptr": "*fp32", "c_ptr": "*bf16",
+                                    "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_asm": "i32",
+                                    "stride_bn": "i32", "stride_bsn": "i32", "stride_cm": "i32"},
+                         constexprs=dict(cfg, NATIVE_FP8=native), aligned=["K", "stride_am", "stride_bn", "stride_cm"],
+                         num_warps=nw, num_stages=ns, tag=f"gemm m={m}"), FP8_MMA[arch]))
+    for to_cache in (False, True):
+        nw, ns, cfg = _launch(ix.quant_config(cap))
+        out.append((dict(module=MOD_I, kernel="_indexer_quant_kernel",
+                         signature={"x_ptr": "*bf16", "q_ptr": "*u8", "s_ptr": "*fp32", "slot_ptr": "*i64",
+                                    "cache_ptr": "*u8", "cache_f32_ptr": "*fp32", "R": "i32"},
+                         constexprs=dict(cfg, D=128, ROTATE=True, TO_CACHE=to_cache, NATIVE_FP8=native),
+                         num_warps=nw, num_stages=ns, tag=f"quant to_cache={to_cache}"), BF16_MMA[arch]))
+    for gather in (False, True):
+        out.append((dict(module=MOD_I, kernel="_cache_copy_kernel",
+                         signature={"k_ptr": "*u8", "ks_ptr": "*fp32", "slot_ptr": "*i32", "cache_ptr": "*u8",
+                                    "cache_f32_ptr": "*fp32", "T": "i32", "TOTAL_SLOTS": "i32"},
+                         constexprs=dict(BLOCK_T=32, D=128, GATHER=gather), num_warps=4, num_stages=1,
+                         tag=f"cache gather={gather}"), None))
+    nw, ns, cfg = _launch(ix.logits_config(64, cap))
+    out.append((dict(module=MOD_I, kernel="_fp8_logits_kernel",
+                     signature={"q_ptr": "*u8", "k_ptr": "*u8", "kscale_ptr": "*fp32", "w_ptr": "*fp32",
+                                "ks_ptr": "*i32", "ke_ptr": "*i32", "out_ptr": "*fp32", "S": "i32", "N": "i32",
+                                "H": "i32", "KEYS_PER_SPLIT": "i32"},
+                     constexprs=dict(cfg, D=128, NATIVE_FP8=native), aligned=["N", "KEYS_PER_SPLIT"],
+                     num_warps=nw, num_stages=ns, tag="logits H=64"), FP8_MMA[arch]))
+    for next_n in (1, 2, 4):
+        nw, ns, cfg = _launch(ix.paged_logits_config(64, next_n, cap))
+        out.append((dict(module=MOD_I, kernel="_fp8_paged_logits_kernel",
+                         signature={"q_ptr": "*u8", "cache_ptr": "*u8", "cache_f32_ptr": "*fp32", "w_ptr": "*fp32",
+                                    "ctx_ptr": "*i32", "bt_ptr": "*i32", "out_ptr": "*fp32", "H": "i32",
+                                    "MAX_LEN": "i32", "bt_stride": "i32", "PAGES_PER_SPLIT": "i32"},
+                         constexprs=dict(cfg, NEXT_N=next_n, D=128, NATIVE_FP8=native), num_warps=nw, num_stages=ns,
+                         tag=f"paged logits H=64 next_n={next_n}"), FP8_MMA[arch]))
+    nw, ns, cfg = _launch(ix.TOPK_CONFIG)
+    out.append((dict(module=MOD_I, kernel="_topk_kernel",
+                     signature={"x_ptr": "*fp32", "ks_ptr": "*i32", "ke_ptr": "*i32", "out_ptr": "*i32", "N": "i32",
+                                "stride_x": "i32", "TOPK": "i32"},
+                     constexprs=dict(cfg, TOPK_PAD=2048, SORTED=True), aligned=["stride_x", "TOPK"],
+                     num_warps=nw, num_stages=ns, tag="topk 2048"), None))
+    out.append((dict(module=MOD_I, kernel="_indices_to_slots_kernel",
+                     signature={"idx_ptr": "*i32", "bt_ptr": "*i32", "out_ptr": "*i32", "K": "i32", "MAX_PAGES": "i32",
+                                "idx_stride": "i32", "bt_stride": "i32", "PAGE_SIZE": "i32"},
+                     constexprs=dict(BLOCK=1024), num_warps=4, num_stages=1, tag="indices_to_slots"), None))
+    return out
+
+
+@pytest.mark.parametrize("arch", [90, 100, 89, 80], ids=lambda a: f"sm{a}")
+def test_shipped_configs_compile(arch):
+    pytest.importorskip("triton")
+    specs = specs_for(arch)
+    reps = compile_kernels([dict(s, arch=arch) for s, _ in specs])
+    problems, lines = [], []
+    for (spec, need), rep in zip(specs, reps):
+        name = spec.get("tag", spec["kernel"])
+        if "error" in rep:
+            problems.append(f"{name}: {rep['error'][:800]}")
+            continue
+        lines.append(f"sm{arch} {name:32s} regs={rep['regs']:3d} shared={rep['shared']:6d} mma={rep['mma']}")
+        if rep["spills"]:
+            problems.append(f"{name}: {rep['spills']} local-memory instructions (spills) [{rep['res_usage']}]")
+        if rep["shared"] > rep["shared_limit"]:
+            problems.append(f"{name}: shared {rep['shared']} B > {rep['shared_limit']}")
+        if need and not rep["mma"].get(need):
+            problems.append(f"{name}: expected {need} in SASS, found {rep['mma']}")
+    print("\n".join(lines))
+    assert not problems, "\n".join(problems)
