@@ -8,11 +8,13 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <tuple>
 
 #include "fp8_moe.h"
+#include "fp8_quant.h"
 #include "indexer.h"
 #include "sparse_mla.h"
 
@@ -176,6 +178,130 @@ at::Tensor fp8_grouped_gemm_nt_masked(const at::Tensor& a, const at::Tensor& a_s
 
 bool has_sm90_gemm() { return fp8_grouped_gemm_sm90_built(); }
 
+FloatKind float_kind(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return FloatKind::kF32;
+    case at::kBFloat16: return FloatKind::kBF16;
+    case at::kHalf: return FloatKind::kF16;
+    default: TORCH_CHECK(false, name, " must be float32, bfloat16 or float16 (got ", t.scalar_type(), ")");
+  }
+  return FloatKind::kF32;
+}
+
+void check_slots(const at::Tensor& s, int64_t n) {
+  check_cuda(s, "slot_mapping");
+  TORCH_CHECK(s.scalar_type() == at::kInt || s.scalar_type() == at::kLong, "slot_mapping must be int32 or int64");
+  TORCH_CHECK(s.numel() == n, "slot_mapping has ", s.numel(), " entries for ", n, " tokens");
+}
+
+std::tuple<at::Tensor, at::Tensor> fp8_quant_act(const at::Tensor& x, int64_t group, bool ue8m0) {
+  check_cuda(x, "x");
+  TORCH_CHECK(group == 128, "the CUDA quantizer supports group=128, got ", group);
+  const int64_t k = x.size(-1);
+  TORCH_CHECK(k % 128 == 0, "x last dim ", k, " must be a multiple of 128");
+  const at::cuda::CUDAGuard guard(x.device());
+  auto out = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn));
+  auto sizes = x.sizes().vec();
+  sizes.back() = k / 128;
+  auto scale = at::empty(sizes, x.options().dtype(at::kFloat));
+  DSV32_CHECK_LAUNCH(launch_fp8_quant_act(x.data_ptr(), float_kind(x, "x"), static_cast<uint8_t*>(out.data_ptr()),
+                                          scale.data_ptr<float>(), x.numel() / std::max<int64_t>(k, 1), int(k), ue8m0,
+                                          at::cuda::getCurrentCUDAStream()),
+                     "fp8_quant_act");
+  return {out, scale};
+}
+
+std::tuple<at::Tensor, at::Tensor> silu_and_mul_fp8_quant(const at::Tensor& x) {
+  check_cuda(x, "x");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) % 256 == 0, "x must be [M, 2N] with N % 128 == 0");
+  const int64_t m = x.size(0), n = x.size(1) / 2;
+  const at::cuda::CUDAGuard guard(x.device());
+  auto out = at::empty({m, n}, x.options().dtype(at::kFloat8_e4m3fn));
+  auto scale = at::empty({m, n / 128}, x.options().dtype(at::kFloat));
+  DSV32_CHECK_LAUNCH(launch_silu_and_mul_fp8_quant(x.data_ptr(), float_kind(x, "x"), static_cast<uint8_t*>(out.data_ptr()),
+                                                   scale.data_ptr<float>(), m, int(n), at::cuda::getCurrentCUDAStream()),
+                     "silu_and_mul_fp8_quant");
+  return {out, scale};
+}
+
+std::tuple<at::Tensor, at::Tensor> indexer_quant(const at::Tensor& x, bool rotate) {
+  check_cuda(x, "x");
+  TORCH_CHECK(x.size(-1) == 128, "x last dim must be 128");
+  const at::cuda::CUDAGuard guard(x.device());
+  auto out = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn));
+  auto scale = at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(at::kFloat));
+  DSV32_CHECK_LAUNCH(launch_indexer_quant(x.data_ptr(), int(float_kind(x, "x")), rotate,
+                                          static_cast<uint8_t*>(out.data_ptr()), scale.data_ptr<float>(), nullptr,
+                                          nullptr, false, x.numel() / 128, at::cuda::getCurrentCUDAStream()),
+                     "indexer_quant");
+  return {out, scale};
+}
+
+void check_indexer_cache(const at::Tensor& c) {
+  check_cuda(c, "kv_cache");
+  TORCH_CHECK(c.scalar_type() == at::kByte && c.dim() == 3 && c.size(1) == 64 && c.size(2) == 132,
+              "indexer kv_cache must be [pages, 64, 132] uint8");
+}
+
+void indexer_k_quant_and_cache(const at::Tensor& k, at::Tensor& kv_cache, const at::Tensor& slot_mapping) {
+  check_cuda(k, "k");
+  TORCH_CHECK(k.dim() == 2 && k.size(1) == 128, "k must be [T, 128]");
+  check_indexer_cache(kv_cache);
+  check_slots(slot_mapping, k.size(0));
+  const at::cuda::CUDAGuard guard(k.device());
+  DSV32_CHECK_LAUNCH(launch_indexer_quant(k.data_ptr(), int(float_kind(k, "k")), true, nullptr, nullptr,
+                                          static_cast<uint8_t*>(kv_cache.data_ptr()), slot_mapping.data_ptr(),
+                                          slot_mapping.scalar_type() == at::kLong, k.size(0),
+                                          at::cuda::getCurrentCUDAStream()),
+                     "indexer_k_quant_and_cache");
+}
+
+void indexer_cache_write(const at::Tensor& k_fp8, const at::Tensor& k_scale, at::Tensor& kv_cache,
+                         const at::Tensor& slot_mapping) {
+  check_fp8(k_fp8, "k_fp8");
+  check_f32(k_scale, "k_scale");
+  check_indexer_cache(kv_cache);
+  check_slots(slot_mapping, k_fp8.size(0));
+  const at::cuda::CUDAGuard guard(k_fp8.device());
+  DSV32_CHECK_LAUNCH(launch_indexer_cache_write(bytes(k_fp8), k_scale.data_ptr<float>(),
+                                                static_cast<uint8_t*>(kv_cache.data_ptr()), slot_mapping.data_ptr(),
+                                                slot_mapping.scalar_type() == at::kLong, k_fp8.size(0),
+                                                at::cuda::getCurrentCUDAStream()),
+                     "indexer_cache_write");
+}
+
+at::Tensor indices_to_slots(const at::Tensor& indices, const at::Tensor& block_table, int64_t page_size) {
+  check_i32(indices, "indices");
+  check_i32(block_table, "block_table");
+  TORCH_CHECK(indices.dim() == 2 && block_table.size(0) == indices.size(0), "indices [R, K], block_table [R, pages]");
+  const at::cuda::CUDAGuard guard(indices.device());
+  auto out = at::empty_like(indices);
+  DSV32_CHECK_LAUNCH(launch_indices_to_slots(indices.data_ptr<int32_t>(), block_table.data_ptr<int32_t>(),
+                                             block_table.size(1), out.data_ptr<int32_t>(), indices.size(0),
+                                             indices.size(1), int(page_size), at::cuda::getCurrentCUDAStream()),
+                     "indices_to_slots");
+  return out;
+}
+
+void mla_cache_write(const at::Tensor& kv_c, const at::Tensor& k_pe, at::Tensor& kv_cache, const at::Tensor& slot_mapping) {
+  check_cuda(kv_c, "kv_c");
+  check_cuda(k_pe, "k_pe");
+  TORCH_CHECK(kv_c.scalar_type() == k_pe.scalar_type(), "kv_c and k_pe must share a dtype");
+  TORCH_CHECK(kv_c.dim() == 2 && kv_c.size(1) == 512 && k_pe.dim() == 2 && k_pe.size(1) == 64 &&
+              k_pe.size(0) == kv_c.size(0), "kv_c [T, 512], k_pe [T, 64]");
+  check_cuda(kv_cache, "kv_cache");
+  const bool fp8 = kv_cache.scalar_type() == at::kByte;
+  TORCH_CHECK(fp8 ? kv_cache.size(-1) == 656 : (kv_cache.scalar_type() == at::kBFloat16 && kv_cache.size(-1) == 576),
+              "kv_cache must be [pages, 64, 656] uint8 or [pages, 64, 576] bf16");
+  check_slots(slot_mapping, kv_c.size(0));
+  const at::cuda::CUDAGuard guard(kv_c.device());
+  DSV32_CHECK_LAUNCH(launch_mla_cache_write(kv_c.data_ptr(), k_pe.data_ptr(), int(float_kind(kv_c, "kv_c")),
+                                            kv_cache.data_ptr(), fp8, slot_mapping.data_ptr(),
+                                            slot_mapping.scalar_type() == at::kLong, kv_c.size(0),
+                                            at::cuda::getCurrentCUDAStream()),
+                     "mla_cache_write");
+}
+
 }  // namespace
 }  // namespace dsv32
 
@@ -190,6 +316,13 @@ TORCH_LIBRARY(dsv32, m) {
   m.def("fp8_grouped_gemm_nt_masked(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor masked_m, "
         "ScalarType out_dtype) -> Tensor");
   m.def("has_sm90_gemm() -> bool", &dsv32::has_sm90_gemm);
+  m.def("fp8_quant_act(Tensor x, int group, bool ue8m0) -> (Tensor, Tensor)");
+  m.def("silu_and_mul_fp8_quant(Tensor x) -> (Tensor, Tensor)");
+  m.def("indexer_quant(Tensor x, bool rotate) -> (Tensor, Tensor)");
+  m.def("indexer_k_quant_and_cache(Tensor k, Tensor(a!) kv_cache, Tensor slot_mapping) -> ()");
+  m.def("indexer_cache_write(Tensor k_fp8, Tensor k_scale, Tensor(a!) kv_cache, Tensor slot_mapping) -> ()");
+  m.def("indices_to_slots(Tensor indices, Tensor block_table, int page_size) -> Tensor");
+  m.def("mla_cache_write(Tensor kv_c, Tensor k_pe, Tensor(a!) kv_cache, Tensor slot_mapping) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(dsv32, CUDA, m) {
@@ -199,4 +332,11 @@ TORCH_LIBRARY_IMPL(dsv32, CUDA, m) {
   m.impl("sparse_mla_decode", &dsv32::sparse_mla_decode);
   m.impl("fp8_grouped_gemm_nt_contiguous", &dsv32::fp8_grouped_gemm_nt_contiguous);
   m.impl("fp8_grouped_gemm_nt_masked", &dsv32::fp8_grouped_gemm_nt_masked);
+  m.impl("fp8_quant_act", &dsv32::fp8_quant_act);
+  m.impl("silu_and_mul_fp8_quant", &dsv32::silu_and_mul_fp8_quant);
+  m.impl("indexer_quant", &dsv32::indexer_quant);
+  m.impl("indexer_k_quant_and_cache", &dsv32::indexer_k_quant_and_cache);
+  m.impl("indexer_cache_write", &dsv32::indexer_cache_write);
+  m.impl("indices_to_slots", &dsv32::indices_to_slots);
+  m.impl("mla_cache_write", &dsv32::mla_cache_write);
 }

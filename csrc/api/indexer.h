@@ -22,3 +22,20 @@ cudaError_t launch_indexer_topk(const float* logits, int64_t ld, const int32_t* 
                                 int32_t* out, int rows, int n, int topk, cudaStream_t stream);
 
 }  // namespace dsv32
+
+namespace dsv32 {
+
+// k [T, 128] (f32 = 0 / bf16 = 1 / f16 = 2), rotate by the 128-point Hadamard (scale 128^-0.5) if `rotate`,
+// ue8m0-quantize per row. Writes (k_fp8 [T,128], k_scale [T]) when those are non-null, and/or the paged
+// cache rows at slot_mapping [T] (int32 or int64 by slot_is_i64; -1 skipped) when kv_cache is non-null.
+cudaError_t launch_indexer_quant(const void* k, int kind, bool rotate, uint8_t* k_fp8, float* k_scale,
+                                 uint8_t* kv_cache, const void* slot_mapping, bool slot_is_i64, int64_t tokens,
+                                 cudaStream_t stream);
+// Copy pre-quantized keys into the paged cache.
+cudaError_t launch_indexer_cache_write(const uint8_t* k_fp8, const float* k_scale, uint8_t* kv_cache,
+                                       const void* slot_mapping, bool slot_is_i64, int64_t tokens, cudaStream_t stream);
+// indices [R, K] i32 positions (-1 kept) -> slots [R, K] i32 through block_table [R, bt_stride] i32.
+cudaError_t launch_indices_to_slots(const int32_t* indices, const int32_t* block_table, int64_t bt_stride,
+                                    int32_t* slots, int rows, int k, int page_size, cudaStream_t stream);
+
+}  // namespace dsv32

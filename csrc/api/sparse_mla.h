@@ -12,3 +12,12 @@ cudaError_t launch_sparse_mla_decode(const void* q, const void* kv_cache, bool f
                                      cudaStream_t stream);
 
 }  // namespace dsv32
+
+namespace dsv32 {
+
+// kv_c [T, 512], k_pe [T, 64] (f32 = 0 / bf16 = 1 / f16 = 2) -> latent cache rows at slot_mapping [T]
+// (i32 or i64; -1 skipped): fp8_ds_mla 656-byte rows (fp8_cache) or bf16 576-wide rows.
+cudaError_t launch_mla_cache_write(const void* kv_c, const void* k_pe, int kind, void* kv_cache, bool fp8_cache,
+                                   const void* slot_mapping, bool slot_is_i64, int64_t tokens, cudaStream_t stream);
+
+}  // namespace dsv32

@@ -205,6 +205,28 @@ def _register_fakes() -> None:
     def _(a, a_scale, b, b_scale, masked_m, out_dtype):
         return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype)
 
+    @fake("fp8_quant_act")
+    def _(x, group, ue8m0):
+        return (x.new_empty(x.shape, dtype=torch.float8_e4m3fn),
+                x.new_empty((*x.shape[:-1], x.shape[-1] // group), dtype=torch.float32))
+
+    @fake("silu_and_mul_fp8_quant")
+    def _(x):
+        n = x.shape[1] // 2
+        return x.new_empty((x.shape[0], n), dtype=torch.float8_e4m3fn), x.new_empty((x.shape[0], n // 128),
+                                                                                      dtype=torch.float32)
+
+    @fake("indexer_quant")
+    def _(x, rotate):
+        return x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+    @fake("indices_to_slots")
+    def _(indices, block_table, page_size):
+        return torch.empty_like(indices)
+
+    for name in ("indexer_k_quant_and_cache", "indexer_cache_write", "mla_cache_write"):
+        fake(name)(lambda *args: None)
+
 
 # ------------------------------------------------------------------ ops ----
 # Same positional signatures as the naive_* references.
@@ -255,3 +277,46 @@ def fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, out_dtype=torch
                                                      b.contiguous(), b_scale.float().contiguous(),
                                                      _i32(masked_m), _gemm_dtype(out_dtype))
     return out if out.dtype == out_dtype else out.to(out_dtype)
+
+
+def fp8_quant_act(x, group=128, ue8m0=True):
+    if group != 128:  # the kernel is written for 128-wide groups (the only size the model uses)
+        from .fp8_quant.naive import naive_fp8_quant_act
+        return naive_fp8_quant_act(x, group, ue8m0)
+    return torch.ops.dsv32.fp8_quant_act(x.contiguous(), 128, bool(ue8m0))
+
+
+def silu_and_mul_fp8_quant(x):
+    return torch.ops.dsv32.silu_and_mul_fp8_quant(x.contiguous())
+
+
+def indexer_quant(x, rotate=True):
+    return torch.ops.dsv32.indexer_quant(x.contiguous(), bool(rotate))
+
+
+def indexer_k_quant_and_cache(k, kv_cache, slot_mapping):
+    torch.ops.dsv32.indexer_k_quant_and_cache(k.contiguous(), kv_cache, slot_mapping.contiguous())
+
+
+def indexer_cache_write(k_fp8, k_scale, kv_cache, slot_mapping):
+    torch.ops.dsv32.indexer_cache_write(k_fp8.contiguous(), k_scale.float().contiguous(), kv_cache,
+                                        slot_mapping.contiguous())
+
+
+def indices_to_slots(indices, block_table, page_size=64):
+    return torch.ops.dsv32.indices_to_slots(_i32(indices), _i32(block_table), int(page_size))
+
+
+def mla_cache_write(kv_c, k_pe, kv_cache, slot_mapping):
+    if kv_cache.dtype not in (torch.uint8, torch.bfloat16):  # fp16/fp32 latent caches: reference path
+        from .sparse_mla.naive import naive_mla_cache_write
+        return naive_mla_cache_write(kv_c, k_pe, kv_cache, slot_mapping)
+    if k_pe.dtype != kv_c.dtype:  # one rounding, as in the reference
+        kv_c, k_pe = kv_c.float(), k_pe.float()
+    torch.ops.dsv32.mla_cache_write(kv_c.contiguous(), k_pe.contiguous(), kv_cache, slot_mapping.contiguous())
+
+
+def fp8_gemm_nt(a, a_scale, b, b_scale, out_dtype=torch.bfloat16):
+    """Dense block-scaled FP8 GEMM = the grouped kernel with one group (every row in group 0)."""
+    m_indices = torch.zeros(a.shape[0], dtype=torch.int32, device=a.device)
+    return fp8_grouped_gemm_nt_contiguous(a, a_scale, b.unsqueeze(0), b_scale.unsqueeze(0), m_indices, out_dtype)

@@ -62,6 +62,11 @@ def _compile(rel: str, arch: str, outdir: str) -> dict:
     root = csrc_dir()
     cubin = os.path.join(outdir, rel.replace("/", "__") + f".{arch}.cubin")
     flags = nvcc_flags([ARCHS[arch]], cute=True)
+    try:  # the defines torch's cpp_extension adds to every nvcc call (no implicit half/bf16 operators)
+        from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+        flags = [f for f in COMMON_NVCC_FLAGS if f not in flags] + flags
+    except ImportError:
+        pass
     cmd = [nvcc(), *flags, "-I", os.path.join(root, "api"), "-Xptxas=-v", "-cubin", "-o", cubin, os.path.join(root, rel)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     rep = {"cmd": " ".join(cmd), "rc": r.returncode, "log": r.stderr + r.stdout, "cubin": cubin}

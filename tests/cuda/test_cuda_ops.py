@@ -251,3 +251,87 @@ def test_torch_compile_fullgraph(cuda_ext, seed):
     got = f(logits)
     ref = torch.ops.dsv32.indexer_topk(logits * 2.0, 256, ks, ke)
     torch.testing.assert_close(torch.gather(logits, 1, got.long()), torch.gather(logits, 1, ref.long()))
+
+
+# ------------------------------------------------- quantization + cache writes ----
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("ue8m0", [True, False])
+def test_fp8_quant_act_bit_exact(cuda_ext, seed, dtype, ue8m0):
+    x = (torch.randn(3, 37, 512, device=DEV) * torch.exp2(torch.randint(-6, 6, (3, 37, 1), device=DEV).float())).to(dtype)
+    q, s = cuda_ext.fp8_quant_act(x, 128, ue8m0)
+    rq, rs = naive_fp8_quant_act(x, 128, ue8m0)
+    assert torch.equal(s, rs)
+    assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
+
+
+def test_silu_and_mul_fp8_quant(cuda_ext, seed):
+    x = torch.randn(45, 2 * 384, device=DEV).to(torch.bfloat16)
+    q, s = cuda_ext.silu_and_mul_fp8_quant(x)
+    rq, rs = moe_ref.naive_silu_and_mul_fp8_quant(x)
+    assert torch.equal(s, rs)
+    # expf vs torch's silu may differ by an ulp: a rare neighbouring fp8 code, never more
+    diff = (q.float() - rq.float()).abs() / rq.float().abs().clamp_min(2.0 ** -6)
+    assert (q.view(torch.uint8) != rq.view(torch.uint8)).float().mean() < 0.01
+    assert diff.max() <= 0.13
+
+
+def test_indexer_quant_and_cache(cuda_ext, seed):
+    t = 300
+    k = torch.randn(t, 128, device=DEV)
+    q, s = cuda_ext.indexer_quant(k, True)
+    rq, rs = ix.naive_indexer_quant(k, True)
+    # FWHT vs matmul summation order: scales agree, codes at most one step apart, rarely
+    assert (s == rs).float().mean() > 0.99
+    same_scale = (s == rs)
+    qa, ra = q[same_scale].float(), rq[same_scale].float()
+    assert ((qa - ra).abs() <= ra.abs() * 0.13 + 2.0 ** -9).all()
+    assert (q.view(torch.uint8) != rq.view(torch.uint8)).float().mean() < 0.01
+    q0, s0 = cuda_ext.indexer_quant(k, False)
+    r0, rs0 = ix.naive_indexer_quant(k, False)
+    assert torch.equal(s0, rs0) and torch.equal(q0.view(torch.uint8), r0.view(torch.uint8))
+
+    pages = 8
+    slots = torch.randperm(pages * 64, device=DEV)[:t]
+    slots[::17] = -1
+    cache = torch.zeros(pages, 64, 132, dtype=torch.uint8, device=DEV)
+    cuda_ext.indexer_k_quant_and_cache(k, cache, slots)
+    keep = slots >= 0
+    gk, gs = ix.naive_indexer_cache_gather(cache, slots[keep])
+    assert torch.equal(gk.view(torch.uint8), q[keep].view(torch.uint8)) and torch.equal(gs, s[keep])
+    cache2 = torch.zeros_like(cache)
+    cuda_ext.indexer_cache_write(rq, rs, cache2, slots.int())
+    ref = torch.zeros_like(cache)
+    ix.naive_indexer_cache_write(rq, rs, ref, slots)
+    assert torch.equal(cache2, ref)
+
+
+def test_indices_to_slots(cuda_ext, seed):
+    r, kk, mp = 9, 300, 40
+    table = torch.randint(0, 1000, (r, mp), dtype=torch.int32, device=DEV)
+    idx = torch.randint(-1, mp * 64, (r, kk), dtype=torch.int32, device=DEV)
+    assert torch.equal(cuda_ext.indices_to_slots(idx, table, 64), ix.naive_indices_to_slots(idx, table, 64))
+
+
+@pytest.mark.parametrize("fp8", [True, False], ids=["fp8", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_mla_cache_write_bit_exact(cuda_ext, seed, fp8, dtype):
+    t, pages = 150, 4
+    kv_c = (torch.randn(t, 512, device=DEV) * 3).to(dtype)
+    k_pe = torch.randn(t, 64, device=DEV).to(dtype)
+    slots = torch.randperm(pages * 64, device=DEV)[:t]
+    slots[::7] = -1
+    shape = (pages, 64, 656 if fp8 else 576)
+    dt = torch.uint8 if fp8 else torch.bfloat16
+    got, ref = torch.zeros(shape, dtype=dt, device=DEV), torch.zeros(shape, dtype=dt, device=DEV)
+    cuda_ext.mla_cache_write(kv_c, k_pe, got, slots)
+    mla.naive_mla_cache_write(kv_c, k_pe, ref, slots)
+    assert torch.equal(got.view(torch.uint8) if not fp8 else got, ref.view(torch.uint8) if not fp8 else ref)
+
+
+def test_dense_fp8_gemm(cuda_ext, seed):
+    from deepseek_v32_plugin.ops.fp8_quant.naive import naive_fp8_gemm_nt
+    a, a_s = naive_fp8_quant_act(torch.randn(77, 512, device=DEV))
+    b, b_s = naive_fp8_quant_weight(torch.randn(300, 512, device=DEV) * 0.05)
+    got = cuda_ext.fp8_gemm_nt(a, a_s, b, b_s, torch.float32)
+    torch.testing.assert_close(got, naive_fp8_gemm_nt(a, a_s, b, b_s, torch.float32), rtol=1e-4, atol=1e-4)
