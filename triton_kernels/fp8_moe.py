@@ -23,14 +23,20 @@ import triton.language as tl
 from ._fp8_util import check_device, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, ue8m0_scale_bits
 
 GROUP = 128
-_BIG = 2 ** 30
+_BIG = tl.constexpr(2 ** 30)
 
 # Shipped GEMM configurations (tests/triton/test_compile_mla_moe.py compiles them): by arch family.
+# BLOCK_N must divide 128 (one weight scale per tile and K block). "second" is the pass over tiles that span
+# several experts (unaligned contiguous layouts only; a no-op pass otherwise): same BLOCK_M, lighter tile.
 GEMM_CONFIGS = {
-    "sm90": dict(BLOCK_M=128, BLOCK_N=128, GROUP_M=8, num_warps=8, num_stages=3),   # Hopper / Blackwell
-    "sm89": dict(BLOCK_M=64, BLOCK_N=128, GROUP_M=8, num_warps=4, num_stages=3),    # Ada: fp8 mma.sync
-    "sm80": dict(BLOCK_M=64, BLOCK_N=128, GROUP_M=8, num_warps=4, num_stages=3),    # Ampere: decoded fp16
+    "sm90": dict(BLOCK_M=128, BLOCK_N=128, GROUP_M=8, num_warps=8, num_stages=4),   # Hopper / Blackwell
+    "sm89": dict(BLOCK_M=64, BLOCK_N=64, GROUP_M=8, num_warps=4, num_stages=3),     # Ada: fp8 mma.sync
+    "sm80": dict(BLOCK_M=64, BLOCK_N=64, GROUP_M=8, num_warps=4, num_stages=3),     # Ampere: decoded fp16
 }
+
+
+def second_pass_config(block_m: int) -> dict:
+    return dict(BLOCK_N=64, num_warps=8 if block_m >= 128 else 4, num_stages=2)
 
 
 def gemm_config(device: torch.device) -> dict:
@@ -43,27 +49,30 @@ def gemm_config(device: torch.device) -> dict:
 
 @triton.jit
 def _gemm_tile(a_ptr, stride_am, as_ptr, stride_asm, b_ptr, stride_bn, bs_ptr, stride_bsn,
-               o_m, m_m, o_n, m_n, K,
+               o_m, m_m, n0, m_n, K,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP8_NATIVE: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] fp32 = dequant(a[o_m]) @ dequant(b[o_n]).T; a/b are e4m3 as raw bytes."""
+    """[BLOCK_M, BLOCK_N] fp32 = dequant(a[o_m]) @ dequant(b[n0:n0+BLOCK_N]).T; a/b are e4m3 as raw bytes.
+    Rows outside m_m hold garbage (their loads are masked off); BLOCK_N divides 128, so one weight scale
+    per K block covers the whole tile."""
     o_k = tl.arange(0, 128)
+    o_n = n0 + tl.arange(0, BLOCK_N)
     p_a = a_ptr + o_m[:, None].to(tl.int64) * stride_am + o_k[None, :]
-    p_b = b_ptr + o_n[:, None].to(tl.int64) * stride_bn + o_k[None, :]
+    p_b = b_ptr + o_n[None, :].to(tl.int64) * stride_bn + o_k[:, None]
     p_as = as_ptr + o_m.to(tl.int64) * stride_asm
-    p_bs = bs_ptr + (o_n // 128) * stride_bsn
+    p_bs = bs_ptr + (n0 // 128) * stride_bsn
     b_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for kb in range(0, tl.cdiv(K, 128)):
-        # [BLOCK_M, 128], [BLOCK_N, 128] e4m3 bytes
-        b_a = tl.load(p_a, mask=m_m[:, None], other=0)
-        b_b = tl.load(p_b, mask=m_n[:, None], other=0)
-        # [BLOCK_M], [BLOCK_N] fp32 scales of this 128-wide K block
+        # [BLOCK_M, 128], [128, BLOCK_N] e4m3 bytes
+        b_a = tl.load(p_a, mask=m_m[:, None])
+        b_b = tl.load(p_b, mask=m_n[None, :])
+        # [BLOCK_M] activation scales, scalar weight scale of this 128-wide K block
         b_sa = tl.load(p_as + kb, mask=m_m, other=0.0)
-        b_sb = tl.load(p_bs + kb, mask=m_n, other=0.0)
+        b_sb = tl.load(p_bs + kb)
         if FP8_NATIVE:
-            b_d = tl.dot(b_a.to(tl.float8e4nv, bitcast=True), tl.trans(b_b.to(tl.float8e4nv, bitcast=True)))
+            b_d = tl.dot(b_a.to(tl.float8e4nv, bitcast=True), b_b.to(tl.float8e4nv, bitcast=True))
         else:
-            b_d = tl.dot(e4m3_bits_to_f16(b_a), tl.trans(e4m3_bits_to_f16(b_b))) * 65536.0
-        b_acc += b_d * b_sa[:, None] * b_sb[None, :]
+            b_d = tl.dot(e4m3_bits_to_f16(b_a), e4m3_bits_to_f16(b_b)) * 65536.0
+        b_acc += b_d * (b_sa[:, None] * b_sb)
         p_a += 128
         p_b += 128
     return b_acc
@@ -88,7 +97,7 @@ def _grouped_gemm_contiguous_kernel(a_ptr, stride_am, as_ptr, stride_asm,
                                     b_ptr, stride_bg, stride_bn, bs_ptr, stride_bsg, stride_bsn,
                                     mi_ptr, c_ptr, stride_cm, M, N, K, G,
                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
-                                    FP8_NATIVE: tl.constexpr):
+                                    FP8_NATIVE: tl.constexpr, SECOND_PASS: tl.constexpr):
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     o_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < M
@@ -98,18 +107,29 @@ def _grouped_gemm_contiguous_kernel(a_ptr, stride_am, as_ptr, stride_asm,
     b_ids = tl.load(mi_ptr + o_m, mask=m_m, other=-1)
     b_ids = tl.where((b_ids >= 0) & (b_ids < G), b_ids, _BIG)
     p_c = c_ptr + o_m[:, None].to(tl.int64) * stride_cm + o_n[None, :]
-    m_pad = m_m & (b_ids == _BIG)
-    if tl.max(m_pad.to(tl.int32), axis=0) > 0:
-        tl.store(p_c, tl.zeros([BLOCK_M, BLOCK_N], dtype=c_ptr.dtype.element_ty),
-                 mask=m_pad[:, None] & m_n[None, :])
     e = tl.min(b_ids, axis=0)
-    while e < _BIG:
-        m_e = b_ids == e
-        b_acc = _gemm_tile(a_ptr, stride_am, as_ptr, stride_asm,
-                           b_ptr + e.to(tl.int64) * stride_bg, stride_bn, bs_ptr + e.to(tl.int64) * stride_bsg,
-                           stride_bsn, o_m, m_m & m_e, o_n, m_n, K, BLOCK_M, BLOCK_N, FP8_NATIVE)
-        tl.store(p_c, b_acc.to(c_ptr.dtype.element_ty), mask=(m_m & m_e)[:, None] & m_n[None, :])
+    if SECOND_PASS:
+        # tiles whose rows span several experts (unaligned layouts): the 2nd, 3rd, ... expert
         e = tl.min(tl.where(b_ids > e, b_ids, _BIG), axis=0)
+        while e < _BIG:
+            m_e = m_m & (b_ids == e)
+            b_acc = _gemm_tile(a_ptr, stride_am, as_ptr, stride_asm,
+                               b_ptr + e.to(tl.int64) * stride_bg, stride_bn, bs_ptr + e.to(tl.int64) * stride_bsg,
+                               stride_bsn, o_m, m_e, pid_n * BLOCK_N, m_n, K, BLOCK_M, BLOCK_N, FP8_NATIVE)
+            tl.store(p_c, b_acc.to(c_ptr.dtype.element_ty), mask=m_e[:, None] & m_n[None, :])
+            e = tl.min(tl.where(b_ids > e, b_ids, _BIG), axis=0)
+    else:
+        m_pad = m_m & (b_ids == _BIG)
+        if tl.max(m_pad.to(tl.int32), axis=0) > 0:
+            tl.store(p_c, tl.zeros([BLOCK_M, BLOCK_N], dtype=c_ptr.dtype.element_ty),
+                     mask=m_pad[:, None] & m_n[None, :])
+        if e < _BIG:
+            # the tile's first (for aligned layouts: only) expert
+            m_e = m_m & (b_ids == e)
+            b_acc = _gemm_tile(a_ptr, stride_am, as_ptr, stride_asm,
+                               b_ptr + e.to(tl.int64) * stride_bg, stride_bn, bs_ptr + e.to(tl.int64) * stride_bsg,
+                               stride_bsn, o_m, m_e, pid_n * BLOCK_N, m_n, K, BLOCK_M, BLOCK_N, FP8_NATIVE)
+            tl.store(p_c, b_acc.to(c_ptr.dtype.element_ty), mask=m_e[:, None] & m_n[None, :])
 
 
 @triton.jit
@@ -129,10 +149,12 @@ def _grouped_gemm_masked_kernel(a_ptr, stride_ag, stride_am, as_ptr, stride_asg,
     if pid_m * BLOCK_M >= n_valid:
         tl.store(p_c, tl.zeros([BLOCK_M, BLOCK_N], dtype=c_ptr.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
     else:
-        # rows >= n_valid load as 0 and so store 0
+        m_v = o_m < n_valid
         b_acc = _gemm_tile(a_ptr + g * stride_ag, stride_am, as_ptr + g * stride_asg, stride_asm,
                            b_ptr + g * stride_bg, stride_bn, bs_ptr + g * stride_bsg, stride_bsn,
-                           o_m, o_m < n_valid, o_n, m_n, K, BLOCK_M, BLOCK_N, FP8_NATIVE)
+                           o_m, m_v, pid_n * BLOCK_N, m_n, K, BLOCK_M, BLOCK_N, FP8_NATIVE)
+        # rows >= n_valid (garbage: their loads were masked) are stored as 0
+        b_acc = tl.where(m_v[:, None], b_acc, 0.0)
         tl.store(p_c, b_acc.to(c_ptr.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
 
 
@@ -177,12 +199,15 @@ def fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, out_dtype=
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
     m_indices = m_indices.contiguous()
     a8, b8 = a.view(torch.uint8), b.view(torch.uint8)
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-    _grouped_gemm_contiguous_kernel[grid](
-        a8, a8.stride(0), a_scale, a_scale.stride(0),
-        b8, b8.stride(0), b8.stride(1), b_scale, b_scale.stride(0), b_scale.stride(1),
-        m_indices, out, out.stride(0), M, N, K, G,
-        BLOCK_M=bm, BLOCK_N=bn, FP8_NATIVE=native, **cfg)
+    args = (a8, a8.stride(0), a_scale, a_scale.stride(0),
+            b8, b8.stride(0), b8.stride(1), b_scale, b_scale.stride(0), b_scale.stride(1),
+            m_indices, out, out.stride(0), M, N, K, G)
+    _grouped_gemm_contiguous_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
+        *args, BLOCK_M=bm, BLOCK_N=bn, FP8_NATIVE=native, SECOND_PASS=False, **cfg)
+    sp = second_pass_config(bm)
+    bn2 = min(sp.pop("BLOCK_N"), bn)
+    _grouped_gemm_contiguous_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn2),)](
+        *args, BLOCK_M=bm, BLOCK_N=bn2, GROUP_M=cfg["GROUP_M"], FP8_NATIVE=native, SECOND_PASS=True, **sp)
     return out
 
 
