@@ -5,7 +5,8 @@ own bit-twiddling (`_convert_float`), which (CPU_TESTING.md, triton-lang/triton#
   - multiplies the raw bf16 bit patterns in `tl.dot`;
   - truncates fp32 -> bf16 instead of rounding to nearest even;
   - mis-rounds fp32 -> fp8, flushes fp8 subnormals and does not saturate (the GPU's cvt is `.satfinite`);
-  - int <-> bf16/fp8 casts reinterpret storage (`astype` on the uint16/uint8 payload).
+  - int <-> bf16/fp8 casts reinterpret storage (`astype` on the uint16/uint8 payload);
+  - (3.6 only) `range()` bounds computed in the kernel fail to convert to int.
 `apply()` replaces the interpreter builder's float casts and `create_dot` with torch conversions that
 match the GPU: round to nearest even, saturate to the finite range for fp8 (NaN stays NaN), keep
 subnormals; dots convert operands to fp32 exactly and accumulate in fp32.
@@ -120,6 +121,15 @@ def apply() -> None:
             acc = np.matmul(a32, b32, dtype=np.float32)
             return I.TensorHandle((acc + d.data.astype(np.float32)).astype(d.data.dtype), d.dtype.scalar)
         return orig_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    # triton 3.6: `int(tensor)` (range bounds computed in the kernel) fails on 1-element arrays (3.7 squeezes)
+    orig_patch_tensor = I._patch_lang_tensor
+
+    def _patch_lang_tensor(tensor, scope):
+        orig_patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    I._patch_lang_tensor = _patch_lang_tensor
 
     B.cast_impl = cast_impl
     for name in ("create_si_to_fp", "create_ui_to_fp", "create_fp_to_si", "create_fp_to_ui",

@@ -166,7 +166,8 @@ def _fp8_gemm_nt_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, M, N, K,
     p_as = as_ptr + o_m.to(tl.int64) * stride_asm
     p_bs = bs_ptr + ((i_n * BLOCK_N) // 128) * stride_bsn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kb in range(0, tl.cdiv(K, BLOCK_K)):
+    for k0 in range(0, K, BLOCK_K):
+        kb = k0 // BLOCK_K
         # [BLOCK_M, BLOCK_K], [BLOCK_K, BLOCK_N]
         b_a = tl.load(p_a, mask=m_m[:, None])  # masked rows only reach masked outputs
         b_b = tl.load(p_b, mask=m_n[None, :])

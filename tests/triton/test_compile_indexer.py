@@ -33,12 +33,15 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
     native = arch >= 89
     f8 = "*fp8e4nv" if native else "*u8"
     out = []
+    simple = arch in (90, 80)   # memory-bound kernels without MMA: checked on two targets to save time
 
-    out.append((dict(module=MOD_Q, kernel="_fp8_quant_act_kernel",
-                     signature={"x_ptr": "*bf16", "q_ptr": f8, "s_ptr": "*fp32", "R": "i32", "K": "i32", "NG": "i32"},
-                     constexprs=dict(BLOCK_R=32, GROUP_SIZE=128, UE8M0=True, NATIVE_FP8=native),
-                     aligned=["K"], num_warps=4, num_stages=1), None))
-    for m in (4096, 16):
+    if simple:
+        out.append((dict(module=MOD_Q, kernel="_fp8_quant_act_kernel",
+                         signature={"x_ptr": "*bf16", "q_ptr": f8, "s_ptr": "*fp32", "R": "i32", "K": "i32",
+                                    "NG": "i32"},
+                         constexprs=dict(BLOCK_R=32, GROUP_SIZE=128, UE8M0=True, NATIVE_FP8=native),
+                         aligned=["K"], num_warps=4, num_stages=1), None))
+    for m in ((4096, 16) if arch == 90 else (4096,)):
         nw, ns, cfg = _launch(fq.gemm_config(m, 7168, 2048, cap))
         out.append((dict(module=MOD_Q, kernel="_fp8_gemm_nt_kernel",
                          signature={"a_ptr": f8, "as_ptr": "*fp32", "b_ptr": f8, "bs_ptr": "*fp32", "c_ptr": "*bf16",
@@ -53,7 +56,7 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
                                     "cache_ptr": "*u8", "cache_f32_ptr": "*fp32", "R": "i32"},
                          constexprs=dict(cfg, D=128, ROTATE=True, TO_CACHE=to_cache, NATIVE_FP8=native),
                          num_warps=nw, num_stages=ns, tag=f"quant to_cache={to_cache}"), BF16_MMA[arch]))
-    for gather in (False, True):
+    for gather in ((False, True) if simple else ()):
         out.append((dict(module=MOD_I, kernel="_cache_copy_kernel",
                          signature={"k_ptr": "*u8", "ks_ptr": "*fp32", "slot_ptr": "*i32", "cache_ptr": "*u8",
                                     "cache_f32_ptr": "*fp32", "T": "i32", "TOTAL_SLOTS": "i32"},
@@ -80,6 +83,8 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
                                 "stride_x": "i32", "TOPK": "i32"},
                      constexprs=dict(cfg, TOPK_PAD=2048, SORTED=True), aligned=["stride_x", "TOPK"],
                      num_warps=nw, num_stages=ns, tag="topk 2048"), None))
+    if not simple:
+        return out
     out.append((dict(module=MOD_I, kernel="_indices_to_slots_kernel",
                      signature={"idx_ptr": "*i32", "bt_ptr": "*i32", "out_ptr": "*i32", "K": "i32", "MAX_PAGES": "i32",
                                 "idx_stride": "i32", "bt_stride": "i32", "PAGE_SIZE": "i32"},
