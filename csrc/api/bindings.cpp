@@ -45,6 +45,13 @@ void check_f32(const at::Tensor& t, const char* name) {
 }
 const uint8_t* bytes(const at::Tensor& t) { return static_cast<const uint8_t*>(t.data_ptr()); }
 
+// The sm_90a kernels run on compute capability 9.x when built; env DSV32_CUDA_<WHAT>=sm80 forces mma.sync.
+bool use_sm90(bool built, const char* env) {
+  const char* force = std::getenv(env);
+  if (force && std::string(force) == "sm80") return false;
+  return built && at::cuda::getCurrentDeviceProperties()->major == 9;
+}
+
 at::Tensor fp8_paged_indexer_logits(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& weights,
                                     const at::Tensor& context_lens, const at::Tensor& block_table,
                                     int64_t max_context_len) {
@@ -58,10 +65,11 @@ at::Tensor fp8_paged_indexer_logits(const at::Tensor& q, const at::Tensor& kv_ca
   TORCH_CHECK(h <= 128, "the CUDA indexer supports at most 128 heads, got ", h);
   const at::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({int64_t(b) * next_n, max_context_len}, q.options().dtype(at::kFloat));
-  DSV32_CHECK_LAUNCH(launch_fp8_paged_indexer_logits(
-                         bytes(q), bytes(kv_cache), weights.data_ptr<float>(), context_lens.data_ptr<int32_t>(),
-                         block_table.data_ptr<int32_t>(), block_table.size(1), out.data_ptr<float>(),
-                         max_context_len, b, next_n, h, int(max_context_len), at::cuda::getCurrentCUDAStream()),
+  auto launch = use_sm90(indexer_logits_sm90_built(), "DSV32_CUDA_INDEXER") ? launch_fp8_paged_indexer_logits_sm90
+                                                                            : launch_fp8_paged_indexer_logits;
+  DSV32_CHECK_LAUNCH(launch(bytes(q), bytes(kv_cache), weights.data_ptr<float>(), context_lens.data_ptr<int32_t>(),
+                            block_table.data_ptr<int32_t>(), block_table.size(1), out.data_ptr<float>(),
+                            max_context_len, b, next_n, h, int(max_context_len), at::cuda::getCurrentCUDAStream()),
                      "fp8_paged_indexer_logits");
   return out;
 }
@@ -78,10 +86,11 @@ at::Tensor fp8_indexer_logits(const at::Tensor& q, const at::Tensor& k, const at
   TORCH_CHECK(h <= 128, "the CUDA indexer supports at most 128 heads, got ", h);
   const at::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({s, n}, q.options().dtype(at::kFloat));
-  DSV32_CHECK_LAUNCH(launch_fp8_indexer_logits(bytes(q), bytes(k), k_scale.data_ptr<float>(),
-                                               weights.data_ptr<float>(), ks.data_ptr<int32_t>(),
-                                               ke.data_ptr<int32_t>(), out.data_ptr<float>(), s, h, n,
-                                               at::cuda::getCurrentCUDAStream()),
+  auto launch = use_sm90(indexer_logits_sm90_built(), "DSV32_CUDA_INDEXER") ? launch_fp8_indexer_logits_sm90
+                                                                            : launch_fp8_indexer_logits;
+  DSV32_CHECK_LAUNCH(launch(bytes(q), bytes(k), k_scale.data_ptr<float>(), weights.data_ptr<float>(),
+                            ks.data_ptr<int32_t>(), ke.data_ptr<int32_t>(), out.data_ptr<float>(), s, h, n,
+                            at::cuda::getCurrentCUDAStream()),
                      "fp8_indexer_logits");
   return out;
 }
@@ -153,9 +162,7 @@ at::Tensor grouped_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at
   if (p.k == 0 || out.numel() == 0) return out.zero_();
   p.out = out.data_ptr();
   const at::cuda::CUDAGuard guard(a.device());
-  const auto* prop = at::cuda::getCurrentDeviceProperties();
-  const char* force = std::getenv("DSV32_CUDA_GEMM");  // "sm80" forces the mma.sync kernel
-  const bool sm90 = prop->major == 9 && fp8_grouped_gemm_sm90_built() && !(force && std::string(force) == "sm80");
+  const bool sm90 = use_sm90(fp8_grouped_gemm_sm90_built(), "DSV32_CUDA_GEMM");
   const auto stream = at::cuda::getCurrentCUDAStream();
   if (sm90) {
     DSV32_CHECK_LAUNCH(launch_fp8_grouped_gemm_sm90(p, stream), "fp8_grouped_gemm (sm90)");
@@ -177,6 +184,7 @@ at::Tensor fp8_grouped_gemm_nt_masked(const at::Tensor& a, const at::Tensor& a_s
 }
 
 bool has_sm90_gemm() { return fp8_grouped_gemm_sm90_built(); }
+bool has_sm90_indexer() { return indexer_logits_sm90_built(); }
 
 FloatKind float_kind(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {
@@ -316,6 +324,7 @@ TORCH_LIBRARY(dsv32, m) {
   m.def("fp8_grouped_gemm_nt_masked(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor masked_m, "
         "ScalarType out_dtype) -> Tensor");
   m.def("has_sm90_gemm() -> bool", &dsv32::has_sm90_gemm);
+  m.def("has_sm90_indexer() -> bool", &dsv32::has_sm90_indexer);
   m.def("fp8_quant_act(Tensor x, int group, bool ue8m0) -> (Tensor, Tensor)");
   m.def("silu_and_mul_fp8_quant(Tensor x) -> (Tensor, Tensor)");
   m.def("indexer_quant(Tensor x, bool rotate) -> (Tensor, Tensor)");

@@ -39,3 +39,18 @@ cudaError_t launch_indices_to_slots(const int32_t* indices, const int32_t* block
                                     int32_t* slots, int rows, int k, int page_size, cudaStream_t stream);
 
 }  // namespace dsv32
+
+namespace dsv32 {
+
+// sm_90a wgmma (QGMMA) versions of the two logits launchers, same contracts; they return
+// cudaErrorInvalidDeviceFunction when the extension was built without CuTe or without an sm_90a target.
+bool indexer_logits_sm90_built();
+cudaError_t launch_fp8_paged_indexer_logits_sm90(const uint8_t* q, const uint8_t* kv_cache, const float* weights,
+                                                 const int32_t* context_lens, const int32_t* block_table,
+                                                 int64_t bt_stride, float* out, int64_t out_stride, int batch,
+                                                 int next_n, int heads, int max_context_len, cudaStream_t stream);
+cudaError_t launch_fp8_indexer_logits_sm90(const uint8_t* q, const uint8_t* k, const float* k_scale,
+                                           const float* weights, const int32_t* ks, const int32_t* ke, float* out,
+                                           int seq, int heads, int n_keys, cudaStream_t stream);
+
+}  // namespace dsv32

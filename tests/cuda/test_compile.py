@@ -37,6 +37,7 @@ CU_FILES = _cu_files()
 # What each kernel file must contain per arch (SASS mnemonics), and register budgets per kernel.
 EXPECT_SASS = {
     ("fp8_moe/sm90/grouped_gemm.cu", "sm_90a"): [r"QGMMA\.64x128x32\.F32\.E4M3\.E4M3"],
+    ("indexer/sm90/logits.cu", "sm_90a"): [r"QGMMA\.64x64x32\.F32\.E4M3\.E4M3", r"QGMMA\.64x128x32\.F32\.E4M3\.E4M3"],
     ("fp8_moe/sm80/grouped_gemm.cu", "sm_80"): [r"HMMA\.16816\.F32\b"],
     ("fp8_moe/sm80/grouped_gemm.cu", "sm_90a"): [r"HMMA\.16816\.F32\b"],
     ("indexer/sm80/logits.cu", "sm_80"): [r"HMMA\.16816\.F32\b"],
@@ -47,6 +48,8 @@ EXPECT_SASS = {
 FORBID_SASS = {
     ("fp8_moe/sm90/grouped_gemm.cu", "sm_90a"): [r"\bHMMA\b"],        # the wgmma path must not fall back
     ("fp8_moe/sm90/grouped_gemm.cu", "sm_80"): [r"GMMA"],             # sm_80 object: guarded-out bodies
+    ("indexer/sm90/logits.cu", "sm_90a"): [r"\bHMMA\b"],
+    ("indexer/sm90/logits.cu", "sm_80"): [r"GMMA"],
 }
 REG_BUDGET = {  # kernel-name substring -> max registers per thread
     "logits_kernel": 232,
@@ -110,7 +113,8 @@ def _functions(res: str) -> dict[str, dict[str, int]]:
 
 def test_sources_found():
     assert {"indexer/sm80/logits.cu", "indexer/sm80/topk.cu", "sparse_mla/sm80/decode.cu",
-            "fp8_moe/sm80/grouped_gemm.cu", "fp8_moe/sm90/grouped_gemm.cu"} <= set(CU_FILES)
+            "fp8_moe/sm80/grouped_gemm.cu", "fp8_moe/sm90/grouped_gemm.cu", "indexer/sm90/logits.cu",
+            "indexer/sm80/cache.cu", "sparse_mla/sm80/cache.cu", "fp8_quant/sm80/quant.cu"} <= set(CU_FILES)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

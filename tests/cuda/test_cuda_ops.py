@@ -36,6 +36,14 @@ def _same_inf(a, b):
 
 # ----------------------------------------------------------------- indexer ----
 
+@pytest.fixture(params=["auto", "sm80"])
+def indexer_path(request, monkeypatch):
+    """auto = the sm_90a wgmma kernels on Hopper (when built), the mma.sync ones elsewhere; sm80 forces those."""
+    if request.param == "sm80":
+        monkeypatch.setenv("DSV32_CUDA_INDEXER", "sm80")
+    return request.param
+
+
 def _paged_cache(lens, pages_per_seq, heads_dim=128):
     b = len(lens)
     n_pages = b * pages_per_seq + 3
@@ -52,7 +60,7 @@ def _paged_cache(lens, pages_per_seq, heads_dim=128):
 
 
 @pytest.mark.parametrize("next_n,heads", [(1, 64), (2, 64), (4, 32), (1, 128), (2, 20)], ids=lambda v: str(v))
-def test_paged_indexer_logits(cuda_ext, seed, next_n, heads):
+def test_paged_indexer_logits(cuda_ext, seed, indexer_path, next_n, heads):
     lens = [0, 1, 63, 64, 65, 700, 2049][:5] + [int(torch.randint(next_n, 3000, ()).item())]
     lens = [max(n, next_n) if n else 0 for n in lens]
     pps = -(-max(lens) // ix.PAGE) + 1
@@ -69,8 +77,9 @@ def test_paged_indexer_logits(cuda_ext, seed, next_n, heads):
     torch.testing.assert_close(got[fin], ref[fin], rtol=1e-5, atol=1e-4)
 
 
-def test_ragged_indexer_logits(cuda_ext, seed):
-    s, n, h = 37, 333, 64
+@pytest.mark.parametrize("h", [64, 20, 128])
+def test_ragged_indexer_logits(cuda_ext, seed, indexer_path, h):
+    s, n = 37, 333
     q_fp8, q_scale = ix.naive_indexer_quant(torch.randn(s, h, 128, device=DEV))
     k_fp8, k_scale = ix.naive_indexer_quant(torch.randn(n, 128, device=DEV))
     w = torch.randn(s, h, device=DEV) * q_scale
@@ -199,6 +208,7 @@ def test_sm90_gemm_is_used_on_hopper(cuda_ext):
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("Hopper only")
     assert torch.ops.dsv32.has_sm90_gemm(), "built without the sm_90a wgmma GEMM (CuTe headers or 9.0a arch missing)"
+    assert torch.ops.dsv32.has_sm90_indexer()
 
 
 # ------------------------------------------------ dispatcher integration ----
