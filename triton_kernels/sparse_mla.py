@@ -31,11 +31,6 @@ _FP8_SCALE_OFF = 128     # in fp32 elements of a 656-B row (byte 512)
 _FP8_ROPE_OFF = 264      # in bf16 elements of a 656-B row (byte 528)
 LOG2E = 1.4426950408889634
 
-# Shipped launch configuration of the attention kernel, per arch family (see tests/triton/test_compile_mla_moe.py).
-ATTN_CONFIGS = {
-    "default": dict(BLOCK_H=64, BLOCK_T=64, num_warps=8, num_stages=1),
-    "sm80": dict(BLOCK_H=64, BLOCK_T=32, num_warps=8, num_stages=1),
-}
 MIN_KEYS_PER_SPLIT = 256
 
 
@@ -200,11 +195,12 @@ def _sparse_mla_attn_kernel(
     lse_ptr, stride_l_t, stride_l_s,
     H, qk_scale_log2,
     BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
-    KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr, DOT_FP16: tl.constexpr,
+    KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr, DOT_FP16: tl.constexpr, DV_SPLIT: tl.constexpr,
 ):
     DOT_DTYPE: tl.constexpr = tl.float16 if DOT_FP16 else tl.bfloat16
     i_t = tl.program_id(0).to(tl.int64)
-    i_h = tl.program_id(1)
+    i_h = tl.program_id(1) // DV_SPLIT
+    i_d = tl.program_id(1) % DV_SPLIT
     i_s = tl.program_id(2)
     o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
     m_h = o_h < H
@@ -255,10 +251,15 @@ def _sparse_mla_attn_kernel(
         b_p = tl.exp2(b_s - b_m_safe[:, None])
         b_l = b_l * b_alpha + tl.sum(b_p, axis=1)
         b_p = b_p.to(DOT_DTYPE)
-        b_acc0 = tl.dot(b_p, b_k0, b_acc0 * b_alpha[:, None])
-        b_acc1 = tl.dot(b_p, b_k1, b_acc1 * b_alpha[:, None])
-        b_acc2 = tl.dot(b_p, b_k2, b_acc2 * b_alpha[:, None])
-        b_acc3 = tl.dot(b_p, b_k3, b_acc3 * b_alpha[:, None])
+        if DV_SPLIT == 1:
+            b_acc0 = tl.dot(b_p, b_k0, b_acc0 * b_alpha[:, None])
+            b_acc1 = tl.dot(b_p, b_k1, b_acc1 * b_alpha[:, None])
+            b_acc2 = tl.dot(b_p, b_k2, b_acc2 * b_alpha[:, None])
+            b_acc3 = tl.dot(b_p, b_k3, b_acc3 * b_alpha[:, None])
+        else:
+            # this program owns output columns [256 * i_d, 256 * i_d + 256) (Blackwell: 2 accumulators fit TMEM)
+            b_acc0 = tl.dot(b_p, tl.where(i_d == 0, b_k0, b_k2), b_acc0 * b_alpha[:, None])
+            b_acc1 = tl.dot(b_p, tl.where(i_d == 0, b_k1, b_k3), b_acc1 * b_alpha[:, None])
         b_m = b_m_new
 
     empty = b_l == 0.0
@@ -266,11 +267,16 @@ def _sparse_mla_attn_kernel(
     b_inv = 1.0 / b_l_safe
     b_lse = tl.where(empty, float("-inf"), (b_m + tl.log2(b_l_safe)) * 0.6931471805599453)
     p_o = o_ptr + i_t * stride_o_t + i_s * stride_o_s + o_h[:, None] * stride_o_h + o_c[None, :]
-    tl.store(p_o, (b_acc0 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
-    tl.store(p_o + 128, (b_acc1 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
-    tl.store(p_o + 256, (b_acc2 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
-    tl.store(p_o + 384, (b_acc3 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
-    tl.store(lse_ptr + i_t * stride_l_t + i_s * stride_l_s + o_h, b_lse, mask=m_h)
+    if DV_SPLIT == 1:
+        tl.store(p_o, (b_acc0 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
+        tl.store(p_o + 128, (b_acc1 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
+        tl.store(p_o + 256, (b_acc2 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
+        tl.store(p_o + 384, (b_acc3 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
+    else:
+        p_o += i_d * 256
+        tl.store(p_o, (b_acc0 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
+        tl.store(p_o + 128, (b_acc1 * b_inv[:, None]).to(o_ptr.dtype.element_ty), mask=m_h[:, None])
+    tl.store(lse_ptr + i_t * stride_l_t + i_s * stride_l_s + o_h, b_lse, mask=m_h & (i_d == 0))
 
 
 @triton.jit
@@ -299,9 +305,18 @@ def _combine_kernel(op_ptr, lp_ptr, out_ptr, lse_ptr, H, n_splits,
         tl.store(out_ptr + (i_t * H + i_h) * 512 + o_d, b_out.to(out_ptr.dtype.element_ty))
 
 
-def _attn_config(device: torch.device) -> dict:
-    native = native_fp8(device)
-    return dict(ATTN_CONFIGS["default" if native else "sm80"])
+def attn_config(cap: tuple) -> dict:
+    """Shipped attention launch config for a compute capability (the compile tests build these)."""
+    if cap >= (10, 0):   # tcgen05: 4 [64, 128] fp32 accumulators + scores overflow TMEM -> split d_v in 2
+        return dict(BLOCK_H=64, BLOCK_T=32, DV_SPLIT=2, num_warps=8, num_stages=2)
+    if cap >= (9, 0):    # wgmma: q and the latent tile in shared memory, 128 fp32 acc registers per thread
+        return dict(BLOCK_H=64, BLOCK_T=32, DV_SPLIT=1, num_warps=8, num_stages=2)
+    # mma.sync (sm_80/86/89): q lives in registers as the A operand -> 32 heads per program
+    return dict(BLOCK_H=32, BLOCK_T=32, DV_SPLIT=1, num_warps=8, num_stages=1)
+
+
+def _device_cap(device: torch.device) -> tuple:
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else (9, 0)
 
 
 def plan_splits(n_tokens: int, n_hblocks: int, topk: int, block_t: int, device: torch.device) -> int:
@@ -328,8 +343,9 @@ def _sparse_mla(q3: torch.Tensor, kv_rows, kv_fp8: bool, native: bool, stride_kv
         out.zero_()
         lse.fill_(float("-inf"))
         return out, lse
-    cfg = _attn_config(dev)
+    cfg = attn_config(_device_cap(dev))
     block_h = max(16, min(cfg.pop("BLOCK_H"), triton.next_power_of_2(H)))
+    dv_split = cfg.pop("DV_SPLIT")
     block_t = cfg.pop("BLOCK_T")
     n_hb = triton.cdiv(H, block_h)
     dot_fp16 = q3.dtype == torch.float16 and kv_dtype == torch.float16
@@ -346,13 +362,13 @@ def _sparse_mla(q3: torch.Tensor, kv_rows, kv_fp8: bool, native: bool, stride_kv
         l_buf = torch.empty(T, splits, H, dtype=torch.float32, device=dev)
         so = (o_buf.stride(0), o_buf.stride(1), o_buf.stride(2))
         sl = (l_buf.stride(0), l_buf.stride(1))
-    _sparse_mla_attn_kernel[(T, n_hb, splits)](
+    _sparse_mla_attn_kernel[(T, n_hb * dv_split, splits)](
         q3, q3.stride(0), q3.stride(1),
         vals, scales, rope, stride_kv_row, n_rows,
         idx2, idx2.stride(0), topk, split_len,
         o_buf, *so, l_buf, *sl,
         H, float(sm_scale) * LOG2E,
-        BLOCK_H=block_h, BLOCK_T=block_t, KV_FP8=kv_fp8, FP8_NATIVE=native, DOT_FP16=dot_fp16, **cfg)
+        BLOCK_H=block_h, BLOCK_T=block_t, KV_FP8=kv_fp8, FP8_NATIVE=native, DOT_FP16=dot_fp16, DV_SPLIT=dv_split, **cfg)
     if splits > 1:
         _combine_kernel[(T, H)](o_buf, l_buf, out, lse, H, splits,
                                 BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=128, num_warps=4)

@@ -24,6 +24,16 @@ def fp8_path(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["sm90", "sm100", "sm80"])
+def attn_arch(request, monkeypatch):
+    """Run the attention kernel with each arch's shipped launch config (sm100 splits d_v over 2 programs)."""
+    cap = {"sm90": (9, 0), "sm100": (10, 0), "sm80": (8, 0)}[request.param]
+    monkeypatch.setattr(tk, "_device_cap", lambda dev: cap)
+    if request.param == "sm80":
+        monkeypatch.setattr(tk, "native_fp8", lambda dev: False)
+    return request.param
+
+
 def _latent(t, dev, big=False):
     kv_c = torch.randn(t, 512, device=dev) * torch.rand(t, 1, device=dev).add(0.2)
     if big:  # spread of magnitudes across groups: tiny (subnormal after scaling), zero and large groups
@@ -121,9 +131,7 @@ def _check(out, lse, ref_out, ref_lse, same_dtype=True):
     (1, 1, 128, 64, 64),     # two head blocks
     (1, 1, 3, 128, 5),       # tiny h, mostly -1
 ], ids=lambda v: str(v))
-def test_decode_matches_reference(triton_device, seed, fp8, b, s_q, h, topk, n_valid, fp8_path):
-    if not fp8 and fp8_path == "sm80":
-        pytest.skip("bf16 cache has no FP8 path")
+def test_decode_matches_reference(triton_device, seed, fp8, b, s_q, h, topk, n_valid, attn_arch):
     dev = triton_device
     pages = 3
     cache = _cache(fp8, pages, dev)
@@ -153,7 +161,7 @@ def test_decode_all_invalid_rows_and_oob(triton_device, seed, fp8):
 
 
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-def test_decode_split_topk_combine(triton_device, seed, fp8, monkeypatch):
+def test_decode_split_topk_combine(triton_device, seed, fp8, monkeypatch, attn_arch):
     """Force the split-K path (several programs per row + the combine kernel), including a split with no valid key."""
     monkeypatch.setattr(tk, "plan_splits", lambda *a: 3)
     dev = triton_device
