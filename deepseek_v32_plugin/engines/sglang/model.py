@@ -49,6 +49,15 @@ def v32_config(hf_config) -> V32Config:
     """Our typed, validated view of the HF config: an unservable config fails here, naming the field."""
     d = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
     d["architectures"] = ["DeepseekV32ForCausalLM"]
+    # transformers 5 moves rope_scaling/rope_theta into rope_parameters (and leaves rope_scaling None)
+    rp = d.get("rope_parameters")
+    if isinstance(rp, dict):
+        if d.get("rope_theta") is None and rp.get("rope_theta") is not None:
+            d["rope_theta"] = rp["rope_theta"]
+        if not d.get("rope_scaling") and rp.get("rope_type", rp.get("type")) not in (None, "default"):
+            d["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"}
+    if d.get("rope_theta") is None:
+        d.pop("rope_theta", None)
     return V32Config.from_dict(d)
 
 
