@@ -21,3 +21,14 @@ cudaError_t launch_mla_cache_write(const void* kv_c, const void* k_pe, int kind,
                                    const void* slot_mapping, bool slot_is_i64, int64_t tokens, cudaStream_t stream);
 
 }  // namespace dsv32
+
+namespace dsv32 {
+
+// sm_90a wgmma (HGMMA) decode: 64 heads per CTA; same contract as launch_sparse_mla_decode. Returns
+// cudaErrorInvalidDeviceFunction when built without CuTe or without an sm_90a target.
+bool sparse_mla_decode_sm90_built();
+cudaError_t launch_sparse_mla_decode_sm90(const void* q, const void* kv_cache, bool fp8_cache, const int32_t* indices,
+                                          void* out, float* lse, int rows, int heads, int topk, float sm_scale,
+                                          cudaStream_t stream);
+
+}  // namespace dsv32

@@ -134,10 +134,17 @@ def _mla_cache(fp8: bool, n_tokens: int):
     return cache, slots
 
 
+@pytest.fixture(params=["auto", "sm80"])
+def mla_path(request, monkeypatch):
+    if request.param == "sm80":
+        monkeypatch.setenv("DSV32_CUDA_MLA", "sm80")
+    return request.param
+
+
 @pytest.mark.parametrize("fp8", [True, False], ids=["fp8", "bf16"])
 @pytest.mark.parametrize("b,s_q,h,topk", [(2, 1, 16, 64), (1, 2, 128, 2048), (3, 1, 20, 100), (1, 1, 64, 31)],
                          ids=lambda v: str(v))
-def test_sparse_mla_decode(cuda_ext, seed, fp8, b, s_q, h, topk):
+def test_sparse_mla_decode(cuda_ext, seed, mla_path, fp8, b, s_q, h, topk):
     n_tok = max(topk * 2, 300)
     cache, slots = _mla_cache(fp8, n_tok)
     q = (torch.randn(b, s_q, h, 576, device=DEV) * 0.5).to(torch.bfloat16)
@@ -208,7 +215,7 @@ def test_sm90_gemm_is_used_on_hopper(cuda_ext):
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("Hopper only")
     assert torch.ops.dsv32.has_sm90_gemm(), "built without the sm_90a wgmma GEMM (CuTe headers or 9.0a arch missing)"
-    assert torch.ops.dsv32.has_sm90_indexer()
+    assert torch.ops.dsv32.has_sm90_indexer() and torch.ops.dsv32.has_sm90_mla()
 
 
 # ------------------------------------------------ dispatcher integration ----

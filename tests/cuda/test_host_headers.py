@@ -196,3 +196,20 @@ def test_swizzle_conflict_free(exe):
         for h in range(2):
             banks = {(int(off[rr, 4 * h + t]) % 128) // 16 for rr in (r, r + 1) for t in range(4)}
             assert len(banks) == 8
+
+
+def test_sm90_smem_layouts_match_cute(tmp_path):
+    """The sm_90a kernels' hand-written smem loaders address exactly what CuTe's wgmma layouts describe."""
+    from csrc_paths import cutlass_include
+    if nvcc() is None or cutlass_include() is None:
+        pytest.skip("needs nvcc and the CuTe headers (nvidia-cutlass)")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cute_layouts_main.cu")
+    out = str(tmp_path / "cute_layouts")
+    cmd = [nvcc(), "-std=c++17", "--expt-relaxed-constexpr", "-O1", "-I", csrc_dir(), "-I", cutlass_include(),
+           src, "-o", out]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr[-4000:]}"
+    r = subprocess.run([out], capture_output=True, text=True)
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count(" 0 mismatches") == 9

@@ -11,8 +11,9 @@
 #include <cuda_bf16.h>
 
 #include <cute/arch/copy_sm80.hpp>
-#include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
+
+#include "config.h"
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define DSV32_SM90A_DEVICE 1
@@ -23,17 +24,7 @@ namespace sm90 {
 namespace {
 
 using namespace cute;
-
-constexpr int kThreads = 256;
-constexpr int kBM = 128, kBN = 128, kBK = 128, kStages = 4;
-constexpr int kBand = 8;
-
-using BM = Int<kBM>;
-using BN = Int<kBN>;
-using BK = Int<kBK>;
-using SmemLayoutA = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<uint8_t>{}, make_shape(BM{}, BK{}, Int<kStages>{})));
-using SmemLayoutB = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<uint8_t>{}, make_shape(BN{}, BK{}, Int<kStages>{})));
-using TiledMma = decltype(make_tiled_mma(SM90_64x128x32_F32E4M3E4M3_SS_TN<>{}, Layout<Shape<_2, _1, _1>>{}));
+using namespace gemm;
 
 struct Smem {
   alignas(1024) uint8_t a[cosize_v<SmemLayoutA>];
@@ -52,17 +43,15 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool p
 // The SW128 swizzle permutes 16-byte chunks within 128-byte rows, so one chunk is one cp.async.
 __device__ __forceinline__ void load_stage(Smem& s, int st, const uint8_t* a, int a_rows, const uint8_t* b, int b_rows,
                                            int64_t k, int kb) {
-  constexpr SmemLayoutA la{};
-  constexpr SmemLayoutB lb{};
   for (int c = threadIdx.x; c < kBM * 8; c += kThreads) {
     const int r = c >> 3, ch = c & 7;
     const bool ok = r < a_rows;
-    cp_async_16(s.a + la(r, ch * 16, st), a + (ok ? r * k + int64_t(kb) * kBK + ch * 16 : 0), ok);
+    cp_async_16(s.a + tile_offset<SmemLayoutA>(r, ch * 16, st), a + (ok ? r * k + int64_t(kb) * kBK + ch * 16 : 0), ok);
   }
   for (int c = threadIdx.x; c < kBN * 8; c += kThreads) {
     const int r = c >> 3, ch = c & 7;
     const bool ok = r < b_rows;
-    cp_async_16(s.b + lb(r, ch * 16, st), b + (ok ? r * k + int64_t(kb) * kBK + ch * 16 : 0), ok);
+    cp_async_16(s.b + tile_offset<SmemLayoutB>(r, ch * 16, st), b + (ok ? r * k + int64_t(kb) * kBK + ch * 16 : 0), ok);
   }
 }
 
@@ -237,7 +226,7 @@ bool fp8_grouped_gemm_sm90_built() {
 
 cudaError_t launch_fp8_grouped_gemm_sm90(const GroupedGemmArgs& args, cudaStream_t stream) {
   if (!fp8_grouped_gemm_sm90_built()) return cudaErrorInvalidDeviceFunction;
-  if (args.k % sm90::kBK != 0) return cudaErrorInvalidValue;
+  if (args.k % sm90::gemm::kBK != 0) return cudaErrorInvalidValue;
   if (args.m == 0 || args.n == 0 || args.groups == 0) return cudaSuccess;
   return args.out_fp32 ? sm90::launch_typed<float>(args, stream) : sm90::launch_typed<__nv_bfloat16>(args, stream);
 }

@@ -8,8 +8,9 @@
 #include "../common/cache_layout.h"
 
 #if defined(DSV32_WITH_CUTE)
-#include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
+
+#include "config.h"
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define DSV32_SM90A_DEVICE 1
@@ -20,25 +21,7 @@ namespace sm90 {
 namespace {
 
 using namespace cute;
-
-constexpr int kThreads = 128;
-constexpr int kMaxHeads = 128;
-constexpr int kRowsPerCta = 4;
-
-template <int N>
-struct Cfg {
-  using LayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<uint8_t>{}, Shape<_64, _128>{}));
-  using LayoutK = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<uint8_t>{}, Shape<Int<N>, _128>{}));
-  using Atom = std::conditional_t<N == 64, SM90_64x64x32_F32E4M3E4M3_SS_TN<>, SM90_64x128x32_F32E4M3E4M3_SS_TN<>>;
-  using Mma = decltype(make_tiled_mma(Atom{}));
-  struct Smem {
-    alignas(1024) uint8_t q[kMaxHeads / 64][cosize_v<LayoutQ>];
-    alignas(1024) uint8_t k[cosize_v<LayoutK>];
-    float k_scale[N];
-    float w[kMaxHeads];
-    float red[4][N];
-  };
-};
+using namespace logits;
 
 template <int N>
 __device__ __forceinline__ typename Cfg<N>::Smem& smem() {
@@ -50,12 +33,11 @@ __device__ __forceinline__ typename Cfg<N>::Smem& smem() {
 // rows [0, valid) of a row-major [*, 128] byte matrix into a K-major SW128 tile of `rows` rows (zero past valid)
 template <class Layout>
 __device__ __forceinline__ void load_tile(uint8_t* dst, const uint8_t* src, int rows, int valid) {
-  constexpr Layout layout{};
   for (int c = threadIdx.x; c < rows * 8; c += kThreads) {
     const int r = c >> 3, ch = c & 7;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (r < valid) v = *reinterpret_cast<const uint4*>(src + int64_t(r) * 128 + ch * 16);
-    *reinterpret_cast<uint4*>(dst + layout(r, ch * 16)) = v;
+    *reinterpret_cast<uint4*>(dst + tile_offset<Layout>(r, ch * 16)) = v;
   }
 }
 
@@ -217,13 +199,13 @@ cudaError_t launch_fp8_paged_indexer_logits_sm90(const uint8_t* q, const uint8_t
                                                  int64_t bt_stride, float* out, int64_t out_stride, int batch,
                                                  int next_n, int heads, int max_context_len, cudaStream_t stream) {
   if (!indexer_logits_sm90_built()) return cudaErrorInvalidDeviceFunction;
-  if (heads > sm90::kMaxHeads || heads <= 0) return cudaErrorInvalidValue;
+  if (heads > sm90::logits::kMaxHeads || heads <= 0) return cudaErrorInvalidValue;
   if (batch == 0 || max_context_len == 0) return cudaSuccess;
-  const int smem = int(sizeof(sm90::Cfg<64>::Smem)) + 1024;
+  const int smem = int(sizeof(sm90::logits::Cfg<64>::Smem)) + 1024;
   cudaError_t e = cudaFuncSetAttribute(sm90::paged_logits_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
   dim3 grid(ceil_div(max_context_len, indexer::kPage), batch);
-  sm90::paged_logits_kernel<<<grid, sm90::kThreads, smem, stream>>>(
+  sm90::paged_logits_kernel<<<grid, sm90::logits::kThreads, smem, stream>>>(
       q, kv_cache, weights, context_lens, block_table, bt_stride, out, out_stride, next_n, heads, max_context_len);
   return cudaGetLastError();
 }
@@ -232,13 +214,13 @@ cudaError_t launch_fp8_indexer_logits_sm90(const uint8_t* q, const uint8_t* k, c
                                            const float* weights, const int32_t* ks, const int32_t* ke, float* out,
                                            int seq, int heads, int n_keys, cudaStream_t stream) {
   if (!indexer_logits_sm90_built()) return cudaErrorInvalidDeviceFunction;
-  if (heads > sm90::kMaxHeads || heads <= 0) return cudaErrorInvalidValue;
+  if (heads > sm90::logits::kMaxHeads || heads <= 0) return cudaErrorInvalidValue;
   if (seq == 0 || n_keys == 0) return cudaSuccess;
-  const int smem = int(sizeof(sm90::Cfg<128>::Smem)) + 1024;
+  const int smem = int(sizeof(sm90::logits::Cfg<128>::Smem)) + 1024;
   cudaError_t e = cudaFuncSetAttribute(sm90::ragged_logits_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
-  dim3 grid(ceil_div(n_keys, 128), ceil_div(seq, sm90::kRowsPerCta));
-  sm90::ragged_logits_kernel<<<grid, sm90::kThreads, smem, stream>>>(q, k, k_scale, weights, ks, ke, out, seq, heads,
+  dim3 grid(ceil_div(n_keys, 128), ceil_div(seq, sm90::logits::kRowsPerCta));
+  sm90::ragged_logits_kernel<<<grid, sm90::logits::kThreads, smem, stream>>>(q, k, k_scale, weights, ks, ke, out, seq, heads,
                                                                      n_keys);
   return cudaGetLastError();
 }

@@ -1,0 +1,259 @@
+// Sparse MLA decode, sm_90a: wgmma bf16 (SASS HGMMA) via CuTe. One CTA = 64 heads of one query row,
+// 2 warpgroups, keys in chunks of 64:
+//   all 256 threads gather (and for fp8_ds_mla dequantize) 64 latent rows into a 128-byte-swizzled K-major
+//   tile [64 keys x 576]; WG0: S = Q K^T (64 x 64, 36 k16 steps, Q resident in smem), online softmax in
+//   registers, P (bf16) to smem; both WGs: O[:, 256w : 256w+256] = O * alpha + P V, with V read from the
+//   same KV tile through its MN-major view (the K-major SW128 tile transposed is the MN-major SW128 tile).
+// A 64-head tile shares each gathered/dequantized key across 64 heads (the sm80 kernel shares it across 16).
+// Semantics as sparse_mla/sm80/decode.cu. Built only with CuTe headers (DSV32_WITH_CUTE) and sm_90a.
+#include "../../api/sparse_mla.h"
+#include "../common/cache_layout.h"
+
+#if defined(DSV32_WITH_CUTE)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cutlass/arch/barrier.h>
+
+#include "config.h"
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define DSV32_SM90A_DEVICE 1
+#endif
+
+namespace dsv32 {
+namespace sm90 {
+namespace {
+
+using namespace cute;
+using namespace mla_decode;
+
+__device__ __forceinline__ Smem& smem() {
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  const uint32_t mis = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) & 1023u;
+  return *reinterpret_cast<Smem*>(smem_raw + ((1024u - mis) & 1023u));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// 16-byte vector c (8 bf16: dims 8c..8c+7) of row r of a K-major SW128 bf16 tile
+template <class Layout>
+__device__ __forceinline__ uint4* vec_at(bf16* base, int r, int c) {
+  return reinterpret_cast<uint4*>(base + tile_offset<Layout>(r, c * 8));
+}
+
+template <bool kFp8>
+__device__ __forceinline__ void gather(Smem& s, const uint8_t* __restrict__ cache) {
+  constexpr int kVecs = kD / 8;  // 72 bf16 vectors per row
+  for (int i = threadIdx.x; i < kKeys * kVecs; i += kThreads) {
+    const int r = i / kVecs, c = i % kVecs;
+    const int32_t slot = s.idx[r];
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (slot >= 0) {
+      if constexpr (!kFp8) {
+        v = *reinterpret_cast<const uint4*>(cache + mla::bf16_row_offset(slot) + c * 16);
+      } else {
+        const uint8_t* row = cache + mla::fp8_row_offset(slot);
+        if (c < kDV / 8) {  // 8 e4m3 -> 8 bf16, times the group scale
+          const uint2 raw = *reinterpret_cast<const uint2*>(row + c * 8);
+          const float sc = reinterpret_cast<const float*>(row + mla::kFp8ScaleOffset)[c * 8 / mla::kGroup] *
+                           kF16OperandUnscale;
+          uint32_t o[4];
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            uint32_t h01, h23;
+            e4m3x4_to_f16x2_scaled(j == 0 ? raw.x : raw.y, h01, h23);
+            const float2 f01 = __half22float2(*reinterpret_cast<__half2*>(&h01));
+            const float2 f23 = __half22float2(*reinterpret_cast<__half2*>(&h23));
+            o[2 * j] = pack_bf16x2(f01.x * sc, f01.y * sc);
+            o[2 * j + 1] = pack_bf16x2(f23.x * sc, f23.y * sc);
+          }
+          v = make_uint4(o[0], o[1], o[2], o[3]);
+        } else {
+          v = *reinterpret_cast<const uint4*>(row + mla::kFp8RopeOffset + (c - kDV / 8) * 16);
+        }
+      }
+    }
+    *vec_at<LayoutKV>(s.kv, r, c) = v;
+  }
+}
+
+template <bool kFp8>
+__global__ void __launch_bounds__(kThreads, 1) sparse_mla_decode_kernel(
+    const bf16* __restrict__ q, const uint8_t* __restrict__ cache, const int32_t* __restrict__ indices,
+    bf16* __restrict__ out, float* __restrict__ lse, int heads, int topk, float scale_log2) {
+#if defined(DSV32_SM90A_DEVICE)
+  Smem& s = smem();
+  const int row = blockIdx.y, h0 = blockIdx.x * kHeads;
+  const int nh = min(kHeads, heads - h0);
+  const int tid = threadIdx.x, wg = tid / 128, wtid = tid % 128;
+
+  for (int i = tid; i < kHeads * (kD / 8); i += kThreads) {
+    const int r = i / (kD / 8), c = i % (kD / 8);
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < nh) v = *reinterpret_cast<const uint4*>(q + (int64_t(row) * heads + h0 + r) * kD + c * 8);
+    *vec_at<LayoutQ>(s.q, r, c) = v;
+  }
+
+  MmaO mma_o;
+  auto thr_o = mma_o.get_slice(wtid);
+  Tensor sP = make_tensor(make_smem_ptr(s.p), LayoutP{});
+  Tensor sV = make_tensor(make_smem_ptr(s.kv + wg * kVOffset), LayoutV{});
+  Tensor tOrP = thr_o.make_fragment_A(thr_o.partition_A(sP));
+  Tensor tOrV = thr_o.make_fragment_B(thr_o.partition_B(sV));
+  auto acc_o = partition_fragment_C(mma_o, Shape<Int<kHeads>, Int<kDVPerWg>>{});
+  Tensor coord_o = thr_o.partition_C(make_identity_tensor(Shape<Int<kHeads>, Int<kDVPerWg>>{}));
+  clear(acc_o);
+
+  MmaS mma_s;
+  auto thr_s = mma_s.get_slice(wtid);
+  Tensor sQ = make_tensor(make_smem_ptr(s.q), LayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(s.kv), LayoutKV{});
+  Tensor tSrQ = thr_s.make_fragment_A(thr_s.partition_A(sQ));
+  Tensor tSrK = thr_s.make_fragment_B(thr_s.partition_B(sK));
+  auto acc_s = partition_fragment_C(mma_s, Shape<Int<kHeads>, Int<kKeys>>{});
+  Tensor coord_s = thr_s.partition_C(make_identity_tensor(Shape<Int<kHeads>, Int<kKeys>>{}));
+  const int r0 = get<0>(coord_s(0));  // this thread's rows: r0, r0 + 8 (both warpgroups: same mapping)
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+
+  const int32_t* idx_row = indices + int64_t(row) * topk;
+  for (int k0 = 0; k0 < topk; k0 += kKeys) {
+    if (tid < kKeys) s.idx[tid] = (k0 + tid < topk) ? idx_row[k0 + tid] : -1;
+    __syncthreads();
+    gather<kFp8>(s, cache);
+    cutlass::arch::fence_view_async_shared();
+    __syncthreads();
+
+    if (wg == 0) {
+      warpgroup_fence_operand(acc_s);
+      warpgroup_arrive();
+      mma_s.accumulate_ = GMMA::ScaleOut::Zero;
+#pragma unroll
+      for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
+        cute::gemm(mma_s, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
+        mma_s.accumulate_ = GMMA::ScaleOut::One;
+      }
+      warpgroup_commit_batch();
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(acc_s);
+      // online softmax over this chunk; a row's 64 columns live in the 4 lanes sharing lane / 4
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int i = 0; i < size(acc_s); ++i) {
+        const int hr = get<0>(coord_s(i)) == r0 ? 0 : 1;
+        const float v = s.idx[get<1>(coord_s(i))] >= 0 ? acc_s(i) * scale_log2 : -INFINITY;
+        acc_s(i) = v;
+        mx[hr] = fmaxf(mx[hr], v);
+      }
+      float alpha[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
+        mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
+        const float m_new = fmaxf(m_run[hr], mx[hr]);
+        alpha[hr] = m_new == -INFINITY ? 1.f : exp2f(m_run[hr] - m_new);
+        m_run[hr] = m_new;
+      }
+#pragma unroll
+      for (int i = 0; i < size(acc_s); i += 2) {
+        const int hr = get<0>(coord_s(i)) == r0 ? 0 : 1;
+        const float p0 = m_run[hr] == -INFINITY ? 0.f : exp2f(acc_s(i) - m_run[hr]);
+        const float p1 = m_run[hr] == -INFINITY ? 0.f : exp2f(acc_s(i + 1) - m_run[hr]);
+        sum[hr] += p0 + p1;
+        *reinterpret_cast<uint32_t*>(&sP(get<0>(coord_s(i)), get<1>(coord_s(i)))) = pack_bf16x2(p0, p1);
+      }
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        sum[hr] += __shfl_xor_sync(0xffffffffu, sum[hr], 1);
+        sum[hr] += __shfl_xor_sync(0xffffffffu, sum[hr], 2);
+        l_run[hr] = l_run[hr] * alpha[hr] + sum[hr];
+      }
+      if ((wtid & 3) == 0) {
+        s.alpha[r0] = alpha[0];
+        s.alpha[r0 + 8] = alpha[1];
+      }
+      cutlass::arch::fence_view_async_shared();  // P written by generic stores, read by wgmma
+    }
+    __syncthreads();
+
+    {
+      const float a0 = s.alpha[r0], a1 = s.alpha[r0 + 8];
+#pragma unroll
+      for (int i = 0; i < size(acc_o); ++i) acc_o(i) *= (get<0>(coord_o(i)) == r0 ? a0 : a1);
+      warpgroup_fence_operand(acc_o);
+      warpgroup_arrive();
+#pragma unroll
+      for (int kk = 0; kk < size<2>(tOrP); ++kk) cute::gemm(mma_o, tOrP(_, _, kk), tOrV(_, _, kk), acc_o);
+      warpgroup_commit_batch();
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(acc_o);
+    }
+    __syncthreads();  // KV, P and alpha are rewritten next chunk
+  }
+
+  if (wg == 0 && (wtid & 3) == 0) {
+    s.m[r0] = m_run[0];
+    s.m[r0 + 8] = m_run[1];
+    s.l[r0] = l_run[0];
+    s.l[r0 + 8] = l_run[1];
+  }
+  __syncthreads();
+  const float inv0 = s.l[r0] > 0.f ? 1.f / s.l[r0] : 0.f, inv1 = s.l[r0 + 8] > 0.f ? 1.f / s.l[r0 + 8] : 0.f;
+#pragma unroll
+  for (int i = 0; i < size(acc_o); i += 2) {
+    const int r = get<0>(coord_o(i)), c = wg * kDVPerWg + get<1>(coord_o(i));
+    if (r >= nh) continue;
+    const float inv = r == r0 ? inv0 : inv1;
+    *reinterpret_cast<uint32_t*>(out + (int64_t(row) * heads + h0 + r) * kDV + c) =
+        pack_bf16x2(acc_o(i) * inv, acc_o(i + 1) * inv);
+  }
+  if (tid < nh) {
+    const float l = s.l[tid];
+    lse[int64_t(row) * heads + h0 + tid] = l > 0.f ? (s.m[tid] + log2f(l)) * 0.69314718055994531f : -INFINITY;
+  }
+#endif
+}
+
+}  // namespace
+}  // namespace sm90
+
+bool sparse_mla_decode_sm90_built() {
+#if defined(DSV32_SM90A)
+  return true;
+#else
+  return false;
+#endif
+}
+
+cudaError_t launch_sparse_mla_decode_sm90(const void* q, const void* kv_cache, bool fp8_cache, const int32_t* indices,
+                                          void* out, float* lse, int rows, int heads, int topk, float sm_scale,
+                                          cudaStream_t stream) {
+  if (!sparse_mla_decode_sm90_built()) return cudaErrorInvalidDeviceFunction;
+  if (rows == 0 || heads == 0) return cudaSuccess;
+  const int smem = int(sizeof(sm90::mla_decode::Smem)) + 1024;
+  const dim3 grid(ceil_div(heads, sm90::mla_decode::kHeads), rows);
+  const float scale_log2 = sm_scale * 1.4426950408889634f;
+  auto kernel = fp8_cache ? sm90::sparse_mla_decode_kernel<true> : sm90::sparse_mla_decode_kernel<false>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return e;
+  kernel<<<grid, sm90::mla_decode::kThreads, smem, stream>>>(static_cast<const sm90::mla_decode::bf16*>(q), static_cast<const uint8_t*>(kv_cache),
+                                                 indices, static_cast<sm90::mla_decode::bf16*>(out), lse, heads, topk, scale_log2);
+  return cudaGetLastError();
+}
+
+}  // namespace dsv32
+
+#else  // no CuTe headers
+
+namespace dsv32 {
+bool sparse_mla_decode_sm90_built() { return false; }
+cudaError_t launch_sparse_mla_decode_sm90(const void*, const void*, bool, const int32_t*, void*, float*, int, int, int,
+                                          float, cudaStream_t) {
+  return cudaErrorInvalidDeviceFunction;
+}
+}  // namespace dsv32
+
+#endif
