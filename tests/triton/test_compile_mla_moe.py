@@ -1,0 +1,118 @@
+"""Compile the shipped sparse-MLA and grouped-FP8-MoE Triton configs for real GPU targets, without a GPU.
+
+For sm_90a, sm_100a, sm_89 and sm_80 every kernel must compile with no register spills (no STL/LDL in
+the SASS) and shared memory within the limit. The grouped GEMM must use the target's FP8 tensor-core
+instruction (QGMMA = FP8 wgmma on sm_90a, UTCQMMA = tcgen05 FP8 on sm_100a, QMMA on sm_89; HMMA on
+sm_80, where e4m3 bytes are decoded to fp16); the attention kernel its bf16 one (HGMMA / UTCHMMA / HMMA).
+A kernel that LLVM reduces to a bare `trap` (seen when accumulators overflow Blackwell's tensor memory)
+has no MMA and fails the check. One child process per target compiles everything (tests/compile_util.py).
+"""
+from __future__ import annotations
+
+import pytest
+
+from compile_util import compile_kernels
+
+MOD_A = "deepseek_v32_plugin.triton_kernels.sparse_mla"
+MOD_M = "deepseek_v32_plugin.triton_kernels.fp8_moe"
+FP8_MMA = {90: "QGMMA", 100: "UTCQMMA", 89: "QMMA", 80: "HMMA"}
+BF16_MMA = {90: "HGMMA", 100: "UTCHMMA", 89: "HMMA", 80: "HMMA"}
+
+
+def _split(cfg: dict):
+    cfg = dict(cfg)
+    return cfg.pop("num_warps"), cfg.pop("num_stages"), cfg
+
+
+def specs_for(arch: int) -> list[tuple[dict, str | None]]:
+    from deepseek_v32_plugin.triton_kernels import fp8_moe as fm
+    from deepseek_v32_plugin.triton_kernels import sparse_mla as sm
+    cap = (arch // 10, arch % 10)
+    native = arch >= 89
+    out = []
+
+    # ---- sparse MLA attention: bf16 cache / prefill kv, fp8_ds_mla cache (native or byte-decoded)
+    nw, ns, cfg = _split(sm.attn_config(cap))
+    for fp8 in (False, True):
+        sig = {"q_ptr": "*bf16", "stride_q_t": "i64", "stride_q_h": "i32",
+               "kv_ptr": "*u8" if fp8 else "*bf16", "kv_scale_ptr": "*fp32" if fp8 else "*bf16",
+               "kv_rope_ptr": "*bf16", "stride_kv_row": "i32", "n_rows": "i32",
+               "idx_ptr": "*i32", "stride_idx_t": "i32", "topk": "i32", "split_len": "i32",
+               "o_ptr": "*bf16", "stride_o_t": "i32", "stride_o_s": "i32", "stride_o_h": "i32",
+               "lse_ptr": "*fp32", "stride_l_t": "i32", "stride_l_s": "i32", "H": "i32", "qk_scale_log2": "fp32"}
+        out.append((dict(module=MOD_A, kernel="_sparse_mla_attn_kernel", signature=sig,
+                         constexprs=dict(cfg, KV_FP8=fp8, FP8_NATIVE=fp8 and native, DOT_FP16=False),
+                         aligned=["stride_q_t", "stride_q_h", "stride_kv_row", "stride_idx_t", "stride_o_t",
+                                  "stride_o_s", "stride_o_h"],
+                         num_warps=nw, num_stages=ns, tag=f"mla attn {'fp8' if fp8 else 'bf16'}"), BF16_MMA[arch]))
+    out.append((dict(module=MOD_A, kernel="_combine_kernel",
+                     signature={"op_ptr": "*fp32", "lp_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
+                                "H": "i32", "n_splits": "i32"},
+                     constexprs=dict(BLOCK_S=16, BLOCK_D=128), num_warps=4, num_stages=1, tag="mla combine"), None))
+    for fp8 in (False, True):
+        out.append((dict(module=MOD_A, kernel="_mla_cache_write_kernel",
+                         signature={"c_ptr": "*bf16", "stride_c": "i32", "pe_ptr": "*bf16", "stride_pe": "i32",
+                                    "slot_ptr": "*i64", "cache_ptr": "*u8" if fp8 else "*bf16",
+                                    "cache_scale_ptr": "*fp32" if fp8 else "*bf16", "cache_rope_ptr": "*bf16",
+                                    "stride_row": "i32", "n_rows": "i32"},
+                         constexprs=dict(KV_FP8=fp8, FP8_NATIVE=fp8 and native), num_warps=2, num_stages=1,
+                         tag=f"mla cache write {'fp8' if fp8 else 'bf16'}"), None))
+        out.append((dict(module=MOD_A, kernel="_mla_cache_gather_kernel",
+                         signature={"slot_ptr": "*i32", "n_slots": "i32", "kv_ptr": "*u8" if fp8 else "*bf16",
+                                    "kv_scale_ptr": "*fp32" if fp8 else "*bf16", "kv_rope_ptr": "*bf16",
+                                    "stride_row": "i32", "n_rows": "i32", "out_ptr": "*fp32"},
+                         constexprs=dict(KV_FP8=fp8, FP8_NATIVE=fp8 and native, BLOCK_T=16), num_warps=4,
+                         num_stages=1, tag=f"mla cache gather {'fp8' if fp8 else 'bf16'}"), None))
+
+    # ---- grouped FP8 GEMMs (both passes of the contiguous kernel, the masked kernel) + SiLU-and-mul quant
+    gcfg = fm.gemm_config_for(cap)
+    bm = gcfg["BLOCK_M"]
+    nw, ns, cfg = _split(gcfg)
+    sig_c = {"a_ptr": "*u8", "stride_am": "i32", "as_ptr": "*fp32", "stride_asm": "i32",
+             "b_ptr": "*u8", "stride_bg": "i64", "stride_bn": "i32", "bs_ptr": "*fp32", "stride_bsg": "i32",
+             "stride_bsn": "i32", "mi_ptr": "*i32", "c_ptr": "*bf16", "stride_cm": "i32",
+             "M": "i32", "N": "i32", "K": "i32", "G": "i32"}
+    al = ["stride_am", "stride_bg", "stride_bn", "stride_cm", "K"]
+    out.append((dict(module=MOD_M, kernel="_grouped_gemm_contiguous_kernel", signature=sig_c,
+                     constexprs=dict(cfg, FP8_NATIVE=native, SECOND_PASS=False), aligned=al,
+                     num_warps=nw, num_stages=ns, tag="gemm contiguous"), FP8_MMA[arch]))
+    nw2, ns2, cfg2 = _split(fm.second_pass_config(bm))
+    out.append((dict(module=MOD_M, kernel="_grouped_gemm_contiguous_kernel", signature=sig_c,
+                     constexprs=dict(cfg2, BLOCK_M=bm, GROUP_M=cfg["GROUP_M"], FP8_NATIVE=native, SECOND_PASS=True),
+                     aligned=al, num_warps=nw2, num_stages=ns2, tag="gemm contiguous 2nd pass"), FP8_MMA[arch]))
+    sig_m = {"a_ptr": "*u8", "stride_ag": "i64", "stride_am": "i32", "as_ptr": "*fp32", "stride_asg": "i32",
+             "stride_asm": "i32", "b_ptr": "*u8", "stride_bg": "i64", "stride_bn": "i32", "bs_ptr": "*fp32",
+             "stride_bsg": "i32", "stride_bsn": "i32", "mm_ptr": "*i32", "c_ptr": "*bf16", "stride_cg": "i64",
+             "stride_cm": "i32", "M": "i32", "N": "i32", "K": "i32"}
+    out.append((dict(module=MOD_M, kernel="_grouped_gemm_masked_kernel", signature=sig_m,
+                     constexprs=dict(cfg, FP8_NATIVE=native),
+                     aligned=["stride_ag", "stride_am", "stride_bg", "stride_bn", "stride_cg", "stride_cm", "K"],
+                     num_warps=nw, num_stages=ns, tag="gemm masked"), FP8_MMA[arch]))
+    out.append((dict(module=MOD_M, kernel="_silu_mul_quant_kernel",
+                     signature={"x_ptr": "*bf16", "stride_xm": "i32", "q_ptr": "*u8", "stride_qm": "i32",
+                                "s_ptr": "*fp32", "stride_sm": "i32", "M": "i32", "N": "i32"},
+                     constexprs=dict(BLOCK_M=16, FP8_NATIVE=native), aligned=["stride_xm", "stride_qm", "N"],
+                     num_warps=4, num_stages=1, tag="silu_and_mul quant"), None))
+    return out
+
+
+@pytest.mark.parametrize("arch", [90, 100, 89, 80], ids=lambda a: f"sm{a}")
+def test_shipped_configs_compile(arch):
+    pytest.importorskip("triton")
+    specs = specs_for(arch)
+    reps = compile_kernels([dict(s, arch=arch) for s, _ in specs])
+    problems, lines = [], []
+    for (spec, need), rep in zip(specs, reps):
+        name = spec.get("tag", spec["kernel"])
+        if "error" in rep:
+            problems.append(f"{name}: {rep['error'][:800]}")
+            continue
+        lines.append(f"sm{arch} {name:28s} regs={rep['regs']:3d} shared={rep['shared']:6d} mma={rep['mma']}")
+        if rep["spills"]:
+            problems.append(f"{name}: {rep['spills']} local-memory instructions (spills) [{rep['res_usage']}]")
+        if rep["shared"] > rep["shared_limit"]:
+            problems.append(f"{name}: shared {rep['shared']} B > {rep['shared_limit']}")
+        if need and not rep["mma"].get(need):
+            problems.append(f"{name}: expected {need} in SASS, found {rep['mma']}")
+    print("\n".join(lines))
+    assert not problems, "\n".join(problems)
