@@ -131,6 +131,23 @@ def apply() -> None:
 
     I._patch_lang_tensor = _patch_lang_tensor
 
+    # speed, not numerics: the interpreter runs tl.sort's bitonic network with a Python-level xor_sum
+    # reduce per element (~25 s for 2048 int64 keys); numpy sorts the same values identically.
+    import triton.language as tl
+    import triton.language.standard as tls
+
+    def _np_sort(x, dim=None, descending=0, **_):
+        desc = bool(getattr(descending, "value", descending))
+        data = np.asarray(x.handle.data)
+        axis = -1 if dim is None else int(getattr(dim, "value", dim))
+        out = np.sort(data, axis=axis, kind="stable")
+        if desc:
+            out = np.flip(out, axis=axis)
+        return tl.core.tensor(I.TensorHandle(np.ascontiguousarray(out), x.handle.dtype), x.type)
+
+    tl.sort = _np_sort
+    tls.sort = _np_sort
+
     B.cast_impl = cast_impl
     for name in ("create_si_to_fp", "create_ui_to_fp", "create_fp_to_si", "create_fp_to_ui",
                  "create_fp_ext", "create_fp_trunc"):

@@ -191,7 +191,7 @@ def gemm_config(m: int, n: int, k: int, cap: tuple[int, int]) -> dict:
         return dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8 if bm == 128 else 4, num_stages=4)
     if cap >= (8, 9):  # FP8 mma.sync: operands and the partial product live in registers -> narrower N
         return dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=8 if bm == 128 else 4, num_stages=3)
-    return dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=8 if bm == 128 else 4, num_stages=3)
 
 
 def fp8_gemm_nt(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,

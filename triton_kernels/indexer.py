@@ -361,7 +361,7 @@ def paged_logits_config(h: int, next_n: int, cap: tuple[int, int]) -> dict:
     hp = max(16, _next_pow2(h))
     np_ = _next_pow2(next_n)
     rows = np_ * hp
-    block_pages = 2 if rows <= 128 else 1
+    block_pages = 2 if rows <= 64 else 1          # keeps the [rows, 64 * pages] fp32 accumulator <= 32 KB
     return dict(NP=np_, HP=hp, BLOCK_PAGES=block_pages, num_warps=4 if rows <= 64 else 8,
                 num_stages=3 if cap >= (8, 0) else 2)
 
@@ -395,50 +395,36 @@ def fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table
 # ----------------------------------------------------------------------------- top-k
 
 @triton.jit
-def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, N, stride_x, TOPK,
-                 TOPK_PAD: tl.constexpr, BLOCK: tl.constexpr, SORTED: tl.constexpr):
-    """Per row: radix-select the TOPK-th largest key over [ks, ke) with four 8-bit histogram passes, then
-    one pass writes the positions of every key above it and the first ties equal to it (stream
-    compaction with prefix sums), then the selection is sorted by descending score."""
-    r = tl.program_id(0)
-    row = x_ptr + r.to(tl.int64) * stride_x
-    orow = out_ptr + r.to(tl.int64) * TOPK
-    ks = tl.minimum(tl.maximum(tl.load(ks_ptr + r).to(tl.int32), 0), N)
-    ke = tl.minimum(tl.maximum(tl.load(ke_ptr + r).to(tl.int32), ks), N)
-    length = ke - ks
-    k = tl.minimum(length, TOPK)
-    select = length > TOPK
+def _radix_step(hist, remaining, NBINS: tl.constexpr):
+    """Digit d holding the `remaining`-th largest key; returns (d, rank still needed inside d, count in d)."""
+    o_bin = tl.arange(0, NBINS)
+    cge = tl.cumsum(hist, 0, reverse=True)                  # keys with this digit or a larger one
+    d = tl.max(tl.where(cge >= remaining, o_bin, -1), axis=0)
+    above = tl.sum(tl.where(o_bin == d, cge - hist, 0), axis=0)
+    cnt = tl.sum(tl.where(o_bin == d, hist, 0), axis=0)
+    return d, remaining - above, cnt
+
+
+@triton.jit
+def _row_radix_pass(row, ks, ke, prefix, remaining, SHIFT: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr):
+    """One histogram pass over the whole row, counting keys whose bits above SHIFT+BITS equal prefix's."""
     o_b = tl.arange(0, BLOCK)
-    o_bin = tl.arange(0, 256)
-    prefix = tl.zeros((), tl.int32)         # selected high digits of the threshold key (signed order)
-    remaining = TOPK + tl.zeros((), tl.int32)
-    if select:
-        for pas in tl.static_range(4):
-            SHIFT = 24 - 8 * pas
-            hist = tl.zeros((256,), tl.int32)
-            for n0 in range(ks, ke, BLOCK):
-                o_n = n0 + o_b
-                m_n = o_n < ke
-                key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
-                if pas == 0:
-                    match = m_n
-                    digit = ((key >> 24) & 0xFF) ^ 0x80     # flip the sign bit: unsigned digit order
-                else:
-                    match = m_n & ((key >> (SHIFT + 8)) == (prefix >> (SHIFT + 8)))
-                    digit = (key >> SHIFT) & 0xFF
-                hist += tl.histogram(digit, 256, mask=match)
-            cge = tl.cumsum(hist, 0, reverse=True)             # keys with this digit or a larger one
-            d = tl.max(tl.where(cge >= remaining, o_bin, -1), axis=0)
-            above = tl.sum(tl.where(o_bin == d, cge - hist, 0), axis=0)
-            remaining -= above
-            if pas == 0:
-                prefix = (d ^ 0x80) << 24
-            else:
-                prefix = prefix | (d << SHIFT)
-    # prefix = key of the TOPK-th largest; take all keys above it and `remaining` keys equal to it
-    n_eq = tl.where(select, remaining, 0)
-    thr = tl.where(select, prefix, -2147483647 - 1)      # without selection every key in range is taken
-    eq_base = k - n_eq
+    hist = tl.zeros((1 << BITS,), tl.int32)
+    for n0 in range(ks, ke, BLOCK):
+        o_n = n0 + o_b
+        m_n = o_n < ke
+        key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
+        match = m_n & ((key >> (SHIFT + BITS)) == (prefix >> (SHIFT + BITS)))
+        hist += tl.histogram((key >> SHIFT) & ((1 << BITS) - 1), 1 << BITS, mask=match)
+    d, remaining, _ = _radix_step(hist, remaining, 1 << BITS)
+    return prefix | (d << SHIFT), remaining
+
+
+@triton.jit
+def _row_compact(row, orow, ks, ke, thr, n_eq, eq_base, BLOCK: tl.constexpr):
+    """Write positions (relative to ks) of keys > thr to orow[0..], and the first n_eq keys == thr to
+    orow[eq_base..]: stream compaction with prefix sums."""
+    o_b = tl.arange(0, BLOCK)
     cnt_gt = tl.zeros((), tl.int32)
     cnt_eq = tl.zeros((), tl.int32)
     for n0 in range(ks, ke, BLOCK):
@@ -446,15 +432,81 @@ def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, N, stride_x, TOPK,
         m_n = o_n < ke
         key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
         gt = m_n & (key > thr)
-        eq = m_n & (key == prefix)
+        eq = m_n & (key == thr)
         gt_i = gt.to(tl.int32)
         eq_i = eq.to(tl.int32)
-        pos_gt = cnt_gt + tl.cumsum(gt_i, 0) - 1
         pos_eq = cnt_eq + tl.cumsum(eq_i, 0) - 1
-        tl.store(orow + pos_gt, o_n - ks, mask=gt)
+        tl.store(orow + cnt_gt + tl.cumsum(gt_i, 0) - 1, o_n - ks, mask=gt)
         tl.store(orow + eq_base + pos_eq, o_n - ks, mask=eq & (pos_eq < n_eq))
         cnt_gt += tl.sum(gt_i, axis=0)
         cnt_eq += tl.sum(eq_i, axis=0)
+
+
+@triton.jit
+def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, N, stride_x, TOPK,
+                 TOPK_PAD: tl.constexpr, BLOCK: tl.constexpr, CAP: tl.constexpr, SORTED: tl.constexpr):
+    """Per row, top-TOPK of [ks, ke) by radix select on order-preserving int32 keys.
+
+    Pass 1 (full row): 4096-bin histogram of the top 12 key bits (sign, exponent, 3 mantissa bits) finds
+    the bin b1 holding the TOPK-th largest key. If b1 holds <= CAP keys (the usual case), pass 2 (full
+    row) writes every key above b1 to the output and b1's positions to a per-row candidate buffer; the
+    remaining 20 bits are resolved in registers over the candidates (two 1024-bin histograms). Otherwise
+    (heavy ties) three more full-row passes resolve the bits, then one compaction pass. Finally the
+    selection is sorted by descending score (ties in any order) and padded with -1."""
+    r = tl.program_id(0)
+    row = x_ptr + r.to(tl.int64) * stride_x
+    orow = out_ptr + r.to(tl.int64) * TOPK
+    ks = tl.minimum(tl.maximum(tl.load(ks_ptr + r).to(tl.int32), 0), N)
+    ke = tl.minimum(tl.maximum(tl.load(ke_ptr + r).to(tl.int32), ks), N)
+    k = tl.minimum(ke - ks, TOPK)
+    o_b = tl.arange(0, BLOCK)
+    if ke - ks > TOPK:
+        hist = tl.zeros((4096,), tl.int32)
+        for n0 in range(ks, ke, BLOCK):
+            o_n = n0 + o_b
+            m_n = o_n < ke
+            key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
+            hist += tl.histogram(((key >> 20) & 0xFFF) ^ 0x800, 4096, mask=m_n)
+        b1, remaining, c1 = _radix_step(hist, TOPK, 4096)
+        prefix = (b1 ^ 0x800) << 20
+        if c1 <= CAP:
+            crow = cand_ptr + r.to(tl.int64) * CAP
+            cnt_gt = tl.zeros((), tl.int32)
+            cnt_c = tl.zeros((), tl.int32)
+            for n0 in range(ks, ke, BLOCK):
+                o_n = n0 + o_b
+                m_n = o_n < ke
+                key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
+                bin1 = ((key >> 20) & 0xFFF) ^ 0x800
+                gt = m_n & (bin1 > b1)
+                cd = m_n & (bin1 == b1)
+                gt_i = gt.to(tl.int32)
+                cd_i = cd.to(tl.int32)
+                tl.store(orow + cnt_gt + tl.cumsum(gt_i, 0) - 1, o_n - ks, mask=gt)
+                tl.store(crow + cnt_c + tl.cumsum(cd_i, 0) - 1, o_n, mask=cd)
+                cnt_gt += tl.sum(gt_i, axis=0)
+                cnt_c += tl.sum(cd_i, axis=0)
+            tl.debug_barrier()
+            o_c = tl.arange(0, CAP)
+            m_c = o_c < c1
+            pos = tl.load(crow + o_c, mask=m_c, other=0)
+            ck = _f32_sort_key(tl.load(row + pos, mask=m_c, other=float("-inf")))
+            d2, remaining, _ = _radix_step(tl.histogram((ck >> 10) & 0x3FF, 1024, mask=m_c), remaining, 1024)
+            m2 = m_c & (((ck >> 10) & 0x3FF) == d2)
+            d3, remaining, _ = _radix_step(tl.histogram(ck & 0x3FF, 1024, mask=m2), remaining, 1024)
+            thr = prefix | (d2 << 10) | d3
+            gt = m_c & (ck > thr)
+            eq = m_c & (ck == thr)
+            rank = tl.cumsum(eq.to(tl.int32), 0) - 1
+            tl.store(orow + cnt_gt + tl.cumsum(gt.to(tl.int32), 0) - 1, pos - ks, mask=gt)
+            tl.store(orow + (k - remaining) + rank, pos - ks, mask=eq & (rank < remaining))
+        else:
+            prefix, remaining = _row_radix_pass(row, ks, ke, prefix, remaining, 12, 8, BLOCK)
+            prefix, remaining = _row_radix_pass(row, ks, ke, prefix, remaining, 4, 8, BLOCK)
+            prefix, remaining = _row_radix_pass(row, ks, ke, prefix, remaining, 0, 4, BLOCK)
+            _row_compact(row, orow, ks, ke, prefix, remaining, k - remaining, BLOCK)
+    else:
+        _row_compact(row, orow, ks, ke, -2147483647 - 1, 0, k, BLOCK)   # everything in range
     o_k = tl.arange(0, TOPK_PAD)
     if SORTED:
         tl.debug_barrier()
@@ -470,7 +522,7 @@ def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, N, stride_x, TOPK,
         tl.store(orow + o_k, tl.full((TOPK_PAD,), -1, tl.int32), mask=(o_k >= k) & (o_k < TOPK))
 
 
-TOPK_CONFIG = dict(BLOCK=4096, num_warps=16, num_stages=1)
+TOPK_CONFIG = dict(BLOCK=4096, CAP=4096, num_warps=16, num_stages=1)
 
 
 def indexer_topk(logits: torch.Tensor, topk: int, ks: torch.Tensor, ke: torch.Tensor) -> torch.Tensor:
@@ -484,7 +536,8 @@ def indexer_topk(logits: torch.Tensor, topk: int, ks: torch.Tensor, ke: torch.Te
     out = torch.empty((r, topk), dtype=torch.int32, device=logits.device)
     if r == 0:
         return out
-    _topk_kernel[(r,)](logits, ks, ke, out, n, logits.stride(0), topk, TOPK_PAD=_next_pow2(topk), SORTED=True,
+    cand = torch.empty((r, TOPK_CONFIG["CAP"]), dtype=torch.int32, device=logits.device)
+    _topk_kernel[(r,)](logits, ks, ke, out, cand, n, logits.stride(0), topk, TOPK_PAD=_next_pow2(topk), SORTED=True,
                        **TOPK_CONFIG)
     return out
 

@@ -79,7 +79,7 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
                          tag=f"paged logits H=64 next_n={next_n}"), FP8_MMA[arch]))
     nw, ns, cfg = _launch(ix.TOPK_CONFIG)
     out.append((dict(module=MOD_I, kernel="_topk_kernel",
-                     signature={"x_ptr": "*fp32", "ks_ptr": "*i32", "ke_ptr": "*i32", "out_ptr": "*i32", "N": "i32",
+                     signature={"x_ptr": "*fp32", "ks_ptr": "*i32", "ke_ptr": "*i32", "out_ptr": "*i32", "cand_ptr": "*i32", "N": "i32",
                                 "stride_x": "i32", "TOPK": "i32"},
                      constexprs=dict(cfg, TOPK_PAD=2048, SORTED=True), aligned=["stride_x", "TOPK"],
                      num_warps=nw, num_stages=ns, tag="topk 2048"), None))

@@ -207,8 +207,12 @@ def test_indexer_topk(triton_device, seed, r, n, topk):
     check_topk(idx, logits, topk, ks, ke)
 
 
-def test_indexer_topk_ties_and_special_values(triton_device, seed):
-    """Few distinct levels (heavy ties at the threshold), negative values, -inf inside the range."""
+@pytest.mark.parametrize("cap", [4096, 32], ids=["cand4096", "cand32"])
+def test_indexer_topk_ties_and_special_values(triton_device, seed, monkeypatch, cap):
+    """Few distinct levels (heavy ties at the threshold), negative values, -inf inside the range.
+    cand32: a tiny candidate buffer forces the full-row radix passes (the heavy-tie path)."""
+    from deepseek_v32_plugin.triton_kernels import indexer as tk
+    monkeypatch.setitem(tk.TOPK_CONFIG, "CAP", cap)
     r, n, topk = 3, 3000, 256
     logits = torch.randint(-6, 6, (r, n)).float() * 0.5
     logits[0, torch.rand(n) < 0.3] = float("-inf")
