@@ -91,6 +91,13 @@ def require(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def require_device(op: str, t: torch.Tensor) -> None:
+    """Triton runs on CUDA tensors, or on CPU tensors only under TRITON_INTERPRET=1."""
+    if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        raise ValueError(f"{op}: tensors are on {t.device}; the Triton backend needs CUDA tensors "
+                         "(or TRITON_INTERPRET=1 for the CPU interpreter)")
+
+
 # ----------------------------------------------------------------------------- activation quant
 
 @triton.jit
@@ -121,6 +128,7 @@ def _fp8_quant_act_kernel(x_ptr, q_ptr, s_ptr, R, K, NG,
 
 def fp8_quant_act(x: torch.Tensor, group: int = GROUP, ue8m0: bool = True):
     """x [..., K] float, contiguous -> (x_fp8 [..., K] e4m3, scale [..., K/group] fp32). See ops.fp8_quant."""
+    require_device("fp8_quant_act", x)
     require(x.is_contiguous(), f"fp8_quant_act: x must be contiguous (strides {x.stride()})")
     require(group >= 16 and group & (group - 1) == 0, f"fp8_quant_act: group={group} must be a power of two >= 16")
     k = x.shape[-1]
@@ -197,6 +205,7 @@ def gemm_config(m: int, n: int, k: int, cap: tuple[int, int]) -> dict:
 def fp8_gemm_nt(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
                 out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """a [M, K] e4m3, a_scale [M, K/128] fp32, b [N, K] e4m3, b_scale [ceil(N/128), K/128] fp32 -> [M, N]."""
+    require_device("fp8_gemm_nt", a)
     require(a.dtype == FP8_DTYPE and b.dtype == FP8_DTYPE, f"fp8_gemm_nt: a, b must be {FP8_DTYPE}")
     require(out_dtype in _OUT_DTYPES, f"fp8_gemm_nt: out_dtype={out_dtype} must be one of {_OUT_DTYPES}")
     m, k = a.shape

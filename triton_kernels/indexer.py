@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .fp8_quant import (FP8_DTYPE, _e4m3_encode, _e4m3_to_f16_unscaled, _ue8m0_scale, capability,  # noqa: F401
-                        native_fp8, require)
+                        native_fp8, require, require_device)
 
 HEAD_DIM = 128
 PAGE = 64
@@ -137,6 +137,7 @@ def quant_config(cap: tuple[int, int]) -> dict:
 
 def indexer_quant(x: torch.Tensor, rotate: bool = True):
     """x [..., 128] float -> (x_fp8 [..., 128] e4m3, scale [...] fp32 power of two)."""
+    require_device("indexer_quant", x)
     require(x.shape[-1] == HEAD_DIM, f"indexer_quant: x last dim {x.shape[-1]} must be {HEAD_DIM}")
     _contig("indexer_quant: x", x)
     native = native_fp8(x.device)
@@ -152,6 +153,7 @@ def indexer_quant(x: torch.Tensor, rotate: bool = True):
 
 def indexer_k_quant_and_cache(k: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """k [T, 128] float -> Hadamard + FP8 quant -> kv_cache at slot_mapping [T] (-1 skipped)."""
+    require_device("indexer_k_quant_and_cache", k)
     require(k.dim() == 2 and k.shape[1] == HEAD_DIM, f"indexer_k_quant_and_cache: k must be [T, {HEAD_DIM}]")
     _contig("indexer_k_quant_and_cache: k", k)
     _contig("slot_mapping", slot_mapping)
@@ -191,6 +193,7 @@ def _cache_copy_kernel(k_ptr, ks_ptr, slot_ptr, cache_ptr, cache_f32_ptr, T, TOT
 
 def indexer_cache_write(k_fp8, k_scale, kv_cache, slot_mapping) -> None:
     """k_fp8 [T, 128] e4m3 + k_scale [T] fp32 -> kv_cache [pages, 64, 132] uint8 at slot_mapping [T]."""
+    require_device("indexer_cache_write", kv_cache)
     _check_cache(kv_cache)
     for name, t in (("k_fp8", k_fp8), ("k_scale", k_scale), ("slot_mapping", slot_mapping)):
         _contig(f"indexer_cache_write: {name}", t)
@@ -204,6 +207,7 @@ def indexer_cache_write(k_fp8, k_scale, kv_cache, slot_mapping) -> None:
 
 def indexer_cache_gather(kv_cache, slots):
     """slots [N] -> (k_fp8 [N, 128] e4m3, k_scale [N] fp32); slots outside the cache read as zeros."""
+    require_device("indexer_cache_gather", kv_cache)
     _check_cache(kv_cache)
     _contig("indexer_cache_gather: slots", slots)
     n = slots.shape[0]
@@ -288,6 +292,7 @@ def fp8_indexer_logits(q_fp8, k_fp8, k_scale, weights, ks, ke):
     """q_fp8 [S, H, 128] e4m3, k_fp8 [N, 128] e4m3, k_scale [N], weights [S, H] fp32, ks/ke [S] -> [S, N] fp32."""
     s, h, d = q_fp8.shape
     n = k_fp8.shape[0]
+    require_device("fp8_indexer_logits", q_fp8)
     require(d == HEAD_DIM, f"fp8_indexer_logits: head dim {d} must be {HEAD_DIM}")
     require(h <= 128, f"fp8_indexer_logits: H={h} heads > 128 is not supported by the Triton kernel")
     for name, t in (("q_fp8", q_fp8), ("k_fp8", k_fp8), ("k_scale", k_scale), ("weights", weights), ("ks", ks), ("ke", ke)):
@@ -370,6 +375,7 @@ def fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table
     """q_fp8 [B, next_n, H, 128] e4m3, kv_cache [pages, 64, 132] uint8, weights [B*next_n, H] fp32,
     context_lens [B], block_table [B, max_pages] -> logits [B*next_n, max_context_len] fp32."""
     b, next_n, h, d = q_fp8.shape
+    require_device("fp8_paged_indexer_logits", q_fp8)
     require(d == HEAD_DIM, f"fp8_paged_indexer_logits: head dim {d} must be {HEAD_DIM}")
     require(1 <= next_n <= 4, f"fp8_paged_indexer_logits: next_n={next_n} must be in 1..4")
     require(h <= 128 and next_n * h <= 256, f"fp8_paged_indexer_logits: H={h} x next_n={next_n} query rows "
@@ -528,6 +534,7 @@ TOPK_CONFIG = dict(BLOCK=4096, CAP=4096, num_warps=16, num_stages=1)
 def indexer_topk(logits: torch.Tensor, topk: int, ks: torch.Tensor, ke: torch.Tensor) -> torch.Tensor:
     """logits [R, N] fp32 (unit stride along N) -> indices [R, topk] int32 relative to ks, descending, -1 padded."""
     r, n = logits.shape
+    require_device("indexer_topk", logits)
     require(1 <= topk <= MAX_TOPK, f"indexer_topk: topk={topk} must be in 1..{MAX_TOPK} for the Triton kernel")
     require(logits.stride(1) == 1, f"indexer_topk: logits must have unit stride along N (strides {logits.stride()})")
     require(n < 2 ** 31, "indexer_topk: N must fit in int32")
@@ -561,6 +568,7 @@ def _indices_to_slots_kernel(idx_ptr, bt_ptr, out_ptr, K, MAX_PAGES, idx_stride,
 def indices_to_slots(indices: torch.Tensor, block_table: torch.Tensor, page_size: int = PAGE) -> torch.Tensor:
     """indices [R, K] positions (-1 invalid), block_table [R, max_pages] -> slots [R, K] int32 (-1 kept;
     positions beyond the block table also give -1)."""
+    require_device("indices_to_slots", indices)
     require(page_size > 0, f"indices_to_slots: page_size={page_size} must be positive")
     require(indices.stride(1) == 1 and block_table.stride(1) == 1,
             "indices_to_slots: indices and block_table need unit stride along their last dim")

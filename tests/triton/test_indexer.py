@@ -307,3 +307,15 @@ def test_logits_full_size(seed):
     out = ops.fp8_indexer_logits(q.cuda(), k.cuda(), k_scale.cuda(), w.cuda(), ks.cuda(), ke.cuda(),
                                  backend="triton")
     check_logits(out, naive.naive_fp8_indexer_logits(q, k, k_scale, w, ks, ke))
+
+
+@pytest.mark.interp
+def test_cpu_tensors_need_interpreter(monkeypatch):
+    """Outside the interpreter, CPU tensors get a clear error instead of a Triton launch failure."""
+    from deepseek_v32_plugin.triton_kernels import fp8_quant as fq
+    from deepseek_v32_plugin.triton_kernels import indexer as tk
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="CUDA"):
+        tk.indexer_quant(torch.randn(2, D), True)
+    with pytest.raises(ValueError, match="CUDA"):
+        fq.fp8_quant_act(torch.randn(2, D), 128, True)
