@@ -1,0 +1,102 @@
+"""Time the Triton sparse-MLA kernels (run by benchmarks/run_gpu_suite.py, or alone: python benchmarks/bench_sparse_mla.py).
+
+FLOPs follow FlashMLA: 2 * rows * h * topk * (576 + 512) (QK over 576, PV over 512) with rows = b * s_q
+(decode) or s_q (prefill). Bytes: the gathered latent rows (656 B FP8 / 1152 B bf16 per index, an upper
+bound: duplicate rows across heads are read once per row), q (bf16) and out (bf16) + lse.
+Anchor (FACTS.md): FlashMLA sparse decode FP8 410 TFLOPS at b=128, s_q=2, h=128, topk=2048 (H800);
+sparse prefill 640 TFLOPS (H800).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Harness  # noqa: E402
+
+from deepseek_v32_plugin.ops import sparse_mla as ops  # noqa: E402
+from deepseek_v32_plugin.ops.sparse_mla import naive  # noqa: E402
+
+PAGE = 64
+SCALE = 576 ** -0.5
+REF_LIMIT = 6 << 30   # skip the torch reference when its gathered fp32 kv would exceed this many bytes
+
+
+def _flops(rows, h, topk):
+    return 2.0 * rows * h * topk * (576 + 512)
+
+
+def _decode_inputs(b, s_q, h, topk, ctx, fp8):
+    """A paged cache with ctx tokens per sequence (pages shuffled), top-k distinct slots per query row."""
+    pages_per_seq = ctx // PAGE
+    n_pages = b * pages_per_seq
+    dev = "cuda"
+    if fp8:
+        cache = torch.empty(n_pages, PAGE, 656, dtype=torch.uint8, device=dev)
+    else:
+        cache = torch.empty(n_pages, PAGE, 576, dtype=torch.bfloat16, device=dev)
+    n = n_pages * PAGE
+    kv_c = torch.randn(n, 512, device=dev, dtype=torch.bfloat16)
+    k_pe = torch.randn(n, 64, device=dev, dtype=torch.bfloat16)
+    ops.mla_cache_write(kv_c, k_pe, cache, torch.arange(n, device=dev, dtype=torch.int64), backend="triton")
+    del kv_c, k_pe
+    table = torch.randperm(n_pages, device=dev).view(b, pages_per_seq)
+    pos = torch.rand(b * s_q, ctx, device=dev).topk(topk, dim=-1).indices.view(b, s_q, topk)      # distinct
+    slots = table.gather(1, (pos // PAGE).view(b, -1)).view(b, s_q, topk) * PAGE + pos % PAGE
+    q = torch.randn(b, s_q, h, 576, device=dev, dtype=torch.bfloat16)
+    return q, cache, slots.int()
+
+
+def run(h: Harness):
+    for b, s_q, nh, topk, ctx, fp8 in [(128, 2, 128, 2048, 8192, True), (128, 2, 128, 2048, 8192, False),
+                                       (64, 1, 128, 2048, 32768, True), (4, 1, 128, 2048, 16384, True),
+                                       (1, 1, 16, 2048, 16384, True), (128, 1, 16, 2048, 8192, True)]:
+        row_bytes = 656 if fp8 else 1152
+        nbytes = b * s_q * (topk * row_bytes + nh * (576 * 2 + 512 * 2 + 4))
+
+        def make(b=b, s_q=s_q, nh=nh, topk=topk, ctx=ctx, fp8=fp8):
+            return _decode_inputs(b, s_q, nh, topk, ctx, fp8)
+
+        big_ref = b * s_q * topk * 576 * 4 * 3 > REF_LIMIT
+        h.bench(f"decode {'fp8' if fp8 else 'bf16'} b={b} s_q={s_q} h={nh} topk={topk}",
+                lambda q, c, i: ops.sparse_mla_decode(q, c, i, SCALE, backend="triton"), make,
+                flops=_flops(b * s_q, nh, topk), bytes=nbytes, roof="bf16",
+                ref=None if big_ref else (lambda q, c, i: naive.naive_sparse_mla_decode(q, c, i, SCALE)),
+                anchor="FlashMLA FP8 410 TFLOPS (H800)" if (fp8 and b == 128 and s_q == 2 and nh == 128) else "")
+
+    for s_q, nh, topk, s_kv in [(4096, 128, 2048, 8192), (1024, 128, 2048, 4096)]:
+        def make_p(s_q=s_q, nh=nh, topk=topk, s_kv=s_kv):
+            q = torch.randn(s_q, nh, 576, device="cuda", dtype=torch.bfloat16)
+            kv = torch.randn(s_kv, 1, 576, device="cuda", dtype=torch.bfloat16)
+            idx = torch.rand(s_q, s_kv, device="cuda").topk(topk, dim=-1).indices.int().view(s_q, 1, topk)
+            return q, kv, idx
+
+        big_ref = s_q * topk * 576 * 4 * 3 > REF_LIMIT
+        h.bench(f"prefill bf16 s_q={s_q} h={nh} topk={topk}",
+                lambda q, kv, i: ops.sparse_mla_prefill(q, kv, i, SCALE, backend="triton"), make_p,
+                flops=_flops(s_q, nh, topk), bytes=s_q * (topk * 1152 + nh * (576 + 512) * 2), roof="bf16",
+                ref=None if big_ref else (lambda q, kv, i: naive.naive_sparse_mla_prefill(q, kv, i, SCALE)),
+                anchor="FlashMLA sparse prefill 640 TFLOPS (H800)" if s_q == 4096 else "")
+
+    for t, fp8 in [(16384, True), (16384, False)]:
+        def make_w(t=t, fp8=fp8):
+            n_pages = 2 * t // PAGE
+            cache = (torch.zeros(n_pages, PAGE, 656, dtype=torch.uint8, device="cuda") if fp8 else
+                     torch.zeros(n_pages, PAGE, 576, dtype=torch.bfloat16, device="cuda"))
+            slots = torch.randperm(n_pages * PAGE, device="cuda")[:t]
+            return (torch.randn(t, 512, device="cuda", dtype=torch.bfloat16),
+                    torch.randn(t, 64, device="cuda", dtype=torch.bfloat16), cache, slots)
+
+        h.bench(f"mla_cache_write {'fp8' if fp8 else 'bf16'} T={t}",
+                lambda c, p, cache, s: ops.mla_cache_write(c, p, cache, s, backend="triton"), make_w,
+                bytes=t * (576 * 2 + 8 + (656 if fp8 else 1152)), roof="bf16",
+                ref=lambda c, p, cache, s: naive.naive_mla_cache_write(c, p, cache, s))
+
+
+if __name__ == "__main__":
+    harness = Harness()
+    harness.section("sparse_mla")
+    run(harness)
+    harness.print_table()
