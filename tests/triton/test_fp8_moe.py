@@ -6,15 +6,16 @@ Interpreter-sized shapes with fresh random inputs. `fp8_path` runs each kernel t
 import pytest
 import torch
 
-from deepseek_v32_plugin.ops import fp8_moe as ops
-from deepseek_v32_plugin.ops.fp8_moe import naive
-from deepseek_v32_plugin.ops.fp8_quant.naive import (fp8_saturate_cast, naive_fp8_dequant_act,
-                                                      naive_fp8_quant_act, naive_fp8_quant_weight)
-
 triton = pytest.importorskip("triton")
-tl = pytest.importorskip("triton.language")
-tk = pytest.importorskip("deepseek_v32_plugin.triton_kernels.fp8_moe")
-fu = pytest.importorskip("deepseek_v32_plugin.triton_kernels._fp8_util")
+
+import triton.language as tl  # noqa: E402
+
+from deepseek_v32_plugin.ops import fp8_moe as ops  # noqa: E402
+from deepseek_v32_plugin.ops.fp8_moe import naive  # noqa: E402
+from deepseek_v32_plugin.ops.fp8_quant.naive import (fp8_saturate_cast, naive_fp8_dequant_act,  # noqa: E402
+                                                      naive_fp8_quant_act, naive_fp8_quant_weight)
+from deepseek_v32_plugin.triton_kernels import _fp8_util as fu  # noqa: E402  (must import: no silent skip)
+from deepseek_v32_plugin.triton_kernels import fp8_moe as tk  # noqa: E402
 
 
 @pytest.fixture(params=["native", "sm80"])

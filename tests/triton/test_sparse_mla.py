@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from deepseek_v32_plugin.ops import sparse_mla as ops
-from deepseek_v32_plugin.ops.sparse_mla import naive
+pytest.importorskip("triton")
 
-tk = pytest.importorskip("deepseek_v32_plugin.triton_kernels.sparse_mla")
+from deepseek_v32_plugin.ops import sparse_mla as ops  # noqa: E402
+from deepseek_v32_plugin.ops.sparse_mla import naive  # noqa: E402
+from deepseek_v32_plugin.triton_kernels import sparse_mla as tk  # noqa: E402  (must import: no silent skip)
 
 PAGE = 64
 SCALE = 576 ** -0.5
