@@ -42,6 +42,16 @@ def _fp8_views(kv_cache: torch.Tensor):
     return flat, flat.view(torch.float32), flat.view(torch.bfloat16)
 
 
+def _check_cache(kv_cache: torch.Tensor) -> None:
+    width = FP8_ROW if kv_cache.dtype == torch.uint8 else HEAD_576
+    if kv_cache.dtype not in (torch.uint8, torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"kv_cache.dtype={kv_cache.dtype}: expected uint8 (fp8_ds_mla) or bfloat16/float16/float32")
+    if kv_cache.dim() != 3 or kv_cache.shape[1] != PAGE or kv_cache.shape[2] != width:
+        raise ValueError(f"kv_cache has shape {list(kv_cache.shape)}, expected [num_pages, {PAGE}, {width}]")
+    if not kv_cache.is_contiguous():
+        raise ValueError(f"kv_cache must be contiguous (got strides {kv_cache.stride()})")
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -88,9 +98,13 @@ def mla_cache_write(kv_c: torch.Tensor, k_pe: torch.Tensor, kv_cache: torch.Tens
     """kv_c [T, 512], k_pe [T, 64] -> kv_cache rows at slot_mapping [T] (bf16 576 or fp8_ds_mla 656 B)."""
     for name, t in (("kv_c", kv_c), ("k_pe", k_pe), ("kv_cache", kv_cache), ("slot_mapping", slot_mapping)):
         check_device(name, t)
-    if not kv_cache.is_contiguous():
-        raise ValueError("kv_cache must be contiguous")
+    _check_cache(kv_cache)
     t = kv_c.shape[0]
+    if kv_c.shape != (t, KV_LORA) or k_pe.shape != (t, ROPE) or slot_mapping.shape != (t,):
+        raise ValueError(f"kv_c {list(kv_c.shape)}, k_pe {list(k_pe.shape)}, slot_mapping {list(slot_mapping.shape)}: "
+                         f"expected [T, {KV_LORA}], [T, {ROPE}], [T]")
+    if slot_mapping.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"slot_mapping.dtype={slot_mapping.dtype}: expected int32 or int64")
     if t == 0:
         return
     kv_c, k_pe, slot_mapping = _rows(kv_c), _rows(k_pe), slot_mapping.contiguous()
@@ -162,6 +176,9 @@ def mla_cache_gather(kv_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tenso
     """slots [...] int -> rows [..., 576] fp32 (dequantized for fp8_ds_mla); -1 gives zeros."""
     check_device("kv_cache", kv_cache)
     check_device("slots", slots)
+    _check_cache(kv_cache)
+    if slots.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"slots.dtype={slots.dtype}: expected int32 or int64")
     flat = slots.reshape(-1).contiguous()
     n = flat.numel()
     out = torch.empty(n, HEAD_576, dtype=torch.float32, device=kv_cache.device)
@@ -391,11 +408,12 @@ def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Te
         raise ValueError(f"d_v={d_v}: the Triton sparse MLA kernel supports only {KV_LORA}")
     if indices.dtype != torch.int32:
         raise TypeError(f"indices.dtype={indices.dtype}: expected torch.int32")
-    if not kv_cache.is_contiguous():
-        raise ValueError("kv_cache must be contiguous")
+    _check_cache(kv_cache)
+    if q.dim() != 4 or q.shape[-1] != HEAD_576:
+        raise ValueError(f"q has shape {list(q.shape)}, expected [b, s_q, h, {HEAD_576}]")
     b, s_q, h, d = q.shape
-    if d != HEAD_576:
-        raise ValueError(f"q last dim {d} must be {HEAD_576}")
+    if indices.dim() != 3 or tuple(indices.shape[:2]) != (b, s_q):
+        raise ValueError(f"indices has shape {list(indices.shape)}, expected [b={b}, s_q={s_q}, topk]")
     q3 = _check_q(q).reshape(b * s_q, h, HEAD_576)
     idx2 = indices.reshape(b * s_q, indices.shape[-1])
     if idx2.stride(-1) != 1:
@@ -422,9 +440,13 @@ def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor,
         raise ValueError(f"d_v={d_v}: the Triton sparse MLA kernel supports only {KV_LORA}")
     if indices.dtype != torch.int32:
         raise TypeError(f"indices.dtype={indices.dtype}: expected torch.int32")
+    if q.dim() != 3 or q.shape[-1] != HEAD_576:
+        raise ValueError(f"q has shape {list(q.shape)}, expected [s_q, h, {HEAD_576}]")
     s_q, h, d = q.shape
-    if d != HEAD_576:
-        raise ValueError(f"q last dim {d} must be {HEAD_576}")
+    if kv.dim() != 3 or kv.shape[1] != 1 or kv.shape[2] != HEAD_576:
+        raise ValueError(f"kv has shape {list(kv.shape)}, expected [s_kv, 1, {HEAD_576}]")
+    if indices.dim() != 3 or indices.shape[0] != s_q or indices.shape[1] != 1:
+        raise ValueError(f"indices has shape {list(indices.shape)}, expected [s_q={s_q}, 1, topk]")
     q3 = _check_q(q)
     rows = kv.reshape(kv.shape[0], HEAD_576)
     if rows.stride(-1) != 1:

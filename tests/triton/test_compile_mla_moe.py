@@ -33,7 +33,8 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
 
     # ---- sparse MLA attention: bf16 cache / prefill kv, fp8_ds_mla cache (native or byte-decoded)
     nw, ns, cfg = _split(sm.attn_config(cap))
-    for fp8 in (False, True):
+    small = dict(cfg, BLOCK_H=16)          # h <= 16 (e.g. 128 heads over TP8): heads padded to 16, not 64
+    for fp8, c in ((False, cfg), (True, cfg), (True, small)):
         sig = {"q_ptr": "*bf16", "stride_q_t": "i64", "stride_q_h": "i32",
                "kv_ptr": "*u8" if fp8 else "*bf16", "kv_scale_ptr": "*fp32" if fp8 else "*bf16",
                "kv_rope_ptr": "*bf16", "stride_kv_row": "i32", "n_rows": "i32",
@@ -41,10 +42,12 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
                "o_ptr": "*bf16", "stride_o_t": "i32", "stride_o_s": "i32", "stride_o_h": "i32",
                "lse_ptr": "*fp32", "stride_l_t": "i32", "stride_l_s": "i32", "H": "i32", "qk_scale_log2": "fp32"}
         out.append((dict(module=MOD_A, kernel="_sparse_mla_attn_kernel", signature=sig,
-                         constexprs=dict(cfg, KV_FP8=fp8, FP8_NATIVE=fp8 and native, DOT_FP16=False),
+                         constexprs=dict(c, KV_FP8=fp8, FP8_NATIVE=fp8 and native, DOT_FP16=False),
                          aligned=["stride_q_t", "stride_q_h", "stride_kv_row", "stride_idx_t", "stride_o_t",
                                   "stride_o_s", "stride_o_h"],
-                         num_warps=nw, num_stages=ns, tag=f"mla attn {'fp8' if fp8 else 'bf16'}"), BF16_MMA[arch]))
+                         num_warps=nw, num_stages=ns,
+                         tag=f"mla attn {'fp8' if fp8 else 'bf16'} BLOCK_H={c['BLOCK_H']}"),
+                    BF16_MMA[arch] if c["BLOCK_H"] >= 64 else BF16_MMA[80]))
     out.append((dict(module=MOD_A, kernel="_combine_kernel",
                      signature={"op_ptr": "*fp32", "lp_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
                                 "H": "i32", "n_splits": "i32"},

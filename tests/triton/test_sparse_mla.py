@@ -229,3 +229,10 @@ def test_launcher_rejects_bad_input(triton_device):
         tk.sparse_mla_decode(q, cache, idx, SCALE)
     with pytest.raises(ValueError, match="d_v"):
         tk.sparse_mla_decode(q, cache, idx.int(), SCALE, 256)
+    with pytest.raises(ValueError, match="kv_cache"):
+        tk.sparse_mla_decode(q, cache[:, :32], idx.int(), SCALE)
+    with pytest.raises(ValueError, match="indices"):
+        tk.sparse_mla_decode(q, cache, idx.int()[:, :, None], SCALE)
+    with pytest.raises(ValueError, match="kv_c"):
+        tk.mla_cache_write(torch.randn(3, 500, device=dev), torch.randn(3, 64, device=dev), cache,
+                           torch.zeros(3, dtype=torch.int32, device=dev))
