@@ -214,3 +214,39 @@ def test_launcher_errors(triton_device):
         tk.fp8_grouped_gemm_nt_contiguous(a.float(), a_s, b, b_s, torch.zeros(4, dtype=torch.int32, device=dev))
     with pytest.raises(ValueError, match="multiple of 128"):
         tk.silu_and_mul_fp8_quant(torch.randn(2, 200, device=dev))
+
+
+# ------------------------------------------------------------------ full size (GPU suite only)
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k", [(7168, 2048), (4096, 7168)], ids=["down", "gate_up"])
+def test_grouped_contiguous_full_size(triton_device, seed, n, k):
+    dev = triton_device
+    counts = [512, 0, 300, 128, 1, 700, 256, 64]
+    m_idx = torch.cat([torch.cat([torch.full((c,), g, dtype=torch.int32), torch.full(((-c) % 128,), -1, dtype=torch.int32)])
+                       for g, c in enumerate(counts)]).to(dev)
+    a, a_s = _acts((m_idx.numel(), k), dev)
+    b, b_s = _weights(len(counts), n, k, dev)
+    got = ops.fp8_grouped_gemm_nt_contiguous(a, a_s, b, b_s, m_idx, backend="triton")
+    want = naive.naive_fp8_grouped_gemm_nt_contiguous(a, a_s, b, b_s, m_idx)
+    assert (got[m_idx < 0] == 0).all()
+    _close(got[m_idx >= 0], want[m_idx >= 0])
+    # the same rows unaligned (sorted, no padding): tiles span experts -> second pass
+    keep = m_idx >= 0
+    got2 = ops.fp8_grouped_gemm_nt_contiguous(a[keep], a_s[keep], b, b_s, m_idx[keep], backend="triton")
+    _close(got2, want[keep])
+
+
+@pytest.mark.gpu
+def test_grouped_masked_full_size(triton_device, seed):
+    dev = triton_device
+    G, M, N, K = 8, 512, 4096, 7168
+    a, a_s = _acts((G, M, K), dev)
+    b, b_s = _weights(G, N, K, dev)
+    mm = torch.tensor([0, 1, 128, 129, 300, 511, 512, 64], dtype=torch.int32, device=dev)
+    got = ops.fp8_grouped_gemm_nt_masked(a, a_s, b, b_s, mm, backend="triton")
+    want = naive.naive_fp8_grouped_gemm_nt_masked(a, a_s, b, b_s, mm)
+    for g in range(G):
+        assert (got[g, mm[g]:] == 0).all()
+        if mm[g]:
+            _close(got[g, : mm[g]], want[g, : mm[g]])

@@ -236,3 +236,33 @@ def test_launcher_rejects_bad_input(triton_device):
     with pytest.raises(ValueError, match="kv_c"):
         tk.mla_cache_write(torch.randn(3, 500, device=dev), torch.randn(3, 64, device=dev), cache,
                            torch.zeros(3, dtype=torch.int32, device=dev))
+
+
+# ------------------------------------------------------------------ full size (GPU suite only)
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("b,s_q,h", [(8, 2, 128), (2, 1, 16), (1, 1, 128)], ids=lambda v: str(v))
+def test_decode_full_size(triton_device, seed, fp8, b, s_q, h):
+    """Real shapes (topk 2048, 576-wide latent, 64-token pages) on the GPU, incl. the split-K path (small b)."""
+    dev = triton_device
+    ctx, topk = 4096, 2048
+    cache = _cache(fp8, b * ctx // PAGE, dev)
+    q = torch.randn(b, s_q, h, 576, device=dev).bfloat16()
+    idx = _indices(b, s_q, topk, b * ctx, topk - 100, dev)
+    out, lse = ops.sparse_mla_decode(q, cache, idx, SCALE, backend="triton")
+    ref_out, ref_lse = naive.naive_sparse_mla_decode(q, cache, idx, SCALE)
+    _check(out, lse, ref_out, ref_lse)
+
+
+@pytest.mark.gpu
+def test_prefill_full_size(triton_device, seed):
+    dev = triton_device
+    s_q, h, topk, s_kv = 256, 128, 2048, 4096
+    q = torch.randn(s_q, h, 576, device=dev).bfloat16()
+    kv = torch.randn(s_kv, 1, 576, device=dev).bfloat16()
+    idx = torch.rand(s_q, s_kv, device=dev).topk(topk, dim=-1).indices.int().view(s_q, 1, topk)
+    idx[:, :, -300:] = -1
+    out, lse = ops.sparse_mla_prefill(q, kv, idx, SCALE, backend="triton")
+    ref_out, ref_lse = naive.naive_sparse_mla_prefill(q, kv, idx, SCALE)
+    _check(out, lse, ref_out, ref_lse)
