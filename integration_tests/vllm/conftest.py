@@ -65,6 +65,13 @@ def reference_logprobs(ref, prompt: list, generated: list) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+LIMITS = {  # (median, mean, max) of |dlogprob| per prompt position; see check_against_reference
+    "float32": (1e-3, 0.05, 1.0),
+    # TP: each rank's routed-expert partial output is rounded to bf16 (as the GPU kernels do) before the
+    # all-reduce, instead of once after the full sum: bf16-level noise on every MoE output
+    "float32-tp": (0.02, 0.05, 1.0),
+    "bfloat16": (0.15, 0.3, 4.0),
+}
 NEAR_TIE = 0.25   # top-2 logit margin below which engine rounding may legitimately pick the other token
 
 
@@ -76,7 +83,8 @@ def check_against_reference(ref, prompt: list, out: dict, topk: int, dtype: str 
     index_topk the indexer's FP8 scores can also swap near-tied keys. Such steps hit a few positions hard
     and leave the rest exact, while a real bug (rope, scale, cache slot, routing) moves every position. So:
       fp32 engine: median |dlogprob| <= 1e-3, mean <= 0.05, max <= 1.0;
-      bf16 engine: median <= 0.05, mean <= 0.2, max <= 2.0.
+      bf16 engine (bf16 activations vs the fp32 oracle, logits of size ~15): median <= 0.15, mean <= 0.3,
+        max <= 4.0 (one FP8/bf16 flip in a random tiny model moves a -15 logprob by a few units).
     Greedy: each generated token is the reference's argmax unless the reference's top-2 margin at that step
     is below NEAR_TIE; after such a near-tie the continuations may differ, so checking stops there."""
     lp = reference_logprobs(ref, prompt, out["token_ids"])
@@ -85,7 +93,7 @@ def check_against_reference(ref, prompt: list, out: dict, topk: int, dtype: str 
     got = torch.tensor(out["prompt_logprobs"][1:])
     d = (got - want).abs()
     stats = {"n": n, "max": d.max().item(), "median": d.median().item(), "mean": d.mean().item()}
-    lim = (1e-3, 0.05, 1.0) if dtype == "float32" else (0.05, 0.2, 2.0)
+    lim = LIMITS[dtype]
     assert stats["median"] <= lim[0] and stats["mean"] <= lim[1] and stats["max"] <= lim[2], (dtype, stats)
     check_greedy(lp[n - 1:], out["token_ids"], stats)
     return stats

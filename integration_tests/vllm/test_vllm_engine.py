@@ -77,7 +77,10 @@ def test_prefix_cache_hit_equals_no_cache(base, cached, prompts, reference):
 
 
 def test_bf16_engine_close_to_reference(tiny_ckpt, prompts, reference, tmp_path):
-    ps = [prompts["short"][1], prompts["long"][0]]
+    # bf16 vs the fp32 oracle is only a tight check while DSA == dense MLA: above index_topk the random tiny
+    # model's indexer scores are near-tied enough that bf16 rounding swaps selected keys (the fp32 tests
+    # cover the sparse path)
+    ps = prompts["short"][1:]
     outs = run_engine(tmp_path, tiny_ckpt, dict(max_model_len=512), [{"prompt_token_ids": p} for p in ps])
     for p, out in zip(ps, outs):
         check_against_reference(reference, p, out, TOPK, dtype="bfloat16")
@@ -88,4 +91,4 @@ def test_tensor_parallel_2_equals_reference(tiny_ckpt, prompts, reference, tmp_p
     outs = run_engine(tmp_path, tiny_ckpt, dict(FP32, tensor_parallel_size=2),
                       [{"prompt_token_ids": p} for p in ps], timeout=600)
     for p, out in zip(ps, outs):
-        check_against_reference(reference, p, out, TOPK)
+        check_against_reference(reference, p, out, TOPK, dtype="float32-tp")
