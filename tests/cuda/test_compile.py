@@ -36,29 +36,29 @@ CU_FILES = _cu_files()
 
 # What each kernel file must contain per arch (SASS mnemonics), and register budgets per kernel.
 EXPECT_SASS = {
-    ("fp8_moe/sm90/grouped_gemm.cu", "sm_90a"): [r"QGMMA\.64x128x32\.F32\.E4M3\.E4M3"],
-    ("indexer/sm90/logits.cu", "sm_90a"): [r"QGMMA\.64x64x32\.F32\.E4M3\.E4M3", r"QGMMA\.64x128x32\.F32\.E4M3\.E4M3"],
-    ("fp8_moe/sm80/grouped_gemm.cu", "sm_80"): [r"HMMA\.16816\.F32\b"],
-    ("fp8_moe/sm80/grouped_gemm.cu", "sm_90a"): [r"HMMA\.16816\.F32\b"],
-    ("indexer/sm80/logits.cu", "sm_80"): [r"HMMA\.16816\.F32\b"],
-    ("indexer/sm80/logits.cu", "sm_90a"): [r"HMMA\.16816\.F32\b"],
-    ("sparse_mla/sm90/decode.cu", "sm_90a"): [r"HGMMA\.64x64x16\.F32\.BF16", r"HGMMA\.64x256x16\.F32\.BF16 .*tnspB"],
-    ("sparse_mla/sm80/decode.cu", "sm_80"): [r"HMMA\.16816\.F32\.BF16", r"LDSM\.16\.MT88"],
-    ("sparse_mla/sm80/decode.cu", "sm_90a"): [r"HMMA\.16816\.F32\.BF16", r"LDSM\.16\.MT88"],
+    ("fp8_moe/sm90/fp8_grouped_gemm_sm90.cu", "sm_90a"): [r"QGMMA\.64x128x32\.F32\.E4M3\.E4M3"],
+    ("indexer/sm90/fp8_indexer_logits_sm90.cu", "sm_90a"): [r"QGMMA\.64x64x32\.F32\.E4M3\.E4M3", r"QGMMA\.64x128x32\.F32\.E4M3\.E4M3"],
+    ("fp8_moe/sm80/fp8_grouped_gemm_sm80.cu", "sm_80"): [r"HMMA\.16816\.F32\b"],
+    ("fp8_moe/sm80/fp8_grouped_gemm_sm80.cu", "sm_90a"): [r"HMMA\.16816\.F32\b"],
+    ("indexer/sm80/fp8_indexer_logits_sm80.cu", "sm_80"): [r"HMMA\.16816\.F32\b"],
+    ("indexer/sm80/fp8_indexer_logits_sm80.cu", "sm_90a"): [r"HMMA\.16816\.F32\b"],
+    ("sparse_mla/sm90/sparse_mla_decode_sm90.cu", "sm_90a"): [r"HGMMA\.64x64x16\.F32\.BF16", r"HGMMA\.64x256x16\.F32\.BF16 .*tnspB"],
+    ("sparse_mla/sm80/sparse_mla_decode_sm80.cu", "sm_80"): [r"HMMA\.16816\.F32\.BF16", r"LDSM\.16\.MT88"],
+    ("sparse_mla/sm80/sparse_mla_decode_sm80.cu", "sm_90a"): [r"HMMA\.16816\.F32\.BF16", r"LDSM\.16\.MT88"],
 }
 FORBID_SASS = {
-    ("fp8_moe/sm90/grouped_gemm.cu", "sm_90a"): [r"\bHMMA\b"],        # the wgmma path must not fall back
-    ("fp8_moe/sm90/grouped_gemm.cu", "sm_80"): [r"GMMA"],             # sm_80 object: guarded-out bodies
-    ("indexer/sm90/logits.cu", "sm_90a"): [r"\bHMMA\b"],
-    ("indexer/sm90/logits.cu", "sm_80"): [r"GMMA"],
-    ("sparse_mla/sm90/decode.cu", "sm_90a"): [r"\bHMMA\b"],
-    ("sparse_mla/sm90/decode.cu", "sm_80"): [r"GMMA"],
+    ("fp8_moe/sm90/fp8_grouped_gemm_sm90.cu", "sm_90a"): [r"\bHMMA\b"],        # the wgmma path must not fall back
+    ("fp8_moe/sm90/fp8_grouped_gemm_sm90.cu", "sm_80"): [r"GMMA"],             # sm_80 object: guarded-out bodies
+    ("indexer/sm90/fp8_indexer_logits_sm90.cu", "sm_90a"): [r"\bHMMA\b"],
+    ("indexer/sm90/fp8_indexer_logits_sm90.cu", "sm_80"): [r"GMMA"],
+    ("sparse_mla/sm90/sparse_mla_decode_sm90.cu", "sm_90a"): [r"\bHMMA\b"],
+    ("sparse_mla/sm90/sparse_mla_decode_sm90.cu", "sm_80"): [r"GMMA"],
 }
 REG_BUDGET = {  # max registers per thread, per kernel file (a regression guard; 255 is the hardware cap)
-    "indexer/sm80/logits.cu": 232, "indexer/sm80/topk.cu": 64, "indexer/sm80/cache.cu": 64,
-    "indexer/sm90/logits.cu": 168, "sparse_mla/sm80/decode.cu": 168, "sparse_mla/sm80/cache.cu": 64,
-    "sparse_mla/sm90/decode.cu": 255, "fp8_moe/sm80/grouped_gemm.cu": 168, "fp8_moe/sm90/grouped_gemm.cu": 232,
-    "fp8_quant/sm80/quant.cu": 64,
+    "indexer/sm80/fp8_indexer_logits_sm80.cu": 232, "indexer/sm80/indexer_topk.cu": 64, "indexer/sm80/indexer_cache.cu": 64,
+    "indexer/sm90/fp8_indexer_logits_sm90.cu": 168, "sparse_mla/sm80/sparse_mla_decode_sm80.cu": 168, "sparse_mla/sm80/mla_cache.cu": 64,
+    "sparse_mla/sm90/sparse_mla_decode_sm90.cu": 255, "fp8_moe/sm80/fp8_grouped_gemm_sm80.cu": 168, "fp8_moe/sm90/fp8_grouped_gemm_sm90.cu": 232,
+    "fp8_quant/sm80/fp8_quant.cu": 64,
 }
 
 
@@ -114,10 +114,10 @@ def _functions(res: str) -> dict[str, dict[str, int]]:
 
 
 def test_sources_found():
-    assert {"indexer/sm80/logits.cu", "indexer/sm80/topk.cu", "sparse_mla/sm80/decode.cu",
-            "fp8_moe/sm80/grouped_gemm.cu", "fp8_moe/sm90/grouped_gemm.cu", "indexer/sm90/logits.cu",
-            "indexer/sm80/cache.cu", "sparse_mla/sm80/cache.cu", "fp8_quant/sm80/quant.cu",
-            "sparse_mla/sm90/decode.cu"} <= set(CU_FILES)
+    assert {"indexer/sm80/fp8_indexer_logits_sm80.cu", "indexer/sm80/indexer_topk.cu", "sparse_mla/sm80/sparse_mla_decode_sm80.cu",
+            "fp8_moe/sm80/fp8_grouped_gemm_sm80.cu", "fp8_moe/sm90/fp8_grouped_gemm_sm90.cu", "indexer/sm90/fp8_indexer_logits_sm90.cu",
+            "indexer/sm80/indexer_cache.cu", "sparse_mla/sm80/mla_cache.cu", "fp8_quant/sm80/fp8_quant.cu",
+            "sparse_mla/sm90/sparse_mla_decode_sm90.cu"} <= set(CU_FILES)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -159,7 +159,7 @@ def test_tensor_core_instructions(builds, key):
 
 def test_sm90_gemm_counts(builds):
     """4 wgmma k32 steps per 128-wide K block, in each of the 4 kernel instantiations."""
-    sass = builds[("fp8_moe/sm90/grouped_gemm.cu", "sm_90a")]["sass"]
+    sass = builds[("fp8_moe/sm90/fp8_grouped_gemm_sm90.cu", "sm_90a")]["sass"]
     assert len(re.findall(r"QGMMA\.64x128x32\.F32\.E4M3\.E4M3", sass)) == 16
 
 
@@ -202,6 +202,14 @@ def test_jit_sources_match_tree():
     srcs = [os.path.relpath(s, _cuda.csrc_dir()) for s in _cuda.sources()]
     assert srcs[0] == os.path.join("api", "bindings.cpp")
     assert sorted(srcs[1:]) == CU_FILES, "installed csrc/ differs from the tree: reinstall the plugin"
+
+
+def test_jit_object_names_unique():
+    """torch's cpp_extension names each object file after its source's basename (logits.cu -> logits.cuda.o):
+    two sources with one basename would make the JIT build's ninja file invalid."""
+    from deepseek_v32_plugin.ops import _cuda
+    stems = [os.path.splitext(os.path.basename(s))[0] for s in _cuda.sources(csrc_dir())]
+    assert len(stems) == len(set(stems)), sorted(stems)
 
 
 def test_cuda_backend_reports_why_unavailable():

@@ -1,4 +1,4 @@
-// Tile configuration of the sm_90a grouped FP8 GEMM (fp8_moe/sm90/grouped_gemm.cu).
+// Tile configuration of the sm_90a grouped FP8 GEMM (fp8_moe/sm90/fp8_grouped_gemm_sm90.cu).
 #pragma once
 
 #include "../../common/cute_smem.h"

@@ -1,4 +1,4 @@
-// Radix top-k selection: the integer side shared by the CUDA kernel (indexer/sm80/topk.cu) and the
+// Radix top-k selection: the integer side shared by the CUDA kernel (indexer/sm80/indexer_topk.cu) and the
 // host unit test. fp32 logits map to uint32 keys whose unsigned order is the float order (-inf lowest
 // of the non-NaN values); the k-th largest key is found 8 bits at a time from the top (4 passes of a
 // 256-bin histogram over the candidates that still share the found prefix).

@@ -1,4 +1,4 @@
-// Tile configuration of the sm_90a indexer logits (indexer/sm90/logits.cu).
+// Tile configuration of the sm_90a indexer logits (indexer/sm90/fp8_indexer_logits_sm90.cu).
 #pragma once
 
 #include <type_traits>

@@ -3,7 +3,7 @@
 // in 128-byte-swizzled shared memory, and each query row's heads (64 per wgmma M tile) stream through:
 //   acc[h, key] = q[h] . k[key] (4 x k32 steps), keysum[key] += w[h] * relu(acc) over the thread's rows,
 //   reduced over the 8 row groups by shuffles and over the 4 warps in shared memory, times k_scale.
-// Same semantics and launch contract as indexer/sm80/logits.cu (which Hopper uses when this is not built).
+// Same semantics and launch contract as indexer/sm80/fp8_indexer_logits_sm80.cu (which Hopper uses when this is not built).
 #include "../../api/indexer.h"
 #include "../common/cache_layout.h"
 

@@ -1,4 +1,4 @@
-// Tile configuration of the sm_90a sparse MLA decode (sparse_mla/sm90/decode.cu).
+// Tile configuration of the sm_90a sparse MLA decode (sparse_mla/sm90/sparse_mla_decode_sm90.cu).
 #pragma once
 
 #include "../../common/cute_smem.h"

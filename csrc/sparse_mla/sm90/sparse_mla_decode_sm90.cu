@@ -5,7 +5,7 @@
 //   registers, P (bf16) to smem; both WGs: O[:, 256w : 256w+256] = O * alpha + P V, with V read from the
 //   same KV tile through its MN-major view (the K-major SW128 tile transposed is the MN-major SW128 tile).
 // A 64-head tile shares each gathered/dequantized key across 64 heads (the sm80 kernel shares it across 16).
-// Semantics as sparse_mla/sm80/decode.cu. Built only with CuTe headers (DSV32_WITH_CUTE) and sm_90a.
+// Semantics as sparse_mla/sm80/sparse_mla_decode_sm80.cu. Built only with CuTe headers (DSV32_WITH_CUTE) and sm_90a.
 #include "../../api/sparse_mla.h"
 #include "../common/cache_layout.h"
 
