@@ -39,11 +39,27 @@ def csrc_dir() -> str:
     return os.path.dirname(os.path.abspath(c.__file__))
 
 
+# Kernel translation units (ATen-free, each compiles alone). An explicit list, not a glob: a stale copy
+# left in an install's build/ tree must not be compiled. tests/cuda/test_compile.py checks that it
+# names exactly the .cu files of csrc/.
+KERNEL_SOURCES = (
+    "fp8_moe/sm80/fp8_grouped_gemm_sm80.cu",
+    "fp8_moe/sm90/fp8_grouped_gemm_sm90.cu",
+    "fp8_quant/sm80/fp8_quant.cu",
+    "indexer/sm80/fp8_indexer_logits_sm80.cu",
+    "indexer/sm80/indexer_cache.cu",
+    "indexer/sm80/indexer_topk.cu",
+    "indexer/sm90/fp8_indexer_logits_sm90.cu",
+    "sparse_mla/sm80/mla_cache.cu",
+    "sparse_mla/sm80/sparse_mla_decode_sm80.cu",
+    "sparse_mla/sm90/sparse_mla_decode_sm90.cu",
+)
+
+
 def sources(root: Optional[str] = None) -> list[str]:
-    """api/bindings.cpp + every .cu under csrc/ (kernels are ATen-free and compile alone)."""
+    """api/bindings.cpp + the kernel .cu files."""
     root = root or csrc_dir()
-    cu = sorted(glob.glob(os.path.join(root, "**", "*.cu"), recursive=True))
-    return [os.path.join(root, "api", "bindings.cpp")] + cu
+    return [os.path.join(root, "api", "bindings.cpp")] + [os.path.join(root, *f.split("/")) for f in KERNEL_SOURCES]
 
 
 def _nvcc() -> Optional[str]:
