@@ -12,6 +12,11 @@ FP8 656-B layout in registers (one multiply per 128-group), and runs
 Indices < 0 (or past the cache) are skipped; a row with none valid returns out = 0, lse = -inf.
 When few (token, head-block) programs exist (small decode batches), top-k is split across programs and
 `_combine_kernel` merges the partial (out, lse) pairs.
+Shipped configs (`attn_config`, compile-checked spill-free in tests/triton/test_compile_mla_moe.py):
+  sm_90a: 64 heads x 32 keys, 8 warps, 2 stages (wgmma; q and the latent tile in shared memory).
+  sm_100a: same, but each program owns half of d_v (DV_SPLIT=2): four [64, 128] fp32 accumulators plus
+           the scores overflow tcgen05 tensor memory (LLVM then reduces the kernel to a trap).
+  sm_80/86/89: 32 heads x 32 keys (mma.sync keeps q in registers). h <= 16 pads heads to 16 only.
 """
 from __future__ import annotations
 
