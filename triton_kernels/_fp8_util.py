@@ -6,6 +6,7 @@ saturation at +-448, subnormals kept), so they also sidestep the interpreter's f
 """
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -13,6 +14,19 @@ import triton
 import triton.language as tl
 
 FP8_MAX = 448.0
+
+
+def config_override(env: str, cfg: dict) -> dict:
+    """Launch-config override for tuning on a GPU without editing code: env holds a JSON object whose keys
+    replace the shipped config's (e.g. DSV32_MOE_GEMM_CONFIG='{"BLOCK_M": 64, "num_stages": 5}')."""
+    raw = os.environ.get(env)
+    if not raw:
+        return cfg
+    extra = json.loads(raw)
+    unknown = set(extra) - set(cfg)
+    if unknown:
+        raise ValueError(f"{env}: unknown keys {sorted(unknown)} (known: {sorted(cfg)})")
+    return dict(cfg, **extra)
 
 
 def interpreting() -> bool:

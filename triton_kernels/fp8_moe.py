@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._fp8_util import check_device, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, ue8m0_scale_bits
+from ._fp8_util import check_device, config_override, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, ue8m0_scale_bits
 
 GROUP = 128
 _BIG = tl.constexpr(2 ** 30)
@@ -42,7 +42,10 @@ def second_pass_config(block_m: int) -> dict:
 def gemm_config_for(cap: tuple) -> dict:
     """Shipped launch config for a compute capability (the compile tests build these)."""
     key = "sm90" if cap[0] >= 9 else ("sm89" if cap >= (8, 9) else "sm80")
-    return dict(GEMM_CONFIGS[key])
+    cfg = config_override("DSV32_MOE_GEMM_CONFIG", dict(GEMM_CONFIGS[key]))
+    if 128 % cfg["BLOCK_N"]:
+        raise ValueError(f"BLOCK_N={cfg['BLOCK_N']} must divide 128 (one weight scale per tile and K block)")
+    return cfg
 
 
 def gemm_config(device: torch.device) -> dict:

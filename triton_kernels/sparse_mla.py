@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._fp8_util import (check_device, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, num_sms,
+from ._fp8_util import (check_device, config_override, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, num_sms,
                         ue8m0_scale_bits)
 
 PAGE = 64
@@ -330,11 +330,12 @@ def _combine_kernel(op_ptr, lp_ptr, out_ptr, lse_ptr, H, n_splits,
 def attn_config(cap: tuple) -> dict:
     """Shipped attention launch config for a compute capability (the compile tests build these)."""
     if cap >= (10, 0):   # tcgen05: 4 [64, 128] fp32 accumulators + scores overflow TMEM -> split d_v in 2
-        return dict(BLOCK_H=64, BLOCK_T=32, DV_SPLIT=2, num_warps=8, num_stages=2)
-    if cap >= (9, 0):    # wgmma: q and the latent tile in shared memory, 128 fp32 acc registers per thread
-        return dict(BLOCK_H=64, BLOCK_T=32, DV_SPLIT=1, num_warps=8, num_stages=2)
-    # mma.sync (sm_80/86/89): q lives in registers as the A operand -> 32 heads per program
-    return dict(BLOCK_H=32, BLOCK_T=32, DV_SPLIT=1, num_warps=8, num_stages=1)
+        cfg = dict(BLOCK_H=64, BLOCK_T=32, DV_SPLIT=2, num_warps=8, num_stages=2)
+    elif cap >= (9, 0):  # wgmma: q and the latent tile in shared memory, 128 fp32 acc registers per thread
+        cfg = dict(BLOCK_H=64, BLOCK_T=32, DV_SPLIT=1, num_warps=8, num_stages=2)
+    else:                # mma.sync (sm_80/86/89): q lives in registers as the A operand -> 32 heads per program
+        cfg = dict(BLOCK_H=32, BLOCK_T=32, DV_SPLIT=1, num_warps=8, num_stages=1)
+    return config_override("DSV32_MLA_ATTN_CONFIG", cfg)
 
 
 def _device_cap(device: torch.device) -> tuple:

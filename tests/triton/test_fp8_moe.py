@@ -250,3 +250,17 @@ def test_grouped_masked_full_size(triton_device, seed):
         assert (got[g, mm[g]:] == 0).all()
         if mm[g]:
             _close(got[g, : mm[g]], want[g, : mm[g]])
+
+
+def test_config_override_env(monkeypatch):
+    """GPU tuning hook: a JSON env var replaces keys of the shipped launch config; unknown keys are refused."""
+    from deepseek_v32_plugin.triton_kernels import sparse_mla as sm
+    monkeypatch.setenv("DSV32_MOE_GEMM_CONFIG", '{"BLOCK_M": 64, "num_stages": 5}')
+    cfg = tk.gemm_config_for((9, 0))
+    assert cfg["BLOCK_M"] == 64 and cfg["num_stages"] == 5 and cfg["BLOCK_N"] == tk.GEMM_CONFIGS["sm90"]["BLOCK_N"]
+    monkeypatch.setenv("DSV32_MOE_GEMM_CONFIG", '{"BLOCK_N": 96}')
+    with pytest.raises(ValueError, match="divide 128"):
+        tk.gemm_config_for((9, 0))
+    monkeypatch.setenv("DSV32_MLA_ATTN_CONFIG", '{"BLOCK_X": 1}')
+    with pytest.raises(ValueError, match="unknown keys"):
+        sm.attn_config((9, 0))
