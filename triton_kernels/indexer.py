@@ -422,8 +422,8 @@ def _row_radix_pass(row, ks, ke, prefix, remaining, SHIFT: tl.constexpr, BITS: t
         key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
         match = m_n & ((key >> (SHIFT + BITS)) == (prefix >> (SHIFT + BITS)))
         hist += tl.histogram((key >> SHIFT) & ((1 << BITS) - 1), 1 << BITS, mask=match)
-    d, remaining, _ = _radix_step(hist, remaining, 1 << BITS)
-    return prefix | (d << SHIFT), remaining
+    d, remaining, cnt = _radix_step(hist, remaining, 1 << BITS)
+    return prefix | (d << SHIFT), remaining, cnt
 
 
 @triton.jit
@@ -453,12 +453,12 @@ def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, N, stride_x, TOPK,
                  TOPK_PAD: tl.constexpr, BLOCK: tl.constexpr, CAP: tl.constexpr, SORTED: tl.constexpr):
     """Per row, top-TOPK of [ks, ke) by radix select on order-preserving int32 keys.
 
-    Pass 1 (full row): 4096-bin histogram of the top 12 key bits (sign, exponent, 3 mantissa bits) finds
-    the bin b1 holding the TOPK-th largest key. If b1 holds <= CAP keys (the usual case), pass 2 (full
-    row) writes every key above b1 to the output and b1's positions to a per-row candidate buffer; the
-    remaining 20 bits are resolved in registers over the candidates (two 1024-bin histograms). Otherwise
-    (heavy ties) three more full-row passes resolve the bits, then one compaction pass. Finally the
-    selection is sorted by descending score (ties in any order) and padded with -1."""
+    Passes 1-2 (full row): 256-bin histograms of the top two key bytes (sign, exponent, 7 mantissa bits)
+    find the 16-bit prefix holding the TOPK-th largest key. If that prefix holds <= CAP keys (the usual
+    case), pass 3 (full row) writes every key above it to the output and its positions to a per-row
+    candidate buffer; the low 16 bits are resolved in registers over the candidates (two more 256-bin
+    histograms). Otherwise (heavy ties) two more full-row passes resolve the bits, then one compaction
+    pass. Finally the selection is sorted by descending score (ties in any order) and padded with -1."""
     r = tl.program_id(0)
     row = x_ptr + r.to(tl.int64) * stride_x
     orow = out_ptr + r.to(tl.int64) * TOPK
@@ -467,25 +467,26 @@ def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, N, stride_x, TOPK,
     k = tl.minimum(ke - ks, TOPK)
     o_b = tl.arange(0, BLOCK)
     if ke - ks > TOPK:
-        hist = tl.zeros((4096,), tl.int32)
+        hist = tl.zeros((256,), tl.int32)
         for n0 in range(ks, ke, BLOCK):
             o_n = n0 + o_b
             m_n = o_n < ke
             key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
-            hist += tl.histogram(((key >> 20) & 0xFFF) ^ 0x800, 4096, mask=m_n)
-        b1, remaining, c1 = _radix_step(hist, TOPK, 4096)
-        prefix = (b1 ^ 0x800) << 20
-        if c1 <= CAP:
+            hist += tl.histogram(((key >> 24) & 0xFF) ^ 0x80, 256, mask=m_n)   # sign flipped: unsigned order
+        d1, remaining, _ = _radix_step(hist, TOPK, 256)
+        prefix = (d1 ^ 0x80) << 24
+        prefix, remaining, c2 = _row_radix_pass(row, ks, ke, prefix, remaining, 16, 8, BLOCK)
+        hi = prefix >> 16
+        if c2 <= CAP:
             crow = cand_ptr + r.to(tl.int64) * CAP
             cnt_gt = tl.zeros((), tl.int32)
             cnt_c = tl.zeros((), tl.int32)
             for n0 in range(ks, ke, BLOCK):
                 o_n = n0 + o_b
                 m_n = o_n < ke
-                key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
-                bin1 = ((key >> 20) & 0xFFF) ^ 0x800
-                gt = m_n & (bin1 > b1)
-                cd = m_n & (bin1 == b1)
+                key_hi = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf"))) >> 16
+                gt = m_n & (key_hi > hi)
+                cd = m_n & (key_hi == hi)
                 gt_i = gt.to(tl.int32)
                 cd_i = cd.to(tl.int32)
                 tl.store(orow + cnt_gt + tl.cumsum(gt_i, 0) - 1, o_n - ks, mask=gt)
@@ -494,22 +495,21 @@ def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, N, stride_x, TOPK,
                 cnt_c += tl.sum(cd_i, axis=0)
             tl.debug_barrier()
             o_c = tl.arange(0, CAP)
-            m_c = o_c < c1
+            m_c = o_c < c2
             pos = tl.load(crow + o_c, mask=m_c, other=0)
             ck = _f32_sort_key(tl.load(row + pos, mask=m_c, other=float("-inf")))
-            d2, remaining, _ = _radix_step(tl.histogram((ck >> 10) & 0x3FF, 1024, mask=m_c), remaining, 1024)
-            m2 = m_c & (((ck >> 10) & 0x3FF) == d2)
-            d3, remaining, _ = _radix_step(tl.histogram(ck & 0x3FF, 1024, mask=m2), remaining, 1024)
-            thr = prefix | (d2 << 10) | d3
+            d3, remaining, _ = _radix_step(tl.histogram((ck >> 8) & 0xFF, 256, mask=m_c), remaining, 256)
+            m3 = m_c & (((ck >> 8) & 0xFF) == d3)
+            d4, remaining, _ = _radix_step(tl.histogram(ck & 0xFF, 256, mask=m3), remaining, 256)
+            thr = prefix | (d3 << 8) | d4
             gt = m_c & (ck > thr)
             eq = m_c & (ck == thr)
             rank = tl.cumsum(eq.to(tl.int32), 0) - 1
             tl.store(orow + cnt_gt + tl.cumsum(gt.to(tl.int32), 0) - 1, pos - ks, mask=gt)
             tl.store(orow + (k - remaining) + rank, pos - ks, mask=eq & (rank < remaining))
         else:
-            prefix, remaining = _row_radix_pass(row, ks, ke, prefix, remaining, 12, 8, BLOCK)
-            prefix, remaining = _row_radix_pass(row, ks, ke, prefix, remaining, 4, 8, BLOCK)
-            prefix, remaining = _row_radix_pass(row, ks, ke, prefix, remaining, 0, 4, BLOCK)
+            prefix, remaining, _ = _row_radix_pass(row, ks, ke, prefix, remaining, 8, 8, BLOCK)
+            prefix, remaining, _ = _row_radix_pass(row, ks, ke, prefix, remaining, 0, 8, BLOCK)
             _row_compact(row, orow, ks, ke, prefix, remaining, k - remaining, BLOCK)
     else:
         _row_compact(row, orow, ks, ke, -2147483647 - 1, 0, k, BLOCK)   # everything in range
@@ -528,7 +528,7 @@ def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, N, stride_x, TOPK,
         tl.store(orow + o_k, tl.full((TOPK_PAD,), -1, tl.int32), mask=(o_k >= k) & (o_k < TOPK))
 
 
-TOPK_CONFIG = dict(BLOCK=4096, CAP=4096, num_warps=16, num_stages=1)
+TOPK_CONFIG = dict(BLOCK=4096, CAP=2048, num_warps=16, num_stages=1)
 
 
 def indexer_topk(logits: torch.Tensor, topk: int, ks: torch.Tensor, ke: torch.Tensor) -> torch.Tensor:
