@@ -42,18 +42,20 @@ def engine_env(tp: int = 1) -> dict:
 
 
 def run_engine(tmp_path, model: str, engine: dict, requests: list, max_tokens: int = 8, batch: str = "together",
-               timeout: int = 420) -> list:
+               timeout: int = 420, full: bool = False, **job_extra):
+    """-> per-request results (or, with full=True, {"requests": [...], "metrics": {...}})."""
     tp = engine.get("tensor_parallel_size", 1)
     engine = dict(engine, distributed_executor_backend="uni" if tp == 1 else "mp")
     job = tmp_path / f"job{len(list(tmp_path.iterdir()))}.json"
     job.write_text(json.dumps({"model": model, "engine": engine, "requests": requests, "max_tokens": max_tokens,
-                               "batch": batch}))
+                               "batch": batch, **job_extra}))
     p = subprocess.run([sys.executable, os.path.join(HERE, "engine_run.py"), str(job)], env=engine_env(tp),
                        capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode != 0 or not lines:
         raise AssertionError(f"engine run failed (rc={p.returncode}):\n{p.stderr[-6000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    res = json.loads(lines[-1][len("RESULT "):])
+    return res if full else res["requests"]
 
 
 def reference_logprobs(ref, prompt: list, generated: list) -> torch.Tensor:

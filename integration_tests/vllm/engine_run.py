@@ -3,7 +3,7 @@
   python engine_run.py JOB.json  ->  stdout line "RESULT {...}"
 JOB: {"model": dir, "engine": {LLM kwargs}, "requests": [{"prompt_token_ids": [...], "prompt_logprobs": bool (default true)}, ...],
       "max_tokens": int, "batch": "together" | "single"}
-Results per request: generated token ids, the prompt logprob of each actual prompt token (None at 0),
+Results: {"requests": [...], "metrics": {spec-decode counters}}; per request: generated token ids, the prompt logprob of each actual prompt token (None at 0),
 the logprob of each generated token, and num_cached_tokens (prefix-cache hit size).
 """
 import json
@@ -17,7 +17,9 @@ def main(path: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=job["model"], enforce_eager=True, seed=0, **job["engine"])
+    if job.get("capture_mtp"):
+        _capture_first_mtp_step(job["capture_mtp"])
+    llm = LLM(model=job["model"], enforce_eager=True, seed=0, disable_log_stats=False, **job["engine"])
     # vLLM skips prefix-cache lookups for requests asking for prompt logprobs: make them per request
     sps = [SamplingParams(max_tokens=job.get("max_tokens", 8), temperature=0.0, detokenize=False, logprobs=0,
                           prompt_logprobs=0 if r.get("prompt_logprobs", True) else None) for r in job["requests"]]
@@ -36,7 +38,35 @@ def main(path: str) -> None:
         glp = [c.logprobs[i][t].logprob for i, t in enumerate(c.token_ids)] if c.logprobs else None
         res.append({"token_ids": list(c.token_ids), "prompt_logprobs": plp, "logprobs": glp,
                     "num_cached_tokens": o.num_cached_tokens or 0})
-    print("RESULT " + json.dumps(res), flush=True)
+    metrics = {}
+    for m in llm.get_metrics():
+        if m.name.startswith("vllm:spec_decode_num_") and hasattr(m, "value"):
+            metrics[m.name] = m.value
+    print("RESULT " + json.dumps({"requests": res, "metrics": metrics}), flush=True)
+
+
+def _capture_first_mtp_step(path: str) -> None:
+    """Save the MTP draft module's first step (inputs and logits) to `path` (in-process engines only)."""
+    import torch
+    from deepseek_v32_plugin.engines.vllm.mtp import DeepseekV32MTP
+
+    fwd, logits_fn, seen = DeepseekV32MTP.forward, DeepseekV32MTP.compute_logits, {}
+
+    def forward(self, input_ids, positions, hidden_states, *a, **kw):
+        out = fwd(self, input_ids, positions, hidden_states, *a, **kw)
+        if "inputs" not in seen:
+            seen["inputs"] = (input_ids.clone(), positions.clone(), hidden_states.float().clone())
+        return out
+
+    def compute_logits(self, hidden_states, *a, **kw):
+        out = logits_fn(self, hidden_states, *a, **kw)
+        if "logits" not in seen and "inputs" in seen:
+            seen["logits"] = out.float().clone()
+            ids, pos, hid = seen["inputs"]
+            torch.save({"input_ids": ids, "positions": pos, "hidden": hid, "logits": seen["logits"]}, path)
+        return out
+
+    DeepseekV32MTP.forward, DeepseekV32MTP.compute_logits = forward, compute_logits
 
 
 if __name__ == "__main__":
