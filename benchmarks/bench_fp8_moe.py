@@ -7,6 +7,7 @@ Anchors (FACTS.md, H800): DeepGEMM contiguous 1214-1346 TFLOPS, masked 815-1233 
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -25,7 +26,38 @@ def _weights(g, n, k):
     return torch.stack(ws), torch.stack(ss)
 
 
+# DSV32_BENCH_SWEEP=1: also time candidate launch configs of the headline shape (via DSV32_MOE_GEMM_CONFIG)
+SWEEP = [dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+         dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=5),
+         dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=4),
+         dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=4),
+         dict(BLOCK_M=256, BLOCK_N=128, num_warps=8, num_stages=3), dict(GROUP_M=16), dict(GROUP_M=1)]
+
+
+def _sweep(h: Harness):
+    g, rows, n, k = 8, 4096, 7168, 2048
+    m = g * rows
+
+    def make_c():
+        a, a_s = naive_fp8_quant_act(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
+        b, b_s = _weights(g, n, k)
+        return a, a_s, b, b_s, torch.arange(g, device="cuda", dtype=torch.int32).repeat_interleave(rows)
+
+    for cfg in SWEEP:
+        os.environ["DSV32_MOE_GEMM_CONFIG"] = json.dumps(cfg)
+        try:
+            h.bench(f"sweep contiguous G={g}x{rows} N={n} K={k}",
+                    lambda a, a_s, b, b_s, mi: ops.fp8_grouped_gemm_nt_contiguous(a, a_s, b, b_s, mi, backend="triton"),
+                    make_c, flops=2.0 * m * n * k, roof="fp8", note=json.dumps(cfg))
+        except Exception as e:  # a config that does not compile (e.g. out of shared memory) is reported, not fatal
+            print(f"sweep {cfg}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        finally:
+            os.environ.pop("DSV32_MOE_GEMM_CONFIG", None)
+
+
 def run(h: Harness):
+    if os.environ.get("DSV32_BENCH_SWEEP"):
+        _sweep(h)
     for g, rows, n, k in [(8, 4096, 7168, 2048), (8, 4096, 4096, 7168), (32, 256, 7168, 2048)]:
         m = g * rows
 

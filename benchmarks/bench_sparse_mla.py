@@ -8,6 +8,7 @@ sparse prefill 640 TFLOPS (H800).
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -49,7 +50,29 @@ def _decode_inputs(b, s_q, h, topk, ctx, fp8):
     return q, cache, slots.int()
 
 
+# DSV32_BENCH_SWEEP=1: also time candidate launch configs of the headline shape (via DSV32_MLA_ATTN_CONFIG)
+SWEEP = [dict(BLOCK_T=64, num_stages=1), dict(BLOCK_T=16, num_stages=3), dict(BLOCK_T=32, num_stages=3),
+         dict(BLOCK_T=32, num_stages=1), dict(BLOCK_H=32, BLOCK_T=64, num_warps=4, num_stages=2)]
+
+
+def _sweep(h: Harness):
+    b, s_q, nh, topk, ctx = 128, 2, 128, 2048, 8192
+    for cfg in SWEEP:
+        os.environ["DSV32_MLA_ATTN_CONFIG"] = json.dumps(cfg)
+        try:
+            h.bench(f"sweep decode fp8 b={b} s_q={s_q} h={nh} topk={topk}",
+                    lambda q, c, i: ops.sparse_mla_decode(q, c, i, SCALE, backend="triton"),
+                    lambda: _decode_inputs(b, s_q, nh, topk, ctx, True), flops=_flops(b * s_q, nh, topk),
+                    roof="bf16", note=json.dumps(cfg))
+        except Exception as e:  # a config that does not compile (e.g. out of shared memory) is reported, not fatal
+            print(f"sweep {cfg}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        finally:
+            os.environ.pop("DSV32_MLA_ATTN_CONFIG", None)
+
+
 def run(h: Harness):
+    if os.environ.get("DSV32_BENCH_SWEEP"):
+        _sweep(h)
     for b, s_q, nh, topk, ctx, fp8 in [(128, 2, 128, 2048, 8192, True), (128, 2, 128, 2048, 8192, False),
                                        (64, 1, 128, 2048, 32768, True), (4, 1, 128, 2048, 16384, True),
                                        (1, 1, 16, 2048, 16384, True), (128, 1, 16, 2048, 8192, True)]:
