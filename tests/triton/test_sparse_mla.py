@@ -186,7 +186,7 @@ def test_plan_splits():
 
 # ------------------------------------------------------------------ prefill
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "f32"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16], ids=["bf16", "f32", "f16"])
 @pytest.mark.parametrize("s_q,h,topk,s_kv", [(3, 16, 64, 50), (1, 24, 100, 300), (2, 64, 32, 20)],
                          ids=lambda v: str(v))
 def test_prefill_matches_reference(triton_device, seed, dtype, s_q, h, topk, s_kv):
@@ -196,8 +196,9 @@ def test_prefill_matches_reference(triton_device, seed, dtype, s_q, h, topk, s_k
     idx = _indices(s_q, 1, topk, s_kv, min(topk, s_kv), dev).reshape(s_q, 1, topk)
     idx[0, 0, :3] = -1
     out, lse = ops.sparse_mla_prefill(q, kv, idx, SCALE, backend="triton")
-    # reference on bf16-rounded inputs (the kernel's dot operands are bf16)
-    ref_out, ref_lse = naive.naive_sparse_mla_prefill(q.bfloat16().float(), kv.bfloat16().float(), idx, SCALE)
+    # reference on the kernel's dot operands: bf16 (fp16 when q and kv are both fp16)
+    rd = torch.float16 if dtype == torch.float16 else torch.bfloat16
+    ref_out, ref_lse = naive.naive_sparse_mla_prefill(q.to(rd).float(), kv.to(rd).float(), idx, SCALE)
     assert out.dtype == dtype
     _check(out, lse, ref_out, ref_lse, same_dtype=False)
 
