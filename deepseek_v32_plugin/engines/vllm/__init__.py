@@ -36,8 +36,32 @@ def register() -> None:
     ModelRegistry.register_model(MTP_ARCH, MTP_CLS)
     # claims V3.2 `quant_method: fp8` checkpoints (vLLM's own FP8 path needs AMX on CPU, refuses fp32)
     register_quantization_config(QUANT_NAME)(DSV32QuantConfig)
+    _wrap_config_hook()
     _patch_cpu_platform()
     _registered = True
+
+
+def _wrap_config_hook() -> None:
+    """Validate the checkpoint's config.json with our V32Config when vLLM first sees it (engine start), so a
+    bad or incomplete V3.2 config fails with one error naming the field, instead of vLLM's bare
+    `assert hasattr(hf_config, "index_topk")` or a shape error deep in a kernel."""
+    from vllm.model_executor.models import config as model_configs
+
+    builtin = model_configs.MODELS_CONFIG_MAP.get(ARCH)
+    if builtin is None or getattr(builtin, "_dsv32", False):
+        return
+
+    class DSV32VerifyAndUpdateConfig(model_configs.VerifyAndUpdateConfig):
+        _dsv32 = True
+
+        @staticmethod
+        def verify_and_update_config(vllm_config) -> None:
+            from .checks import check_servable, v32_config
+            cfg = v32_config(vllm_config.model_config.hf_config)   # raises ConfigError naming the field
+            check_servable(cfg, vllm_config)
+            builtin.verify_and_update_config(vllm_config)
+
+    model_configs.MODELS_CONFIG_MAP[ARCH] = DSV32VerifyAndUpdateConfig
 
 
 def _patch_cpu_platform() -> None:

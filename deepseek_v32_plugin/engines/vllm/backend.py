@@ -180,15 +180,6 @@ class DSV32IndexerBackend(DSV32SparseMLABackend):
         return [BYTES_PER_TOKEN]
 
 
-def is_supported(index_topk: int, block_size: int = PAGE_SIZE) -> tuple[bool, str]:
-    """Whether our backend can serve this config: (ok, reason)."""
-    if block_size != PAGE_SIZE:
-        return False, f"block_size={block_size}: the sparse MLA / indexer caches use {PAGE_SIZE}-token pages"
-    if index_topk <= 0:
-        return False, f"index_topk={index_topk} must be positive"
-    return True, ""
-
-
 class DSV32IndexerImpl(AttentionImplBase):
     """Lightning indexer over the paged key cache: write keys, score, top-k, map to latent-cache slots."""
 

@@ -46,24 +46,9 @@ from deepseek_v32_plugin.ops.fp8_quant import FP8_DTYPE, fp8_dequant_weight, fp8
 from deepseek_v32_plugin.ops.indexer import BYTES_PER_TOKEN
 from deepseek_v32_plugin.ops.sparse_mla import FP8_BYTES, HEAD_576
 
-from .backend import DSV32IndexerBackend, DSV32IndexerImpl, DSV32SparseMLABackend, DSV32SparseMLAImpl, is_supported
+from .backend import DSV32IndexerBackend, DSV32IndexerImpl, DSV32SparseMLABackend, DSV32SparseMLAImpl
+from .checks import BF16_CACHE_DTYPES, FP8_CACHE_DTYPES, is_supported, v32_config
 from .quant_config import make_quant_config
-
-FP8_CACHE_DTYPES = ("fp8", "fp8_e4m3", "fp8_ds_mla")
-
-
-def v32_config(hf_config) -> V32Config:
-    """Validate the HF config with the foundation's V32Config: one clear error naming the bad field."""
-    d = hf_config.to_dict()
-    rs = d.get("rope_scaling") or d.get("rope_parameters")
-    if rs and rs.get("rope_type", rs.get("type")) in ("yarn", "deepseek_yarn"):
-        d["rope_scaling"] = {k: v for k, v in rs.items() if k != "rope_type"} | {"type": "yarn"}
-    elif rs and rs.get("rope_type", rs.get("type")) == "default":
-        d["rope_scaling"] = None
-    d.setdefault("architectures", ["DeepseekV32ForCausalLM"])
-    d["architectures"] = ["DeepseekV32ForCausalLM"]
-    return V32Config.from_dict(d)
-
 
 class CacheLayer(nn.Module, AttentionLayerBase):
     """A paged cache vLLM's KV-cache manager allocates (its own spec) in the same block table as the
@@ -162,7 +147,7 @@ class MLAAttention(nn.Module):
         if cache_dtype in FP8_CACHE_DTYPES:
             self.attn = CacheLayer(f"{prefix}.attn", FP8_BYTES, torch.uint8, DSV32SparseMLABackend,
                                    SparseCacheRole.SPARSE, "fp8_ds_mla")
-        elif cache_dtype in ("auto", "bfloat16"):   # FlashMLA's bf16 layout, whatever the activation dtype
+        elif cache_dtype in BF16_CACHE_DTYPES:   # FlashMLA's bf16 layout, whatever the activation dtype
             self.attn = CacheLayer(f"{prefix}.attn", HEAD_576, torch.bfloat16, DSV32SparseMLABackend,
                                    SparseCacheRole.SPARSE)
         else:

@@ -22,7 +22,8 @@ from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, 
 
 from deepseek_v32_plugin.model.rope import YarnRope
 
-from .model import DecoderLayer, check_indexer_weights, finish_loading, load_v32_weights, v32_config
+from .checks import v32_config
+from .model import DecoderLayer, check_indexer_weights, finish_loading, load_v32_weights
 from .quant_config import make_quant_config
 
 
