@@ -100,6 +100,7 @@ def test_indexer_topk(cuda_ext, seed, n, topk):
     logits = torch.randn(r, n, device=DEV)
     logits[1] = torch.randint(-4, 4, (n,), device=DEV).float()    # heavy ties
     logits[2, : n // 3] = float("-inf")
+    logits[5] = 1.0 + torch.rand(n, device=DEV)                      # one top byte: candidate overflow path
     ks = torch.randint(0, max(1, n // 4), (r,), device=DEV, dtype=torch.int32)
     ke = torch.full((r,), n, device=DEV, dtype=torch.int32)
     ke[3] = ks[3] + min(topk // 2, n - int(ks[3]))                   # window shorter than topk
