@@ -69,6 +69,18 @@ def _nvcc() -> Optional[str]:
     return shutil.which("nvcc")
 
 
+def _cuda_home() -> Optional[str]:
+    """A toolkit root holding bin/nvcc and include/cuda_runtime_api.h."""
+    cands = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    if _nvcc():
+        cands.append(os.path.dirname(os.path.dirname(os.path.realpath(_nvcc()))))
+    cands.append("/usr/local/cuda")
+    for c in cands:
+        if c and os.path.exists(os.path.join(c, "include", "cuda_runtime_api.h")):
+            return c
+    return None
+
+
 def cuda_archs() -> list[str]:
     """Arch list like ["8.0", "9.0a"]: $DSV32_CUDA_ARCHS, else the visible devices'."""
     env = os.environ.get("DSV32_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST")
@@ -146,8 +158,8 @@ def _build() -> None:
         os.path.expanduser("~"), ".cache", "deepseek_v32_plugin", "cuda_ext")
     build_dir = os.path.join(build_dir, tag)
     os.makedirs(build_dir, exist_ok=True)
-    if os.environ.get("CUDA_HOME") is None and _nvcc():
-        os.environ["CUDA_HOME"] = os.path.dirname(os.path.dirname(os.path.realpath(_nvcc())))
+    if cpp_extension.CUDA_HOME is None:  # torch found no toolkit by itself (nvcc behind a wrapper script)
+        cpp_extension.CUDA_HOME = _cuda_home()
     cpp_extension.load(
         name=f"dsv32_cuda_{tag}", sources=srcs, extra_cflags=["-O3", "-std=c++17"],
         extra_cuda_cflags=flags, extra_include_paths=[os.path.join(csrc_dir(), "api")],
