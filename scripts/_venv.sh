@@ -27,5 +27,6 @@ finish_venv() { mv "$VENV/.dsv32-pending" "$VENV/.dsv32-stamp"; }
 # install_plugin : (re)installs this repo's package into $VENV, non-editable, so tests import
 # the installed package (including deepseek_v32_plugin.triton_kernels) and not the repo tree.
 install_plugin() {
+  rm -rf "$REPO_ROOT/build"   # setuptools reuses build/lib: renamed or deleted files would survive
   "$VENV/bin/pip" install -q --no-deps --no-build-isolation --force-reinstall "$REPO_ROOT" >&2
 }
