@@ -27,6 +27,12 @@ finish_venv() { mv "$VENV/.dsv32-pending" "$VENV/.dsv32-stamp"; }
 # install_plugin : (re)installs this repo's package into $VENV, non-editable, so tests import
 # the installed package (including deepseek_v32_plugin.triton_kernels) and not the repo tree.
 install_plugin() {
-  rm -rf "$REPO_ROOT/build"   # setuptools reuses build/lib: renamed or deleted files would survive
-  "$VENV/bin/pip" install -q --no-deps --no-build-isolation --force-reinstall "$REPO_ROOT" >&2
+  # Build from a fresh copy of the sources: setuptools reuses build/lib in the tree (renamed or deleted
+  # files would survive), and concurrent installs into different venvs must not share one build dir.
+  local src
+  src="$(mktemp -d)"
+  cp -r "$REPO_ROOT"/{pyproject.toml,setup.py,README.md,deepseek_v32_plugin,triton_kernels,csrc} "$src"/
+  find "$src" -name __pycache__ -prune -exec rm -rf {} +
+  "$VENV/bin/pip" install -q --no-deps --no-build-isolation --force-reinstall "$src" >&2
+  rm -rf "$src"
 }
