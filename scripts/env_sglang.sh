@@ -55,6 +55,7 @@ easydict==1.14
 safetensors==0.8.0
 jinja2==3.1.6
 ipython==9.18.1
+soundfile==0.13.1
 pytest==9.2.0
 pytest-timeout==2.4.0
 --no-deps sglang==0.5.23 torchvision==0.28.0"

@@ -1,0 +1,37 @@
+"""Serve a DeepSeek-V3.2 checkpoint with SGLang's OpenAI-compatible server, through deepseek-v32-plugin.
+
+  python examples/serve_sglang.py                       # the embedded tiny checkpoint (generated on first use)
+  python examples/serve_sglang.py --model /path/to/DeepSeek-V3.2 --port 30000 -- --tp-size 8
+Arguments after `--` go to `python -m sglang.launch_server` unchanged. The plugin needs nothing else: SGLang
+loads it through its `sglang.srt.plugins` entry point (DSV32_SGLANG_BUILTIN=1 uses SGLang's built-in V3.2).
+Then try: python examples/client.py --port 30000
+"""
+import argparse
+import os
+import sys
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="checkpoint dir (default: the embedded tiny one)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    args = p.parse_args(argv)
+    if args.model is None:
+        from deepseek_v32_plugin.checkpoint import default_tiny_checkpoint
+        args.model = default_tiny_checkpoint()
+    import torch
+    if not torch.cuda.is_available():   # SGLang's CPU engine: small static pool, no CUDA graphs
+        extra = ["--device", "cpu", "--mem-fraction-static", "0.02", "--disable-cuda-graph", *extra]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", args.model, "--host", args.host,
+           "--port", str(args.port), *extra]
+    print("serving:", " ".join(cmd), flush=True)
+    os.execv(sys.executable, cmd)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""`python -m sglang.launch_server` (through examples/serve_sglang.py) serving the tiny checkpoint with the plugin:
+/v1/models, /v1/completions (greedy tokens equal the bf16 reference) and /v1/chat/completions, and the
+shared examples/client.py against it."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from conftest import prompt_ids, reference_greedy
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_ckpt, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("sglang_server") / "server.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, os.path.join(REPO, "examples", "serve_sglang.py"), "--model",
+                                 tiny_ckpt, "--port", str(port), "--", "--log-level", "warning"],
+                                stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 420
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-5000:]}")
+            try:
+                if requests.get(f"{url}/health_generate", timeout=30).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() > deadline:
+                raise AssertionError(f"server not ready after 420 s:\n{log.read_text()[-5000:]}")
+            time.sleep(2)
+        yield url, port
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+def test_models_endpoint(server):
+    url, _ = server
+    data = requests.get(f"{url}/v1/models", timeout=30).json()["data"]
+    assert len(data) == 1
+
+
+def test_completions_match_reference(server, ref_bf16):
+    url, _ = server
+    ids = prompt_ids(50, seed=5)
+    model = requests.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+    r = requests.post(f"{url}/generate", json={"input_ids": ids, "sampling_params": {
+        "max_new_tokens": 8, "temperature": 0.0}}, timeout=300).json()
+    assert r["output_ids"] == reference_greedy(ref_bf16, ids, 8)
+    c = requests.post(f"{url}/v1/completions", json={"model": model, "prompt": ids, "max_tokens": 8,
+                                                     "temperature": 0}, timeout=300)
+    assert c.status_code == 200, c.text
+    body = c.json()
+    assert body["usage"]["prompt_tokens"] == len(ids)
+    assert body["usage"]["completion_tokens"] == len(r["output_ids"])
+    assert body["choices"][0]["text"] == r["text"]
+
+
+def test_chat_completions(server):
+    url, _ = server
+    model = requests.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+    c = requests.post(f"{url}/v1/chat/completions", json={
+        "model": model, "messages": [{"role": "user", "content": "Hello, who are you?"}], "max_tokens": 8,
+        "temperature": 0}, timeout=300)
+    assert c.status_code == 200, c.text
+    body = c.json()
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert body["usage"]["completion_tokens"] >= 1
+    assert body["choices"][0]["finish_reason"] in ("length", "stop")
+
+
+def test_example_client(server):
+    _, port = server
+    p = subprocess.run([sys.executable, os.path.join(REPO, "examples", "client.py"), "--port", str(port),
+                        "--max-tokens", "4"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "completion (" in p.stdout and "chat (" in p.stdout
