@@ -58,10 +58,10 @@ def run_engine(tmp_path, model: str, engine: dict, requests: list, max_tokens: i
     return res if full else res["requests"]
 
 
-def reference_logprobs(ref, prompt: list, generated: list) -> torch.Tensor:
+def reference_logprobs(ref, prompt: list, generated: list, mla_format: str = "bf16") -> torch.Tensor:
     """log-softmax of the reference's logits over prompt + generated[:-1] (teacher forcing): [n, vocab]."""
     seq_ids = prompt + generated[:-1]
-    cache = ref.new_cache(-(-len(seq_ids) // 64) + 1)
+    cache = ref.new_cache(-(-len(seq_ids) // 64) + 1, mla_format)
     seq = cache.new_sequence()
     logits, _ = ref.forward(seq_ids, seq, cache)
     return torch.log_softmax(logits.float(), dim=-1)
@@ -77,7 +77,8 @@ LIMITS = {  # (median, mean, max) of |dlogprob| per prompt position; see check_a
 NEAR_TIE = 0.25   # top-2 logit margin below which engine rounding may legitimately pick the other token
 
 
-def check_against_reference(ref, prompt: list, out: dict, topk: int, dtype: str = "float32") -> dict:
+def check_against_reference(ref, prompt: list, out: dict, topk: int, dtype: str = "float32",
+                            mla_format: str = "bf16") -> dict:
     """Prompt logprobs and greedy tokens of one engine result vs the reference (fp32, naive ops).
 
     Noise model: the routed experts quantize activations to FP8 per 1x128 (as on the GPU) and round GEMM
@@ -89,7 +90,7 @@ def check_against_reference(ref, prompt: list, out: dict, topk: int, dtype: str 
         max <= 4.0 (one FP8/bf16 flip in a random tiny model moves a -15 logprob by a few units).
     Greedy: each generated token is the reference's argmax unless the reference's top-2 margin at that step
     is below NEAR_TIE; after such a near-tie the continuations may differ, so checking stops there."""
-    lp = reference_logprobs(ref, prompt, out["token_ids"])
+    lp = reference_logprobs(ref, prompt, out["token_ids"], mla_format)
     n = len(prompt)
     want = lp[torch.arange(n - 1), torch.tensor(prompt[1:])]
     got = torch.tensor(out["prompt_logprobs"][1:])

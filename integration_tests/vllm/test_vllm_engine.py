@@ -5,6 +5,7 @@ Engine runs (each a fresh process, ~20-40 s on 2 cores):
   cached:   fp32, prefix caching on, chunked prefill (64-token chunks); requests one by one
   bf16:     the serving dtype, loose tolerance
   tp2:      tensor_parallel_size=2
+  fp8:      fp32 with the FP8 latent cache ("fp8_ds_mla"), against the reference's FP8 cache
 The tiny preset's index_topk is 32: prompts of 9..31 tokens are dense (DSA == MLA), 100..200 are sparse.
 """
 import pytest
@@ -92,3 +93,12 @@ def test_tensor_parallel_2_equals_reference(tiny_ckpt, prompts, reference, tmp_p
                       [{"prompt_token_ids": p} for p in ps], timeout=600)
     for p, out in zip(ps, outs):
         check_against_reference(reference, p, out, TOPK, dtype="float32-tp")
+
+
+def test_fp8_latent_cache_equals_reference(tiny_ckpt, prompts, reference, tmp_path):
+    """kv_cache_dtype="fp8_ds_mla": FlashMLA's 656-byte rows (512 e4m3 + 4 fp32 scales + 64 bf16 rope)."""
+    ps = [prompts["short"][1], prompts["long"][0]]
+    outs = run_engine(tmp_path, tiny_ckpt, dict(FP32, kv_cache_dtype="fp8_ds_mla"),
+                      [{"prompt_token_ids": p} for p in ps])
+    for p, out in zip(ps, outs):
+        check_against_reference(reference, p, out, TOPK, mla_format="fp8_ds_mla")
