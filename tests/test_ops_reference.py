@@ -347,3 +347,17 @@ def test_dispatch_forced_backend_errors_and_env(monkeypatch):
         fp8_quant.fp8_quant_act(torch.randn(1, 128))
     monkeypatch.delenv("DSV32_BACKEND_FP8_QUANT_ACT")
     assert resolve("fp8_quant_act", torch.device("cpu")).__name__ == "naive_fp8_quant_act"
+
+
+def test_ue8m0_scale_exact_at_binade_edges():
+    """amax one ulp above 448 * 2^k needs 2^(k+1): a float log2 gets this wrong."""
+    k = torch.arange(-20, 20, dtype=torch.float32)
+    edge = 448.0 * torch.exp2(k)
+    above = torch.nextafter(edge, torch.full_like(edge, float("inf")))
+    below = torch.nextafter(edge, torch.zeros_like(edge))
+    assert torch.equal(ue8m0_scale(edge), torch.exp2(k))
+    assert torch.equal(ue8m0_scale(above), torch.exp2(k + 1))
+    assert torch.equal(ue8m0_scale(below), torch.exp2(k))
+    x = torch.randn(4096).abs() * torch.exp2(torch.randint(-30, 30, (4096,)).float())
+    s = ue8m0_scale(x)
+    assert (x <= 448 * s).all() and ((x > 224 * s) | (s == ue8m0_scale(torch.tensor(0.0)))).all()

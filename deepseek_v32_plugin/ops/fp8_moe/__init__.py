@@ -5,7 +5,8 @@ Scales as in ops.fp8_quant: activations 1x128 fp32 (ue8m0 powers of two), weight
       b_scale [G, ceil(N/128), K/128], m_indices [M] int32) -> [M, N] bf16
       out[m] = dequant(a[m]) @ dequant(b[m_indices[m]]).T ; rows with m_indices == -1 (padding) are 0.
       Rows of one group need not be aligned or contiguous for correctness; kernels are fastest when each
-      group's rows are contiguous and padded to the kernel's block M (see moe_align_rows).
+      group's rows are contiguous and padded to the kernel's block M (a tile spanning two groups costs an
+      extra pass in the Triton kernel).
   fp8_grouped_gemm_nt_masked(a [G, M, K] e4m3, a_scale [G, M, K/128], b [G, N, K], b_scale, masked_m [G] int32)
       -> [G, M, N] bf16; rows m >= masked_m[g] are 0.
   silu_and_mul_fp8_quant(x [M, 2N]) -> (fp8 [M, N], scale [M, N/128]) of silu(x[:, :N]) * x[:, N:].

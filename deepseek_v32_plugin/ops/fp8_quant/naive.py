@@ -10,9 +10,13 @@ GROUP = 128
 
 
 def ue8m0_scale(amax: torch.Tensor) -> torch.Tensor:
-    """Power-of-two scale 2^ceil(log2(amax/448)), amax floored at 1e-4 (fp32)."""
+    """The smallest power of two s with amax <= 448 * s (= 2^ceil(log2(amax/448)) in exact arithmetic),
+    amax floored at 1e-4, fp32. Computed from the exponent bits, not a float log2 (which is off by one
+    for amax within an ulp above 448 * 2^k)."""
     amax = amax.float().clamp_min(AMAX_FLOOR)
-    return torch.exp2(torch.ceil(torch.log2(amax / FP8_MAX)))
+    mant, exp = torch.frexp(amax / FP8_MAX)                 # amax/448 = mant * 2^exp, mant in [0.5, 1)
+    s = torch.ldexp(torch.ones_like(amax), exp - (mant == 0.5).int())
+    return torch.where(amax > FP8_MAX * s, s * 2, s)         # the division may have rounded down
 
 
 def fp8_saturate_cast(x: torch.Tensor) -> torch.Tensor:
