@@ -17,6 +17,8 @@ def main(path: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from vllm import LLM, SamplingParams
 
+    if job.get("capture_metadata"):
+        _capture_metadata(job["capture_metadata"])
     if job.get("capture_mtp"):
         _capture_first_mtp_step(job["capture_mtp"])
     llm = LLM(model=job["model"], enforce_eager=True, seed=0, disable_log_stats=False, **job["engine"])
@@ -42,7 +44,29 @@ def main(path: str) -> None:
     for m in llm.get_metrics():
         if m.name.startswith("vllm:spec_decode_num_") and hasattr(m, "value"):
             metrics[m.name] = m.value
+    if job.get("capture_metadata"):
+        import torch
+        from deepseek_v32_plugin.engines.vllm import backend
+        torch.save(backend.CAPTURE.batches, job["capture_metadata"])
     print("RESULT " + json.dumps({"requests": res, "metrics": metrics}), flush=True)
+
+
+def _capture_metadata(path: str) -> None:
+    """Record (CPU copies of) every distinct DSV32Metadata the builder makes (in-process engines only)."""
+    import copy
+    from deepseek_v32_plugin.engines.vllm import backend
+
+    class Recorder:
+        def __init__(self):
+            self.batches, self._last = [], None
+
+        def __call__(self, md):
+            key = (md.num_actual_tokens, md.slot_mapping.tolist())
+            if key != self._last:   # the latent and indexer builders see the same batch: keep one
+                self._last = key
+                self.batches.append(copy.deepcopy(md))
+
+    backend.CAPTURE = Recorder()
 
 
 def _capture_first_mtp_step(path: str) -> None:
