@@ -1,0 +1,29 @@
+"""tp_size=2 on SGLang's CPU engine (two TP worker processes, gloo all-reduce; each rank pinned to one core
+via SGLANG_CPU_OMP_THREADS_BIND, which SGLang requires when ranks outnumber NUMA nodes): MLA heads, MLPs and
+experts sharded by SGLang's parallel layers and FusedMoE, indexer replicated. Greedy tokens and input logprobs
+equal the bf16 reference."""
+import os
+
+import pytest
+
+from conftest import ENGINE_KW, LOGPROB_TOL_BF16, prompt_ids, reference_greedy, reference_input_logprobs
+
+
+@pytest.fixture(scope="module")
+def engine_tp2(tiny_ckpt):
+    import sglang
+    os.environ.setdefault("SGLANG_CPU_OMP_THREADS_BIND", "0|1")
+    eng = sglang.Engine(model_path=tiny_ckpt, tp_size=2, **ENGINE_KW)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.mark.parametrize("n", [12, 90], ids=["len12", "len90"])
+def test_tp2_matches_reference(engine_tp2, ref_bf16, n):
+    ids = prompt_ids(n, seed=1000 + n)
+    out = engine_tp2.generate(input_ids=ids, sampling_params={"max_new_tokens": 8, "temperature": 0.0},
+                              return_logprob=True, logprob_start_len=0)
+    assert out["output_ids"] == reference_greedy(ref_bf16, ids, 8)
+    got = [x[0] for x in out["meta_info"]["input_token_logprobs"]][1:]
+    err = max(abs(a - b) for a, b in zip(got, reference_input_logprobs(ref_bf16, ids)))
+    assert err <= LOGPROB_TOL_BF16, f"max |logprob - bf16 reference| = {err}"
