@@ -11,9 +11,14 @@ LOGPROB_TOL_FP32; for longer prompts bf16 rounding legitimately changes which ne
 on this random tiny model, so there we only compare with the bf16 reference.
 """
 import os
+import sys
 
 import pytest
 import torch
+
+# the test modules import helpers with `from conftest import ...`: make that work from any cwd
+# (the repo's pytest config uses --import-mode=importlib, which does not put test dirs on sys.path)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SEED = int(os.environ.get("DSV32_TEST_SEED", "0"))
 LOGPROB_TOL_BF16 = 2e-2

@@ -107,6 +107,8 @@ def _make_backend_class():
         # ---- per layer -------------------------------------------------------------------------
         def _caches(self, layer_id: int):
             kv = self.pool.get_key_buffer(layer_id)
+            if kv.shape[-1] == sparse_mla.FP8_BYTES and kv.dtype != torch.uint8:
+                kv = kv.view(torch.uint8)   # FP8 pool: 656-byte FlashMLA rows, addressed as bytes by our ops
             kv = kv.view(-1, PAGE_SIZE, kv.shape[-1])
             idx = self.pool.index_key_cache.get_buffer(layer_id)
             idx = idx.view(-1, PAGE_SIZE, indexer.BYTES_PER_TOKEN)

@@ -1,0 +1,80 @@
+"""register() and its pieces without starting an engine: model override, backend registration, the
+DSV32_SGLANG_BUILTIN hand-back, the CPU shims, config parsing from SGLang's HF config and bad-config errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import json, sglang.srt.plugins as p
+p.load_plugins()
+from sglang.srt.models.registry import ModelRegistry
+from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+cls = ModelRegistry.resolve_model_cls(["DeepseekV32ForCausalLM"])[0]
+print("RESULT " + json.dumps({"module": cls.__module__, "backend": "dsv32_sparse" in ATTENTION_BACKENDS}))
+"""
+
+
+def _probe(env_extra):
+    env = dict(os.environ, **env_extra)
+    p = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert p.returncode == 0 and lines, p.stderr[-4000:]
+    return json.loads(lines[-1][7:])
+
+
+def test_entry_point_registers_model_and_backend():
+    r = _probe({})
+    assert r["module"].startswith("deepseek_v32_plugin.engines.sglang"), r
+    assert r["backend"]
+
+
+def test_builtin_env_hands_architecture_back():
+    r = _probe({"DSV32_SGLANG_BUILTIN": "1"})
+    assert r["module"] == "sglang.srt.models.deepseek_v2", r
+    assert not r["backend"]
+
+
+def test_cpu_shims_active_in_this_venv_only_as_fallback():
+    import importlib.util
+
+    import sgl_kernel  # provided by the shim here (no CPU build of sgl_kernel exists)
+    assert getattr(sgl_kernel, "DSV32_CPU_STUB", False)
+    assert os.environ.get("SGLANG_USE_CPU_ENGINE") == "1"
+    with pytest.raises(NotImplementedError, match="sgl_kernel.some_kernel"):
+        sgl_kernel.some_kernel()
+    with pytest.raises(ImportError):
+        importlib.import_module("sgl_kernel.scalar_type")   # SGLang's ImportError fallbacks stay reachable
+    from deepseek_v32_plugin.engines.sglang import cpu_shims
+    finders = [type(f).__name__ for f in sys.meta_path]
+    assert finders.index("_StubFinder") > finders.index("PathFinder")   # a real sgl_kernel would win
+    assert cpu_shims._torch_is_cpu_build()
+
+
+def test_config_from_sglang_hf_config(tiny_ckpt):
+    from sglang.srt.utils.hf_transformers import get_config
+
+    from deepseek_v32_plugin.config import V32Config
+    from deepseek_v32_plugin.engines.sglang.model import v32_config
+    got = v32_config(get_config(tiny_ckpt, trust_remote_code=False))
+    want = V32Config.from_pretrained(tiny_ckpt)
+    assert got == want           # rope_scaling (YaRN) and rope_theta survive transformers 5's rope_parameters
+    assert got.rope_scaling is not None
+
+
+def test_unservable_config_names_field(tiny_ckpt, tmp_path):
+    import shutil
+
+    from sglang.srt.utils.hf_transformers import get_config
+
+    from deepseek_v32_plugin.config import ConfigError
+    from deepseek_v32_plugin.engines.sglang.model import v32_config
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_ckpt, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["index_head_dim"] = 64
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="index_head_dim"):
+        v32_config(get_config(str(bad), trust_remote_code=False)).validate()
