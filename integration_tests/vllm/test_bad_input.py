@@ -5,7 +5,7 @@ import os
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import run_engine
+from vllm_it import run_engine
 
 ENGINE = dict(dtype="float32", max_model_len=256)
 

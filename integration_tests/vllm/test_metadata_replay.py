@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from conftest import run_engine
+from vllm_it import run_engine
 from replay_metadata import replay
 
 

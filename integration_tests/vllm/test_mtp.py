@@ -7,7 +7,7 @@ outputs (and the reference); the draft module's first-step logits equal the refe
 same inputs; the target hidden states it was fed equal the reference's."""
 import torch
 
-from conftest import NEAR_TIE, check_greedy, reference_logprobs, run_engine
+from vllm_it import NEAR_TIE, check_greedy, reference_logprobs, run_engine
 
 FP32 = dict(dtype="float32", max_model_len=512, max_num_seqs=8)
 

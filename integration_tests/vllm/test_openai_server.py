@@ -12,7 +12,7 @@ import pytest
 import requests
 import torch
 
-from conftest import NEAR_TIE, engine_env, reference_logprobs
+from vllm_it import NEAR_TIE, engine_env, reference_logprobs
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 

@@ -11,7 +11,7 @@ The tiny preset's index_topk is 32: prompts of 9..31 tokens are dense (DSA == ML
 import pytest
 import torch
 
-from conftest import check_against_reference, check_same_outputs, run_engine
+from vllm_it import check_against_reference, check_same_outputs, run_engine
 
 TOPK = 32
 SHORT = [9, 20, 31]
