@@ -361,3 +361,24 @@ def test_ue8m0_scale_exact_at_binade_edges():
     x = torch.randn(4096).abs() * torch.exp2(torch.randint(-30, 30, (4096,)).float())
     s = ue8m0_scale(x)
     assert (x <= 448 * s).all() and ((x > 224 * s) | (s == ue8m0_scale(torch.tensor(0.0)))).all()
+
+
+def test_dispatch_falls_back_on_unsupported_with_one_warning():
+    import warnings
+
+    from deepseek_v32_plugin.ops import _dispatch
+
+    def kernel(x):
+        if x > 10:
+            raise _dispatch.Unsupported(f"x={x} > 10")
+        return ("kernel", x)
+
+    call = _dispatch._with_fallback("demo_op", [("triton", kernel), ("torch", lambda x: ("ref", x))])
+    assert call(3) == ("kernel", 3)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert call(11) == ("ref", 11) and call(12) == ("ref", 12)
+    assert len(w) == 1 and "demo_op" in str(w[0].message) and "x=11 > 10" in str(w[0].message)
+    last = _dispatch._with_fallback("demo_op2", [("triton", kernel)])
+    with pytest.raises(_dispatch.Unsupported, match="x=11"):
+        last(11)

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from deepseek_v32_plugin.ops._dispatch import Unsupported
+
 FP8_MAX = 448.0
 
 
@@ -33,21 +35,37 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def check_device(name: str, t: torch.Tensor) -> None:
+def require(cond: bool, msg: str) -> None:
+    """Launcher check of a kernel limit; `Unsupported` lets the ops dispatch fall back to another backend."""
+    if not cond:
+        raise Unsupported(msg)
+
+
+def require_device(op: str, t: torch.Tensor) -> None:
     """The Triton backend runs on CUDA tensors (or anywhere under TRITON_INTERPRET=1)."""
     if t.device.type != "cuda" and not interpreting():
-        raise ValueError(f"{name} is on {t.device}: the Triton backend needs CUDA tensors "
+        raise ValueError(f"{op}: tensors are on {t.device}; the Triton backend needs CUDA tensors "
                          "(or TRITON_INTERPRET=1 for the CPU interpreter)")
 
 
 def native_fp8(device: torch.device) -> bool:
     """True where Triton's fp8e4nv (casts, tl.dot) is available: sm_89+ (and the interpreter).
-
-    Tests monkeypatch this to exercise the byte-decoding sm_80 path under the interpreter.
-    """
+    DSV32_TRITON_FP8_BYTES=1 forces the byte-decoding sm_80 path; tests also monkeypatch this."""
+    if os.environ.get("DSV32_TRITON_FP8_BYTES", "0") == "1":
+        return False
     if device.type != "cuda":
         return True
     return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def capability(device: torch.device) -> tuple[int, int]:
+    """Compute capability picking the launch config; the interpreter uses the sm_90 configs."""
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else (9, 0)
+
+
+def fp8_arg(t: torch.Tensor, native: bool) -> torch.Tensor:
+    """An e4m3 tensor as the kernel takes it: itself (fp8e4nv) or its bytes (uint8) below sm_89."""
+    return t if native else t.view(torch.uint8)
 
 
 def num_sms(device: torch.device) -> int:

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._fp8_util import check_device, config_override, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, ue8m0_scale_bits
+from ._fp8_util import require_device, config_override, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, ue8m0_scale_bits
 
 GROUP = 128
 _BIG = tl.constexpr(2 ** 30)
@@ -165,7 +165,7 @@ def _grouped_gemm_masked_kernel(a_ptr, stride_ag, stride_am, as_ptr, stride_asg,
 
 def _check_gemm(a, a_scale, b, b_scale):
     for name, t in (("a", a), ("a_scale", a_scale), ("b", b), ("b_scale", b_scale)):
-        check_device(name, t)
+        require_device(name, t)
     if a.dtype != torch.float8_e4m3fn or b.dtype != torch.float8_e4m3fn:
         raise TypeError(f"a.dtype={a.dtype}, b.dtype={b.dtype}: expected torch.float8_e4m3fn")
     k = a.shape[-1]
@@ -189,7 +189,7 @@ def fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, out_dtype=
     """a [M, K] e4m3, a_scale [M, K/128] fp32, b [G, N, K] e4m3, b_scale [G, ceil(N/128), K/128] fp32,
     m_indices [M] int32 (expert of each row; outside [0, G) -> row is 0) -> [M, N] out_dtype."""
     _check_gemm(a, a_scale, b, b_scale)
-    check_device("m_indices", m_indices)
+    require_device("m_indices", m_indices)
     if m_indices.dtype != torch.int32 or m_indices.shape != (a.shape[0],):
         raise ValueError(f"m_indices must be int32 [{a.shape[0]}], got {m_indices.dtype} {list(m_indices.shape)}")
     M, K = a.shape
@@ -220,7 +220,7 @@ def fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, out_dtype=torch
     """a [G, M, K] e4m3, a_scale [G, M, K/128] fp32, b [G, N, K], b_scale [G, ceil(N/128), K/128],
     masked_m [G] int32 -> [G, M, N] out_dtype; rows m >= masked_m[g] are 0."""
     _check_gemm(a, a_scale, b, b_scale)
-    check_device("masked_m", masked_m)
+    require_device("masked_m", masked_m)
     G, M, K = a.shape
     N = b.shape[1]
     if b.shape[0] != G or masked_m.shape != (G,) or masked_m.dtype != torch.int32:
@@ -272,7 +272,7 @@ def _silu_mul_quant_kernel(x_ptr, stride_xm, q_ptr, stride_qm, s_ptr, stride_sm,
 
 def silu_and_mul_fp8_quant(x):
     """x [M, 2N] float -> (fp8 [M, N] e4m3, scale [M, N/128] fp32 ue8m0) of silu(x[:, :N]) * x[:, N:]."""
-    check_device("x", x)
+    require_device("x", x)
     if x.dim() != 2 or x.shape[1] % (2 * GROUP):
         raise ValueError(f"x must be [M, 2N] with N a multiple of {GROUP}, got {list(x.shape)}")
     if x.stride(-1) != 1:

@@ -6,96 +6,26 @@ Semantics: deepseek_v32_plugin.ops.fp8_quant (naive.py defines them). Signatures
 
 FP8 on every GPU Triton supports: on sm_89+ the kernels use Triton's fp8e4nv type (cvt.satfinite, FP8
 wgmma/mma). Below sm_89 Triton has no e4m3 type, so the kernels take the same bytes as uint8 and
-  - encode fp32 -> e4m3 with integer arithmetic (`_e4m3_encode`: RTNE, subnormals, saturation at 448),
-  - decode e4m3 -> fp16 with two shifts (`_e4m3_to_f16_unscaled`: the value times 2^-8, exact) and run
+  - encode fp32 -> e4m3 with integer arithmetic (`_fp8_util.f32_to_e4m3_bits`: RTNE, subnormals, saturation at 448),
+  - decode e4m3 -> fp16 with two shifts (`_fp8_util.e4m3_bits_to_f16`: the value times 2^-8, exact) and run
     the dot in fp16 with fp32 accumulation; the 2^8 per operand is folded into the scales.
 The path is picked at launch from torch.cuda.get_device_capability(); DSV32_TRITON_FP8_BYTES=1 forces
 the byte path (tests run it under the interpreter).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from ._fp8_util import (capability, e4m3_bits_to_f16, f32_to_e4m3_bits, fp8_arg, native_fp8,  # noqa: F401
+                        require, require_device, ue8m0_scale_bits)
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
 GROUP = 128
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-
-# ----------------------------------------------------------------------------- device helpers
-
-@triton.jit
-def _ue8m0_scale(amax):
-    """Power-of-two dequant scale 2^ceil(log2(max(amax, 1e-4) / 448)) and its exact inverse (bit arithmetic)."""
-    r = tl.div_rn(tl.maximum(amax, 1e-4), 448.0)
-    bits = r.to(tl.int32, bitcast=True)
-    e = ((bits >> 23) & 0xFF) - 127 + ((bits & 0x7FFFFF) != 0).to(tl.int32)
-    scale = ((e + 127) << 23).to(tl.float32, bitcast=True)
-    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)
-    return scale, inv
-
-
-@triton.jit
-def _e4m3_encode(y):
-    """fp32 in [-448, 448] -> e4m3 bits (uint8), round to nearest even, subnormals kept."""
-    bits = y.to(tl.int32, bitcast=True)
-    sign = (bits >> 24) & 0x80
-    a = tl.abs(y)
-    abits = a.to(tl.int32, bitcast=True)
-    rem = abits & 0xFFFFF                      # the 20 mantissa bits that are dropped
-    base = (abits >> 20) - (120 << 3)          # exponent rebiased 127 -> 7, top 3 mantissa bits
-    up = (rem > 0x80000) | ((rem == 0x80000) & ((base & 1) == 1))
-    normal = base + up.to(tl.int32)
-    v = a * 512.0                              # subnormal: value = m * 2^-9, m in 0..8
-    f = tl.floor(v)
-    fi = f.to(tl.int32)
-    r = v - f
-    sub = fi + ((r > 0.5) | ((r == 0.5) & ((fi & 1) == 1))).to(tl.int32)
-    code = tl.where(a < 0.015625, sub, normal)
-    return (code | sign).to(tl.uint8)
-
-
-@triton.jit
-def _e4m3_to_f16_unscaled(b):
-    """e4m3 bits (uint8) -> fp16 holding value * 2^-8 exactly (NaN codes are not special-cased)."""
-    h = b.to(tl.uint16)
-    h = ((h & 0x80) << 8) | ((h & 0x7F) << 7)
-    return h.to(tl.float16, bitcast=True)
-
-
-def native_fp8(device: torch.device) -> bool:
-    """Whether Triton's fp8e4nv type can be used on `device` (sm_89+; the interpreter handles it too)."""
-    if os.environ.get("DSV32_TRITON_FP8_BYTES", "0") == "1":
-        return False
-    if device.type != "cuda":
-        return True
-    return torch.cuda.get_device_capability(device) >= (8, 9)
-
-
-def capability(device: torch.device) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(device) if device.type == "cuda" else (9, 0)
-
-
-def fp8_arg(t: torch.Tensor, native: bool) -> torch.Tensor:
-    """An e4m3 tensor as the kernel takes it: itself (fp8e4nv) or its bytes (uint8) below sm_89."""
-    return t if native else t.view(torch.uint8)
-
-
-def require(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
-def require_device(op: str, t: torch.Tensor) -> None:
-    """Triton runs on CUDA tensors, or on CPU tensors only under TRITON_INTERPRET=1."""
-    if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        raise ValueError(f"{op}: tensors are on {t.device}; the Triton backend needs CUDA tensors "
-                         "(or TRITON_INTERPRET=1 for the CPU interpreter)")
 
 
 # ----------------------------------------------------------------------------- activation quant
@@ -112,7 +42,7 @@ def _fp8_quant_act_kernel(x_ptr, q_ptr, s_ptr, R, K, NG,
     b_x = tl.load(x_ptr + o_r[:, None].to(tl.int64) * K + o_c[None, :], mask=m_r[:, None], other=0.0).to(tl.float32)
     amax = tl.max(tl.abs(b_x), axis=1)
     if UE8M0:
-        scale, inv = _ue8m0_scale(amax)
+        scale, inv = ue8m0_scale_bits(amax)
         b_y = b_x * inv[:, None]
     else:
         scale = tl.div_rn(tl.maximum(amax, 1e-4), 448.0)
@@ -122,7 +52,7 @@ def _fp8_quant_act_kernel(x_ptr, q_ptr, s_ptr, R, K, NG,
     if NATIVE_FP8:
         tl.store(p_q, b_y.to(tl.float8e4nv), mask=m_r[:, None])
     else:
-        tl.store(p_q, _e4m3_encode(b_y), mask=m_r[:, None])
+        tl.store(p_q, f32_to_e4m3_bits(b_y).to(tl.uint8), mask=m_r[:, None])
     tl.store(s_ptr + o_r.to(tl.int64) * NG + i_g, scale, mask=m_r)
 
 
@@ -184,7 +114,7 @@ def _fp8_gemm_nt_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, M, N, K,
         if NATIVE_FP8:
             part = tl.dot(b_a, b_b)
         else:
-            part = tl.dot(_e4m3_to_f16_unscaled(b_a), _e4m3_to_f16_unscaled(b_b)) * 65536.0
+            part = tl.dot(e4m3_bits_to_f16(b_a), e4m3_bits_to_f16(b_b)) * 65536.0
         acc += part * (b_sa[:, None] * b_sb)
         p_a += BLOCK_K
         p_b += BLOCK_K

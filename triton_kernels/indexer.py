@@ -12,8 +12,8 @@ has the signature of its `naive_*` reference:
   indices_to_slots(indices, block_table, page_size)
 
 FP8 tensors enter the kernels as their bytes (uint8): on sm_89+ they are bitcast to fp8e4nv for the MMA,
-below sm_89 decoded to fp16 by integer arithmetic (fp8_quant._e4m3_to_f16_unscaled); the choice is made at
-launch from the device capability (fp8_quant.native_fp8).
+below sm_89 decoded to fp16 by integer arithmetic (_fp8_util.e4m3_bits_to_f16); the choice is made at
+launch from the device capability (_fp8_util.native_fp8).
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .fp8_quant import (FP8_DTYPE, _e4m3_encode, _e4m3_to_f16_unscaled, _ue8m0_scale, capability,  # noqa: F401
-                        native_fp8, require, require_device)
+from ._fp8_util import (capability, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, require, require_device,
+                        ue8m0_scale_bits)
+from .fp8_quant import FP8_DTYPE
 
 HEAD_DIM = 128
 PAGE = 64
@@ -65,7 +66,7 @@ def _as_mma_operand(b, NATIVE_FP8: tl.constexpr):
     if NATIVE_FP8:
         return b.to(tl.float8e4nv, bitcast=True)
     else:
-        return _e4m3_to_f16_unscaled(b)
+        return e4m3_bits_to_f16(b)
 
 
 @triton.jit
@@ -109,12 +110,12 @@ def _indexer_quant_kernel(x_ptr, q_ptr, s_ptr, slot_ptr, cache_ptr, cache_f32_pt
     b_x = tl.load(x_ptr + o_r[:, None].to(tl.int64) * D + o_d[None, :], mask=m_r[:, None], other=0.0).to(tl.float32)
     if ROTATE:
         b_x = _hadamard_rotate(b_x, D)
-    scale, inv = _ue8m0_scale(tl.max(tl.abs(b_x), axis=1))
+    scale, inv = ue8m0_scale_bits(tl.max(tl.abs(b_x), axis=1))
     b_y = tl.minimum(tl.maximum(b_x * inv[:, None], -448.0), 448.0)
     if NATIVE_FP8:
         b_q = b_y.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
     else:
-        b_q = _e4m3_encode(b_y)
+        b_q = f32_to_e4m3_bits(b_y).to(tl.uint8)
     if TO_CACHE:
         slot = tl.load(slot_ptr + o_r, mask=m_r, other=-1).to(tl.int64)
         m_w = m_r & (slot >= 0)

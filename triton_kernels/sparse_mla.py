@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._fp8_util import (check_device, config_override, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, num_sms,
+from ._fp8_util import (require_device, config_override, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, num_sms,
                         ue8m0_scale_bits)
 
 PAGE = 64
@@ -102,7 +102,7 @@ def mla_cache_write(kv_c: torch.Tensor, k_pe: torch.Tensor, kv_cache: torch.Tens
                     slot_mapping: torch.Tensor) -> None:
     """kv_c [T, 512], k_pe [T, 64] -> kv_cache rows at slot_mapping [T] (bf16 576 or fp8_ds_mla 656 B)."""
     for name, t in (("kv_c", kv_c), ("k_pe", k_pe), ("kv_cache", kv_cache), ("slot_mapping", slot_mapping)):
-        check_device(name, t)
+        require_device(name, t)
     _check_cache(kv_cache)
     t = kv_c.shape[0]
     if kv_c.shape != (t, KV_LORA) or k_pe.shape != (t, ROPE) or slot_mapping.shape != (t,):
@@ -179,8 +179,8 @@ def _mla_cache_gather_kernel(slot_ptr, n_slots, kv_ptr, kv_scale_ptr, kv_rope_pt
 
 def mla_cache_gather(kv_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """slots [...] int -> rows [..., 576] fp32 (dequantized for fp8_ds_mla); -1 gives zeros."""
-    check_device("kv_cache", kv_cache)
-    check_device("slots", slots)
+    require_device("kv_cache", kv_cache)
+    require_device("slots", slots)
     _check_cache(kv_cache)
     if slots.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"slots.dtype={slots.dtype}: expected int32 or int64")
@@ -409,7 +409,7 @@ def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Te
     """q [b, s_q, h, 576], kv_cache paged (bf16 [P, 64, 576] or fp8_ds_mla uint8 [P, 64, 656]),
     indices [b, s_q, topk] int32 slots (-1 skipped) -> out [b, s_q, h, 512] q.dtype, lse [b, s_q, h] fp32."""
     for name, t in (("q", q), ("kv_cache", kv_cache), ("indices", indices)):
-        check_device(name, t)
+        require_device(name, t)
     if d_v != KV_LORA:
         raise ValueError(f"d_v={d_v}: the Triton sparse MLA kernel supports only {KV_LORA}")
     if indices.dtype != torch.int32:
@@ -441,7 +441,7 @@ def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor,
     """q [s_q, h, 576], kv [s_kv, 1, 576], indices [s_q, 1, topk] int32 rows of kv (-1 skipped)
     -> out [s_q, h, 512] q.dtype, lse [s_q, h] fp32."""
     for name, t in (("q", q), ("kv", kv), ("indices", indices)):
-        check_device(name, t)
+        require_device(name, t)
     if d_v != KV_LORA:
         raise ValueError(f"d_v={d_v}: the Triton sparse MLA kernel supports only {KV_LORA}")
     if indices.dtype != torch.int32:

@@ -9,7 +9,9 @@ implementation. Implementations share the exact signature of the `naive_*` refer
 Choice: `backend=` argument > env DSV32_BACKEND_<OP> (upper-case op name) > env DSV32_BACKEND >
 auto. Auto on a CUDA tensor tries cuda, then triton, then torch; on CPU it uses torch (Triton on CPU
 is the interpreter: tests force it with backend="triton"). A forced backend that cannot run raises;
-an auto choice that falls back warns once, naming the op and why.
+an auto choice that falls back warns once, naming the op and why. Falling back happens at two points:
+when a backend cannot load (not built, wrong GPU), and per call when a kernel launcher raises
+`Unsupported` for inputs past its limits (e.g. a top-k larger than the kernel's capacity).
 """
 from __future__ import annotations
 
@@ -28,7 +30,17 @@ _warned: set = set()
 
 
 class BackendUnavailable(RuntimeError):
-    """Raised by a backend module/function that cannot serve this call (not built, wrong GPU, ...)."""
+    """Raised by a backend module that cannot load here (not built, wrong GPU, ...)."""
+
+
+class Unsupported(ValueError):
+    """Raised by a kernel launcher, before launching, for inputs past the kernel's limits."""
+
+
+def _warn_once(key, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"deepseek_v32_plugin: {msg}", stacklevel=3)
 
 
 def register_ops(family: str, ops: list[str]) -> None:
@@ -76,19 +88,33 @@ def resolve(op: str, device: torch.device, backend: Optional[str] = None) -> Cal
     key = (op, device.type)
     if key in _cache:
         return _cache[key]
-    reasons = []
+    chain, reasons = [], []
     for b in order:
         try:
-            fn = _load(op, b)
+            chain.append((b, _load(op, b)))
         except BackendUnavailable as e:
             reasons.append(f"{b}: {e}")
-            continue
-        if reasons and (op, "fallback") not in _warned:
-            _warned.add((op, "fallback"))
-            warnings.warn(f"deepseek_v32_plugin: op {op} falls back to the {b} backend ({'; '.join(reasons)})")
-        _cache[key] = fn
-        return fn
-    raise BackendUnavailable(f"no backend for op {op}: {'; '.join(reasons)}")
+    if not chain:
+        raise BackendUnavailable(f"no backend for op {op}: {'; '.join(reasons)}")
+    if reasons:
+        _warn_once((op, "load"), f"op {op} falls back to the {chain[0][0]} backend ({'; '.join(reasons)})")
+    _cache[key] = chain[0][1] if len(chain) == 1 else _with_fallback(op, chain)
+    return _cache[key]
+
+
+def _with_fallback(op: str, chain: list) -> Callable:
+    """Call the first backend; on `Unsupported` (raised before any launch) try the next, warning once."""
+    def call(*args):
+        for i, (b, fn) in enumerate(chain):
+            try:
+                return fn(*args)
+            except Unsupported as e:
+                if i + 1 == len(chain):
+                    raise
+                _warn_once((op, b, "unsupported"), f"op {op}: the {b} backend cannot serve this call ({e}); "
+                           f"using {chain[i + 1][0]}")
+    call.__name__ = f"{op}_with_fallback"
+    return call
 
 
 # ---------- shared input checks: one clear error naming the tensor ----------

@@ -24,6 +24,9 @@ Top-k (`indexer_topk`): per row r, the min(topk, ke[r]-ks[r]) highest logits amo
   as positions *relative to ks[r]* (= token positions within the sequence), int32, -1 padding after them,
   ordered by descending score (ties in any order). `indices_to_slots` maps positions to cache slots
   (block_table[r, pos // 64] * 64 + pos % 64), keeping -1: the index space sparse_mla consumes.
+Kernel limits (past them the auto dispatch falls back to the next backend with one warning):
+  Triton: indexer_topk topk <= 4096; paged logits next_n <= 4, next_n*H <= 256; logits H <= 128.
+  CUDA:   indexer_topk topk <= 2048; paged logits H <= 128.
 References: naive.py (naive_<op>).
 """
 from __future__ import annotations
