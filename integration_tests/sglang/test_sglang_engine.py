@@ -1,7 +1,9 @@
 """sglang.Engine serving the tiny V3.2 checkpoint through deepseek-v32-plugin (CPU, bf16).
 
 One engine for the module (start-up dominates on 2 cores), with mixed chunks on so decode and prefill tokens
-share forward batches. Oracles and tolerances: see conftest.py.
+share forward batches, and 64-token prefill chunks so the 90/100-token prompts are prefilled in two chunks
+(the second chunk's indexer and sparse MLA read the first chunk's keys from the paged caches, as after a
+radix hit). Oracles and tolerances: see conftest.py.
 """
 import pytest
 
@@ -15,7 +17,7 @@ SPARSE_MIN_EXACT = 0.8
 @pytest.fixture(scope="module")
 def engine(tiny_ckpt):
     import sglang
-    eng = sglang.Engine(model_path=tiny_ckpt, enable_mixed_chunk=True, **ENGINE_KW)
+    eng = sglang.Engine(model_path=tiny_ckpt, enable_mixed_chunk=True, chunked_prefill_size=64, **ENGINE_KW)
     yield eng
     eng.shutdown()
 

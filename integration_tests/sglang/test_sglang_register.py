@@ -48,7 +48,7 @@ def test_cpu_shims_active_in_this_venv_only_as_fallback():
     with pytest.raises(ImportError):
         importlib.import_module("sgl_kernel.scalar_type")   # SGLang's ImportError fallbacks stay reachable
     from deepseek_v32_plugin.engines.sglang import cpu_shims
-    finders = [type(f).__name__ for f in sys.meta_path]
+    finders = [getattr(f, "__name__", type(f).__name__) for f in sys.meta_path]  # PathFinder is a class
     assert finders.index("_StubFinder") > finders.index("PathFinder")   # a real sgl_kernel would win
     assert cpu_shims._torch_is_cpu_build()
 
