@@ -128,6 +128,11 @@ class V32Config:
             raise ConfigError(f"config.json is missing required field(s) {missing} for a DeepSeek-V3.2 model")
         kw: dict[str, Any] = {k: d[k] for k in known if k in d}
         rs = d.get("rope_scaling")
+        rp = d.get("rope_parameters")   # transformers 5 folds rope_theta + YaRN into rope_parameters
+        if rs is None and isinstance(rp, dict) and rp.get("rope_type", rp.get("type")) not in (None, "default"):
+            rs = rp
+        if isinstance(rp, dict) and d.get("rope_theta") is None and "rope_theta" in rp:
+            kw["rope_theta"] = rp["rope_theta"]
         if rs is not None:
             if not isinstance(rs, dict):
                 raise ConfigError(f"rope_scaling must be an object, got {type(rs).__name__}")

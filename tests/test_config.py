@@ -163,3 +163,16 @@ def test_check_positions():
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config.json"):
         V32Config.from_pretrained(str(tmp_path))
+
+
+def test_transformers5_rope_parameters_are_understood():
+    """transformers 5 configs carry rope_theta + YaRN in rope_parameters (rope_scaling None): same config."""
+    cfg = preset_config("tiny")
+    d = cfg.to_dict()
+    rs = d.pop("rope_scaling")
+    d["rope_scaling"] = None
+    d["rope_theta"] = None
+    d["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, **{k: v for k, v in rs.items() if k != "type"}}
+    again = V32Config.from_dict(d)
+    assert again.rope_scaling == cfg.rope_scaling and again.rope_theta == 10000.0
+    assert again.softmax_scale == cfg.softmax_scale

@@ -23,6 +23,7 @@ from ..config import V32Config
 from ..ops import fp8_moe, indexer, sparse_mla
 from ..ops.fp8_quant import FP8_DTYPE, fp8_dequant_weight, fp8_quant_weight
 from .cache import PagedCache, Sequence
+from .indexer import indexer_head_weights, indexer_rope_qk
 from .moe import route
 from .rope import YarnRope
 
@@ -88,19 +89,13 @@ class Attention:
         self.idx_weights_proj = w.linear(f"{ip}.weights_proj")
 
     def indexer_qk(self, x, qr, positions):
-        """-> q [n, H_i, 128], k [n, 128], head weights [n, H_i] (before the q FP8 scale)."""
+        """-> q [n, H_i, 128], k [n, 128] (roped), weights_proj(x) [n, H_i] fp32."""
         cfg = self.cfg
-        r = cfg.qk_rope_head_dim
-        n = x.shape[0]
-        q = (qr @ self.idx_wq_b.t()).view(n, cfg.index_n_heads, cfg.index_head_dim)
+        q = (qr @ self.idx_wq_b.t()).view(x.shape[0], cfg.index_n_heads, cfg.index_head_dim)
         k = F.layer_norm((x @ self.idx_wk.t()).float(), (cfg.index_head_dim,), self.idx_k_norm_w,
                          self.idx_k_norm_b, eps=1e-6).to(x.dtype)
-        # rope on the first 64 dims, non-interleaved (half split)
-        q = torch.cat([self.rope.apply(q[..., :r], positions, interleaved=False), q[..., r:]], dim=-1)
-        k = torch.cat([self.rope.apply(k[:, :r], positions, interleaved=False), k[:, r:]], dim=-1)
-        head_w = (x.float() @ self.idx_weights_proj.float().t()) * (cfg.index_n_heads ** -0.5) * \
-            (cfg.index_head_dim ** -0.5)
-        return q, k, head_w
+        q, k = indexer_rope_qk(q, k, positions, self.rope, cfg)
+        return q, k, x.float() @ self.idx_weights_proj.float().t()
 
     def forward(self, x, positions, seq: Sequence, cache_mla, cache_idx, use_indexer: bool = True):
         cfg = self.cfg
@@ -120,7 +115,7 @@ class Attention:
         total = int(positions[-1]) + 1
         if use_indexer:
             q_fp8, q_scale = indexer.indexer_quant(iq)
-            weights = (head_w * q_scale).float().contiguous()
+            weights = indexer_head_weights(head_w, q_scale, cfg)
             table = seq.block_table(x.device)
             if n <= 4:   # decode / MTP-verify shape: the paged kernel
                 logits = indexer.fp8_paged_indexer_logits(

@@ -37,6 +37,7 @@ from sglang.srt.utils import set_weight_attrs
 
 from ...config import V32Config
 from ...model import YarnRope
+from ...model.indexer import indexer_head_weights
 from ...model.reference import Attention as _RefAttention
 from ...ops import fp8_moe, indexer
 from ...ops.fp8_quant import FP8_DTYPE, GROUP, fp8_dequant_weight
@@ -228,7 +229,7 @@ class MLAAttention(nn.Module):
 
         iq, ik, head_w = _RefAttention.indexer_qk(self._ref_indexer, x, qr, positions)
         q_fp8, q_scale = indexer.indexer_quant(iq)
-        index_inputs = IndexerInputs(k=ik, q_fp8=q_fp8, weights=(head_w * q_scale).float().contiguous(),
+        index_inputs = IndexerInputs(k=ik, q_fp8=q_fp8, weights=indexer_head_weights(head_w, q_scale, cfg),
                                      topk=cfg.index_topk)
 
         q_lat = torch.einsum("thd,hdc->thc", q_nope, self.w_kc)

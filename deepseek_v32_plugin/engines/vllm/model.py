@@ -22,6 +22,7 @@ from vllm.compilation.decorators import support_torch_compile  # noqa: F401  (ea
 from vllm.config import VllmConfig, get_current_vllm_config
 from vllm.distributed import get_tensor_model_parallel_world_size
 from vllm.forward_context import get_forward_context
+from vllm.logger import init_logger
 from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
 from vllm.model_executor.layers.fused_moe import FusedMoEFactory, GateLinear, fused_moe_make_expert_params_mapping
@@ -40,6 +41,7 @@ from vllm.sequence import IntermediateTensors
 from vllm.v1.kv_cache_interface import MLAAttentionSpec, SparseCacheRole
 
 from deepseek_v32_plugin.config import V32Config
+from deepseek_v32_plugin.model.indexer import indexer_head_weights, indexer_rope_qk
 from deepseek_v32_plugin.model.rope import YarnRope
 from deepseek_v32_plugin.ops import PAGE_SIZE, indexer
 from deepseek_v32_plugin.ops.fp8_quant import FP8_DTYPE, fp8_dequant_weight, fp8_quant_weight
@@ -49,6 +51,8 @@ from deepseek_v32_plugin.ops.sparse_mla import FP8_BYTES, HEAD_576
 from .backend import DSV32IndexerBackend, DSV32IndexerImpl, DSV32SparseMLABackend, DSV32SparseMLAImpl
 from .checks import BF16_CACHE_DTYPES, FP8_CACHE_DTYPES, is_supported, v32_config
 from .quant_config import make_quant_config
+
+logger = init_logger(__name__)
 
 class CacheLayer(nn.Module, AttentionLayerBase):
     """A paged cache vLLM's KV-cache manager allocates (its own spec) in the same block table as the
@@ -102,18 +106,14 @@ class Indexer(nn.Module):
         self.k_cache = CacheLayer(f"{prefix}.k_cache", BYTES_PER_TOKEN, torch.uint8, DSV32IndexerBackend,
                                   SparseCacheRole.INDEXER)
         self.impl = DSV32IndexerImpl(cfg.index_topk)
-        self.head_scale = cfg.index_n_heads ** -0.5 * cfg.index_head_dim ** -0.5
 
     def forward(self, x, qr, positions, rope: YarnRope, md) -> torch.Tensor:
         """-> top-k latent-cache slots [T, index_topk] int32 (-1 = none)."""
-        cfg, n, r = self.cfg, x.shape[0], self.cfg.qk_rope_head_dim
+        cfg, n = self.cfg, x.shape[0]
         q = self.wq_b(qr)[0].view(n, cfg.index_n_heads, cfg.index_head_dim)
-        k = self.k_norm(self.wk(x)[0])
-        # rope on the first qk_rope_head_dim dims, half-split (non-interleaved) for the indexer
-        q = torch.cat([rope.apply(q[..., :r], positions, interleaved=False), q[..., r:]], dim=-1)
-        k = torch.cat([rope.apply(k[:, :r], positions, interleaved=False), k[:, r:]], dim=-1)
+        q, k = indexer_rope_qk(q, self.k_norm(self.wk(x)[0]), positions, rope, cfg)
         q_fp8, q_scale = indexer.indexer_quant(q)
-        weights = (self.weights_proj(x)[0].float() * self.head_scale * q_scale).contiguous()
+        weights = indexer_head_weights(self.weights_proj(x)[0], q_scale, cfg)
         return self.impl.forward(k, q_fp8, weights, self.k_cache.kv_cache, md)
 
 
@@ -274,6 +274,10 @@ class DeepseekV32ForCausalLM(nn.Module):
         self.config = vllm_config.model_config.hf_config
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, prefix="lm_head")
         self.logits_processor = LogitsProcessor(cfg.vocab_size)
+        logger.info("deepseek_v32_plugin: serving %s (%d layers, index_topk %d) with our sparse-MLA backend, "
+                    "lightning indexer and FP8 experts; latent cache %s, %d-token pages",
+                    "DeepseekV32ForCausalLM", cfg.num_hidden_layers, cfg.index_topk,
+                    vllm_config.cache_config.cache_dtype, PAGE_SIZE)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)

@@ -14,7 +14,7 @@ Slots < 0 in a slot_mapping are skipped (padding tokens).
 Logits (`fp8_indexer_logits`, ragged prefill; DeepGEMM fp8_mqa_logits semantics):
     logits[s, n] = k_scale[n] * sum_h weights[s, h] * relu(q_fp8[s, h] . k_fp8[n])   for ks[s] <= n < ke[s]
                  = -inf                                                              otherwise
-  `weights` already folds in weights_proj(x) * H^-0.5 * D^-0.5 * q_scale (see model.indexer_head_weights).
+  `weights` already folds in weights_proj(x) * H^-0.5 * D^-0.5 * q_scale (see deepseek_v32_plugin.model.indexer_head_weights).
 Paged logits (`fp8_paged_indexer_logits`, decode / MTP verify with next_n >= 1 query tokens per sequence):
   q_fp8 [B, next_n, H, 128], context_lens [B] (tokens in the cache, *including* the next_n new ones),
   block_table [B, max_pages] int32; row b*next_n + j sees positions n < context_lens[b] - next_n + j + 1.

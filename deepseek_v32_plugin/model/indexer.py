@@ -1,0 +1,24 @@
+"""The lightning indexer's per-token math, shared by the reference model and the engine adapters
+(each engine computes the wq_b / wk / weights_proj projections with its own layers, then calls these)."""
+from __future__ import annotations
+
+import torch
+
+from ..config import V32Config
+from .rope import YarnRope
+
+
+def indexer_rope_qk(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, rope: YarnRope, cfg: V32Config):
+    """q [T, H, 128] = wq_b(qr), k [T, 128] = k_norm(wk(x)) -> both with rope on their first
+    qk_rope_head_dim dims, half-split (non-interleaved, unlike MLA's interleaved rope)."""
+    r = cfg.qk_rope_head_dim
+    q = torch.cat([rope.apply(q[..., :r], positions, interleaved=False), q[..., r:]], dim=-1)
+    k = torch.cat([rope.apply(k[:, :r], positions, interleaved=False), k[:, r:]], dim=-1)
+    return q, k
+
+
+def indexer_head_weights(weights_proj_out: torch.Tensor, q_scale: torch.Tensor, cfg: V32Config) -> torch.Tensor:
+    """weights_proj(x) [T, H] and the q FP8 scales [T, H] -> the `weights` [T, H] fp32 the logits ops take:
+    weights_proj(x) * H^-0.5 * D^-0.5 (softmax scale) * q_scale."""
+    head_scale = cfg.index_n_heads ** -0.5 * cfg.index_head_dim ** -0.5
+    return (weights_proj_out.float() * head_scale * q_scale.float()).contiguous()
