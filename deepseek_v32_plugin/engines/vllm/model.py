@@ -52,7 +52,7 @@ from .backend import DSV32IndexerBackend, DSV32IndexerImpl, DSV32SparseMLABacken
 from .checks import BF16_CACHE_DTYPES, FP8_CACHE_DTYPES, is_supported, v32_config
 from .quant_config import make_quant_config
 
-logger = init_logger(__name__)
+logger = init_logger("vllm.plugins.deepseek_v32")   # under "vllm": printed by vLLM's handler
 
 class CacheLayer(nn.Module, AttentionLayerBase):
     """A paged cache vLLM's KV-cache manager allocates (its own spec) in the same block table as the
