@@ -101,6 +101,27 @@ def compile_kernels(specs: list[dict], timeout: int = 600) -> list[dict]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def check_shipped_configs(specs: list, arch: int) -> None:
+    """Compile (spec, required_mma) pairs for `arch`; fail listing every error, spill, shared-memory
+    overflow or missing MMA instruction (e.g. "QGMMA"), and print one resource line per kernel."""
+    reps = compile_kernels([dict(s, arch=arch) for s, _ in specs])
+    problems, lines = [], []
+    for (spec, need), rep in zip(specs, reps):
+        name = spec.get("tag", spec["kernel"])
+        if "error" in rep:
+            problems.append(f"{name}: {rep['error'][:800]}")
+            continue
+        lines.append(f"sm{arch} {name:32s} regs={rep['regs']:3d} shared={rep['shared']:6d} mma={rep['mma']}")
+        if rep["spills"]:
+            problems.append(f"{name}: {rep['spills']} local-memory instructions (spills) [{rep['res_usage']}]")
+        if rep["shared"] > rep["shared_limit"]:
+            problems.append(f"{name}: shared {rep['shared']} B > {rep['shared_limit']}")
+        if need and not rep["mma"].get(need):
+            problems.append(f"{name}: expected {need} in SASS, found {rep['mma']}")
+    print("\n".join(lines))
+    assert not problems, "\n".join(problems)
+
+
 def _main() -> None:
     specs = json.loads(sys.stdin.read())
     out = []

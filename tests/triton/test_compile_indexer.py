@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from compile_util import compile_kernels
+from compile_util import check_shipped_configs
 
 MOD_Q = "deepseek_v32_plugin.triton_kernels.fp8_quant"
 MOD_I = "deepseek_v32_plugin.triton_kernels.indexer"
@@ -98,20 +98,4 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
 @pytest.mark.parametrize("arch", [90, 100, 89, 80], ids=lambda a: f"sm{a}")
 def test_shipped_configs_compile(arch):
     pytest.importorskip("triton")
-    specs = specs_for(arch)
-    reps = compile_kernels([dict(s, arch=arch) for s, _ in specs])
-    problems, lines = [], []
-    for (spec, need), rep in zip(specs, reps):
-        name = spec.get("tag", spec["kernel"])
-        if "error" in rep:
-            problems.append(f"{name}: {rep['error'][:800]}")
-            continue
-        lines.append(f"sm{arch} {name:32s} regs={rep['regs']:3d} shared={rep['shared']:6d} mma={rep['mma']}")
-        if rep["spills"]:
-            problems.append(f"{name}: {rep['spills']} local-memory instructions (spills) [{rep['res_usage']}]")
-        if rep["shared"] > rep["shared_limit"]:
-            problems.append(f"{name}: shared {rep['shared']} B > {rep['shared_limit']}")
-        if need and not rep["mma"].get(need):
-            problems.append(f"{name}: expected {need} in SASS, found {rep['mma']}")
-    print("\n".join(lines))
-    assert not problems, "\n".join(problems)
+    check_shipped_configs(specs_for(arch), arch)
