@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 STAGES=("$@")
 [[ ${#STAGES[@]} -eq 0 ]] && STAGES=(unit vllm sglang)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+VENVS="${DSV32_VENVS:-$PWD/.venvs}"   # where the env_*.sh scripts put the venvs (same default as scripts/_venv.sh)
 FAILED=()
 SUMMARY=()
 
@@ -36,18 +37,18 @@ for stage in "${STAGES[@]}"; do
       run_stage unit-env bash scripts/env_unit.sh
       # -n 2: two workers; a kernel that segfaults under the interpreter kills one worker, which xdist
       # reports as that test's failure and replaces, so the rest of the run goes on.
-      OMP_NUM_THREADS=1 run_stage unit pytest_in .venvs/unit tests -n 2 --dist=loadfile
+      OMP_NUM_THREADS=1 run_stage unit pytest_in "$VENVS/unit" tests -n 2 --dist=loadfile
       ;;
     vllm)
       if [[ -d integration_tests/vllm ]]; then
         run_stage vllm-env bash scripts/env_vllm.sh
-        run_stage vllm pytest_in .venvs/vllm integration_tests/vllm
+        run_stage vllm pytest_in "$VENVS/vllm" integration_tests/vllm
       fi
       ;;
     sglang)
       if [[ -d integration_tests/sglang ]]; then
         run_stage sglang-env bash scripts/env_sglang.sh
-        run_stage sglang pytest_in .venvs/sglang integration_tests/sglang
+        run_stage sglang pytest_in "$VENVS/sglang" integration_tests/sglang
       fi
       ;;
     *) echo "unknown stage $stage (choose unit, vllm, sglang)"; exit 2 ;;
