@@ -78,16 +78,20 @@ def check_against_reference(ref, prompt: list, out: dict, topk: int, dtype: str 
     stats = {"n": n, "max": d.max().item(), "median": d.median().item(), "mean": d.mean().item()}
     lim = LIMITS[dtype]
     assert stats["median"] <= lim[0] and stats["mean"] <= lim[1] and stats["max"] <= lim[2], (dtype, stats)
-    check_greedy(lp[n - 1:], out["token_ids"], stats)
+    # a bf16 engine's logits sit up to ~stats["max"] from the fp32 oracle's, so a top-2 gap below twice that
+    # is as much a tie for it as NEAR_TIE is for an fp32 engine
+    margin = NEAR_TIE if dtype != "bfloat16" else max(NEAR_TIE, 2 * stats["max"])
+    check_greedy(lp[n - 1:], out["token_ids"], stats, margin)
     return stats
 
 
-def check_greedy(lp: torch.Tensor, tokens: list, info=None) -> None:
+def check_greedy(lp: torch.Tensor, tokens: list, info=None, margin: float = NEAR_TIE) -> None:
     for i, tok in enumerate(tokens):
         row = lp[i]
         top2 = row.topk(2).values
         if int(row.argmax()) != tok:
-            assert (top2[0] - top2[1]).item() < NEAR_TIE, f"step {i}: engine {tok}, reference {int(row.argmax())} {info}"
+            assert (top2[0] - top2[1]).item() < margin, \
+                f"step {i}: engine {tok}, reference {int(row.argmax())} (margin {margin:.2f}) {info}"
             return
 
 
