@@ -45,3 +45,5 @@ def register() -> None:
     hooks.register_attention_backend()
     hooks.register_server_arg_overrides()
     hooks.register_cuda_probe_guard()
+    hooks.register_draft_backend_hook()
+    hooks.register_cpu_speculative_fixes()

@@ -20,6 +20,7 @@ No math here: every step is an ops call.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -57,8 +58,10 @@ def _make_backend_class():
     class DSV32SparseAttnBackend(AttentionBackend):
         """Sparse MLA + lightning indexer over SGLang's DSA token pool, through deepseek_v32_plugin.ops."""
 
-        def __init__(self, model_runner):
+        def __init__(self, model_runner, step_offset: int = 0):
             super().__init__()
+            # draft decode step i of a multi-step draft sees the batch's positions + i (see MultiStep below)
+            self.step_offset = step_offset
             self.req_to_token = model_runner.req_to_token_pool.req_to_token
             self.pool = model_runner.token_to_kv_pool
             self.device = model_runner.device
@@ -69,40 +72,67 @@ def _make_backend_class():
             if not hasattr(self.pool, "index_key_cache"):
                 raise ValueError(f"token_to_kv_pool is {type(self.pool).__name__}: the {BACKEND_NAME} backend "
                                  "needs SGLang's DSATokenToKVPool (an index-key cache beside the MLA cache)")
+            topk = getattr(model_runner.server_args, "speculative_eagle_topk", None)
+            if topk is not None and int(topk) > 1:
+                raise ValueError(f"speculative_eagle_topk={topk}: the {BACKEND_NAME} attention backend drafts "
+                                 "chains only (pass --speculative-eagle-topk 1)")
+            # debug invariant (tests turn it on): every new token's cache slot is req_to_token[req, position]
+            self.check_slots = os.environ.get("DSV32_CHECK_SLOTS", "0") == "1"
             self.forward_metadata: Optional[_Metadata] = None
 
         # ---- per batch -------------------------------------------------------------------------
         def init_forward_metadata(self, forward_batch):
             fb = forward_batch
             mode = fb.forward_mode
-            if not (mode.is_decode() or mode.is_extend() or mode.is_idle()):
+            if not (mode.is_decode() or mode.is_extend() or mode.is_idle() or mode.is_draft_extend_v2()):
                 raise NotImplementedError(f"{BACKEND_NAME}: forward mode {mode} is not supported")
             dev = fb.seq_lens.device
             bs = fb.batch_size
-            seq_lens = fb.seq_lens.to(torch.int64)
-            seq_cpu = fb.seq_lens_cpu.tolist() if fb.seq_lens_cpu is not None else seq_lens.tolist()
-            max_len = max(seq_cpu) if bs else 0
+            t = fb.positions.shape[0]
+            # Every query row attends causally to its own request's tokens 0..position (all already in the
+            # cache, this batch's written first), whatever the mode: prefill chunks, radix hits, decode, and
+            # the speculative modes (target verify of a draft chain, draft extend, draft decode steps).
+            counts = self._rows_per_request(fb, t, bs)
+            row_req = torch.repeat_interleave(torch.arange(bs, device=dev), torch.tensor(counts, device=dev))
+            pos = fb.positions.to(torch.int64) + self.step_offset
+            kv_lens = torch.zeros(bs, dtype=torch.int64, device=dev)
+            if t:
+                kv_lens.scatter_reduce_(0, row_req, pos + 1, reduce="amax")
+            kv_cpu = kv_lens.tolist()
+            max_len = max(kv_cpu) if bs else 0
             pages = max(1, -(-max_len // PAGE_SIZE))
             rows = self.req_to_token[fb.req_pool_indices.long()]                       # [B, max_ctx]
             cols = torch.arange(pages, device=dev) * PAGE_SIZE
             block_table = (rows[:, cols] // PAGE_SIZE).to(torch.int32)                 # [B, P]
-            context_lens = seq_lens.to(torch.int32)
-            if mode.is_decode() or mode.is_idle():
-                row_req = torch.arange(bs, device=dev)
-                self.forward_metadata = _Metadata(True, row_req, block_table, context_lens, max_len)
+            if counts == [1] * bs and t == bs:   # one query per request (decode, draft decode): paged path
+                self.forward_metadata = _Metadata(True, row_req, block_table, (pos + 1).to(torch.int32), max_len)
                 return
-            ext = fb.extend_seq_lens_cpu
-            if ext is None:
-                ext = fb.extend_seq_lens.tolist()
-            row_req = torch.repeat_interleave(torch.arange(bs, device=dev),
-                                              torch.tensor(ext, device=dev))           # [T]
             kv_start = torch.zeros(bs, dtype=torch.int64, device=dev)
-            kv_start[1:] = torch.cumsum(seq_lens, 0)[:-1]
-            kv_slots = torch.cat([rows[i, : seq_cpu[i]] for i in range(bs)]).to(torch.int64)
+            kv_start[1:] = torch.cumsum(kv_lens, 0)[:-1]
+            kv_slots = torch.cat([rows[i, : kv_cpu[i]] for i in range(bs)]).to(torch.int64)
             ks = kv_start[row_req]
-            ke = ks + fb.positions.to(torch.int64) + 1
-            self.forward_metadata = _Metadata(False, row_req, block_table, context_lens, max_len,
+            ke = ks + pos + 1
+            self.forward_metadata = _Metadata(False, row_req, block_table, kv_lens.to(torch.int32), max_len,
                                               kv_slots, ks.to(torch.int32), ke.to(torch.int32))
+
+        @staticmethod
+        def _rows_per_request(fb, t: int, bs: int) -> list:
+            """Query rows of each request (rows are grouped by request, in batch order)."""
+            mode = fb.forward_mode
+            if mode.is_decode() or mode.is_idle():
+                if t % max(bs, 1):
+                    raise NotImplementedError(f"{BACKEND_NAME}: {t} decode rows for {bs} requests (a draft tree, "
+                                              "speculative_eagle_topk > 1, is not supported)")
+                return [t // bs] * bs if bs else []
+            if not mode.is_target_verify():
+                ext = fb.extend_seq_lens_cpu
+                if ext is None and fb.extend_seq_lens is not None:
+                    ext = fb.extend_seq_lens.tolist()
+                if ext is not None and sum(ext) == t:
+                    return list(ext)
+            if bs == 0 or t % bs:
+                raise NotImplementedError(f"{BACKEND_NAME}: cannot split {t} rows of a {mode} batch over {bs} requests")
+            return [t // bs] * bs
 
         # ---- per layer -------------------------------------------------------------------------
         def _caches(self, layer_id: int):
@@ -119,6 +149,12 @@ def _make_backend_class():
             kv_cache, idx_cache = self._caches(layer.layer_id)
             loc = forward_batch.out_cache_loc
             t = q.shape[0]
+            if self.check_slots and t:
+                req = forward_batch.req_pool_indices.long()[md.row_req]
+                want = self.req_to_token[req, forward_batch.positions.long()]
+                if not torch.equal(want.to(torch.int64), loc.to(torch.int64)):
+                    raise AssertionError(f"{BACKEND_NAME}: out_cache_loc != req_to_token[req, position] in "
+                                         f"{forward_batch.forward_mode}")
             if save_kv_cache:
                 sparse_mla.mla_cache_write(k.reshape(t, -1), k_rope.reshape(t, -1), kv_cache, loc)
                 indexer.indexer_k_quant_and_cache(dsv32_index.k, idx_cache, loc)
@@ -147,12 +183,30 @@ def _make_backend_class():
     return DSV32SparseAttnBackend
 
 
+class DSV32MultiStepDraftBackend:
+    """SGLang's multi-step draft container (EAGLE draft decode, speculative_num_steps > 1): one backend per
+    inner step. The EAGLE worker initialises all of them once per draft round, from the first step's
+    ForwardBatch, then advances positions by one per step; step i's backend therefore plans for positions + i."""
+    needs_cpu_seq_lens = True
+
+    def __init__(self, model_runner, topk: int, speculative_num_steps: int):
+        if topk > 1:
+            raise ValueError(f"speculative_eagle_topk={topk}: the {BACKEND_NAME} attention backend drafts chains "
+                             "only (pass --speculative-eagle-topk 1)")
+        self.topk, self.speculative_num_steps = topk, speculative_num_steps
+        self.attn_backends = [create_backend(model_runner, step_offset=i) for i in range(speculative_num_steps - 1)]
+
+    def init_forward_metadata(self, forward_batch):
+        for backend in self.attn_backends:
+            backend.init_forward_metadata(forward_batch)
+
+
 _BACKEND_CLS = None
 
 
-def create_backend(model_runner):
+def create_backend(model_runner, step_offset: int = 0):
     """Factory registered with SGLang's attention registry (lazy: SGLang imported only when used)."""
     global _BACKEND_CLS
     if _BACKEND_CLS is None:
         _BACKEND_CLS = _make_backend_class()
-    return _BACKEND_CLS(model_runner)
+    return _BACKEND_CLS(model_runner, step_offset)

@@ -48,11 +48,16 @@ def _torch_is_cpu_build() -> bool:
 
 
 class _StubModule(types.ModuleType):
-    """Stand-in ``sgl_kernel``: any top-level name is a function that refuses to run."""
+    """Stand-in ``sgl_kernel``: the CPU ops of SGLang's EAGLE path in torch (cpu_spec_ops.py); any other
+    top-level name is a function that refuses to run."""
 
     def __getattr__(self, name: str):
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
+        from .cpu_spec_ops import OPS
+
+        if name in OPS:
+            return OPS[name]
 
         def _missing(*args, **kwargs):
             raise NotImplementedError(

@@ -62,6 +62,33 @@ def register_server_arg_overrides() -> None:
     register_model_override(ARCH)(_v32_overrides)
 
 
+def _around_draft_backend(original, factory, backend_name, backend_map, error_template, stamps_children=False):
+    """SGLang's EAGLE worker picks draft backends from fixed per-name tables: add ours to them. The decode
+    table (stamps_children=True) wants a multi-step container, the draft-extend table a plain backend."""
+    from sglang.srt.runtime_context import attention_backends
+
+    from .backend import DSV32MultiStepDraftBackend, create_backend
+
+    prefill, decode = attention_backends()
+    chosen = factory.draft_attn_backend or (decode if backend_name == "decode_attention_backend" else prefill)
+    if chosen == BACKEND_NAME:
+        runner = factory.draft_model_runner
+        if stamps_children:
+            make = lambda: (BACKEND_NAME, DSV32MultiStepDraftBackend(runner, factory.topk,  # noqa: E731
+                                                                     factory.speculative_num_steps))
+        else:
+            make = lambda: (BACKEND_NAME, create_backend(runner))  # noqa: E731
+        backend_map = dict(backend_map, **{BACKEND_NAME: make})
+    return original(factory, backend_name, backend_map, error_template, stamps_children)
+
+
+def register_draft_backend_hook() -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register("sglang.srt.speculative.draft_utils.DraftBackendFactory._create_backend",
+                          _around_draft_backend, HookType.AROUND)
+
+
 @contextlib.contextmanager
 def _cpu_capability_probe():
     orig = torch.cuda.get_device_capability
@@ -81,6 +108,22 @@ def _around_model_adjustments(original, *args, **kwargs):
         return original(*args, **kwargs)
     with _cpu_capability_probe():
         return original(*args, **kwargs)
+
+
+def _around_get_last_loc(original, req_to_token, req_pool_indices, prefix_lens):
+    # SGLang picks its Triton kernel here by backend name alone; without a Triton driver use its torch twin
+    from sglang.srt.mem_cache import allocation
+
+    return allocation.get_last_loc_torch(req_to_token, req_pool_indices, prefix_lens)
+
+
+def register_cpu_speculative_fixes() -> None:
+    """On a torch without CUDA, route the Triton-only helpers of SGLang's EAGLE path to their torch versions."""
+    if torch.cuda.is_available():
+        return
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register("sglang.srt.mem_cache.allocation.get_last_loc", _around_get_last_loc, HookType.AROUND)
 
 
 def register_cuda_probe_guard() -> None:

@@ -242,13 +242,18 @@ class MLAAttention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: V32Config, layer_id: int, prefix: str, rope: YarnRope):
+    """Checkpoint layer `layer_idx`; `engine_layer_id` is its index in SGLang's KV pool and MoE bookkeeping
+    (the layer index for the target model, 0 for the MTP layer in the draft model's own one-layer pool)."""
+
+    def __init__(self, cfg: V32Config, layer_idx: int, prefix: str, rope: YarnRope,
+                 engine_layer_id: Optional[int] = None):
         super().__init__()
+        engine_layer_id = layer_idx if engine_layer_id is None else engine_layer_id
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-        self.self_attn = MLAAttention(cfg, layer_id, f"{prefix}.self_attn", rope)
-        is_moe = cfg.is_moe_layer(layer_id) or layer_id >= cfg.num_hidden_layers  # the MTP layer is MoE
-        self.mlp = MoE(cfg, layer_id, f"{prefix}.mlp") if is_moe else DenseMLP(
+        self.self_attn = MLAAttention(cfg, engine_layer_id, f"{prefix}.self_attn", rope)
+        is_moe = cfg.is_moe_layer(layer_idx) or layer_idx >= cfg.num_hidden_layers  # the MTP layer is MoE
+        self.mlp = MoE(cfg, engine_layer_id, f"{prefix}.mlp") if is_moe else DenseMLP(
             cfg.hidden_size, cfg.intermediate_size, f"{prefix}.mlp")
 
     def forward(self, positions, x, forward_batch):
@@ -355,6 +360,10 @@ class DeepseekV32ForCausalLM(nn.Module):
         self._check_loaded(loaded)
         for layer in self.model.layers:
             layer.self_attn.post_load_weights()
+
+    # SGLang's EAGLE worker hands these to the draft model (mtp.py)
+    def get_embed_and_head(self):
+        return self.model.embed_tokens.weight, self.lm_head.weight
 
     def _check_loaded(self, loaded: set):
         missing = [name for name, _ in self.named_parameters() if name not in loaded]
