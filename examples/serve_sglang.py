@@ -2,6 +2,7 @@
 
   python examples/serve_sglang.py                       # the embedded tiny checkpoint (generated on first use)
   python examples/serve_sglang.py --model /path/to/DeepSeek-V3.2 --port 30000 -- --tp-size 8
+  python examples/serve_sglang.py --mtp                 # + speculative decoding, the MTP layer drafting 2 tokens
 Arguments after `--` go to `python -m sglang.launch_server` unchanged. The plugin needs nothing else: SGLang
 loads it through its `sglang.srt.plugins` entry point (DSV32_SGLANG_BUILTIN=1 uses SGLang's built-in V3.2).
 Then try: python examples/client.py --port 30000
@@ -19,7 +20,12 @@ def main() -> None:
     p.add_argument("--model", default=None, help="checkpoint dir (default: the embedded tiny one)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--mtp", action="store_true", help="EAGLE speculative decoding with the checkpoint's MTP layer "
+                   "(2 draft steps, chain: the plugin's backend drafts with topk 1)")
     args = p.parse_args(argv)
+    if args.mtp:
+        extra = ["--speculative-algorithm", "EAGLE", "--speculative-num-steps", "2", "--speculative-eagle-topk", "1",
+                 "--speculative-num-draft-tokens", "3", *extra]
     if args.model is None:
         from deepseek_v32_plugin.checkpoint import default_tiny_checkpoint
         args.model = default_tiny_checkpoint()

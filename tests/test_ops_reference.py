@@ -349,6 +349,21 @@ def test_dispatch_forced_backend_errors_and_env(monkeypatch):
     assert resolve("fp8_quant_act", torch.device("cpu")).__name__ == "naive_fp8_quant_act"
 
 
+def test_dispatch_auto_on_cpu_tries_triton_only_when_asked(monkeypatch):
+    from deepseek_v32_plugin.ops import _dispatch
+    monkeypatch.delenv("DSV32_BACKEND", raising=False)
+    monkeypatch.delenv("DSV32_CPU_TRITON", raising=False)
+    monkeypatch.setattr(_dispatch, "_cache", {})
+    assert resolve("indexer_topk", torch.device("cpu")).__name__ == "naive_indexer_topk"
+    monkeypatch.setattr(_dispatch, "_cache", {})
+    monkeypatch.setenv("DSV32_CPU_TRITON", "1")   # (TRITON_INTERPRET=1 is set by conftest on CPU)
+    fn = resolve("indexer_topk", torch.device("cpu"))
+    assert fn.__name__ == "indexer_topk_with_fallback"   # triton first, the reference behind it
+    logits = torch.randn(3, 50)
+    ke = torch.tensor([10, 50, 33], dtype=torch.int32)
+    assert torch.equal(indexer.indexer_topk(logits, 8, ke=ke), indexer.indexer_topk(logits, 8, ke=ke, backend="torch"))
+
+
 def test_ue8m0_scale_exact_at_binade_edges():
     """amax one ulp above 448 * 2^k needs 2^(k+1): a float log2 gets this wrong."""
     k = torch.arange(-20, 20, dtype=torch.float32)

@@ -7,8 +7,9 @@ implementation. Implementations share the exact signature of the `naive_*` refer
   - cuda:   deepseek_v32_plugin.ops._cuda.<op>   (JIT-built torch extension from csrc/)
 
 Choice: `backend=` argument > env DSV32_BACKEND_<OP> (upper-case op name) > env DSV32_BACKEND >
-auto. Auto on a CUDA tensor tries cuda, then triton, then torch; on CPU it uses torch (Triton on CPU
-is the interpreter: tests force it with backend="triton"). A forced backend that cannot run raises;
+auto. Auto on a CUDA tensor tries cuda, then triton, then torch; on CPU it uses torch, or triton then
+torch with DSV32_CPU_TRITON=1 (Triton's CPU interpreter: set TRITON_INTERPRET=1 too; for running our Triton
+kernels inside an engine on CPU). A forced backend that cannot run raises;
 an auto choice that falls back warns once, naming the op and why. Falling back happens at two points:
 when a backend cannot load (not built, wrong GPU), and per call when a kernel launcher raises
 `Unsupported` for inputs past its limits (e.g. a top-k larger than the kernel's capacity).
@@ -84,7 +85,12 @@ def resolve(op: str, device: torch.device, backend: Optional[str] = None) -> Cal
         if key not in _cache:
             _cache[key] = _load(op, forced)  # errors propagate: the user asked for this backend
         return _cache[key]
-    order = ("cuda", "triton", "torch") if device.type == "cuda" else ("torch",)
+    if device.type == "cuda":
+        order = ("cuda", "triton", "torch")
+    elif os.environ.get("DSV32_CPU_TRITON", "0") == "1":
+        order = ("triton", "torch")
+    else:
+        order = ("torch",)
     key = (op, device.type)
     if key in _cache:
         return _cache[key]

@@ -21,6 +21,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SEED = int(os.environ.get("DSV32_TEST_SEED", "0"))
+# every engine started by these tests checks the backend's slot invariant (see backend.py, check_slots)
+os.environ.setdefault("DSV32_CHECK_SLOTS", "1")
 LOGPROB_TOL_BF16 = 2e-2
 LOGPROB_TOL_FP32 = 0.3
 ENGINE_KW = dict(device="cpu", mem_fraction_static=0.02, disable_cuda_graph=True, log_level="error",

@@ -13,7 +13,9 @@ p.load_plugins()
 from sglang.srt.models.registry import ModelRegistry
 from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
 cls = ModelRegistry.resolve_model_cls(["DeepseekV32ForCausalLM"])[0]
-print("RESULT " + json.dumps({"module": cls.__module__, "backend": "dsv32_sparse" in ATTENTION_BACKENDS}))
+draft = ModelRegistry.resolve_model_cls(["DeepseekV3ForCausalLMNextN"])[0]
+print("RESULT " + json.dumps({"module": cls.__module__, "backend": "dsv32_sparse" in ATTENTION_BACKENDS,
+                              "draft": draft.__module__, "draft_bases": [b.__module__ for b in draft.__mro__]}))
 """
 
 
@@ -29,11 +31,15 @@ def test_entry_point_registers_model_and_backend():
     r = _probe({})
     assert r["module"].startswith("deepseek_v32_plugin.engines.sglang"), r
     assert r["backend"]
+    # the MTP draft name (SGLang's for V3 and V3.2 drafts): ours, dispatching V3 configs to SGLang's class
+    assert r["draft"].startswith("deepseek_v32_plugin.engines.sglang"), r
+    assert "sglang.srt.models.deepseek_nextn" in r["draft_bases"], r
 
 
 def test_builtin_env_hands_architecture_back():
     r = _probe({"DSV32_SGLANG_BUILTIN": "1"})
     assert r["module"] == "sglang.srt.models.deepseek_v2", r
+    assert r["draft"] == "sglang.srt.models.deepseek_nextn", r
     assert not r["backend"]
 
 
@@ -78,3 +84,20 @@ def test_unservable_config_names_field(tiny_ckpt, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="index_head_dim"):
         v32_config(get_config(str(bad), trust_remote_code=False)).validate()
+
+
+def test_unservable_config_fails_engine_start_naming_field(tiny_ckpt, tmp_path):
+    """Through the real entry: sglang.Engine on a checkpoint whose config we cannot serve raises in the
+    launching process (our server-argument override validates), naming the field, before any scheduler."""
+    import shutil
+
+    import sglang
+
+    from conftest import ENGINE_KW
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_ckpt, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["index_n_heads"] = 0
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match="index_n_heads"):
+        sglang.Engine(model_path=str(bad), **ENGINE_KW)

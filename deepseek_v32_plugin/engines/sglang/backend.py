@@ -10,10 +10,13 @@ Index spaces: SGLang's `req_to_token[req, pos]` is the cache slot of token `pos`
 64-token pages a request's slots are page-aligned, so its block table is `req_to_token[req, ::64] // 64`
 and slot = page * 64 + offset, as ops.indexer.indices_to_slots expects.
 
-Per batch (`init_forward_metadata`, shared by all layers) we build, for the T query tokens of the batch:
-  row_req [T] (request of each query row), block_table [B, P], context_lens [B];
-  extend/mixed: key slots of every request's whole sequence concatenated (kv_slots [N]) and each row's
-  key range [ks, ke) into it (ke = ks + position + 1: causal, radix-cache prefix included).
+Per batch (`init_forward_metadata`, shared by all layers) every query row gets its request and attends
+causally to that request's tokens 0..position, whatever SGLang's mode (prefill chunks and radix hits, decode,
+and the EAGLE modes: target verify, draft extend, multi-step draft decode; see NOTES.md). Rows that are the
+last k <= 4 tokens of every request (decode, draft decode, verify of a draft chain) take the paged path:
+block_table [B, P], context_lens [B], the indexer reads keys from the paged cache (next_n = k). Otherwise the
+ragged path: the key slots of every request's sequence concatenated (kv_slots [N]) and each row's range
+[ks, ke) into it.
 Per layer the backend writes the new latent rows and index keys at `out_cache_loc`, scores keys with the
 indexer, keeps the top-k positions, maps them to slots and runs sparse MLA over the paged latent cache.
 No math here: every step is an ops call.
@@ -42,14 +45,18 @@ class IndexerInputs:
 
 @dataclass
 class _Metadata:
-    is_decode: bool
+    next_n: int                            # > 0: paged path, next_n query rows per request; 0: ragged path
     row_req: torch.Tensor                  # [T] int64
     block_table: torch.Tensor              # [B, P] int32
     context_lens: torch.Tensor             # [B] int32 (tokens cached after this step)
     max_context_len: int
-    kv_slots: Optional[torch.Tensor] = None  # [N] int64, extend only
-    ks: Optional[torch.Tensor] = None        # [T] int32
+    row_ke: torch.Tensor                   # [T] int32: keys 0..position of each row's request (paged path)
+    kv_slots: Optional[torch.Tensor] = None  # [N] int64, ragged only
+    ks: Optional[torch.Tensor] = None        # [T] int32, into kv_slots
     ke: Optional[torch.Tensor] = None        # [T] int32
+
+
+MAX_PAGED_NEXT_N = 4   # the paged indexer-logits op serves 1..4 query rows per request
 
 
 def _make_backend_class():
@@ -104,15 +111,23 @@ def _make_backend_class():
             rows = self.req_to_token[fb.req_pool_indices.long()]                       # [B, max_ctx]
             cols = torch.arange(pages, device=dev) * PAGE_SIZE
             block_table = (rows[:, cols] // PAGE_SIZE).to(torch.int32)                 # [B, P]
-            if counts == [1] * bs and t == bs:   # one query per request (decode, draft decode): paged path
-                self.forward_metadata = _Metadata(True, row_req, block_table, (pos + 1).to(torch.int32), max_len)
+            row_ke = (pos + 1).to(torch.int32)
+            if t == 0:   # idle batch (e.g. a DP rank without requests): nothing to attend
+                self.forward_metadata = _Metadata(1, row_req, block_table, kv_lens.to(torch.int32), 0, row_ke)
+                return
+            k = counts[0]
+            if 1 <= k <= MAX_PAGED_NEXT_N and counts == [k] * bs and bool(
+                    (pos.view(bs, k) == kv_lens[:, None] - k + torch.arange(k, device=dev)).all()):
+                # each request's rows are its last k tokens (decode, draft decode, verify of a k-token chain):
+                # paged path, the indexer reads keys straight from the paged cache
+                self.forward_metadata = _Metadata(k, row_req, block_table, kv_lens.to(torch.int32), max_len, row_ke)
                 return
             kv_start = torch.zeros(bs, dtype=torch.int64, device=dev)
             kv_start[1:] = torch.cumsum(kv_lens, 0)[:-1]
             kv_slots = torch.cat([rows[i, : kv_cpu[i]] for i in range(bs)]).to(torch.int64)
             ks = kv_start[row_req]
             ke = ks + pos + 1
-            self.forward_metadata = _Metadata(False, row_req, block_table, kv_lens.to(torch.int32), max_len,
+            self.forward_metadata = _Metadata(0, row_req, block_table, kv_lens.to(torch.int32), max_len, row_ke,
                                               kv_slots, ks.to(torch.int32), ke.to(torch.int32))
 
         @staticmethod
@@ -158,11 +173,11 @@ def _make_backend_class():
             if save_kv_cache:
                 sparse_mla.mla_cache_write(k.reshape(t, -1), k_rope.reshape(t, -1), kv_cache, loc)
                 indexer.indexer_k_quant_and_cache(dsv32_index.k, idx_cache, loc)
-            if md.is_decode:
-                logits = indexer.fp8_paged_indexer_logits(
-                    dsv32_index.q_fp8[:, None], idx_cache, dsv32_index.weights, md.context_lens,
-                    md.block_table, md.max_context_len)
-                positions = indexer.indexer_topk(logits, dsv32_index.topk, ke=md.context_lens)
+            if md.next_n:
+                q_fp8 = dsv32_index.q_fp8.view(-1, md.next_n, *dsv32_index.q_fp8.shape[1:])
+                logits = indexer.fp8_paged_indexer_logits(q_fp8, idx_cache, dsv32_index.weights, md.context_lens,
+                                                          md.block_table, md.max_context_len)
+                positions = indexer.indexer_topk(logits, dsv32_index.topk, ke=md.row_ke)
             else:
                 k_fp8, k_scale = indexer.indexer_cache_gather(idx_cache, md.kv_slots)
                 logits = indexer.fp8_indexer_logits(dsv32_index.q_fp8, k_fp8, k_scale, dsv32_index.weights,

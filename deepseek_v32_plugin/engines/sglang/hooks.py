@@ -46,7 +46,12 @@ def _v32_overrides(server_args, hf_config) -> dict:
     """Appended after SGLang's DeepSeek family override: our backend instead of "dsa", 64-token pages.
 
     Reads the user's own choice from the raw record: platform defaults declared earlier in the resolution
-    (e.g. "intel_amx" on CPU) are not a user choice and are replaced too."""
+    (e.g. "intel_amx" on CPU) are not a user choice and are replaced too.
+    Also the earliest point where SGLang hands us the HF config in the launching process: an unservable
+    config fails here, naming the field, before any scheduler process starts."""
+    from .model import v32_config
+
+    v32_config(hf_config).validate()
     out = {"page_size": 64}
     user = [getattr(server_args, f, None) for f in
             ("attention_backend", "prefill_attention_backend", "decode_attention_backend")]

@@ -1,0 +1,76 @@
+"""The checkpoint's MTP layer as SGLang's EAGLE draft (speculative_algorithm EAGLE, 2 draft steps, chain).
+
+SGLang's CPU engine runs its EAGLE v2 worker here (our CPU shim supplies sgl_kernel's EAGLE CPU ops in torch,
+cpu_spec_ops.py). Per decode step the draft model (our DeepseekV32NextN, registered as
+DeepseekV3ForCausalLMNextN) proposes 2 tokens through our backend's multi-step draft decode, the target
+verifies 1 + 2 tokens per request (TARGET_VERIFY through our backend's extend path) and the draft re-extends
+over them (DRAFT_EXTEND_V2). DSV32_CHECK_SLOTS=1 (conftest) makes the backend check, in every mode, that each
+new token's cache slot is req_to_token[request, position], the invariant its planning rests on.
+
+Checks: greedy outputs with speculation equal the bf16 reference's greedy (which the non-speculative engine
+equals token for token, test_sglang_engine.py); drafts were proposed and verified; the draft module, on the
+inputs SGLang fed it at the prefill's draft extend, equals ReferenceModel.mtp_forward.
+On random weights the draft is never accepted; acceptance is exercised with the draftable checkpoint below.
+"""
+import os
+
+import pytest
+import torch
+
+from conftest import ENGINE_KW, prompt_ids, reference_greedy
+
+GREEDY = {"max_new_tokens": 8, "temperature": 0.0}
+SPEC_KW = dict(speculative_algorithm="EAGLE", speculative_num_steps=2, speculative_eagle_topk=1,
+               speculative_num_draft_tokens=3)
+LENS = [12, 90]          # below and above index_topk (32)
+
+
+@pytest.fixture(scope="module")
+def spec_run(tiny_ckpt, tmp_path_factory):
+    import sglang
+    dump = str(tmp_path_factory.mktemp("mtp") / "draft.pt")
+    os.environ["DSV32_SGLANG_DUMP_DRAFT"] = dump   # read by the scheduler process the engine starts
+    try:
+        eng = sglang.Engine(model_path=tiny_ckpt, **SPEC_KW, **ENGINE_KW)
+    finally:
+        del os.environ["DSV32_SGLANG_DUMP_DRAFT"]
+    try:
+        prompts = [prompt_ids(n, seed=3000 + n) for n in LENS]
+        outs = [eng.generate(input_ids=p, sampling_params=GREEDY) for p in prompts]   # one at a time
+        info = eng.get_server_info()
+    finally:
+        eng.shutdown()
+    return dict(prompts=prompts, outs=outs, info=info, draft=torch.load(dump))
+
+
+def test_speculative_greedy_equals_reference(spec_run, ref_bf16):
+    assert spec_run["info"]["speculative_algorithm"] == "EAGLE"
+    for p, o in zip(spec_run["prompts"], spec_run["outs"]):
+        m = o["meta_info"]
+        print(len(p), {k: v for k, v in m.items() if k.startswith("spec_")})
+        assert m["spec_verify_ct"] >= 1 and m["spec_num_proposed_drafts"] >= 2 * m["spec_verify_ct"], m
+        assert o["output_ids"] == reference_greedy(ref_bf16, p, GREEDY["max_new_tokens"])
+
+
+def test_draft_module_equals_reference(spec_run, ref_bf16):
+    """First draft forward of the 90-token prompt (its prefill's draft extend): SGLang fed it the prompt
+    shifted by one plus the first sampled token, and the target's final hidden states; those equal the
+    reference's, and the draft's output (shared_head.norm(x)) gives the reference mtp_forward's logits."""
+    p = spec_run["prompts"][1]
+    n = len(p)
+    rec = next(r for r in spec_run["draft"] if r["positions"].tolist() == list(range(n)))
+    assert rec["input_ids"][:-1].tolist() == p[1:]
+    assert rec["input_ids"][-1].item() == spec_run["outs"][1]["output_ids"][0]
+    ref = ref_bf16
+    cache = ref.new_cache(4)
+    _, ref_hidden = ref.forward(p, cache.new_sequence(), cache)
+    assert torch.equal(rec["prev_hidden"], ref_hidden.float()), "target hidden states fed to the draft"
+    cache = ref.new_cache(4)
+    ref_logits, _ = ref.mtp_forward(rec["input_ids"], ref_hidden, cache.new_sequence(), cache)
+    got = torch.log_softmax(rec["hidden"] @ ref.mtp["head"].float().t(), -1)
+    want = torch.log_softmax(ref_logits, -1)
+    d = (got - want).abs()
+    # bf16 on both sides, same ops: differences are bf16 rounding of the head GEMM and of the draft layer
+    assert d.median().item() < 0.02 and d.max().item() < 0.3, (d.median().item(), d.max().item())
+    agree = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
+    assert agree >= 0.95, agree
