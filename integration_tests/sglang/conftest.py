@@ -73,5 +73,15 @@ def reference_input_logprobs(ref, ids: list) -> list:
     return [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]
 
 
-def reference_greedy(ref, ids: list, n: int) -> list:
-    return ref.generate(ids, n)
+def reference_greedy(ref, ids: list, n: int, ignore_eos: bool = False) -> list:
+    if not ignore_eos:
+        return ref.generate(ids, n)
+    cache = ref.new_cache(-(-(len(ids) + n) // 64) + 1)
+    seq = cache.new_sequence()
+    logits, _ = ref.forward(ids, seq, cache)
+    out = []
+    for _ in range(n):
+        out.append(int(logits[-1].argmax()))
+        if len(out) < n:
+            logits, _ = ref.forward(out[-1:], seq, cache)
+    return out

@@ -10,7 +10,9 @@ new token's cache slot is req_to_token[request, position], the invariant its pla
 Checks: greedy outputs with speculation equal the bf16 reference's greedy (which the non-speculative engine
 equals token for token, test_sglang_engine.py); drafts were proposed and verified; the draft module, on the
 inputs SGLang fed it at the prefill's draft extend, equals ReferenceModel.mtp_forward.
-On random weights the draft is never accepted; acceptance is exercised with the draftable checkpoint below.
+On random weights the draft is never accepted, so the acceptance path (several tokens committed per step,
+KV of accepted drafts kept, bonus token) is exercised on testing_checkpoints.write_draftable_checkpoint, whose
+MTP layer agrees with the target's next greedy token most of the time (~80% in the reference).
 """
 import os
 
@@ -74,3 +76,36 @@ def test_draft_module_equals_reference(spec_run, ref_bf16):
     assert d.median().item() < 0.02 and d.max().item() < 0.3, (d.median().item(), d.max().item())
     agree = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
     assert agree >= 0.95, agree
+
+
+def test_accepted_drafts_keep_greedy_equal_reference(tmp_path_factory):
+    """Draftable checkpoint: most drafts are accepted (so steps commit 2-3 tokens, and later steps read the
+    KV that verify wrote for accepted drafts), and the output still equals the reference's greedy."""
+    import sglang
+
+    from deepseek_v32_plugin.checkpoint import load_checkpoint
+    from deepseek_v32_plugin.config import preset_config
+    from deepseek_v32_plugin.model import ReferenceModel
+    from deepseek_v32_plugin.testing_checkpoints import write_draftable_checkpoint
+    from conftest import SEED
+    path = str(tmp_path_factory.mktemp("draftable"))
+    write_draftable_checkpoint(preset_config("tiny"), path, seed=SEED, overwrite=True)
+    prompts = [prompt_ids(n, seed=4000 + n) for n in LENS]
+    # ignore_eos: the draftable model's fixed token map reaches EOS quickly from some tokens
+    params = {"max_new_tokens": 16, "temperature": 0.0, "ignore_eos": True}
+    eng = sglang.Engine(model_path=path, **SPEC_KW, **ENGINE_KW)
+    try:
+        outs = [eng.generate(input_ids=p, sampling_params=params) for p in prompts]
+    finally:
+        eng.shutdown()
+    cfg, tensors = load_checkpoint(path)
+    ref = ReferenceModel(cfg, tensors, dtype=torch.bfloat16)
+    correct = proposed = 0
+    for p, o in zip(prompts, outs):
+        m = o["meta_info"]
+        print(len(p), {k: v for k, v in m.items() if k.startswith("spec_")})
+        correct += m["spec_num_correct_drafts"]
+        proposed += m["spec_num_proposed_drafts"]
+        assert o["output_ids"] == reference_greedy(ref, p, params["max_new_tokens"], ignore_eos=True)
+    # ~0.8 per draft in the reference; a chain's second draft is only tried after the first is accepted
+    assert correct >= 0.3 * proposed and correct >= 8, (correct, proposed)
