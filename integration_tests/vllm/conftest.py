@@ -13,6 +13,13 @@ SEED = int(os.environ.get("DSV32_TEST_SEED", torch.randint(0, 10_000, ()).item()
 
 
 @pytest.fixture(scope="session")
+def seed():
+    """This run's checkpoint seed, for tests that write their own checkpoint (`from conftest import SEED` would
+    import this file a second time under --import-mode=importlib and draw another random seed)."""
+    return SEED
+
+
+@pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     from deepseek_v32_plugin.checkpoint import write_checkpoint
     from deepseek_v32_plugin.config import preset_config

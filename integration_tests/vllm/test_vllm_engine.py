@@ -7,6 +7,7 @@ Engine runs (each a fresh process, ~20-40 s on 2 cores):
   tp2:      tensor_parallel_size=2
   mtp:      fp32, MTP speculative decoding with 2 draft tokens, prefix caching, 128-token chunks; it also
             records every attention metadata batch for the vLLM-free replay (replay_metadata.py)
+  mtp on the draftable checkpoint (testing_checkpoints): fp32, MTP with 2 draft tokens that are mostly accepted
 The tiny preset's index_topk is 32: prompts of 9..31 tokens are dense (DSA == MLA), 100..200 are sparse.
 """
 import os
@@ -177,3 +178,67 @@ def test_metadata_replay_on_cpu(mtp):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (vLLM-free replay of CPU-captured metadata)")
 def test_metadata_replay_on_cuda(mtp):
     assert replay(mtp["metadata"], "cuda") == []
+
+
+# ---------------------------------------------------------------- MTP with accepted drafts
+def _reference_greedy_ignore_eos(ref, ids: list, n: int):
+    """-> (n greedy tokens of the reference, not stopping at EOS; the top-2 logit margin at each step)."""
+    cache = ref.new_cache(-(-(len(ids) + n) // 64) + 1)
+    seq = cache.new_sequence()
+    logits, _ = ref.forward(ids, seq, cache)
+    out, margins = [], []
+    for _ in range(n):
+        top2 = logits[-1].float().topk(2)
+        out.append(int(top2.indices[0]))
+        margins.append((top2.values[0] - top2.values[1]).item())
+        if len(out) < n:
+            logits, _ = ref.forward(out[-1:], seq, cache)
+    return out, margins
+
+
+def test_mtp_accepted_drafts_keep_greedy_equal_reference(seed, tmp_path):
+    """Draftable checkpoint (testing_checkpoints.write_draftable_checkpoint: its MTP layer drafts the target's
+    next greedy token ~80% of the time): most drafts are accepted, so steps commit 2-3 tokens per request,
+    later steps attend over (and the indexer scores) the KV that verification wrote for accepted drafts, and
+    the paged indexer runs with 1 + 2 query rows per request on those later steps; the two requests run in one
+    batch, so their accepted counts can differ within a step. The output must still be the reference's greedy.
+
+    EOS: the draftable model's token map can reach EOS (1) early, and engine_run.py's SamplingParams has no
+    ignore_eos; the engine is told of no EOS instead (skip_tokenizer_init: no tokenizer EOS; generation_config:
+    a folder whose generation_config.json names none), and the reference ignores EOS too."""
+    import json
+
+    from deepseek_v32_plugin.checkpoint import load_checkpoint
+    from deepseek_v32_plugin.config import preset_config
+    from deepseek_v32_plugin.model import ReferenceModel
+    from deepseek_v32_plugin.testing_checkpoints import write_draftable_checkpoint
+
+    ckpt, gen_cfg, runs = tmp_path / "draftable", tmp_path / "no_eos", tmp_path / "runs"
+    for d in (ckpt, gen_cfg, runs):
+        d.mkdir()
+    write_draftable_checkpoint(preset_config("tiny"), str(ckpt), seed=seed, overwrite=True)
+    (gen_cfg / "generation_config.json").write_text(json.dumps({}))
+    g = torch.Generator().manual_seed(4321)
+    lens, n_new = [12, 90], 16   # below and above index_topk
+    ps = [torch.randint(3, 1000, (n,), generator=g).tolist() for n in lens]
+    engine = dict(FP32, enable_prefix_caching=True, max_num_batched_tokens=128, skip_tokenizer_init=True,
+                  generation_config=str(gen_cfg), speculative_config={"method": "mtp", "num_speculative_tokens": 2})
+    res = run_engine(runs, str(ckpt), engine, [{"prompt_token_ids": p, "prompt_logprobs": False} for p in ps],
+                     max_tokens=n_new, full=True)
+    m = res["metrics"]
+    print(f"seed {seed} spec-decode counters:", m)
+
+    cfg, tensors = load_checkpoint(str(ckpt))
+    ref = ReferenceModel(cfg, tensors)   # fp32, as the engine runs
+    for p, out in zip(ps, res["requests"]):
+        got = out["token_ids"]
+        want, margins = _reference_greedy_ignore_eos(ref, p, n_new)
+        print(len(p), "engine", got, "reference", want)
+        assert len(got) == n_new, got   # no early stop
+        if got != want:   # fp32 engine vs fp32 oracle: only an FP8/near-tie flip may part them (vllm_it)
+            k = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+            assert margins[k] < NEAR_TIE, (len(p), k, got, want, margins[k])
+    drafted, accepted = m.get("vllm:spec_decode_num_draft_tokens", 0), m.get("vllm:spec_decode_num_accepted_tokens", 0)
+    assert m.get("vllm:spec_decode_num_drafts", 0) > 0 and drafted >= 2 * m["vllm:spec_decode_num_drafts"], m
+    # ~0.8 per draft in the reference; a draft after a rejected one in the same step counts as not accepted
+    assert accepted >= 0.3 * drafted and accepted >= 8, (accepted, drafted)
