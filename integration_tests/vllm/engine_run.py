@@ -24,6 +24,7 @@ def main(path: str) -> None:
     llm = LLM(model=job["model"], enforce_eager=True, seed=0, disable_log_stats=False, **job["engine"])
     # vLLM skips prefix-cache lookups for requests asking for prompt logprobs: make them per request
     sps = [SamplingParams(max_tokens=job.get("max_tokens", 8), temperature=0.0, detokenize=False, logprobs=0,
+                          ignore_eos=job.get("ignore_eos", False),
                           prompt_logprobs=0 if r.get("prompt_logprobs", True) else None) for r in job["requests"]]
     prompts = [{"prompt_token_ids": r["prompt_token_ids"]} for r in job["requests"]]
     if job.get("batch", "together") == "together":

@@ -205,28 +205,23 @@ def test_mtp_accepted_drafts_keep_greedy_equal_reference(seed, tmp_path):
     the paged indexer runs with 1 + 2 query rows per request on those later steps; the two requests run in one
     batch, so their accepted counts can differ within a step. The output must still be the reference's greedy.
 
-    EOS: the draftable model's token map can reach EOS (1) early, and engine_run.py's SamplingParams has no
-    ignore_eos; the engine is told of no EOS instead (skip_tokenizer_init: no tokenizer EOS; generation_config:
-    a folder whose generation_config.json names none), and the reference ignores EOS too."""
-    import json
-
+    EOS: the draftable model's token map can reach EOS (1) early: engine and reference both ignore it."""
     from deepseek_v32_plugin.checkpoint import load_checkpoint
     from deepseek_v32_plugin.config import preset_config
     from deepseek_v32_plugin.model import ReferenceModel
     from deepseek_v32_plugin.testing_checkpoints import write_draftable_checkpoint
 
-    ckpt, gen_cfg, runs = tmp_path / "draftable", tmp_path / "no_eos", tmp_path / "runs"
-    for d in (ckpt, gen_cfg, runs):
+    ckpt, runs = tmp_path / "draftable", tmp_path / "runs"
+    for d in (ckpt, runs):
         d.mkdir()
     write_draftable_checkpoint(preset_config("tiny"), str(ckpt), seed=seed, overwrite=True)
-    (gen_cfg / "generation_config.json").write_text(json.dumps({}))
     g = torch.Generator().manual_seed(4321)
     lens, n_new = [12, 90], 16   # below and above index_topk
     ps = [torch.randint(3, 1000, (n,), generator=g).tolist() for n in lens]
-    engine = dict(FP32, enable_prefix_caching=True, max_num_batched_tokens=128, skip_tokenizer_init=True,
-                  generation_config=str(gen_cfg), speculative_config={"method": "mtp", "num_speculative_tokens": 2})
+    engine = dict(FP32, enable_prefix_caching=True, max_num_batched_tokens=128,
+                  speculative_config={"method": "mtp", "num_speculative_tokens": 2})
     res = run_engine(runs, str(ckpt), engine, [{"prompt_token_ids": p, "prompt_logprobs": False} for p in ps],
-                     max_tokens=n_new, full=True)
+                     max_tokens=n_new, full=True, ignore_eos=True)
     m = res["metrics"]
     print(f"seed {seed} spec-decode counters:", m)
 
