@@ -36,13 +36,19 @@ def _prompt(cfg, n):
     return torch.randint(2, cfg.vocab_size, (n,))
 
 
-def _run(model, ids, chunks=None, use_indexer=True, mla_format="bf16"):
+def _run(model, ids, chunks=None, use_indexer=True, mla_format="bf16", return_selected=False):
     cache = model.new_cache(8, mla_format)
     seq = cache.new_sequence()
-    outs = []
+    outs, sels = [], []
     for part in (ids.split(chunks) if chunks else [ids]):
-        outs.append(model.forward(part, seq, cache, use_indexer=use_indexer)[0])
-    return torch.cat(outs)
+        logits, _, sel = model.forward(part, seq, cache, use_indexer=use_indexer, return_selected=True)
+        outs.append(logits)
+        sels.append(sel)
+    if not return_selected:
+        return torch.cat(outs)
+    # per layer, per query row: the set of selected key positions
+    per_layer = [torch.cat([s[i] for s in sels]) for i in range(len(sels[0]))]
+    return torch.cat(outs), [[frozenset(r[r >= 0].tolist()) for r in layer] for layer in per_layer]
 
 
 # ---------------------------------------------------------------- against HF transformers
@@ -123,15 +129,22 @@ def test_indexer_selection_matches_hf_indexer_above_topk(tiny, hf):
 
 # ---------------------------------------------------------------- internal consistency
 def test_prefill_equals_chunked_and_decode(smooth):
+    """One path: chunked prefill and token-by-token decode give the prefill's logits, up to the first row
+    where the FP8 indexer's top-k differs. A batch shape changes fp32 summation order (~1e-7), which can flip
+    an FP8 rounding of an indexer query/key and swap a near-tied key at rank index_topk: from that row on
+    (later rows and layers read its keys) outputs may part. Such swaps must stay rare."""
     cfg, _, model = smooth
     ids = _prompt(cfg, TOPK + 30)                                 # past index_topk: sparse for real
-    full = _run(model, ids)
-    chunked = _run(model, ids, chunks=17)
-    decode = _run(model, ids, chunks=1)
+    full, sel_full = _run(model, ids, return_selected=True)
     # fp32 summation-order noise (~1e-6) is amplified by the random tiny network; bugs are O(scale)
     tol = 2e-3 * full.abs().max().item()
-    torch.testing.assert_close(chunked, full, atol=tol, rtol=0)
-    torch.testing.assert_close(decode, full, atol=tol, rtol=0)
+    for chunks in (17, 1):
+        got, sel = _run(model, ids, chunks=chunks, return_selected=True)
+        swapped = [r for r in range(len(ids)) if any(a[r] != b[r] for a, b in zip(sel, sel_full))]
+        first = swapped[0] if swapped else len(ids)
+        assert len(swapped) <= 0.1 * len(ids), (chunks, swapped)
+        torch.testing.assert_close(got[:first], full[:first], atol=tol, rtol=0)
+        assert first > TOPK   # up to index_topk every key is selected: nothing to swap
 
 
 def test_dsa_equals_dense_up_to_topk_then_differs(smooth):
