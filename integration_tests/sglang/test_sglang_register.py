@@ -101,3 +101,18 @@ def test_unservable_config_fails_engine_start_naming_field(tiny_ckpt, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(Exception, match="index_n_heads"):
         sglang.Engine(model_path=str(bad), **ENGINE_KW)
+
+
+def test_server_arg_override_picks_our_backend(tiny_ckpt):
+    """What our override declares for the V3.2 architecture: our backend (replacing SGLang's forced "dsa"
+    unless the user chose another backend) and 64-token pages."""
+    from types import SimpleNamespace
+
+    from sglang.srt.utils.hf_transformers import get_config
+
+    from deepseek_v32_plugin.engines.sglang.hooks import _v32_overrides
+    hf = get_config(tiny_ckpt, trust_remote_code=False)
+    unset = SimpleNamespace(attention_backend=None, prefill_attention_backend=None, decode_attention_backend=None)
+    assert _v32_overrides(unset, hf) == {"page_size": 64, "attention_backend": "dsv32_sparse"}
+    other = SimpleNamespace(attention_backend="triton", prefill_attention_backend=None, decode_attention_backend=None)
+    assert _v32_overrides(other, hf) == {"page_size": 64}

@@ -7,8 +7,10 @@ and TP workers, detokenizer), before it builds ServerArgs. It:
      overwrite=True)``), unless ``DSV32_SGLANG_BUILTIN=1`` hands the architecture back to SGLang;
   3. registers our attention backend ``dsv32_sparse`` and makes it the default for this architecture
      (SGLang would force its "dsa" backend, which needs Hopper/Blackwell kernels);
-  4. on a torch without CUDA, answers the CUDA capability probes SGLang's V3.2 server-argument hooks
-     make (they call torch.cuda.get_device_capability unconditionally) with (0, 0) during those hooks.
+  4. around SGLang's model-specific server-argument pass: on a torch without CUDA answers its CUDA
+     capability probes (torch.cuda.get_device_capability, called unconditionally) with (0, 0), and turns
+     CUDA graphs off while our backend serves V3.2 (it has no capture path yet);
+  5. fills the gaps of SGLang's EAGLE path for our backend and for CPU (hooks.py, cpu_spec_ops.py).
 SGLang itself keeps choosing, from the architecture name, the MLA attention arch, 64-token pages and its
 ``DSATokenToKVPool`` (latent cache + index-key cache), which our backend uses as they are.
 """
@@ -44,6 +46,6 @@ def register() -> None:
     hooks.register_model()
     hooks.register_attention_backend()
     hooks.register_server_arg_overrides()
-    hooks.register_cuda_probe_guard()
+    hooks.register_model_adjustments_hook()
     hooks.register_draft_backend_hook()
     hooks.register_cpu_speculative_fixes()

@@ -53,11 +53,16 @@ def _v32_overrides(server_args, hf_config) -> dict:
 
     v32_config(hf_config).validate()
     out = {"page_size": 64}
-    user = [getattr(server_args, f, None) for f in
-            ("attention_backend", "prefill_attention_backend", "decode_attention_backend")]
-    if all(b in (None, "dsa", "nsa", BACKEND_NAME) for b in user):
+    if _our_backend_chosen(server_args):
         out["attention_backend"] = BACKEND_NAME
     return out
+
+
+def _our_backend_chosen(server_args) -> bool:
+    """True unless the user picked another (non-DSA) attention backend."""
+    user = [getattr(server_args, f, None) for f in
+            ("attention_backend", "prefill_attention_backend", "decode_attention_backend")]
+    return all(b in (None, "dsa", "nsa", BACKEND_NAME) for b in user)
 
 
 def register_server_arg_overrides() -> None:
@@ -108,11 +113,27 @@ def _cpu_capability_probe():
         torch.cuda.get_device_capability = orig
 
 
-def _around_model_adjustments(original, *args, **kwargs):
+def _around_model_adjustments(original, server_args, *args, **kwargs):
     if torch.cuda.is_available():
-        return original(*args, **kwargs)
-    with _cpu_capability_probe():
-        return original(*args, **kwargs)
+        out = original(server_args, *args, **kwargs)
+    else:
+        with _cpu_capability_probe():
+            out = original(server_args, *args, **kwargs)
+    _declare_no_cuda_graphs(server_args)
+    return out
+
+
+def _declare_no_cuda_graphs(server_args) -> None:
+    """Our backend has no CUDA-graph capture path yet, and SGLang captures by default on a GPU (model
+    overrides may not declare disable_cuda_graph, so it is declared here, in the model-adjustment pass)."""
+    from sglang.srt.arg_groups.overrides import declare_resolution, model_config_of
+
+    try:
+        arch = model_config_of(server_args).hf_config.architectures[0]
+    except Exception:   # no HF config to key on (e.g. an instance connector): not ours to adjust
+        return
+    if arch == ARCH and _our_backend_chosen(server_args):
+        declare_resolution(server_args, "deepseek_v32_plugin", disable_cuda_graph=True)
 
 
 def _around_get_last_loc(original, req_to_token, req_pool_indices, prefix_lens):
@@ -131,9 +152,9 @@ def register_cpu_speculative_fixes() -> None:
     HookRegistry.register("sglang.srt.mem_cache.allocation.get_last_loc", _around_get_last_loc, HookType.AROUND)
 
 
-def register_cuda_probe_guard() -> None:
-    if torch.version.cuda is not None and torch.cuda.is_available():
-        return  # a real GPU answers the probes itself
+def register_model_adjustments_hook() -> None:
+    """Around SGLang's model-specific server-argument pass: answer its CUDA capability probes on a torch
+    without CUDA, and turn CUDA graphs off when our backend serves V3.2."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     HookRegistry.register("sglang.srt.arg_groups.model_hook.handle_model_specific_adjustments",
