@@ -25,6 +25,8 @@ SEED = int(os.environ.get("DSV32_TEST_SEED", "0"))
 os.environ.setdefault("DSV32_CHECK_SLOTS", "1")
 LOGPROB_TOL_BF16 = 2e-2
 LOGPROB_TOL_FP32 = 0.3
+SPEC_KW = dict(speculative_algorithm="EAGLE", speculative_num_steps=2, speculative_eagle_topk=1,
+               speculative_num_draft_tokens=3)   # the MTP layer drafts a 2-token chain per step
 ENGINE_KW = dict(device="cpu", mem_fraction_static=0.02, disable_cuda_graph=True, log_level="error",
                  dtype="bfloat16")
 
@@ -37,6 +39,25 @@ def tiny_ckpt(tmp_path_factory):
     print(f"tiny checkpoint seed {SEED} (DSV32_TEST_SEED={SEED} to reproduce)")
     write_checkpoint(preset_config("tiny"), path, seed=SEED, overwrite=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def draftable_ckpt(tmp_path_factory):
+    """Same format, but its MTP layer drafts the target's greedy tokens well (testing_checkpoints.py): for
+    speculative-decoding tests that need accepted drafts."""
+    from deepseek_v32_plugin.config import preset_config
+    from deepseek_v32_plugin.testing_checkpoints import write_draftable_checkpoint
+    path = str(tmp_path_factory.mktemp("dsv32_draftable_sglang"))
+    write_draftable_checkpoint(preset_config("tiny"), path, seed=SEED, overwrite=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ref_draftable_bf16(draftable_ckpt):
+    from deepseek_v32_plugin.checkpoint import load_checkpoint
+    from deepseek_v32_plugin.model import ReferenceModel
+    cfg, tensors = load_checkpoint(draftable_ckpt)
+    return ReferenceModel(cfg, tensors, dtype=torch.bfloat16)
 
 
 @pytest.fixture(scope="session")

@@ -19,11 +19,9 @@ import os
 import pytest
 import torch
 
-from conftest import ENGINE_KW, prompt_ids, reference_greedy
+from conftest import ENGINE_KW, SPEC_KW, prompt_ids, reference_greedy
 
 GREEDY = {"max_new_tokens": 8, "temperature": 0.0}
-SPEC_KW = dict(speculative_algorithm="EAGLE", speculative_num_steps=2, speculative_eagle_topk=1,
-               speculative_num_draft_tokens=3)
 LENS = [12, 90]          # below and above index_topk (32)
 
 
@@ -78,34 +76,24 @@ def test_draft_module_equals_reference(spec_run, ref_bf16):
     assert agree >= 0.95, agree
 
 
-def test_accepted_drafts_keep_greedy_equal_reference(tmp_path_factory):
+def test_accepted_drafts_keep_greedy_equal_reference(draftable_ckpt, ref_draftable_bf16):
     """Draftable checkpoint: most drafts are accepted (so steps commit 2-3 tokens, and later steps read the
     KV that verify wrote for accepted drafts), and the output still equals the reference's greedy."""
     import sglang
-
-    from deepseek_v32_plugin.checkpoint import load_checkpoint
-    from deepseek_v32_plugin.config import preset_config
-    from deepseek_v32_plugin.model import ReferenceModel
-    from deepseek_v32_plugin.testing_checkpoints import write_draftable_checkpoint
-    from conftest import SEED
-    path = str(tmp_path_factory.mktemp("draftable"))
-    write_draftable_checkpoint(preset_config("tiny"), path, seed=SEED, overwrite=True)
     prompts = [prompt_ids(n, seed=4000 + n) for n in LENS]
     # ignore_eos: the draftable model's fixed token map reaches EOS quickly from some tokens
     params = {"max_new_tokens": 16, "temperature": 0.0, "ignore_eos": True}
-    eng = sglang.Engine(model_path=path, **SPEC_KW, **ENGINE_KW)
+    eng = sglang.Engine(model_path=draftable_ckpt, **SPEC_KW, **ENGINE_KW)
     try:
         outs = [eng.generate(input_ids=p, sampling_params=params) for p in prompts]
     finally:
         eng.shutdown()
-    cfg, tensors = load_checkpoint(path)
-    ref = ReferenceModel(cfg, tensors, dtype=torch.bfloat16)
     correct = proposed = 0
     for p, o in zip(prompts, outs):
         m = o["meta_info"]
         print(len(p), {k: v for k, v in m.items() if k.startswith("spec_")})
         correct += m["spec_num_correct_drafts"]
         proposed += m["spec_num_proposed_drafts"]
-        assert o["output_ids"] == reference_greedy(ref, p, params["max_new_tokens"], ignore_eos=True)
+        assert o["output_ids"] == reference_greedy(ref_draftable_bf16, p, params["max_new_tokens"], ignore_eos=True)
     # ~0.8 per draft in the reference; a chain's second draft is only tried after the first is accepted
     assert correct >= 0.3 * proposed and correct >= 8, (correct, proposed)

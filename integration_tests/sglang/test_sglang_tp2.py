@@ -8,7 +8,7 @@ import pytest
 
 import statistics
 
-from conftest import ENGINE_KW, prompt_ids, reference_greedy, reference_input_logprobs
+from conftest import ENGINE_KW, SPEC_KW, prompt_ids, reference_greedy, reference_input_logprobs
 
 # tp=2 reduces o_proj / MoE / shared-expert partial sums across ranks in bf16, so hidden states differ from
 # tp=1 by bf16 rounding; FP8 activation quantization (MoE inputs, indexer q/k: e4m3 steps of 6-12%) turns a
@@ -37,3 +37,22 @@ def test_tp2_matches_reference(engine_tp2, ref_bf16, n):
     errs = [abs(a - b) for a, b in zip(got, reference_input_logprobs(ref_bf16, ids))]
     med = statistics.median(errs)
     assert med <= TP_MEDIAN_TOL, f"median |logprob - bf16 reference| = {med} (max {max(errs)})"
+
+
+def test_tp2_mtp_accepted_drafts_equal_reference(draftable_ckpt, ref_draftable_bf16):
+    """tp_size=2 with the MTP layer as EAGLE draft (draft model sharded like the target) on the draftable
+    checkpoint: drafts are accepted and the greedy output equals the bf16 reference."""
+    import sglang
+    os.environ.setdefault("SGLANG_CPU_OMP_THREADS_BIND", "0|1")
+    prompts = [prompt_ids(n, seed=5000 + n) for n in (12, 90)]
+    params = {"max_new_tokens": 16, "temperature": 0.0, "ignore_eos": True}
+    eng = sglang.Engine(model_path=draftable_ckpt, tp_size=2, **SPEC_KW, **ENGINE_KW)
+    try:
+        outs = [eng.generate(input_ids=p, sampling_params=params) for p in prompts]
+    finally:
+        eng.shutdown()
+    correct = 0
+    for p, o in zip(prompts, outs):
+        correct += o["meta_info"]["spec_num_correct_drafts"]
+        assert o["output_ids"] == reference_greedy(ref_draftable_bf16, p, 16, ignore_eos=True)
+    assert correct >= 8, [o["meta_info"] for o in outs]
