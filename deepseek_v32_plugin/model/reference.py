@@ -24,6 +24,7 @@ from ..ops import fp8_moe, indexer, sparse_mla
 from ..ops.fp8_quant import FP8_DTYPE, fp8_dequant_weight, fp8_quant_weight
 from .cache import PagedCache, Sequence
 from .indexer import indexer_head_weights, indexer_rope_qk
+from .mla import absorb_query, expand_latent_output, split_kv_b
 from .moe import route
 from .rope import YarnRope
 
@@ -76,10 +77,9 @@ class Attention:
         self.q_b = w.linear(f"{p}.q_b_proj")
         self.kv_a = w.linear(f"{p}.kv_a_proj_with_mqa")
         self.kv_a_norm = w.vec(f"{p}.kv_a_layernorm.weight")
-        kv_b = w.linear(f"{p}.kv_b_proj").view(cfg.num_attention_heads, cfg.qk_nope_head_dim + cfg.v_head_dim,
-                                               cfg.kv_lora_rank)
-        self.w_uk = kv_b[:, : cfg.qk_nope_head_dim]   # [h, nope, 512]: absorbed into the query
-        self.w_uv = kv_b[:, cfg.qk_nope_head_dim:]    # [h, v, 512]: applied after attention
+        # [h, nope, 512] absorbed into the query, [h, v, 512] applied after attention (model/mla.py)
+        self.w_uk, self.w_uv = split_kv_b(w.linear(f"{p}.kv_b_proj"), cfg.num_attention_heads,
+                                          cfg.qk_nope_head_dim, cfg.kv_lora_rank)
         self.o = w.linear(f"{p}.o_proj")
         ip = f"{p}.indexer"
         self.idx_wq_b = w.linear(f"{ip}.wq_b")
@@ -133,11 +133,10 @@ class Attention:
             pos_idx = torch.where(ar[None, :] <= positions[:, None], ar[None, :], -1).int()
         slots = indexer.indices_to_slots(pos_idx, seq.block_table(x.device)[None].expand(n, -1))
 
-        q_lat = torch.einsum("nhd,hdc->nhc", q_nope, self.w_uk)
-        q576 = torch.cat([q_lat, q_pe], dim=-1)
+        q576 = absorb_query(q_nope, q_pe, self.w_uk)
         out_lat, _ = sparse_mla.sparse_mla_decode(q576[None].contiguous(), cache_mla, slots[None].contiguous(),
                                                   cfg.softmax_scale)
-        out = torch.einsum("nhc,hvc->nhv", out_lat[0].to(self.w_uv.dtype), self.w_uv)
+        out = expand_latent_output(out_lat[0], self.w_uv)
         return out.reshape(n, h * cfg.v_head_dim) @ self.o.t(), pos_idx
 
 

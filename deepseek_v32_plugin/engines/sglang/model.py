@@ -38,6 +38,7 @@ from sglang.srt.utils import set_weight_attrs
 from ...config import V32Config
 from ...model import YarnRope
 from ...model.indexer import indexer_head_weights
+from ...model.mla import absorb_query, expand_latent_output, split_kv_b
 from ...model.reference import Attention as _RefAttention
 from ...ops import fp8_moe, indexer
 from ...ops.fp8_quant import FP8_DTYPE, GROUP, fp8_dequant_weight
@@ -207,14 +208,12 @@ class MLAAttention(nn.Module):
         self._ref_indexer = _RefIndexerView(cfg, rope, self.indexer)
         self.attn = RadixAttention(self.h, cfg.mla_cache_dim, cfg.softmax_scale, num_kv_heads=1,
                                    layer_id=layer_id, v_head_dim=cfg.kv_lora_rank, prefix=f"{prefix}.attn")
-        self.w_kc: Optional[torch.Tensor] = None   # [h, nope, kv_lora]: absorbed into q
-        self.w_vc: Optional[torch.Tensor] = None   # [h, v, kv_lora]: applied to the latent output
+        self.w_uk: Optional[torch.Tensor] = None   # [h, nope, kv_lora]: absorbed into q (model/mla.py)
+        self.w_uv: Optional[torch.Tensor] = None   # [h, v, kv_lora]: applied to the latent output
 
     def post_load_weights(self):
         cfg = self.cfg
-        w = self.kv_b_proj.weight.view(self.h, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
-        self.w_kc = w[:, : cfg.qk_nope_head_dim].contiguous()
-        self.w_vc = w[:, cfg.qk_nope_head_dim:].contiguous()
+        self.w_uk, self.w_uv = split_kv_b(self.kv_b_proj.weight, self.h, cfg.qk_nope_head_dim, cfg.kv_lora_rank)
 
     def forward(self, positions, x, forward_batch):
         cfg = self.cfg
@@ -232,12 +231,10 @@ class MLAAttention(nn.Module):
         index_inputs = IndexerInputs(k=ik, q_fp8=q_fp8, weights=indexer_head_weights(head_w, q_scale, cfg),
                                      topk=cfg.index_topk)
 
-        q_lat = torch.einsum("thd,hdc->thc", q_nope, self.w_kc)
-        q576 = torch.cat([q_lat, q_pe], dim=-1)
+        q576 = absorb_query(q_nope, q_pe, self.w_uk)
         out_lat = self.attn(q576, kv_c.unsqueeze(1), kv_c.unsqueeze(1), forward_batch,
                             k_rope=k_pe.unsqueeze(1), dsv32_index=index_inputs)
-        out = torch.einsum("thc,hvc->thv", out_lat.view(t, self.h, cfg.kv_lora_rank).to(self.w_vc.dtype),
-                           self.w_vc)
+        out = expand_latent_output(out_lat.view(t, self.h, cfg.kv_lora_rank), self.w_uv)
         return self.o_proj(out.reshape(t, self.h * cfg.v_head_dim))[0]
 
 

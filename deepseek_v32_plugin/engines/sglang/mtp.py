@@ -28,8 +28,10 @@ from sglang.srt.layers.vocab_parallel_embedding import ParallelLMHead, VocabPara
 from ...model import YarnRope
 from .model import DecoderLayer, load_v32_weights, v32_config
 
-# Test hook: when set, the draft appends (positions, input_ids, previous hidden, output hidden) of every forward
-# to this file (torch.save of a list), so integration tests can replay the draft against the reference.
+# Test hook (read once, when the draft is built): when set, the draft appends (positions, input_ids, previous
+# hidden, output hidden) of its first forwards to this file (torch.save of a list), so integration tests can
+# compare the draft with the reference.
+MAX_DUMPS = 64
 DUMP_ENV = "DSV32_SGLANG_DUMP_DRAFT"
 
 
@@ -44,6 +46,7 @@ class _NextNModel(nn.Module):
         self.decoder = DecoderLayer(cfg, cfg.num_hidden_layers, "model.decoder", rope, engine_layer_id=0)
         self.shared_head = nn.Module()
         self.shared_head.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self._dump_path = os.environ.get(DUMP_ENV) or None
 
     def forward(self, input_ids, positions, forward_batch):
         emb = self.embed_tokens(input_ids)
@@ -54,13 +57,15 @@ class _NextNModel(nn.Module):
         x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(prev.to(emb.dtype))], dim=-1))
         x = self.decoder(positions, x, forward_batch)
         out = self.shared_head.norm(x)
-        if os.environ.get(DUMP_ENV):
-            _dump(os.environ[DUMP_ENV], positions, input_ids, prev, out)
+        if self._dump_path:
+            _dump(self._dump_path, positions, input_ids, prev, out)
         return out
 
 
 def _dump(path, positions, input_ids, prev, out):
     records = torch.load(path) if os.path.exists(path) else []
+    if len(records) >= MAX_DUMPS:
+        return
     records.append({"positions": positions.cpu(), "input_ids": input_ids.cpu(), "prev_hidden": prev.float().cpu(),
                     "hidden": out.float().cpu()})
     torch.save(records, path)

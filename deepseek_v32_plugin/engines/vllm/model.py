@@ -42,6 +42,7 @@ from vllm.v1.kv_cache_interface import MLAAttentionSpec, SparseCacheRole
 
 from deepseek_v32_plugin.config import V32Config
 from deepseek_v32_plugin.model.indexer import indexer_head_weights, indexer_rope_qk
+from deepseek_v32_plugin.model.mla import absorb_query, expand_latent_output, split_kv_b
 from deepseek_v32_plugin.model.rope import YarnRope
 from deepseek_v32_plugin.ops import PAGE_SIZE, indexer
 from deepseek_v32_plugin.ops.fp8_quant import FP8_DTYPE, fp8_dequant_weight, fp8_quant_weight
@@ -171,16 +172,15 @@ class MLAAttention(nn.Module):
             k_pe = rope.apply(kv[:t, cfg.kv_lora_rank:], pos, interleaved=True)
             q_pe = rope.apply(q_pe, pos, interleaved=True)
             slots = self.indexer(x[:t], qr[:t], pos, rope, _metadata(self.indexer.k_cache.layer_name))
-            q576 = torch.cat([torch.einsum("thd,hdc->thc", q_nope, self.w_uk), q_pe], dim=-1)
+            q576 = absorb_query(q_nope, q_pe, self.w_uk)
             out_lat[:t] = self.impl.forward(q576, kv_c, k_pe, self.attn.kv_cache, slots, md).to(x.dtype)
-        out = torch.einsum("thc,hvc->thv", out_lat, self.w_uv).reshape(n, h * cfg.v_head_dim)
+        out = expand_latent_output(out_lat, self.w_uv).reshape(n, h * cfg.v_head_dim)
         return self.o_proj(out)[0]
 
     def process_weights_after_loading(self):
         cfg = self.cfg
-        kv_b = self.kv_b_proj.weight.view(self.num_heads, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
-        self.w_uk = kv_b[:, : cfg.qk_nope_head_dim]   # [h, nope, 512]
-        self.w_uv = kv_b[:, cfg.qk_nope_head_dim:]    # [h, v, 512]
+        self.w_uk, self.w_uv = split_kv_b(self.kv_b_proj.weight, self.num_heads, cfg.qk_nope_head_dim,
+                                          cfg.kv_lora_rank)
 
 
 class MLP(nn.Module):
