@@ -359,6 +359,10 @@ def test_dispatch_auto_on_cpu_tries_triton_only_when_asked(monkeypatch):
     monkeypatch.setenv("DSV32_CPU_TRITON", "1")   # (TRITON_INTERPRET=1 is set by conftest on CPU)
     fn = resolve("indexer_topk", torch.device("cpu"))
     assert fn.__name__ == "indexer_topk_with_fallback"   # triton first, the reference behind it
+    monkeypatch.setenv("TRITON_INTERPRET", "0")   # no interpreter: one clear error, not a crash at launch
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET=1"):
+        resolve("indexer_topk", torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     logits = torch.randn(3, 50)
     ke = torch.tensor([10, 50, 33], dtype=torch.int32)
     assert torch.equal(indexer.indexer_topk(logits, 8, ke=ke), indexer.indexer_topk(logits, 8, ke=ke, backend="torch"))

@@ -10,10 +10,14 @@ from __future__ import annotations
 import torch
 
 
-def split_kv_b(kv_b_weight: torch.Tensor, heads: int, qk_nope_head_dim: int, kv_lora_rank: int):
-    """kv_b_proj weight [heads * (nope + v), kv_lora] -> (w_uk [heads, nope, kv_lora], w_uv [heads, v, kv_lora]),
-    views of the weight (no copy: at full size kv_b is 32 MiB per layer)."""
-    w = kv_b_weight.view(heads, -1, kv_lora_rank)
+def split_kv_b(kv_b_weight: torch.Tensor, heads: int, qk_nope_head_dim: int, v_head_dim: int, kv_lora_rank: int):
+    """kv_b_proj weight [heads * (nope + v), kv_lora] (this rank's heads) -> (w_uk [heads, nope, kv_lora],
+    w_uv [heads, v, kv_lora]), views of the weight (no copy: at full size kv_b is 32 MiB per layer)."""
+    want = (heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank)
+    if tuple(kv_b_weight.shape) != want:
+        raise ValueError(f"kv_b_proj weight has shape {list(kv_b_weight.shape)}, expected {list(want)} "
+                         f"({heads} heads x (nope {qk_nope_head_dim} + v {v_head_dim}), kv_lora_rank {kv_lora_rank})")
+    w = kv_b_weight.view(heads, qk_nope_head_dim + v_head_dim, kv_lora_rank)
     return w[:, :qk_nope_head_dim], w[:, qk_nope_head_dim:]
 
 

@@ -79,7 +79,7 @@ class Attention:
         self.kv_a_norm = w.vec(f"{p}.kv_a_layernorm.weight")
         # [h, nope, 512] absorbed into the query, [h, v, 512] applied after attention (model/mla.py)
         self.w_uk, self.w_uv = split_kv_b(w.linear(f"{p}.kv_b_proj"), cfg.num_attention_heads,
-                                          cfg.qk_nope_head_dim, cfg.kv_lora_rank)
+                                          cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank)
         self.o = w.linear(f"{p}.o_proj")
         ip = f"{p}.indexer"
         self.idx_wq_b = w.linear(f"{ip}.wq_b")
@@ -117,7 +117,7 @@ class Attention:
             q_fp8, q_scale = indexer.indexer_quant(iq)
             weights = indexer_head_weights(head_w, q_scale, cfg)
             table = seq.block_table(x.device)
-            if n <= 4:   # decode / MTP-verify shape: the paged kernel
+            if n <= indexer.PAGED_MAX_NEXT_N:   # decode / MTP-verify shape: the paged kernel
                 logits = indexer.fp8_paged_indexer_logits(
                     q_fp8[None], cache_idx, weights, torch.tensor([total], dtype=torch.int32, device=x.device),
                     table[None], total)

@@ -88,10 +88,13 @@ def resolve(op: str, device: torch.device, backend: Optional[str] = None) -> Cal
     if device.type == "cuda":
         order = ("cuda", "triton", "torch")
     elif os.environ.get("DSV32_CPU_TRITON", "0") == "1":
+        if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            raise BackendUnavailable("DSV32_CPU_TRITON=1 runs our Triton kernels on CPU through Triton's "
+                                     "interpreter: set TRITON_INTERPRET=1 too")
         order = ("triton", "torch")
     else:
         order = ("torch",)
-    key = (op, device.type)
+    key = (op, device.type, order)
     if key in _cache:
         return _cache[key]
     chain, reasons = [], []

@@ -36,7 +36,11 @@ def test_plugin_model_and_backend_in_use(engine):
     info = engine.get_server_info()
     assert info["attention_backend"] == "dsv32_sparse", info["attention_backend"]
     assert info["page_size"] == 64
-    assert info["disable_cuda_graph"] is True   # our backend cannot be captured yet: the plugin says so
+    # our backend cannot be captured yet: the plugin turns capture off (the flag and both graph phases)
+    assert info["disable_cuda_graph"] is True
+    graphs = info["cuda_graph_config"]
+    assert {p: graphs[p]["backend"] for p in ("decode", "prefill")} == {"decode": "disabled", "prefill": "disabled"}, \
+        graphs
 
 
 @pytest.mark.parametrize("n", [12, 90], ids=["len12-below-topk", "len90-above-topk-2pages"])

@@ -37,10 +37,13 @@ def spec_run(tiny_ckpt, tmp_path_factory):
     try:
         prompts = [prompt_ids(n, seed=3000 + n) for n in LENS]
         outs = [eng.generate(input_ids=p, sampling_params=GREEDY) for p in prompts]   # one at a time
+        # then together (verify / draft extend / draft decode batches of several requests of different lengths)
+        mixed = [prompt_ids(n, seed=3100 + n) for n in (5, 40, 70, 20)]
+        together = eng.generate(input_ids=mixed, sampling_params=GREEDY)
         info = eng.get_server_info()
     finally:
         eng.shutdown()
-    return dict(prompts=prompts, outs=outs, info=info, draft=torch.load(dump))
+    return dict(prompts=prompts, outs=outs, mixed=mixed, together=together, info=info, draft=torch.load(dump))
 
 
 def test_speculative_greedy_equals_reference(spec_run, ref_bf16):
@@ -52,13 +55,21 @@ def test_speculative_greedy_equals_reference(spec_run, ref_bf16):
         assert o["output_ids"] == reference_greedy(ref_bf16, p, GREEDY["max_new_tokens"])
 
 
+def test_batched_speculative_greedy_equals_reference(spec_run, ref_bf16):
+    for p, o in zip(spec_run["mixed"], spec_run["together"]):
+        assert o["meta_info"]["spec_verify_ct"] >= 1, o["meta_info"]
+        assert o["output_ids"] == reference_greedy(ref_bf16, p, GREEDY["max_new_tokens"]), len(p)
+
+
 def test_draft_module_equals_reference(spec_run, ref_bf16):
     """First draft forward of the 90-token prompt (its prefill's draft extend): SGLang fed it the prompt
     shifted by one plus the first sampled token, and the target's final hidden states; those equal the
     reference's, and the draft's output (shared_head.norm(x)) gives the reference mtp_forward's logits."""
     p = spec_run["prompts"][1]
     n = len(p)
-    rec = next(r for r in spec_run["draft"] if r["positions"].tolist() == list(range(n)))
+    recs = [r for r in spec_run["draft"] if r["positions"].tolist() == list(range(n))]
+    assert recs, [(len(r["positions"]), r["positions"][:3].tolist()) for r in spec_run["draft"]]
+    rec = recs[0]
     assert rec["input_ids"][:-1].tolist() == p[1:]
     assert rec["input_ids"][-1].item() == spec_run["outs"][1]["output_ids"][0]
     ref = ref_bf16
@@ -84,8 +95,8 @@ def test_accepted_drafts_keep_greedy_equal_reference(draftable_ckpt, ref_draftab
     # ignore_eos: the draftable model's fixed token map reaches EOS quickly from some tokens
     params = {"max_new_tokens": 16, "temperature": 0.0, "ignore_eos": True}
     eng = sglang.Engine(model_path=draftable_ckpt, **SPEC_KW, **ENGINE_KW)
-    try:
-        outs = [eng.generate(input_ids=p, sampling_params=params) for p in prompts]
+    try:   # submitted together: requests accept different numbers of drafts within one verify batch
+        outs = eng.generate(input_ids=prompts, sampling_params=params)
     finally:
         eng.shutdown()
     correct = proposed = 0

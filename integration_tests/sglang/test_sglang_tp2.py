@@ -48,7 +48,7 @@ def test_tp2_mtp_accepted_drafts_equal_reference(draftable_ckpt, ref_draftable_b
     params = {"max_new_tokens": 16, "temperature": 0.0, "ignore_eos": True}
     eng = sglang.Engine(model_path=draftable_ckpt, tp_size=2, **SPEC_KW, **ENGINE_KW)
     try:
-        outs = [eng.generate(input_ids=p, sampling_params=params) for p in prompts]
+        outs = eng.generate(input_ids=prompts, sampling_params=params)   # one batch
     finally:
         eng.shutdown()
     correct = 0

@@ -56,9 +56,6 @@ class _Metadata:
     ke: Optional[torch.Tensor] = None        # [T] int32
 
 
-MAX_PAGED_NEXT_N = 4   # the paged indexer-logits op serves 1..4 query rows per request
-
-
 def _make_backend_class():
     from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
@@ -79,10 +76,6 @@ def _make_backend_class():
             if not hasattr(self.pool, "index_key_cache"):
                 raise ValueError(f"token_to_kv_pool is {type(self.pool).__name__}: the {BACKEND_NAME} backend "
                                  "needs SGLang's DSATokenToKVPool (an index-key cache beside the MLA cache)")
-            topk = getattr(model_runner.server_args, "speculative_eagle_topk", None)
-            if topk is not None and int(topk) > 1:
-                raise ValueError(f"speculative_eagle_topk={topk}: the {BACKEND_NAME} attention backend drafts "
-                                 "chains only (pass --speculative-eagle-topk 1)")
             # debug invariant (tests turn it on): every new token's cache slot is req_to_token[req, position]
             self.check_slots = os.environ.get("DSV32_CHECK_SLOTS", "0") == "1"
             self.forward_metadata: Optional[_Metadata] = None
@@ -100,7 +93,8 @@ def _make_backend_class():
             # cache, this batch's written first), whatever the mode: prefill chunks, radix hits, decode, and
             # the speculative modes (target verify of a draft chain, draft extend, draft decode steps).
             counts = self._rows_per_request(fb, t, bs)
-            row_req = torch.repeat_interleave(torch.arange(bs, device=dev), torch.tensor(counts, device=dev))
+            row_req = torch.repeat_interleave(torch.arange(bs, device=dev),
+                                              torch.tensor(counts, dtype=torch.long, device=dev))
             pos = fb.positions.to(torch.int64) + self.step_offset
             kv_lens = torch.zeros(bs, dtype=torch.int64, device=dev)
             if t:
@@ -112,11 +106,11 @@ def _make_backend_class():
             cols = torch.arange(pages, device=dev) * PAGE_SIZE
             block_table = (rows[:, cols] // PAGE_SIZE).to(torch.int32)                 # [B, P]
             row_ke = (pos + 1).to(torch.int32)
-            if t == 0:   # idle batch (e.g. a DP rank without requests): nothing to attend
+            if t == 0:   # idle batch: nothing to attend (_run returns an empty output)
                 self.forward_metadata = _Metadata(1, row_req, block_table, kv_lens.to(torch.int32), 0, row_ke)
                 return
             k = counts[0]
-            if 1 <= k <= MAX_PAGED_NEXT_N and counts == [k] * bs and bool(
+            if 1 <= k <= indexer.PAGED_MAX_NEXT_N and counts == [k] * bs and bool(
                     (pos.view(bs, k) == kv_lens[:, None] - k + torch.arange(k, device=dev)).all()):
                 # each request's rows are its last k tokens (decode, draft decode, verify of a k-token chain):
                 # paged path, the indexer reads keys straight from the paged cache
@@ -124,7 +118,7 @@ def _make_backend_class():
                 return
             kv_start = torch.zeros(bs, dtype=torch.int64, device=dev)
             kv_start[1:] = torch.cumsum(kv_lens, 0)[:-1]
-            kv_slots = torch.cat([rows[i, : kv_cpu[i]] for i in range(bs)]).to(torch.int64)
+            kv_slots = rows[:, :max_len][torch.arange(max_len, device=dev)[None, :] < kv_lens[:, None]].to(torch.int64)
             ks = kv_start[row_req]
             ke = ks + pos + 1
             self.forward_metadata = _Metadata(0, row_req, block_table, kv_lens.to(torch.int32), max_len, row_ke,
@@ -143,7 +137,10 @@ def _make_backend_class():
                 ext = fb.extend_seq_lens_cpu
                 if ext is None and fb.extend_seq_lens is not None:
                     ext = fb.extend_seq_lens.tolist()
-                if ext is not None and sum(ext) == t:
+                if ext is not None:
+                    if sum(ext) != t:   # e.g. padded rows (DP attention): refusing beats mixing requests
+                        raise NotImplementedError(f"{BACKEND_NAME}: {t} query rows but extend_seq_lens sum to "
+                                                  f"{sum(ext)} in a {mode} batch")
                     return list(ext)
             if bs == 0 or t % bs:
                 raise NotImplementedError(f"{BACKEND_NAME}: cannot split {t} rows of a {mode} batch over {bs} requests")
@@ -164,7 +161,9 @@ def _make_backend_class():
             kv_cache, idx_cache = self._caches(layer.layer_id)
             loc = forward_batch.out_cache_loc
             t = q.shape[0]
-            if self.check_slots and t:
+            if t == 0:
+                return q.new_empty(0, layer.tp_q_head_num * layer.v_head_dim)
+            if self.check_slots:
                 req = forward_batch.req_pool_indices.long()[md.row_req]
                 want = self.req_to_token[req, forward_batch.positions.long()]
                 if not torch.equal(want.to(torch.int64), loc.to(torch.int64)):
@@ -205,9 +204,7 @@ class DSV32MultiStepDraftBackend:
     needs_cpu_seq_lens = True
 
     def __init__(self, model_runner, topk: int, speculative_num_steps: int):
-        if topk > 1:
-            raise ValueError(f"speculative_eagle_topk={topk}: the {BACKEND_NAME} attention backend drafts chains "
-                             "only (pass --speculative-eagle-topk 1)")
+        # (speculative_eagle_topk > 1 is refused at launch, hooks._check_servable_with_our_backend)
         self.topk, self.speculative_num_steps = topk, speculative_num_steps
         self.attn_backends = [create_backend(model_runner, step_offset=i) for i in range(speculative_num_steps - 1)]
 

@@ -7,10 +7,11 @@ with ``SGLANG_USE_CPU_ENGINE=1``.
 
 ``install()`` is idempotent and does nothing that a real GPU install would notice:
 - ``sgl_kernel``: a stand-in package is served by a meta-path finder placed *last* on ``sys.meta_path``,
-  so a real ``sgl_kernel`` (any GPU install) is always found first. Its top-level names are functions that
-  raise ``NotImplementedError`` naming themselves when called (SGLang imports some unconditionally); it has
-  no submodules, so SGLang's ``try: from sgl_kernel.<sub> import X / except ImportError`` fallbacks take
-  their CPU branch.
+  so a real ``sgl_kernel`` (any GPU install) is always found first. The CPU ops of SGLang's EAGLE path are
+  torch functions (cpu_spec_ops.py); any other top-level name is a function that raises
+  ``NotImplementedError`` naming itself when called (SGLang imports some unconditionally); it has no
+  submodules, so SGLang's ``try: from sgl_kernel.<sub> import X / except ImportError`` fallbacks take their
+  CPU branch.
 - torchvision: the two op schemas are defined only when torch is a CPU build and torchvision's ``_C``
   has not registered them.
 - ``SGLANG_USE_CPU_ENGINE`` defaults to ``1`` only when torch has neither CUDA nor ROCm.

@@ -8,7 +8,11 @@ Everything SGLang keys on the string "DeepseekV32ForCausalLM" and what we do abo
   - arg_groups/model_hook.py handle_model_specific_adjustments and the passes it runs
     (overrides.py _dsa_kv_cache_dtype_default, _dsa_split_backend_resolution) call
     torch.cuda.get_device_capability() on any non-NPU/XPU platform, which raises on a CPU torch: on a torch
-    without CUDA we run that hook with the probe answering (0, 0) (-> bf16 KV cache, as SGLang picks below sm100).
+    without CUDA we run that hook with the probe answering (0, 0) (-> bf16 KV cache, as SGLang picks below sm100),
+    and after it declare CUDA graphs off while our backend serves V3.2 (it has no capture path yet).
+Speculative decoding (EAGLE/NEXTN with the MTP layer, see mtp.py): our backend is added to the draft-backend
+tables of speculative/draft_utils.py; on a torch without CUDA, mem_cache/allocation.get_last_loc (which picks
+a Triton kernel by backend name) is routed to its torch twin.
 """
 from __future__ import annotations
 
@@ -32,14 +36,16 @@ def register_model() -> None:
 
 
 def register_attention_backend() -> None:
-    from sglang.srt.arg_groups.choices import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
+    from sglang.srt.arg_groups import choices
     from sglang.srt.layers.attention.attention_registry import register_attention_backend as reg
 
     from .backend import create_backend
 
     reg(BACKEND_NAME)(create_backend)
-    if BACKEND_NAME not in ATTENTION_BACKEND_CHOICES:
-        add_attention_backend_choices([BACKEND_NAME])
+    if BACKEND_NAME not in choices.ATTENTION_BACKEND_CHOICES:
+        choices.add_attention_backend_choices([BACKEND_NAME])
+    if BACKEND_NAME not in choices.DRAFT_ATTENTION_BACKEND_CHOICES:   # --speculative-draft-attention-backend
+        choices.add_draft_attention_backend_choices([BACKEND_NAME])
 
 
 def _v32_overrides(server_args, hf_config) -> dict:
@@ -48,14 +54,31 @@ def _v32_overrides(server_args, hf_config) -> dict:
     Reads the user's own choice from the raw record: platform defaults declared earlier in the resolution
     (e.g. "intel_amx" on CPU) are not a user choice and are replaced too.
     Also the earliest point where SGLang hands us the HF config in the launching process: an unservable
-    config fails here, naming the field, before any scheduler process starts."""
+    config or server argument fails here, naming the field, before any scheduler process starts."""
     from .model import v32_config
 
-    v32_config(hf_config).validate()
+    cfg = v32_config(hf_config)
+    cfg.validate()
     out = {"page_size": 64}
     if _our_backend_chosen(server_args):
         out["attention_backend"] = BACKEND_NAME
+        _check_servable_with_our_backend(server_args, cfg)
     return out
+
+
+def _check_servable_with_our_backend(server_args, cfg) -> None:
+    spec = getattr(server_args, "speculative_algorithm", None)
+    if spec not in (None, "", "NONE"):
+        if not cfg.num_nextn_predict_layers:
+            raise ValueError(f"speculative_algorithm={spec}: this V3.2 checkpoint has num_nextn_predict_layers=0, "
+                             "no MTP layer to draft with")
+        topk = getattr(server_args, "speculative_eagle_topk", None)
+        if topk is not None and int(topk) > 1:
+            raise ValueError(f"speculative_eagle_topk={topk}: the {BACKEND_NAME} attention backend drafts chains "
+                             "only (pass --speculative-eagle-topk 1)")
+    if getattr(server_args, "enable_dp_attention", False):
+        raise ValueError(f"enable_dp_attention: the {BACKEND_NAME} attention backend does not support DP attention "
+                         "yet (its padded batches); use tensor parallelism (--tp) instead")
 
 
 def _our_backend_chosen(server_args) -> bool:
@@ -73,23 +96,19 @@ def register_server_arg_overrides() -> None:
 
 
 def _around_draft_backend(original, factory, backend_name, backend_map, error_template, stamps_children=False):
-    """SGLang's EAGLE worker picks draft backends from fixed per-name tables: add ours to them. The decode
-    table (stamps_children=True) wants a multi-step container, the draft-extend table a plain backend."""
-    from sglang.srt.runtime_context import attention_backends
-
+    """SGLang's EAGLE worker picks draft backends from fixed per-name tables: add ours to them (entries are
+    built only when chosen). The decode table (stamps_children=True) wants a multi-step container, the
+    draft-extend table a plain backend."""
     from .backend import DSV32MultiStepDraftBackend, create_backend
 
-    prefill, decode = attention_backends()
-    chosen = factory.draft_attn_backend or (decode if backend_name == "decode_attention_backend" else prefill)
-    if chosen == BACKEND_NAME:
-        runner = factory.draft_model_runner
-        if stamps_children:
-            make = lambda: (BACKEND_NAME, DSV32MultiStepDraftBackend(runner, factory.topk,  # noqa: E731
-                                                                     factory.speculative_num_steps))
-        else:
-            make = lambda: (BACKEND_NAME, create_backend(runner))  # noqa: E731
-        backend_map = dict(backend_map, **{BACKEND_NAME: make})
-    return original(factory, backend_name, backend_map, error_template, stamps_children)
+    runner = factory.draft_model_runner
+    if stamps_children:
+        make = lambda: (BACKEND_NAME, DSV32MultiStepDraftBackend(runner, factory.topk,  # noqa: E731
+                                                                 factory.speculative_num_steps))
+    else:
+        make = lambda: (BACKEND_NAME, create_backend(runner))  # noqa: E731
+    return original(factory, backend_name, dict(backend_map, **{BACKEND_NAME: make}), error_template,
+                    stamps_children)
 
 
 def register_draft_backend_hook() -> None:
@@ -124,16 +143,26 @@ def _around_model_adjustments(original, server_args, *args, **kwargs):
 
 
 def _declare_no_cuda_graphs(server_args) -> None:
-    """Our backend has no CUDA-graph capture path yet, and SGLang captures by default on a GPU (model
-    overrides may not declare disable_cuda_graph, so it is declared here, in the model-adjustment pass)."""
-    from sglang.srt.arg_groups.overrides import declare_resolution, model_config_of
+    """Our backend has no CUDA-graph capture path yet, and SGLang captures by default on a GPU. Model
+    overrides may not declare graph settings (the publish gate refuses them), so they are declared here, in
+    the model-adjustment pass: the legacy flag and, since cuda_graph_config was already parsed from it, both
+    phases of cuda_graph_config (as SGLang's own model_hook does for models that cannot be captured)."""
+    from sglang.srt.arg_groups.model_override_base import model_config_of, resolving_view
+    from sglang.srt.arg_groups.overrides import declare_resolution
+    from sglang.srt.connector import ConnectorType
+    from sglang.srt.model_executor.cuda_graph_config import Backend, Phase, with_phase
+    from sglang.srt.utils.common import parse_connector_type
 
-    try:
-        arch = model_config_of(server_args).hf_config.architectures[0]
-    except Exception:   # no HF config to key on (e.g. an instance connector): not ours to adjust
+    view = resolving_view(server_args)
+    if parse_connector_type(view.model_path) == ConnectorType.INSTANCE:
+        return   # no HF config to key on
+    if model_config_of(server_args).hf_config.architectures[0] != ARCH or not _our_backend_chosen(server_args):
         return
-    if arch == ARCH and _our_backend_chosen(server_args):
-        declare_resolution(server_args, "deepseek_v32_plugin", disable_cuda_graph=True)
+    src = "deepseek_v32_plugin"
+    declare_resolution(server_args, src, disable_cuda_graph=True)
+    graphs = with_phase(view.cuda_graph_config, Phase.DECODE, backend=Backend.DISABLED)
+    declare_resolution(server_args, src, cuda_graph_config=with_phase(graphs, Phase.PREFILL,
+                                                                      backend=Backend.DISABLED))
 
 
 def _around_get_last_loc(original, req_to_token, req_pool_indices, prefix_lens):

@@ -32,7 +32,7 @@ from sglang.srt.layers.quantization.base_config import FusedMoEMethodBase
 from sglang.srt.layers.radix_attention import RadixAttention
 from sglang.srt.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 from sglang.srt.model_loader.weight_utils import default_weight_loader
-from sglang.srt.runtime_context import get_parallel
+from sglang.srt.runtime_context import get_model, get_parallel
 from sglang.srt.utils import set_weight_attrs
 
 from ...config import V32Config
@@ -128,6 +128,10 @@ class DenseMLP(nn.Module):
 class MoE(nn.Module):
     def __init__(self, cfg: V32Config, layer_id: int, prefix: str):
         super().__init__()
+        fused = get_model().shared_experts.num_fused_shared_experts
+        if fused:   # SGLang would route the shared expert as an extra top-k slot our expert compute lacks
+            raise ValueError(f"shared-experts fusion is on ({fused} fused): deepseek_v32_plugin runs the shared "
+                             "expert separately (pass --disable-shared-experts-fusion)")
         self.tp_size = get_parallel().tp_size
         self.gate = ReplicatedLinear(cfg.hidden_size, cfg.n_routed_experts, bias=False, prefix=f"{prefix}.gate")
         self.gate.e_score_correction_bias = nn.Parameter(torch.zeros(cfg.n_routed_experts, dtype=torch.float32),
@@ -213,7 +217,8 @@ class MLAAttention(nn.Module):
 
     def post_load_weights(self):
         cfg = self.cfg
-        self.w_uk, self.w_uv = split_kv_b(self.kv_b_proj.weight, self.h, cfg.qk_nope_head_dim, cfg.kv_lora_rank)
+        self.w_uk, self.w_uv = split_kv_b(self.kv_b_proj.weight, self.h, cfg.qk_nope_head_dim, cfg.v_head_dim,
+                                          cfg.kv_lora_rank)
 
     def forward(self, positions, x, forward_batch):
         cfg = self.cfg
@@ -355,6 +360,10 @@ class DeepseekV32ForCausalLM(nn.Module):
         mtp_prefix = f"model.layers.{n}."   # the MTP layer belongs to the draft model (NextN)
         loaded = load_v32_weights(self, weights, self.cfg, skip=lambda name: name.startswith(mtp_prefix))
         self._check_loaded(loaded)
+        self.post_load_weights()
+
+    def post_load_weights(self):
+        """Also called by SGLang's loaders that bypass load_weights (dummy, remote, sharded state)."""
         for layer in self.model.layers:
             layer.self_attn.post_load_weights()
 

@@ -21,16 +21,18 @@ from typing import Iterable, Tuple
 import torch
 from torch import nn
 
+from sglang.srt.eplb.expert_distribution import get_global_expert_distribution_recorder
 from sglang.srt.layers.layernorm import RMSNorm
 from sglang.srt.layers.logits_processor import LogitsProcessor
 from sglang.srt.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+from sglang.srt.distributed.parallel_state import get_tensor_model_parallel_rank
 
 from ...model import YarnRope
 from .model import DecoderLayer, load_v32_weights, v32_config
 
-# Test hook (read once, when the draft is built): when set, the draft appends (positions, input_ids, previous
-# hidden, output hidden) of its first forwards to this file (torch.save of a list), so integration tests can
-# compare the draft with the reference.
+# Test hook (read once, when the draft is built): when set, TP rank 0's draft saves (positions, input_ids,
+# previous hidden, output hidden) of its first MAX_DUMPS forwards to this file (torch.save of a list), so
+# integration tests can compare the draft with the reference.
 MAX_DUMPS = 64
 DUMP_ENV = "DSV32_SGLANG_DUMP_DRAFT"
 
@@ -47,6 +49,9 @@ class _NextNModel(nn.Module):
         self.shared_head = nn.Module()
         self.shared_head.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self._dump_path = os.environ.get(DUMP_ENV) or None
+        if self._dump_path and get_tensor_model_parallel_rank() != 0:
+            self._dump_path = None
+        self._dumps: list = []
 
     def forward(self, input_ids, positions, forward_batch):
         emb = self.embed_tokens(input_ids)
@@ -55,20 +60,16 @@ class _NextNModel(nn.Module):
         emb = torch.where((positions == 0)[:, None], torch.zeros_like(emb), emb)
         prev = forward_batch.spec_info.hidden_states
         x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(prev.to(emb.dtype))], dim=-1))
-        x = self.decoder(positions, x, forward_batch)
+        with get_global_expert_distribution_recorder().disable_this_region():   # not target layer 0's routing
+            x = self.decoder(positions, x, forward_batch)
         out = self.shared_head.norm(x)
-        if self._dump_path:
-            _dump(self._dump_path, positions, input_ids, prev, out)
+        if self._dump_path and len(self._dumps) < MAX_DUMPS:
+            # copies: SGLang advances positions (and reuses buffers) in place after this forward
+            self._dumps.append({"positions": positions.detach().cpu().clone(), "input_ids": input_ids.detach().cpu().clone(),
+                                "prev_hidden": prev.detach().float().cpu().clone(),
+                                "hidden": out.detach().float().cpu().clone()})
+            torch.save(self._dumps, self._dump_path)
         return out
-
-
-def _dump(path, positions, input_ids, prev, out):
-    records = torch.load(path) if os.path.exists(path) else []
-    if len(records) >= MAX_DUMPS:
-        return
-    records.append({"positions": positions.cpu(), "input_ids": input_ids.cpu(), "prev_hidden": prev.float().cpu(),
-                    "hidden": out.float().cpu()})
-    torch.save(records, path)
 
 
 class DeepseekV32NextN(nn.Module):
@@ -111,6 +112,10 @@ class DeepseekV32NextN(nn.Module):
         if missing:
             raise KeyError(f"checkpoint is missing MTP tensors (model.layers.{self.cfg.num_hidden_layers}.*) for: "
                            f"{missing[:6]}")
+        self.post_load_weights()
+
+    def post_load_weights(self):
+        """Also called by SGLang's loaders that bypass load_weights (dummy, remote, sharded state)."""
         self.model.decoder.self_attn.post_load_weights()
 
     # SGLang's EAGLE worker shares the target's embedding and LM head with the draft

@@ -180,7 +180,7 @@ class MLAAttention(nn.Module):
     def process_weights_after_loading(self):
         cfg = self.cfg
         self.w_uk, self.w_uv = split_kv_b(self.kv_b_proj.weight, self.num_heads, cfg.qk_nope_head_dim,
-                                          cfg.kv_lora_rank)
+                                          cfg.v_head_dim, cfg.kv_lora_rank)
 
 
 class MLP(nn.Module):

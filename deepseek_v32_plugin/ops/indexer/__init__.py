@@ -37,6 +37,9 @@ from .._dispatch import check_tensor, register_ops, resolve
 from ..fp8_quant import FP8_DTYPE
 from .naive import BYTES_PER_TOKEN, HEAD_DIM, PAGE, hadamard_matrix, naive_hadamard_rotate  # noqa: F401
 
+# Query rows per request the paged logits serve (decode, MTP verify); adapters use the ragged path beyond.
+PAGED_MAX_NEXT_N = 4
+
 register_ops("indexer", ["indexer_quant", "indexer_cache_write", "indexer_k_quant_and_cache",
                          "fp8_indexer_logits", "fp8_paged_indexer_logits", "indexer_topk", "indices_to_slots",
                          "indexer_cache_gather"])
