@@ -35,8 +35,9 @@ def fp8_close(a, b, max_frac=2e-3):
     """FP8 tensors equal up to rare one-step rounding differences (different fp32 summation order)."""
     a, b = a.cpu().float(), b.cpu().float()
     diff = a != b
-    if diff.any():
-        assert diff.float().mean().item() <= max_frac, f"{diff.sum().item()} of {diff.numel()} fp8 values differ"
+    if diff.any():   # a fraction, but at least one value may differ (a 1 x 128 row has no 2e-3 of a value)
+        assert diff.sum().item() <= max(1, max_frac * diff.numel()), \
+            f"{diff.sum().item()} of {diff.numel()} fp8 values differ"
         assert ((a - b).abs()[diff] <= b.abs()[diff] / 8 + 2 ** -9).all(), "fp8 values differ by more than one step"
 
 
