@@ -219,6 +219,33 @@ def _wrapped(sgl, path, *args, **kwargs):
     return sgl.run(path, None, *args, **kwargs)
 
 
+def _check_fill_accept_out_cache_loc(sgl, accept_index, out_cache_loc, acc0, ctx):
+    """Ours, SGLang's Triton kernel and SGLang's CPU wrapper (when active) write the same buffer."""
+    size = acc0.shape[0]
+    want = sgl.run(f"{EAGLE}:fill_accept_out_cache_loc", (size,), accept_index, out_cache_loc, acc0.clone(),
+                   _next_pow2(size))[0][2]
+    got = acc0.clone()
+    ops.fill_accept_out_cache_loc_cpu(accept_index, out_cache_loc, got)
+    _same("accept_out_cache_loc", got, want, ctx)
+    if sgl.cpu_wrappers:
+        got = _wrapped(sgl, f"{EAGLE}:fill_accept_out_cache_loc_func", accept_index, out_cache_loc, acc0.clone(),
+                       size)[0][2]
+        _same("accept_out_cache_loc (via SGLang's CPU wrapper)", got, want, ctx)
+
+
+def _check_fill_bonus_tokens(sgl, accept_tokens, accept_lens, bon0, width, ctx):
+    """Ours, SGLang's Triton kernel and SGLang's CPU wrapper (when active) write the same buffer."""
+    bs = bon0.shape[0]
+    want = sgl.run(f"{EAGLE}:fill_bonus_tokens", (bs,), accept_tokens, accept_lens, bon0.clone(), width)[0][2]
+    got = bon0.clone()
+    ops.fill_bonus_tokens_cpu(accept_tokens, accept_lens, got, width)
+    _same("bonus_tokens", got, want, ctx)
+    if sgl.cpu_wrappers:
+        got = _wrapped(sgl, f"{EAGLE}:fill_bonus_tokens_func", accept_tokens, accept_lens, bon0.clone(), width,
+                       bs)[0][2]
+        _same("bonus_tokens (via SGLang's CPU wrapper)", got, want, ctx)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # request-to-token pool ops
 
@@ -456,29 +483,12 @@ def test_verify_tree_greedy_then_accept(sgl, bs, case):
     out_cache_loc = torch.randperm(10**6, generator=g)[: bs * n].to(torch.int64) + 1
     actx = ctx + f" accept_index={accept_index.tolist()} out_cache_loc={out_cache_loc.tolist()}"
 
-    acc0 = _garbage(g, (size,), torch.int64)
-    want = sgl.run(f"{EAGLE}:fill_accept_out_cache_loc", (size,), accept_index, out_cache_loc, acc0.clone(),
-                   _next_pow2(size))[0][2]
-    got = acc0.clone()
-    ops.fill_accept_out_cache_loc_cpu(accept_index, out_cache_loc, got)
-    _same("accept_out_cache_loc", got, want, actx)
-    if sgl.cpu_wrappers:
-        got = _wrapped(sgl, f"{EAGLE}:fill_accept_out_cache_loc_func", accept_index, out_cache_loc, acc0.clone(),
-                       size)[0][2]
-        _same("accept_out_cache_loc (via SGLang's CPU wrapper)", got, want, actx)
+    _check_fill_accept_out_cache_loc(sgl, accept_index, out_cache_loc, _garbage(g, (size,), torch.int64), actx)
 
     accept_tokens = predict[accept_index.long()]  # SGLang: predict[accept_index]; -1 reads the last cell
-    bon0 = _garbage(g, (bs,), torch.int32)
     bctx = actx + f" accept_lens={accept_lens.tolist()}"
-    want = sgl.run(f"{EAGLE}:fill_bonus_tokens", (bs,), accept_tokens, accept_lens, bon0.clone(),
-                   accept_index.shape[1])[0][2]
-    got = bon0.clone()
-    ops.fill_bonus_tokens_cpu(accept_tokens, accept_lens, got, accept_index.shape[1])
-    _same("bonus_tokens", got, want, bctx)
-    if sgl.cpu_wrappers:
-        got = _wrapped(sgl, f"{EAGLE}:fill_bonus_tokens_func", accept_tokens, accept_lens, bon0.clone(),
-                       accept_index.shape[1], bs)[0][2]
-        _same("bonus_tokens (via SGLang's CPU wrapper)", got, want, bctx)
+    _check_fill_bonus_tokens(sgl, accept_tokens, accept_lens, _garbage(g, (bs,), torch.int32),
+                             accept_index.shape[1], bctx)
 
     # fill_front_out_cache_loc: request i's first accept_lens[i] slots of its verify window, packed
     window = out_cache_loc.view(bs, -1)
@@ -510,17 +520,8 @@ def test_fill_accept_out_cache_loc(sgl, bs, width, dtype):
     accept_index[torch.rand(bs, width, generator=g) < 0.4] = -1
     accept_index = accept_index.to(dtype)
     out_cache_loc = torch.randperm(10**6, generator=g)[:n_slots].to(torch.int64) + 1
-    acc0 = _garbage(g, (size,), torch.int64)
     ctx = f"accept_index={accept_index.tolist()} out_cache_loc={out_cache_loc.tolist()}"
-    want = sgl.run(f"{EAGLE}:fill_accept_out_cache_loc", (size,), accept_index, out_cache_loc, acc0.clone(),
-                   _next_pow2(size))[0][2]
-    got = acc0.clone()
-    ops.fill_accept_out_cache_loc_cpu(accept_index, out_cache_loc, got)
-    _same("accept_out_cache_loc", got, want, ctx)
-    if sgl.cpu_wrappers:
-        got = _wrapped(sgl, f"{EAGLE}:fill_accept_out_cache_loc_func", accept_index, out_cache_loc, acc0.clone(),
-                       size)[0][2]
-        _same("accept_out_cache_loc (via SGLang's CPU wrapper)", got, want, ctx)
+    _check_fill_accept_out_cache_loc(sgl, accept_index, out_cache_loc, _garbage(g, (size,), torch.int64), ctx)
 
 
 @pytest.mark.parametrize("width", [1, 4])
@@ -529,16 +530,8 @@ def test_fill_bonus_tokens(sgl, bs, width):
     g = _gen("fill_bonus", bs, width)
     accept_tokens = torch.randint(1, 2**30, (bs, width), generator=g, dtype=torch.int32)
     accept_lens = torch.randint(1, width + 1, (bs,), generator=g, dtype=torch.int32)
-    bon0 = _garbage(g, (bs,), torch.int32)
     ctx = f"accept_tokens={accept_tokens.tolist()} accept_lens={accept_lens.tolist()}"
-    want = sgl.run(f"{EAGLE}:fill_bonus_tokens", (bs,), accept_tokens, accept_lens, bon0.clone(), width)[0][2]
-    got = bon0.clone()
-    ops.fill_bonus_tokens_cpu(accept_tokens, accept_lens, got, width)
-    _same("bonus_tokens", got, want, ctx)
-    if sgl.cpu_wrappers:
-        got = _wrapped(sgl, f"{EAGLE}:fill_bonus_tokens_func", accept_tokens, accept_lens, bon0.clone(), width,
-                       bs)[0][2]
-        _same("bonus_tokens (via SGLang's CPU wrapper)", got, want, ctx)
+    _check_fill_bonus_tokens(sgl, accept_tokens, accept_lens, _garbage(g, (bs,), torch.int32), width, ctx)
 
 
 def test_cpu_wrappers_reach_our_ops(sgl):

@@ -70,37 +70,36 @@ def test_config_from_sglang_hf_config(tiny_ckpt):
     assert got.rope_scaling is not None
 
 
-def test_unservable_config_names_field(tiny_ckpt, tmp_path):
+def _checkpoint_with_config(tiny_ckpt, out, **changes) -> str:
+    """A copy of the tiny checkpoint with config.json fields changed."""
     import shutil
 
+    shutil.copytree(tiny_ckpt, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.update(changes)
+    (out / "config.json").write_text(json.dumps(cfg))
+    return str(out)
+
+
+def test_unservable_config_names_field(tiny_ckpt, tmp_path):
     from sglang.srt.utils.hf_transformers import get_config
 
     from deepseek_v32_plugin.config import ConfigError
     from deepseek_v32_plugin.engines.sglang.model import v32_config
-    bad = tmp_path / "bad"
-    shutil.copytree(tiny_ckpt, bad)
-    cfg = json.loads((bad / "config.json").read_text())
-    cfg["index_head_dim"] = 64
-    (bad / "config.json").write_text(json.dumps(cfg))
+    bad = _checkpoint_with_config(tiny_ckpt, tmp_path / "bad", index_head_dim=64)
     with pytest.raises(ConfigError, match="index_head_dim"):
-        v32_config(get_config(str(bad), trust_remote_code=False)).validate()
+        v32_config(get_config(bad, trust_remote_code=False)).validate()
 
 
 def test_unservable_config_fails_engine_start_naming_field(tiny_ckpt, tmp_path):
     """Through the real entry: sglang.Engine on a checkpoint whose config we cannot serve raises in the
     launching process (our server-argument override validates), naming the field, before any scheduler."""
-    import shutil
-
     import sglang
 
     from conftest import ENGINE_KW
-    bad = tmp_path / "bad"
-    shutil.copytree(tiny_ckpt, bad)
-    cfg = json.loads((bad / "config.json").read_text())
-    cfg["index_n_heads"] = 0
-    (bad / "config.json").write_text(json.dumps(cfg))
+    bad = _checkpoint_with_config(tiny_ckpt, tmp_path / "bad", index_n_heads=0)
     with pytest.raises(Exception, match="index_n_heads"):
-        sglang.Engine(model_path=str(bad), **ENGINE_KW)
+        sglang.Engine(model_path=bad, **ENGINE_KW)
 
 
 def test_server_arg_override_picks_our_backend(tiny_ckpt):
