@@ -279,8 +279,10 @@ class ReferenceModel:
         logits = (rms_norm(x, m["head_norm"], self.cfg.rms_norm_eps) @ m["head"].t()).float()
         return logits, x
 
-    def generate(self, prompt_ids, max_new_tokens: int, cache: Optional[PagedCache] = None):
-        """Greedy decoding (prefill then one token at a time) -> list of new token ids."""
+    def generate(self, prompt_ids, max_new_tokens: int, cache: Optional[PagedCache] = None,
+                 ignore_eos: bool = False):
+        """Greedy decoding (prefill then one token at a time) -> list of new token ids (stopping after EOS
+        unless ignore_eos)."""
         cache = cache or self.new_cache(-(-(len(prompt_ids) + max_new_tokens) // 64) + 1)
         seq = cache.new_sequence()
         logits, _ = self.forward(prompt_ids, seq, cache)
@@ -288,7 +290,7 @@ class ReferenceModel:
         for _ in range(max_new_tokens):
             tok = int(logits[-1].argmax())
             out.append(tok)
-            if tok == self.cfg.eos_token_id or len(out) == max_new_tokens:
+            if (tok == self.cfg.eos_token_id and not ignore_eos) or len(out) == max_new_tokens:
                 break
             logits, _ = self.forward([tok], seq, cache)
         cache.release(seq)

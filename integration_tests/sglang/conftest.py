@@ -95,14 +95,4 @@ def reference_input_logprobs(ref, ids: list) -> list:
 
 
 def reference_greedy(ref, ids: list, n: int, ignore_eos: bool = False) -> list:
-    if not ignore_eos:
-        return ref.generate(ids, n)
-    cache = ref.new_cache(-(-(len(ids) + n) // 64) + 1)
-    seq = cache.new_sequence()
-    logits, _ = ref.forward(ids, seq, cache)
-    out = []
-    for _ in range(n):
-        out.append(int(logits[-1].argmax()))
-        if len(out) < n:
-            logits, _ = ref.forward(out[-1:], seq, cache)
-    return out
+    return ref.generate(ids, n, ignore_eos=ignore_eos)
