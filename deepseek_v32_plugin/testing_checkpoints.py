@@ -10,12 +10,11 @@ accepted draft tokens per step, the bonus token, KV of accepted tokens), which a
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Optional
 
-from .checkpoint import INDEX_FILE, expected_tensors, mtp_layer_indices, scale_inv_name, write_checkpoint
+from .checkpoint import _weight_map, expected_tensors, mtp_layer_indices, scale_inv_name, write_checkpoint
 from .config import V32Config
 
 # Defaults, tuned on the tiny preset (see write_draftable_checkpoint): all powers of two.
@@ -86,8 +85,7 @@ def write_draftable_checkpoint(cfg: V32Config, out_dir: str, seed: int = 0, alph
     write_checkpoint(cfg, out_dir, seed=seed, overwrite=overwrite)
 
     specs = expected_tensors(cfg)
-    with open(os.path.join(out_dir, INDEX_FILE), encoding="utf-8") as f:
-        weight_map = json.load(f)["weight_map"]
+    weight_map = _weight_map(out_dir)   # tensor name -> shard file (sharded or single-file checkpoints)
     norm_w = load_file(os.path.join(out_dir, weight_map["model.norm.weight"]))["model.norm.weight"]
     h = cfg.hidden_size
 

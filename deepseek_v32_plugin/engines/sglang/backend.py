@@ -99,8 +99,7 @@ def _make_backend_class():
             kv_lens = torch.zeros(bs, dtype=torch.int64, device=dev)
             if t:
                 kv_lens.scatter_reduce_(0, row_req, pos + 1, reduce="amax")
-            kv_cpu = kv_lens.tolist()
-            max_len = max(kv_cpu) if bs else 0
+            max_len = int(kv_lens.max()) if bs else 0
             pages = max(1, -(-max_len // PAGE_SIZE))
             rows = self.req_to_token[fb.req_pool_indices.long()]                       # [B, max_ctx]
             cols = torch.arange(pages, device=dev) * PAGE_SIZE

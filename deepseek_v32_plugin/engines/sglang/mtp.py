@@ -65,9 +65,9 @@ class _NextNModel(nn.Module):
         out = self.shared_head.norm(x)
         if self._dump_path and len(self._dumps) < MAX_DUMPS:
             # copies: SGLang advances positions (and reuses buffers) in place after this forward
-            self._dumps.append({"positions": positions.detach().cpu().clone(), "input_ids": input_ids.detach().cpu().clone(),
-                                "prev_hidden": prev.detach().float().cpu().clone(),
-                                "hidden": out.detach().float().cpu().clone()})
+            self._dumps.append({name: t.detach().cpu().clone() for name, t in (
+                ("positions", positions), ("input_ids", input_ids), ("prev_hidden", prev.float()),
+                ("hidden", out.float()))})
             torch.save(self._dumps, self._dump_path)
         return out
 
