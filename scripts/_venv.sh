@@ -17,7 +17,7 @@ ensure_venv() {
   echo "[env:$name] creating venv at $VENV" >&2
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade "pip>=24" "setuptools>=70" wheel >&2
+  "$VENV/bin/python" -m pip install -q --upgrade "pip>=24" "setuptools>=70" wheel >&2
   echo "$want" > "$VENV/.dsv32-pending"
   return 0
 }
@@ -33,6 +33,6 @@ install_plugin() {
   src="$(mktemp -d)"
   cp -r "$REPO_ROOT"/{pyproject.toml,setup.py,README.md,deepseek_v32_plugin,triton_kernels,csrc} "$src"/
   find "$src" -name __pycache__ -prune -exec rm -rf {} +
-  "$VENV/bin/pip" install -q --no-deps --no-build-isolation --force-reinstall "$src" >&2
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation --force-reinstall "$src" >&2
   rm -rf "$src"
 }
