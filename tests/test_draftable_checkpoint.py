@@ -3,7 +3,7 @@
 Checks: same format as the random checkpoint (validates; only the promised tensors differ, FP8 bytes
 unchanged); the MTP layer's greedy drafts equal the target's next greedy token often on it and almost never on
 the random checkpoint of the same seed; the context still changes greedy outputs (attention matters).
-Fresh random seed and prompts per run (DSV32_TEST_SEED=<n> to reproduce one).
+Checkpoint seed and prompts fixed per run: DSV32_TEST_SEED (default 0); the seed sweep varies it.
 """
 import os
 
@@ -17,7 +17,7 @@ from deepseek_v32_plugin.model import ReferenceModel
 from deepseek_v32_plugin.testing_checkpoints import (DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_MLP_ALPHA,
                                                      residual_output_weights, write_draftable_checkpoint)
 
-SEED = int(os.environ.get("DSV32_TEST_SEED", torch.randint(0, 10_000, ()).item()))
+SEED = int(os.environ.get("DSV32_TEST_SEED", "0"))
 PROMPT_LENS = (12, 12, 90, 90)   # below and above index_topk = 32
 NEW_TOKENS = 24
 # Measured with these prompts (4 per seed, 24 generated tokens each): draftable checkpoint mean 0.80 over 40

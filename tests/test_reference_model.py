@@ -7,6 +7,7 @@ the indexer's selection against HF's bf16/fp32 indexer; FP8 latent cache close t
 import pytest
 import torch
 
+from deepseek_v32_plugin.check_stats import record_stat
 from deepseek_v32_plugin.checkpoint import load_checkpoint, write_checkpoint
 from deepseek_v32_plugin.config import ConfigError, preset_config
 from deepseek_v32_plugin.model import ReferenceModel
@@ -17,9 +18,10 @@ TOPK = 32  # the tiny preset's index_topk
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, request):
+    from conftest import seed_for   # module fixtures run before the per-test seeding: seed this one itself
     path = tmp_path_factory.mktemp("tiny")
-    write_checkpoint(preset_config("tiny"), str(path), seed=int(torch.randint(0, 10_000, ())))
+    write_checkpoint(preset_config("tiny"), str(path), seed=seed_for(request.module.__name__))
     cfg, tensors = load_checkpoint(str(path))
     return cfg, tensors, ReferenceModel(cfg, tensors)
 
@@ -95,7 +97,10 @@ def test_matches_hf_transformers_below_topk(tiny, hf):
     ours = weight_only.forward(ids, cache.new_sequence(), cache)[0]
     with torch.no_grad():
         theirs = hf(ids[None]).logits[0].float()
-    torch.testing.assert_close(ours, theirs, atol=1e-3 * theirs.abs().max().item(), rtol=0)
+    # measured over seeds 0-14: max |ours - HF| <= 2.5e-5 ~ 1.5e-6 of the logit scale; bugs are O(scale)
+    atol = 1e-4 * theirs.abs().max().item()
+    record_stat("unit:reference-vs-hf:max-abs", {"max": atol}, max=(ours - theirs).abs().max().item())
+    torch.testing.assert_close(ours, theirs, atol=atol, rtol=0)
     # the default path (FP8 activations in routed experts, as on the GPU) stays close: rows typically within
     # ~3% of the logit scale; in ~1 run in 10 one e4m3 rounding / routing near-tie flips and moves a single
     # row by ~35% (measured over 12 checkpoint seeds x 4 prompts), so allow a few such rows, not more
@@ -127,7 +132,11 @@ def test_indexer_selection_matches_hf_indexer_above_topk(tiny, hf):
         b = set(theirs[t].tolist())
         assert len(a) == TOPK and max(a) <= t
         overlaps.append(len(a & b) / TOPK)
-    assert sum(overlaps) / len(overlaps) > 0.9, overlaps
+    missed = 1 - sum(overlaps) / len(overlaps)
+    # FP8 rounding swaps near-ties: missed <= 0.017 over seeds 0-14; the indexer rope interleaved instead of
+    # half-split (a planted bug, scripts/mutation_check.py) misses ~0.2
+    record_stat("unit:indexer-selection-vs-hf:missed", {"missed": 0.05}, missed=missed)
+    assert missed < 0.05, overlaps
 
 
 # ---------------------------------------------------------------- internal consistency

@@ -1,7 +1,8 @@
 """Fixtures for the SGLang integration tests (run in .venvs/sglang, made by scripts/env_sglang.sh).
 
-A freshly generated tiny V3.2 checkpoint (exact HF format: FP8 128x128 blocks, indexer, MTP layer; index_topk
-32, so prompts longer than 32 tokens run real top-k selection) and the engine-neutral reference model on it.
+A generated tiny V3.2 checkpoint (exact HF format: FP8 128x128 blocks, indexer, MTP layer; index_topk 32, so
+prompts longer than 32 tokens run real top-k selection; the conditioned checkpoint of integration_tests/it_common.py,
+fixed by DSV32_TEST_SEED, default 0) and the engine-neutral reference model on it.
 
 Oracle and tolerance. SGLang serves FP8 checkpoints in bf16 only (it rejects float32 with fp8 quantization), so
 the tight oracle is ReferenceModel(dtype=bfloat16): same ops, same dtype. Our adapter's prefill hidden states
@@ -18,27 +19,40 @@ import torch
 
 # the test modules import helpers with `from conftest import ...`: make that work from any cwd
 # (the repo's pytest config uses --import-mode=importlib, which does not put test dirs on sys.path)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-SEED = int(os.environ.get("DSV32_TEST_SEED", "0"))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _p in (_HERE, os.path.dirname(_HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+from it_common import (SEED, check_greedy, pytest_runtest_makereport, record_stat,  # noqa: E402,F401
+                       write_tiny_checkpoint)
 # every engine started by these tests checks the backend's slot invariant (see backend.py, check_slots)
 os.environ.setdefault("DSV32_CHECK_SLOTS", "1")
 LOGPROB_TOL_BF16 = 2e-2
 LOGPROB_TOL_FP32 = 0.3
 SPEC_KW = dict(speculative_algorithm="EAGLE", speculative_num_steps=2, speculative_eagle_topk=1,
                speculative_num_draft_tokens=3)   # the MTP layer drafts a 2-token chain per step
-ENGINE_KW = dict(device="cpu", mem_fraction_static=0.02, disable_cuda_graph=True, log_level="error",
-                 dtype="bfloat16")
+
+
+def keep_test_runner_alive(signum, frame):
+    """SGLang's SIGQUIT handler: a scheduler that fails to start sends SIGQUIT to the launching process, whose
+    default handler then kills its whole process tree -- pytest included ("Killed", no report). With this one
+    the launching process lives on and sglang.Engine raises (the scheduler's error is in the captured log), so
+    a failed start is one failed test with its message."""
+    import logging
+    logging.getLogger("dsv32.tests").error("an SGLang child process failed (SIGQUIT); the engine start will raise")
+
+
+# Memory: on CPU SGLang sizes the KV pool from system-wide available memory measured before and after loading
+# the weights, and refuses to start when the weights seem to have eaten more than (1 - mem_fraction_static) of
+# it -- with 0.02, any other process's memory churn during the load does that. 0.6 leaves room for that drift;
+# max_total_tokens caps the pool itself (64 MB on the tiny model: 50 concurrent requests of <= 160 tokens fit).
+ENGINE_KW = dict(device="cpu", mem_fraction_static=0.6, max_total_tokens=16384, disable_cuda_graph=True,
+                 log_level="error", dtype="bfloat16", custom_sigquit_handler=keep_test_runner_alive)
 
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
-    from deepseek_v32_plugin.checkpoint import write_checkpoint
-    from deepseek_v32_plugin.config import preset_config
-    path = str(tmp_path_factory.mktemp("dsv32_tiny_sglang"))
-    print(f"tiny checkpoint seed {SEED} (DSV32_TEST_SEED={SEED} to reproduce)")
-    write_checkpoint(preset_config("tiny"), path, seed=SEED, overwrite=True)
-    return path
+    return write_tiny_checkpoint(str(tmp_path_factory.mktemp("dsv32_tiny_sglang")))
 
 
 @pytest.fixture(scope="session")
@@ -94,5 +108,12 @@ def reference_input_logprobs(ref, ids: list) -> list:
     return [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]
 
 
-def reference_greedy(ref, ids: list, n: int, ignore_eos: bool = False) -> list:
-    return ref.generate(ids, n, ignore_eos=ignore_eos)
+def check_greedy_against(ref, ids: list, out_ids: list, info=None, margin: float = None) -> int:
+    """The engine's greedy tokens out_ids for prompt ids are the reference's (teacher-forced on out_ids) up to
+    the reference's first near-tie (it_common.check_greedy); returns how many tokens were checked."""
+    seq_ids = ids + out_ids[:-1]
+    cache = ref.new_cache(-(-len(seq_ids) // 64) + 1)
+    logits, _ = ref.forward(seq_ids, cache.new_sequence(), cache)
+    lp = torch.log_softmax(logits.float(), -1)[len(ids) - 1:]
+    kw = {} if margin is None else {"margin": margin}
+    return check_greedy(lp, out_ids, info=info, **kw)

@@ -7,11 +7,10 @@ radix hit). Oracles and tolerances: see conftest.py.
 """
 import pytest
 
-from conftest import (ENGINE_KW, LOGPROB_TOL_BF16, LOGPROB_TOL_FP32, prompt_ids, reference_greedy,
-                      reference_input_logprobs)
+from conftest import (ENGINE_KW, LOGPROB_TOL_BF16, LOGPROB_TOL_FP32, check_greedy_against, prompt_ids,
+                      record_stat, reference_input_logprobs)
 
 GREEDY = {"max_new_tokens": 8, "temperature": 0.0}
-SPARSE_MIN_EXACT = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +48,12 @@ def test_input_logprobs_match_reference(engine, ref_bf16, ref_fp32, n):
     got = _input_logprobs(engine, ids)
     want = reference_input_logprobs(ref_bf16, ids)
     err = max(abs(a - b) for a, b in zip(got, want))
+    record_stat(f"sglang:logprobs-bf16:len{n}", {"max": LOGPROB_TOL_BF16}, max=err)
     assert err <= LOGPROB_TOL_BF16, f"max |logprob - bf16 reference| = {err}"
     if n <= ref_fp32.cfg.index_topk:
         want32 = reference_input_logprobs(ref_fp32, ids)
         err32 = max(abs(a - b) for a, b in zip(got, want32))
+        record_stat(f"sglang:logprobs-fp32:len{n}", {"max": LOGPROB_TOL_FP32}, max=err32)
         assert err32 <= LOGPROB_TOL_FP32, f"max |logprob - fp32 reference| = {err32}"
 
 
@@ -60,7 +61,7 @@ def test_input_logprobs_match_reference(engine, ref_bf16, ref_fp32, n):
 def test_greedy_matches_reference(engine, ref_bf16, n):
     ids = prompt_ids(n, seed=1000 + n)
     out = engine.generate(input_ids=ids, sampling_params=GREEDY)
-    assert out["output_ids"] == reference_greedy(ref_bf16, ids, GREEDY["max_new_tokens"])
+    check_greedy_against(ref_bf16, ids, out["output_ids"])
 
 
 def test_radix_hit_equals_miss(engine, ref_bf16):
@@ -73,23 +74,20 @@ def test_radix_hit_equals_miss(engine, ref_bf16):
     hit = engine.generate(input_ids=base, sampling_params=GREEDY)
     assert miss["meta_info"]["cached_tokens"] == 0
     assert hit["meta_info"]["cached_tokens"] >= 64
-    assert hit["output_ids"] == miss["output_ids"] == reference_greedy(ref_bf16, base, GREEDY["max_new_tokens"])
+    assert hit["output_ids"] == miss["output_ids"]   # same engine, same batch shape: bit-identical
+    check_greedy_against(ref_bf16, base, miss["output_ids"])
     part = engine.generate(input_ids=other, sampling_params=GREEDY)
     assert part["meta_info"]["cached_tokens"] >= 64
-    assert part["output_ids"] == reference_greedy(ref_bf16, other, GREEDY["max_new_tokens"])
+    check_greedy_against(ref_bf16, other, part["output_ids"])
 
 
 def test_50_concurrent_mixed_lengths_equal_single(engine, ref_bf16):
     """50 requests of mixed lengths submitted at once (prefill/decode/mixed batches of varying size) all finish
-    and equal their single-request runs (the bf16 reference, one request at a time).
-
-    Exactness depends on the regime. Dense (prompt + output <= index_topk: every key selected) must match
-    token for token. Sparse requests run the indexer's FP8 top-k, and on this random tiny model its scores are
-    often near-tied: a bf16 rounding difference from a different batch shape (CPU GEMM blocking depends on M)
-    can swap selected keys and move later logits by tenths of a nat (measured: the same prompts differ by up
-    to 2.5 nats between the bf16 and fp32 references). So sparse requests must match their single run in at
-    least SPARSE_MIN_EXACT of cases, and their first token (computed before any batch-dependent cache state)
-    always."""
+    and each equals the bf16 reference run on its own (teacher-forced on the engine's tokens) up to the
+    reference's first near-tie: a different batch shape rounds bf16 GEMMs differently (CPU GEMM blocking depends
+    on M), which may legitimately resolve a near-tie -- of the logits, or above index_topk of the indexer's FP8
+    scores -- the other way, and nothing else may differ. Half the requests are dense (prompt + output <=
+    index_topk: every key selected), half sparse."""
     topk = ref_bf16.cfg.index_topk
     lens = [3 + (i * 7) % 20 if i % 2 else 33 + (i * 37) % 120 for i in range(50)]
     prompts = [prompt_ids(n, seed=2000 + i) for i, n in enumerate(lens)]
@@ -97,18 +95,9 @@ def test_50_concurrent_mixed_lengths_equal_single(engine, ref_bf16):
     assert engine.flush_cache().success
     together = engine.generate(input_ids=prompts, sampling_params=params)
     assert len(together) == 50
-    for o, s in zip(together, params):
+    dense = [i for i in range(50) if lens[i] + params[i]["max_new_tokens"] <= topk]
+    assert 20 <= len(dense) <= 30
+    for i, (o, s) in enumerate(zip(together, params)):
         assert o["meta_info"]["finish_reason"]["type"] in ("length", "stop")
         assert 1 <= len(o["output_ids"]) <= s["max_new_tokens"]
-    # single-request outputs: the bf16 reference run one request at a time (the engine's own single runs
-    # equal it token for token, see test_greedy_matches_reference; it is much faster than 50 engine calls)
-    single = [{"output_ids": reference_greedy(ref_bf16, p, s["max_new_tokens"])} for p, s in zip(prompts, params)]
-    dense = [i for i in range(50) if lens[i] + params[i]["max_new_tokens"] <= topk]
-    sparse = [i for i in range(50) if i not in dense]
-    assert len(dense) >= 20 and len(sparse) >= 20
-    bad_dense = [i for i in dense if together[i]["output_ids"] != single[i]["output_ids"]]
-    assert not bad_dense, f"dense-regime requests {bad_dense} differ between the concurrent and single runs"
-    bad_first = [i for i in sparse if together[i]["output_ids"][0] != single[i]["output_ids"][0]]
-    assert not bad_first, f"sparse requests {bad_first}: first token differs between concurrent and single runs"
-    exact = sum(together[i]["output_ids"] == single[i]["output_ids"] for i in sparse)
-    assert exact >= SPARSE_MIN_EXACT * len(sparse), f"only {exact}/{len(sparse)} sparse requests match"
+        check_greedy_against(ref_bf16, prompts[i], o["output_ids"], info=f"request {i} (len {lens[i]})")

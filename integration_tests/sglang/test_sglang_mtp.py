@@ -19,7 +19,7 @@ import os
 import pytest
 import torch
 
-from conftest import ENGINE_KW, SPEC_KW, prompt_ids, reference_greedy
+from conftest import ENGINE_KW, SPEC_KW, check_greedy_against, prompt_ids
 
 GREEDY = {"max_new_tokens": 8, "temperature": 0.0}
 LENS = [12, 90]          # below and above index_topk (32)
@@ -52,13 +52,13 @@ def test_speculative_greedy_equals_reference(spec_run, ref_bf16):
         m = o["meta_info"]
         print(len(p), {k: v for k, v in m.items() if k.startswith("spec_")})
         assert m["spec_verify_ct"] >= 1 and m["spec_num_proposed_drafts"] >= 2 * m["spec_verify_ct"], m
-        assert o["output_ids"] == reference_greedy(ref_bf16, p, GREEDY["max_new_tokens"])
+        check_greedy_against(ref_bf16, p, o["output_ids"], info=len(p))
 
 
 def test_batched_speculative_greedy_equals_reference(spec_run, ref_bf16):
     for p, o in zip(spec_run["mixed"], spec_run["together"]):
         assert o["meta_info"]["spec_verify_ct"] >= 1, o["meta_info"]
-        assert o["output_ids"] == reference_greedy(ref_bf16, p, GREEDY["max_new_tokens"]), len(p)
+        check_greedy_against(ref_bf16, p, o["output_ids"], info=len(p))
 
 
 def test_draft_module_equals_reference(spec_run, ref_bf16):
@@ -105,6 +105,7 @@ def test_accepted_drafts_keep_greedy_equal_reference(draftable_ckpt, ref_draftab
         print(len(p), {k: v for k, v in m.items() if k.startswith("spec_")})
         correct += m["spec_num_correct_drafts"]
         proposed += m["spec_num_proposed_drafts"]
-        assert o["output_ids"] == reference_greedy(ref_draftable_bf16, p, params["max_new_tokens"], ignore_eos=True)
+        assert len(o["output_ids"]) == params["max_new_tokens"], o["output_ids"]
+        check_greedy_against(ref_draftable_bf16, p, o["output_ids"], info=len(p))
     # ~0.8 per draft in the reference; a chain's second draft is only tried after the first is accepted
     assert correct >= 0.3 * proposed and correct >= 8, (correct, proposed)

@@ -8,7 +8,7 @@ import pytest
 
 import statistics
 
-from conftest import ENGINE_KW, SPEC_KW, prompt_ids, reference_greedy, reference_input_logprobs
+from conftest import ENGINE_KW, SPEC_KW, check_greedy_against, prompt_ids, record_stat, reference_input_logprobs
 
 # tp=2 reduces o_proj / MoE / shared-expert partial sums across ranks in bf16, so hidden states differ from
 # tp=1 by bf16 rounding; FP8 activation quantization (MoE inputs, indexer q/k: e4m3 steps of 6-12%) turns a
@@ -32,11 +32,13 @@ def test_tp2_matches_reference(engine_tp2, ref_bf16, n):
     ids = prompt_ids(n, seed=1000 + n)
     out = engine_tp2.generate(input_ids=ids, sampling_params={"max_new_tokens": 8, "temperature": 0.0},
                               return_logprob=True, logprob_start_len=0)
-    assert out["output_ids"] == reference_greedy(ref_bf16, ids, 8)
     got = [x[0] for x in out["meta_info"]["input_token_logprobs"]][1:]
     errs = [abs(a - b) for a, b in zip(got, reference_input_logprobs(ref_bf16, ids))]
     med = statistics.median(errs)
+    record_stat(f"sglang:tp2:len{n}", {"median": TP_MEDIAN_TOL}, median=med, max=max(errs))
     assert med <= TP_MEDIAN_TOL, f"median |logprob - bf16 reference| = {med} (max {max(errs)})"
+    # bf16 partial sums reduced across ranks: the reference's near-ties may resolve either way
+    check_greedy_against(ref_bf16, ids, out["output_ids"])
 
 
 def test_tp2_mtp_accepted_drafts_equal_reference(draftable_ckpt, ref_draftable_bf16):
@@ -54,5 +56,6 @@ def test_tp2_mtp_accepted_drafts_equal_reference(draftable_ckpt, ref_draftable_b
     correct = 0
     for p, o in zip(prompts, outs):
         correct += o["meta_info"]["spec_num_correct_drafts"]
-        assert o["output_ids"] == reference_greedy(ref_draftable_bf16, p, 16, ignore_eos=True)
+        assert len(o["output_ids"]) == 16, o["output_ids"]
+        check_greedy_against(ref_draftable_bf16, p, o["output_ids"], info=len(p))
     assert correct >= 8, [o["meta_info"] for o in outs]

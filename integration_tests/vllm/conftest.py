@@ -1,5 +1,6 @@
-"""Fixtures for the vLLM integration tests: a freshly generated tiny V3.2 checkpoint (exact HF format, FP8
-blocks, MTP layer) and the engine-neutral reference model on it (the oracle). Helpers live in vllm_it.py."""
+"""Fixtures for the vLLM integration tests: a generated tiny V3.2 checkpoint (exact HF format, FP8 blocks, MTP
+layer; the conditioned one of integration_tests/it_common.py, fixed by DSV32_TEST_SEED, default 0) and the
+engine-neutral reference model on it (the oracle). Helpers live in vllm_it.py."""
 import os
 import sys
 
@@ -7,26 +8,21 @@ import pytest
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:   # pytest runs with --import-mode=importlib: make vllm_it / replay_metadata importable
-    sys.path.insert(0, HERE)
-SEED = int(os.environ.get("DSV32_TEST_SEED", torch.randint(0, 10_000, ()).item()))
+for _p in (HERE, os.path.dirname(HERE)):   # --import-mode=importlib: make vllm_it, replay_metadata, it_common importable
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+from it_common import SEED, pytest_runtest_makereport, write_tiny_checkpoint  # noqa: E402,F401 (the hook is used by pytest)
 
 
 @pytest.fixture(scope="session")
 def seed():
-    """This run's checkpoint seed, for tests that write their own checkpoint (`from conftest import SEED` would
-    import this file a second time under --import-mode=importlib and draw another random seed)."""
+    """This run's checkpoint seed (it_common.SEED), for tests that write their own checkpoint."""
     return SEED
 
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
-    from deepseek_v32_plugin.checkpoint import write_checkpoint
-    from deepseek_v32_plugin.config import preset_config
-    path = str(tmp_path_factory.mktemp("dsv32_tiny"))
-    print(f"tiny checkpoint seed {SEED} (DSV32_TEST_SEED={SEED} to reproduce)")
-    write_checkpoint(preset_config("tiny"), path, seed=SEED, overwrite=True)
-    return path
+    return write_tiny_checkpoint(str(tmp_path_factory.mktemp("dsv32_tiny")))
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +33,12 @@ def reference(tiny_ckpt):
     return ReferenceModel(cfg, tensors)   # fp32, naive ops
 
 
+
+
+@pytest.fixture(scope="session")
+def reference_bf16(tiny_ckpt):
+    """The reference in the bf16 serving dtype: the oracle for bf16 engine runs (same precision semantics)."""
+    from deepseek_v32_plugin.checkpoint import load_checkpoint
+    from deepseek_v32_plugin.model import ReferenceModel
+    cfg, tensors = load_checkpoint(tiny_ckpt)
+    return ReferenceModel(cfg, tensors, dtype=torch.bfloat16)

@@ -1,0 +1,51 @@
+"""What the vLLM and SGLang suites share: the run's seed, the checkpoints they serve, the greedy check, and
+the per-check statistics a seed sweep (scripts/sweep.py) reads.
+
+Determinism: every checkpoint, prompt set and engine run is fixed by SEED (DSV32_TEST_SEED, default 0), so a
+commit gives the same verdict every run; scripts/sweep.py reruns the engine comparisons over other seeds and
+reports failure rates per check (from record_stat's figures). A failing test's report names the seed."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from deepseek_v32_plugin.check_stats import record_stat  # noqa: F401 (re-exported for the suites)
+
+SEED = int(os.environ.get("DSV32_TEST_SEED", "0"))
+NEAR_TIE = 0.25   # top-2 logprob gap below which engine rounding may legitimately pick the other token
+
+
+def write_tiny_checkpoint(path: str) -> str:
+    """The suites' tiny checkpoint: the conditioned one (testing_checkpoints.write_conditioned_checkpoint:
+    random weights, attention and routed-expert branches scaled so legitimate FP8/bf16 noise stays small)."""
+    from deepseek_v32_plugin.config import preset_config
+    from deepseek_v32_plugin.testing_checkpoints import write_conditioned_checkpoint
+    print(f"tiny conditioned checkpoint seed {SEED} (DSV32_TEST_SEED={SEED} to reproduce)")
+    return write_conditioned_checkpoint(preset_config("tiny"), path, seed=SEED, overwrite=True)
+
+
+def check_greedy(lp: torch.Tensor, tokens: list, info=None, margin: float = NEAR_TIE) -> int:
+    """Engine greedy tokens vs the reference's log-probs lp [len(tokens), vocab] (teacher-forced on the
+    engine's tokens): each token is the reference's argmax unless the reference's top-2 gap there is below
+    `margin`; after such a near-tie the continuations may legitimately differ, so checking stops there.
+    Returns the number of tokens checked."""
+    for i, tok in enumerate(tokens):
+        row = lp[i]
+        top2 = row.topk(2).values
+        if int(row.argmax()) != tok:
+            assert (top2[0] - top2[1]).item() < margin, \
+                f"step {i}: engine {tok}, reference {int(row.argmax())} (top-2 gap " \
+                f"{(top2[0] - top2[1]).item():.3f} >= margin {margin:.2f}) {info or ''} seed {SEED}"
+            return i
+    return len(tokens)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        rep.sections.append(("seed", f"checkpoint/prompt seed {SEED}: reproduce with DSV32_TEST_SEED={SEED} "
+                                     f"pytest '{item.nodeid}'"))
