@@ -27,7 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_TESTS = {
     "vllm": ["integration_tests/vllm/test_vllm_engine.py::test_short_prompts_equal_reference",
              "integration_tests/vllm/test_vllm_engine.py::test_long_prompts_equal_reference",
-             "integration_tests/vllm/test_vllm_engine.py::test_bf16_engine_fp8_latent_cache_close_to_reference"],
+             "integration_tests/vllm/test_vllm_engine.py::test_bf16_engine_fp8_latent_cache_close_to_reference",
+             "integration_tests/vllm/test_vllm_engine.py::test_tensor_parallel_2_equals_reference",
+             "integration_tests/vllm/test_vllm_engine.py::test_mtp_draft_module_equals_reference"],
     "sglang": ["integration_tests/sglang/test_sglang_engine.py::test_input_logprobs_match_reference",
                "integration_tests/sglang/test_sglang_engine.py::test_greedy_matches_reference",
                "integration_tests/sglang/test_sglang_engine.py::test_radix_hit_equals_miss",

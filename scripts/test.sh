@@ -3,6 +3,9 @@
 # versions, reused when unchanged) and runs all suites, printing per-stage timings.
 #   bash scripts/test.sh                 # everything: unit (+ Triton interpreter, CUDA compile), vLLM, SGLang
 #   bash scripts/test.sh unit vllm       # chosen stages only
+#   bash scripts/test.sh sweep           # opt-in: engine comparisons over 20 seeds, failure rates (<= 30 min)
+#   bash scripts/test.sh mutation        # opt-in: plant known bugs, check the suites catch them (~20 min)
+# CI's stages run at one fixed seed (DSV32_TEST_SEED, default 0): the same commit gives the same verdict.
 # Exit status is non-zero if any stage fails; "no tests collected" (pytest exit 5) counts as a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,15 +16,22 @@ VENVS="${DSV32_VENVS:-$PWD/.venvs}"   # where the env_*.sh scripts put the venvs
 FAILED=()
 SUMMARY=()
 
-run_stage() {  # run_stage NAME CMD...
+mem_used_mib() { awk '/^MemTotal:/{t=$2} /^MemAvailable:/{a=$2} END{print int((t-a)/1024)}' /proc/meminfo; }
+
+run_stage() {  # run_stage NAME CMD...  (prints time and the peak of system-wide used memory during the stage)
   local name="$1"; shift
-  local t0=$SECONDS
+  local t0=$SECONDS peak_file
+  peak_file="$(mktemp)"
   echo "=== [$name] $*"
+  ( peak=0; while :; do m=$(mem_used_mib); (( m > peak )) && { peak=$m; echo "$peak" > "$peak_file"; }; sleep 1; done ) &
+  local sampler=$!
   "$@"
   local rc=$?
-  local dt=$((SECONDS - t0))
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  local dt=$((SECONDS - t0)) peak
+  peak="$(cat "$peak_file" 2>/dev/null || echo '?')"; rm -f "$peak_file"
   if [[ $rc -eq 5 ]]; then echo "=== [$name] collected no tests: failing"; rc=1; fi
-  SUMMARY+=("$(printf '%-16s %4ss  %s' "$name" "$dt" "$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (rc=$rc)")")")
+  SUMMARY+=("$(printf '%-16s %4ss  peak used %6s MiB  %s' "$name" "$dt" "$peak" "$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (rc=$rc)")")")
   [[ $rc -ne 0 ]] && FAILED+=("$name")
   return 0
 }
@@ -51,11 +61,22 @@ for stage in "${STAGES[@]}"; do
         run_stage sglang pytest_in "$VENVS/sglang" integration_tests/sglang
       fi
       ;;
-    *) echo "unknown stage $stage (choose unit, vllm, sglang)"; exit 2 ;;
+    sweep)   # opt-in: not part of the default stages
+      run_stage vllm-env bash scripts/env_vllm.sh
+      run_stage sglang-env bash scripts/env_sglang.sh
+      run_stage sweep python3 scripts/sweep.py --seeds "${DSV32_SWEEP_SEEDS:-20}" --budget-min 30
+      ;;
+    mutation)   # opt-in: not part of the default stages
+      run_stage unit-env bash scripts/env_unit.sh
+      run_stage vllm-env bash scripts/env_vllm.sh
+      run_stage sglang-env bash scripts/env_sglang.sh
+      run_stage mutation python3 scripts/mutation_check.py
+      ;;
+    *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation)"; exit 2 ;;
   esac
 done
 
-echo "=== stage timings"
+echo "=== stage timings (peak used: system-wide used memory, MemTotal - MemAvailable, sampled every second)"
 printf '%s\n' "${SUMMARY[@]}"
 if [[ ${#FAILED[@]} -gt 0 ]]; then echo "=== FAILED stages: ${FAILED[*]}"; exit 1; fi
 echo "=== all stages passed"

@@ -12,7 +12,6 @@ import pytest
 import requests
 import torch
 
-from deepseek_v32_plugin.config import V32Config
 
 from vllm_it import NEAR_TIE, engine_env, reference_logprobs
 
@@ -95,21 +94,15 @@ def test_50_concurrent_mixed_lengths_equal_single(server, tiny_ckpt, reference):
     single = [_complete(url, tiny_ckpt, p)["choices"][0]["token_ids"] for p in prompts]
     with ThreadPoolExecutor(50) as ex:
         together = list(ex.map(lambda p: _complete(url, tiny_ckpt, p)["choices"][0]["token_ids"], prompts))
-    topk = V32Config.from_pretrained(tiny_ckpt).index_topk
-    n_long = sum(len(p) > topk for p in prompts)
-    long_diverged = []
+    # one engine, two batch shapes: bf16/fp32 GEMM blocking depends on the batch, so a reference near-tie (of
+    # the logits, or above index_topk of the indexer's FP8 scores, whose swap moves the conditioned model's
+    # logits by <~1e-2) may resolve either way; any other difference is a bug
     for p, a, b in zip(prompts, single, together):
         assert len(b) == 6
-        if a != b:   # only a reference near-tie may resolve differently between batch shapes
+        if a != b:
             k = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
             top2 = reference_logprobs(reference, p, a)[len(p) - 1 + k].topk(2).values
-            if len(p) <= topk:          # every key selected: nothing but logits near-ties may differ
-                assert (top2[0] - top2[1]).item() < NEAR_TIE, (len(p), a, b)
-            elif (top2[0] - top2[1]).item() >= NEAR_TIE:
-                # above index_topk a different batch shape rounds bf16 differently, which can swap the
-                # indexer's FP8 near-tied keys (earlier than the logits): bounded, not forbidden
-                long_diverged.append((len(p), a, b))
-    assert len(long_diverged) <= 0.2 * n_long, long_diverged
+            assert (top2[0] - top2[1]).item() < NEAR_TIE, (len(p), k, a, b, (top2[0] - top2[1]).item())
 
 
 def test_client_example(server):
