@@ -159,31 +159,55 @@ def normal_logits(rows: int, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def concentrated_logits(rows: int, n: int, seed: int = 0) -> torch.Tensor:
-    """'Concentrated' logits: every score within 2^-9 relative of 1.0 (e.g. a saturated indexer), so the
-    top-k threshold's 16-bit key prefix (sign, exponent, 7 mantissa bits) holds nearly the whole row."""
+    """'Concentrated' logits: every score within 2^-9 relative of 1.0 (e.g. a saturated indexer): the
+    top-k threshold's 16-bit key prefix (sign, exponent, 7 mantissa bits) holds the whole row, so a
+    fixed top-bits first histogram (the previous kernel: 5 row passes) cannot split it."""
     g = torch.Generator().manual_seed(seed)
     return 1.0 + torch.rand(rows, n, generator=g) * 2.0 ** -9
 
 
-GENERATORS = {"normal": normal_logits, "concentrated": concentrated_logits}
+def tied_logits(rows: int, n: int, seed: int = 0) -> torch.Tensor:
+    """Heavy ties: 16 distinct values per row (the documented slow path)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 16, (rows, n), generator=g).float()
+
+
+GENERATORS = {"normal": normal_logits, "concentrated": concentrated_logits, "tied": tied_logits}
 
 
 def _keys(x: torch.Tensor) -> torch.Tensor:
-    """Order-preserving int keys of fp32 (as _f32_sort_key), as int64 in [0, 2^32)."""
-    b = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-    return torch.where(b >= 2 ** 31, b ^ 0xFFFFFFFF, b | 2 ** 31)
+    """Order-preserving int32 keys of fp32 (as _f32_sort_key), as int64."""
+    b = x.contiguous().view(torch.int32).to(torch.int64)
+    return torch.where(b < 0, b ^ 0x7FFFFFFF, b)
 
 
 def topk_row_passes(row: torch.Tensor, topk: int) -> int:
-    """Full-row passes _topk_kernel makes on one row: 2 histogram passes, then 1 compaction pass when the
-    16-bit prefix holding the topk-th key has <= CAP keys, else 2 more histogram passes + 1 compaction."""
+    """Full-row passes _topk_kernel makes on one row: the top-byte histogram (+ key range), the
+    2^FINE_BITS-bin histogram of key >> shift inside the threshold's byte, then one compaction pass when the
+    threshold bin holds <= CAP keys (3 in all); otherwise 1-2 radix passes over the shift bits below the bin
+    + 1 compaction (4-5: heavy ties)."""
     n = row.numel()
     if n <= topk:
         return 1
+    cfg = tk_ix.TOPK_CONFIG
     key = _keys(row)
-    thr = torch.topk(key, topk).values[-1]
-    c2 = int(((key >> 16) == (thr >> 16)).sum())
-    return 3 if c2 <= tk_ix.TOPK_CONFIG["CAP"] else 5
+    thr = int(torch.topk(key, topk).values[-1])
+    prefix = (thr >> 24) << 24
+    lo, hi = max(int(key.min()), prefix), min(int(key.max()), prefix | 0xFFFFFF)
+    shift = 0
+    while (hi >> shift) - (lo >> shift) >= 1 << cfg["FINE_BITS"]:
+        shift += 1
+    c = int(((key >> shift) == (thr >> shift)).sum())
+    return 3 if c <= cfg["CAP"] else 2 + (1 if shift <= 8 else 2) + 1
+
+
+def topk_row_passes_before(row: torch.Tensor, topk: int) -> int:
+    """The previous kernel: fixed 8+8-bit prefix histograms, then compaction (3) or 2 more passes (5)."""
+    if row.numel() <= topk:
+        return 1
+    key = _keys(row)
+    thr = int(torch.topk(key, topk).values[-1])
+    return 3 if int(((key >> 16) == (thr >> 16)).sum()) <= tk_ix.TOPK_CONFIG["CAP"] else 5
 
 
 def topk_rows(shapes=((4, 131072), (64, 9295), (1, 131072))) -> list[dict]:
@@ -192,7 +216,8 @@ def topk_rows(shapes=((4, 131072), (64, 9295), (1, 131072))) -> list[dict]:
         for gen, fn in GENERATORS.items():
             x = fn(r, n)
             passes = max(topk_row_passes(x[i], 2048) for i in range(r))
-            out.append(dict(rows=r, n=n, gen=gen, ctas=r, passes=passes,  # grid = (rows,) in indexer_topk
+            before = max(topk_row_passes_before(x[i], 2048) for i in range(r))
+            out.append(dict(rows=r, n=n, gen=gen, ctas=r, passes=passes, before=before,  # grid = (rows,)
                             bytes=r * n * 4 * passes, ideal_bytes=r * n * 4))
     return out
 
@@ -277,9 +302,11 @@ def markdown() -> str:
                      f"{_mb(r['bytes_before']) if r['bytes_before'] else '-'} |")
     lines += ["", f"## Top-k 2048 (targets: >= {TOPK_MIN_CTAS} CTAs at 4 x 128K, <= {TOPK_MAX_PASSES} row passes "
               "on concentrated logits)", "",
-              "| rows x N | logits | CTAs | row passes | MB read | ideal MB |", "|---|---|---|---|---|---|"]
+              "| rows x N | logits | CTAs | row passes | passes before | MB read | ideal MB |",
+              "|---|---|---|---|---|---|---|"]
     for r in topk_rows():
-        lines.append(f"| {r['rows']} x {r['n']} | {r['gen']} | {r['ctas']} | {r['passes']} | {_mb(r['bytes'])} | "
+        lines.append(f"| {r['rows']} x {r['n']} | {r['gen']} | {r['ctas']} | {r['passes']} | {r['before']} | "
+                     f"{_mb(r['bytes'])} | "
                      f"{_mb(r['ideal_bytes'])} |")
     lines += ["", "## Indexer logits and sparse MLA decode", "",
               "MB loaded counts every tile load (no L2 reuse: an upper bound on DRAM traffic); ideal = each key / "
