@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 _PROBE = r"""
@@ -70,7 +70,8 @@ def run(ctx) -> None:
     t = time.monotonic()
     timeout = max(10.0, ctx.remaining() - 5.0)
     try:
-        p = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, timeout=timeout)
+        p = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, timeout=timeout,
+                           cwd=tempfile.gettempdir())   # not the repo root: import the installed package
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("@@")), None)
         info = json.loads(line[2:]) if line else {"ok": False, "reason": f"probe rc={p.returncode}: {p.stderr[-1500:]}"}
     except subprocess.TimeoutExpired:
@@ -99,4 +100,3 @@ def run(ctx) -> None:
                 reason=desc + ("; HOPPER WITHOUT the sm_90a kernels: "
                                + ("CUTLASS headers missing" if not cut else "see build flags") if missing else "")
                 + f"; loaded in {time.monotonic() - t:.1f} s", sm90=ctx.sm90)
-    _ = shutil  # (kept for callers probing tools)

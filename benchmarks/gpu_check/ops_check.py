@@ -223,7 +223,7 @@ def cases(dry: bool) -> list[Case]:
             a, a_s = naive_fp8_quant_act(_act((m, k), d))
             b, b_s = naive_fp8_quant_weight(torch.randn(n, k, device=d) * 0.05)
             return a, a_s, b, b_s, torch.float32
-        add(Case("fp8_gemm_nt", f"M{m} N{n} K{k}", mk, close(1e-4), big=m > 1000 or (dry and m > 10)))
+        add(Case("fp8_gemm_nt", f"M{m} N{n} K{k}", mk, close(1e-4), big=m > 1000))
 
     # ---- fp8_moe
     for g, n, k, rows, aligned in ((3, 192, 256, 40, True), (3, 320, 384, 517, False), (8, 4096, 7168, 300, True)):
@@ -233,7 +233,7 @@ def cases(dry: bool) -> list[Case]:
             a, a_s = naive_fp8_quant_act(torch.randn(mi.numel(), k, device=d))
             return a, a_s, b, b_s, mi, torch.float32
         add(Case("fp8_grouped_gemm_nt_contiguous", f"G{g} N{n} K{k} {'aligned' if aligned else 'unaligned'} -1 rows",
-                 mk, close(1e-4), big=n > 1000 or (dry and rows > 100)))
+                 mk, close(1e-4), big=n > 1000))
     for g, m, n, k in ((2, 40, 128, 256), (3, 200, 256, 512), (2, 1000, 2048, 7168)):
         def mk(d, g=g, m=m, n=n, k=k):
             b, b_s = _weights(g, n, k, d)
@@ -242,34 +242,34 @@ def cases(dry: bool) -> list[Case]:
             mm[0] = 0
             return a, a_s, b, b_s, mm, torch.float32
         add(Case("fp8_grouped_gemm_nt_masked", f"G{g} M{m} N{n} K{k} masked_m[0]=0", mk, close(1e-4),
-                 big=m > 500 or (dry and m > 100)))
+                 big=m > 500))
     for m, n in ((9, 128), (45, 384), (4096, 2048)):
         add(Case("silu_and_mul_fp8_quant", f"M{m} N{n}",
                  lambda d, m=m, n=n: ((torch.randn(m, 2 * n, device=d) * 4).to(torch.bfloat16),), quant(0.01),
-                 big=m > 1000 or (dry and m > 10)))
+                 big=m > 1000))
 
     # ---- indexer
     for shape, rot in (((37, 128), True), ((5, 8, 128), False), ((300, 128), True), ((4096, 64, 128), True)):
         add(Case("indexer_quant", f"{list(shape)} rotate={rot}", lambda d, s=shape, r=rot: (torch.randn(s, device=d) * 3, r),
-                 quant(0.01, 0.01), big=shape[0] > 1000 or (dry and shape[0] > 100)))
+                 quant(0.01, 0.01), big=shape[0] > 1000))
     for t in (50, 300):
         def mk(d, t=t):
             pages = -(-t // 64) + 2
             return (torch.randn(t, 128, device=d), torch.zeros(pages, 64, 132, dtype=torch.uint8, device=d),
                     _slots_with_holes(t, pages * 64, d, 17))
-        add(Case("indexer_k_quant_and_cache", f"T{t} slots with -1", mk, cache_close(0.01), big=dry and t > 100))
+        add(Case("indexer_k_quant_and_cache", f"T{t} slots with -1", mk, cache_close(0.01), big=False))
 
         def mk2(d, t=t):
             pages = -(-t // 64) + 2
             kq, ksc = ix.naive_indexer_quant(torch.randn(t, 128, device=d))
             return kq, ksc, torch.zeros(pages, 64, 132, dtype=torch.uint8, device=d), _slots_with_holes(t, pages * 64, d).int()
-        add(Case("indexer_cache_write", f"T{t} slots with -1", mk2, exact(), big=dry and t > 100))
+        add(Case("indexer_cache_write", f"T{t} slots with -1", mk2, exact(), big=False))
 
         def mk3(d, t=t):
             cache, table, pps = _paged_index_cache([t], d)
             pos = torch.randint(0, t, (t // 2,), device=d)
             return cache, table[0, pos // 64].long() * 64 + pos % 64
-        add(Case("indexer_cache_gather", f"T{t}", mk3, exact(), big=dry and t > 100))
+        add(Case("indexer_cache_gather", f"T{t}", mk3, exact(), big=False))
     for s, n, h in ((9, 150, 8), (37, 333, 20), (37, 333, 64), (512, 4096, 64)):
         def mk(d, s=s, n=n, h=h):
             qf, qs = ix.naive_indexer_quant(torch.randn(s, h, 128, device=d))
@@ -279,7 +279,7 @@ def cases(dry: bool) -> list[Case]:
             ke[0] = ks[0]                                            # empty window
             return qf, kf, ksc, torch.randn(s, h, device=d) * qs, ks, ke
         add(Case("fp8_indexer_logits", f"S{s} N{n} H{h} ragged windows, one empty", mk, close(1e-5),
-                 big=s > 100 or (dry and h > 8)))
+                 big=s > 100))
     for lens, next_n, h in (([0, 1, 63, 64, 65, 130], 2, 8), ([0, 1, 63, 64, 65, 700, 2049], 1, 64),
                             ([5, 64, 128, 1000], 2, 64), ([3, 64, 65, 300], 4, 32), ([64, 65, 2000], 2, 20),
                             ([32768] * 4, 2, 64)):
@@ -290,7 +290,7 @@ def cases(dry: bool) -> list[Case]:
             w = torch.randn(len(lens2) * next_n, h, device=d) * qs.view(-1, h)
             return qf, cache, w, torch.tensor(lens2, dtype=torch.int32, device=d), table, pps * 64 - 5
         add(Case("fp8_paged_indexer_logits", f"lens {lens[:7]} next_n{next_n} H{h} (page boundaries)", mk, close(1e-5),
-                 big=max(lens) > 200 or (dry and h > 8)))
+                 big=max(lens) > 200))
     for r_n, topk in ((100, 64), (600, 64), (100, 2048), (4096, 2048), (70000, 1024), (163840, 2048)):
         def mk(d, n=r_n, topk=topk):
             r = 6
@@ -309,7 +309,7 @@ def cases(dry: bool) -> list[Case]:
         add(Case("indices_to_slots", f"R{r} K{k} pages{mp} with -1",
                  lambda d, r=r, k=k, mp=mp: (torch.randint(-1, mp * 64, (r, k), dtype=torch.int32, device=d),
                                              torch.randint(0, 1000, (r, mp), dtype=torch.int32, device=d), 64),
-                 exact(), big=dry and r > 5))
+                 exact(), big=False))
 
     # ---- sparse_mla
     for fp8 in (True, False):
@@ -322,7 +322,7 @@ def cases(dry: bool) -> list[Case]:
                 kv[0] *= 1e4
                 return kv, torch.randn(t, 64, device=d), cache, _slots_with_holes(t, pages * 64, d)
             add(Case("mla_cache_write", f"{'fp8_ds_mla' if fp8 else 'bf16'} T{t} slots with -1", mk, exact(),
-                     big=dry and t > 100))
+                     big=False))
         add(Case("mla_cache_gather", f"{'fp8_ds_mla' if fp8 else 'bf16'} 100 slots",
                  lambda d, fp8=fp8: (lambda c, s: (c, s[torch.randint(0, s.numel(), (100,), device=d)]))(*_mla_cache(fp8, 200, d)),
                  exact()))
@@ -337,7 +337,7 @@ def cases(dry: bool) -> list[Case]:
                 idx[0, 0] = -1                                   # a row with no valid key: out 0, lse -inf
                 return q, cache, idx, 576 ** -0.5
             add(Case("sparse_mla_decode", f"{'fp8_ds_mla' if fp8 else 'bf16'} b{b} s_q{s_q} h{h} topk{topk} -1 idx",
-                     mk, close(2e-2), big=topk > 100 or (dry and (h > 16 or b > 2))))
+                     mk, close(2e-2), big=topk > 100))
     for s_q, h, topk, s_kv in ((5, 16, 64, 200), (37, 20, 100, 300), (64, 128, 2048, 4096)):
         def mk(d, s_q=s_q, h=h, topk=topk, s_kv=s_kv):
             q = (torch.randn(s_q, h, 576, device=d) * 0.5).to(torch.bfloat16)
@@ -347,7 +347,7 @@ def cases(dry: bool) -> list[Case]:
             idx[0] = -1
             return q, kv, idx, 576 ** -0.5
         add(Case("sparse_mla_prefill", f"s_q{s_q} h{h} topk{topk} s_kv{s_kv} -1 idx", mk, close(2e-2),
-                 big=topk > 100 or (dry and s_q > 10)))
+                 big=topk > 100))
     return [c for c in C if not (dry and c.big)]
 
 

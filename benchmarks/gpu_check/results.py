@@ -57,6 +57,7 @@ class Results:
             print(format_row(row), flush=True)
         if self._pause_after and self.n == self._pause_after:
             print(f"[gpu_check] {PAUSE_ENV}={self.n}: pausing", file=sys.stderr, flush=True)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})   # no phase cut while paused
             while True:
                 time.sleep(3600)
         return row
@@ -157,10 +158,11 @@ def render_markdown(rows: list[dict], source: str = "") -> str:
     lines.append(f"- rows: {len(rows)}; phases: " + ", ".join(
         f"{r['phase']} {r['status']}" + (f" {r.get('elapsed_s')} s / {r.get('budget_s')} s" if r["status"] != "start" else "")
         for r in ends if r["status"] != "start"))
-    if not any(r.get("kind") == "phase" and r.get("phase") == "end" for r in rows) and not any(
-            r.get("kind") == "phase" and r.get("status") == "end" for r in rows):
-        if not any(r.get("kind") == "meta" and r.get("status") == "end" for r in rows):
-            lines.append("- **the run did not finish** (killed or cut): the rows below are everything it measured")
+    end = next((r for r in rows if r.get("kind") == "end"), None)
+    if end is None:
+        lines.append("- **the run did not finish** (killed): the rows below are everything it measured")
+    else:
+        lines.append(f"- finished: {end.get('status')} ({end.get('reason', '')})")
     cuts = [r for r in rows if r.get("kind") == "cut"]
     for r in cuts:
         lines.append(f"- CUT: phase {r['phase']}: {r.get('reason', '')}")
