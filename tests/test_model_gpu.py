@@ -2,8 +2,8 @@
 against the same model with every op on the PyTorch references. Skipped without CUDA.
 
 `real-width` is the real per-layer V3.2 shape (hidden 7168, 128 heads, index_topk 2048) with 1 dense + 1 MoE
-layer, 32 of the 256 experts, vocab 32768 and no MTP, generated in GPU memory (~6 GB; the full `bench`
-preset is ~30 GB per case). benchmarks/gpu_check's model phase runs the same comparison with budgets.
+layer, 32 of the 256 experts, vocab 32768 and no MTP, generated in GPU memory (3.2 GB; the full `bench`
+preset is 31 GB per case). benchmarks/gpu_check's model phase runs the same comparison with budgets.
 `cuda` forces every op that has a CUDA kernel to it and the others (gathers, sparse prefill) to Triton."""
 import pytest
 import torch

@@ -16,7 +16,7 @@ Phases, in order of value, each with a wall-clock budget (seconds; a phase past 
   Triton (tests/triton/test_compile_*.py, sm_90a, this machine): the shipped MLA+MoE configs 17 s, the
   indexer's 18 s, ~1-2 s per kernel variant;
   (b) 67 cases x (cuda [+ forced sm80] + triton) = 175 checks, dominated by ~40 Triton JIT compiles
-  at ~1-2 s; (c) ~6 GB of weights generated on the GPU + 2 presets x 2 cache formats x 3 backends;
+  at ~1-2 s; (c) 3.2 GB of weights generated on the GPU + 2 presets x 2 cache formats x 3 backends;
   (d) 7 anchors x 3 backends, ~0.3 s of replays each + compiles + the torch references (~1-3 s each).
 Later work may append optional phases (e) to PHASES with their own budgets (e.g. a decode-step graph replay,
 a context-length curve); they run after (d) and are cut the same way.
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
             runners[name](ctx)
         except PhaseCut:
             status = "cut"
-        except Exception as e:  # noqa: BLE001
+        except Exception:  # noqa: BLE001
             status, rc = "error", 1
             res.add(kind="phase", phase=name, status="error", reason=traceback.format_exc()[-1500:])
         finally:

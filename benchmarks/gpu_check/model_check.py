@@ -3,8 +3,8 @@
 Presets: `tiny` (prompt longer than its index_topk 32, so the indexer really selects), and on a GPU a
 memory-safe real-width one: the `bench` preset's per-layer widths (hidden 7168, 128 heads, q_lora 1536,
 kv_lora 512, indexer 64 x 128, index_topk 2048, moe_intermediate 2048, 8 active experts), 1 dense + 1 MoE
-layer, 32 of the 256 routed experts, vocab 32768, no MTP: ~6 GB of weights generated once, in GPU memory
-(`checkpoint.make_state_dict`), instead of the full bench preset's ~30 GB per case. Its prompt (2304 tokens)
+layer, 32 of the 256 routed experts, vocab 32768, no MTP: 3.2 GB of checkpoint tensors generated once, in GPU memory
+(`checkpoint.make_state_dict`), instead of the full bench preset's 31 GB per case. Its prompt (2304 tokens)
 is longer than index_topk, prefilled in chunks of 768 (bounded reference memory), then 4 decode steps.
 
 Backends: `triton` (every op forced to Triton), `cuda` (every op with a CUDA kernel forced to it, the rest

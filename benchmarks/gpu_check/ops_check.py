@@ -8,7 +8,6 @@ argument they wrote. compare(out, ref) -> (ok, err, tol, note)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Optional
 
 import torch
