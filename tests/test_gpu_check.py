@@ -4,6 +4,7 @@ over its budget is cut and the next one starts; the renderers make RESULTS.md an
 Each test runs gpu_check as a subprocess (it sets TRITON_INTERPRET itself); fixed seed (--seed default)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -16,8 +17,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPU_CHECK = os.path.join(ROOT, "benchmarks", "gpu_check")
-sys.path.insert(0, GPU_CHECK)
-import results  # noqa: E402
+_spec = importlib.util.spec_from_file_location("gpu_check_results", os.path.join(GPU_CHECK, "results.py"))
+results = importlib.util.module_from_spec(_spec)   # by path: gpu_check's module names stay off sys.path
+_spec.loader.exec_module(results)
 
 
 
