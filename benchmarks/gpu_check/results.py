@@ -188,8 +188,9 @@ def render_markdown(rows: list[dict], source: str = "") -> str:
     if ce or t:
         lines += ["", "## (d) timings", ""]
         if ce:
-            lines += ["Measured ceilings: " + ", ".join(f"{r['op']} {_num(r.get('value'), '{:.0f}')} {r.get('unit', '')}"
-                                                      for r in ce), ""]
+            lines += ["Measured ceilings: " + ", ".join(
+                f"{r['op']} {_num(r.get('value'), '{:.0f}')} {r.get('unit', '')}" if r.get("value") is not None
+                else f"{r['op']} {r.get('status')} ({r.get('reason', '')})" for r in ce), ""]
         lines += ["Times: CUDA graph of N calls, L2 flushed before each call (flush-only graph subtracted), median "
                   "of replays; check = the timed output vs the reference; x ref = reference time / ours; "
                   "% roof = max(FLOPs/peak, bytes/copy BW) / time with the ceilings above.", ""]
@@ -199,7 +200,7 @@ def render_markdown(rows: list[dict], source: str = "") -> str:
                           _num(r.get("us"), "{:.1f}"), _num(r.get("tflops"), "{:.1f}"), _num(r.get("gbps"), "{:.0f}"),
                           _num(r.get("pct_roof"), "{:.0f}%"), _num(r.get("x_ref"), "{:.2f}x"),
                           f"{r.get('check', '-')} ({_num(r.get('err'))})", r.get("anchor", ""),
-                          (r.get("method", "") + ("; " + r["reason"] if r.get("reason") else ""))[:200]] for r in t])
+                          "; ".join(x for x in (r.get("method"), r.get("reason")) if x)[:200]] for r in t])
     return "\n".join(lines) + "\n"
 
 
@@ -208,7 +209,7 @@ def render_status(rows: list[dict], source: str = "") -> list[str]:
     m = _meta(rows)
     s = summary(rows)
     dev = m.get("device", "?")
-    head = (f"- **{'DRY RUN (CPU) ' if m.get('dry_run') else 'GPU: '}{dev}**, {m.get('date', '?')}, "
+    head = (f"- **{'DRY RUN on CPU (not a GPU result)' if m.get('dry_run') else 'GPU: ' + str(dev)}**, {m.get('date', '?')}, "
             f"git {m.get('git', '?')}" + (f", results `{source}`" if source else "") + ":")
     out = [head]
     names = {"build": "(a) build", "ops": "(b) ops vs reference", "model": "(c) model on kernels",
@@ -222,6 +223,21 @@ def render_status(rows: list[dict], source: str = "") -> list[str]:
             out.append(f"  - arch paths built: {r.get('reason', '')}")
         if r.get("kind") == "cut":
             out.append(f"  - cut: {r['phase']} ({r.get('reason', '')})")
+    ce = [r for r in rows if r.get("kind") == "ceiling" and r.get("value") is not None]
+    if ce:
+        out.append("  - measured ceilings: " + ", ".join(f"{r['op']} {r['value']:.0f} {r.get('unit', '')}" for r in ce))
+    by_shape: dict = {}
+    for r in rows:
+        if r.get("kind") == "time" and r.get("us") is not None:
+            by_shape.setdefault((r["op"], r.get("shape", ""), r.get("anchor", "")), []).append(r)
+    for (op, shape, anchor), rs in by_shape.items():
+        parts = []
+        for r in rs:
+            rate = (f", {r['tflops']:.0f} TFLOPS" if isinstance(r.get("tflops"), float) and r["tflops"] >= 1 else
+                    f", {r['gbps']:.0f} GB/s" if isinstance(r.get("gbps"), float) and r["gbps"] >= 1 else "")
+            parts.append(f"{r['backend']}/{r.get('path')} {r['us']:.1f} us{rate}"
+                         + ("" if r.get("check", "pass") == "pass" else " (WRONG OUTPUT)"))
+        out.append(f"  - {op} {shape}: " + "; ".join(parts) + (f" [anchor: {anchor}]" if anchor else ""))
     fails = [r for r in rows if r.get("status") in ("fail", "error") or r.get("check") == "fail"]
     for r in fails[:12]:
         out.append(f"  - FAIL {r.get('phase')}: {r.get('op')} {r.get('shape', '')} [{r.get('backend', '')}/"
