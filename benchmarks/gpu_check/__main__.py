@@ -190,6 +190,8 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
         f.write(render_markdown(load(path), os.path.basename(path)))
     res.close()
+    from results import render_status
+    print("\n".join(render_status(load(path), os.path.basename(path))), flush=True)   # the reply's tail
     print(f"gpu_check: {len(rows) + 1} rows in {path}; RESULTS.md beside it; {len(bad)} failing rows", flush=True)
     return rc or (1 if bad else 0)
 
