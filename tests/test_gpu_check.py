@@ -61,7 +61,7 @@ def test_dry_run_all_phases(tmp_path):
     shutil.copy(os.path.join(ROOT, "README.md"), readme)
     results.main([str(tmp_path / "gpu_check.jsonl"), "--readme", str(readme), "--md", str(tmp_path / "R2.md")])
     text = readme.read_text()
-    assert "DRY RUN (CPU)" in text and "(b) ops vs reference" in text
+    assert "DRY RUN on CPU" in text and "(b) ops vs reference" in text and "topk64" in text
     print(f"dry run: {dt:.1f} s, {len(rows)} rows")
 
 
