@@ -69,6 +69,17 @@ def close(tol: float):
     return cmp
 
 
+def close_valid_rows(tol: float):
+    """Grouped GEMMs: padding rows (-1 in m_indices, rows >= masked_m) are unspecified in the kernels' outputs
+    (never written) and 0 in the reference, so compare the rows the reference computed (a valid row of exact
+    zeros does not occur with these random inputs)."""
+    def cmp(out, ref):
+        rows = ref.float().abs().amax(-1) > 0
+        err = rel_err(out[rows], ref[rows])
+        return err <= tol, err, tol, f"{int(rows.sum())} valid rows"
+    return cmp
+
+
 def _bytes(t):
     return t.contiguous().view(torch.uint8) if t.dtype != torch.uint8 else t
 
@@ -232,7 +243,7 @@ def cases(dry: bool) -> list[Case]:
             a, a_s = naive_fp8_quant_act(torch.randn(mi.numel(), k, device=d))
             return a, a_s, b, b_s, mi, torch.float32
         add(Case("fp8_grouped_gemm_nt_contiguous", f"G{g} N{n} K{k} {'aligned' if aligned else 'unaligned'} -1 rows",
-                 mk, close(1e-4), big=n > 1000))
+                 mk, close_valid_rows(1e-4), big=n > 1000))
     for g, m, n, k in ((2, 40, 128, 256), (3, 200, 256, 512), (2, 1000, 2048, 7168)):
         def mk(d, g=g, m=m, n=n, k=k):
             b, b_s = _weights(g, n, k, d)
@@ -240,7 +251,7 @@ def cases(dry: bool) -> list[Case]:
             mm = torch.randint(0, m + 1, (g,), dtype=torch.int32, device=d)
             mm[0] = 0
             return a, a_s, b, b_s, mm, torch.float32
-        add(Case("fp8_grouped_gemm_nt_masked", f"G{g} M{m} N{n} K{k} masked_m[0]=0", mk, close(1e-4),
+        add(Case("fp8_grouped_gemm_nt_masked", f"G{g} M{m} N{n} K{k} masked_m[0]=0", mk, close_valid_rows(1e-4),
                  big=m > 500))
     for m, n in ((9, 128), (45, 384), (4096, 2048)):
         add(Case("silu_and_mul_fp8_quant", f"M{m} N{n}",
