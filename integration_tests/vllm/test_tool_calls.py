@@ -184,3 +184,14 @@ def test_bad_tool_inputs_then_still_serving(server):
     # still serving
     r = _chat(url, model, user, max_tokens=2)
     assert r.status_code == 200 and requests.get(url + "/health", timeout=10).status_code == 200
+
+
+def test_client_example_tools(server):
+    """examples/client.py --tools (the README's tool-calling request) against the example server."""
+    url, _, _ = server
+    p = subprocess.run([sys.executable, os.path.join(REPO, "examples", "client.py"), "--port", url.rsplit(":", 1)[1],
+                        "--max-tokens", "2", "--tools"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "tool calls (tool_calls)" in p.stdout, p.stdout
+    for name, args in tc.FORCED_CALLS:
+        assert f"  {name}({json.dumps(args)})" in p.stdout, p.stdout
