@@ -42,8 +42,8 @@ def main() -> None:
     import torch
     if not torch.cuda.is_available():   # SGLang's CPU engine: KV pool capped by tokens (its size
         # from system-wide free memory moves with other processes), no CUDA graphs
-        extra = ["--device", "cpu", "--mem-fraction-static", "0.6", "--max-total-tokens", "16384", "--disable-cuda-graph",
-                 *extra]
+        extra = ["--device", "cpu", "--mem-fraction-static", "0.6", "--max-total-tokens", "16384",
+                 "--disable-cuda-graph", *extra]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", args.model, "--host", args.host,
            "--port", str(args.port), *extra]

@@ -15,7 +15,8 @@ import os
 import sys
 
 # vLLM's own V3.2 parsers: DSML tool calls -> `tool_calls`, `<think>...</think>` -> `reasoning_content`
-V32_PARSER_ARGS = ["--enable-auto-tool-choice", "--tool-call-parser", "deepseek_v32", "--reasoning-parser", "deepseek_v3"]
+V32_PARSER_ARGS = ["--enable-auto-tool-choice", "--tool-call-parser", "deepseek_v32",
+                   "--reasoning-parser", "deepseek_v3"]
 
 
 def main() -> None:

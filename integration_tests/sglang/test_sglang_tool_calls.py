@@ -156,7 +156,8 @@ def test_multi_turn_prompt_equals_golden(server):
 def _first_diff(ckpt, got, want):
     tok = tc.tokenizer(ckpt)
     k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-    return f"first difference at token {k}: served {tok.decode(got[k:k + 30])!r} vs golden {tok.decode(want[k:k + 30])!r}"
+    return (f"first difference at token {k}: served {tok.decode(got[k:k + 30])!r} "
+            f"vs golden {tok.decode(want[k:k + 30])!r}")
 
 
 def test_bad_tool_inputs_then_still_serving(server):
@@ -164,7 +165,8 @@ def test_bad_tool_inputs_then_still_serving(server):
     url, model, ckpt = server
     user = [{"role": "user", "content": "hi"}]
     # a malformed tool schema: `parameters` not an object -> checked against the JSON-schema metaschema
-    r = _chat(url, model, user, max_tokens=2, tools=[{"type": "function", "function": {"name": "f", "parameters": "x"}}])
+    r = _chat(url, model, user, max_tokens=2,
+              tools=[{"type": "function", "function": {"name": "f", "parameters": "x"}}])
     assert r.status_code == 400 and "invalid 'parameters' schema" in r.text, r.text
     # a tool without a name
     r = _chat(url, model, user, max_tokens=2, tools=[{"type": "function", "function": {"parameters": {}}}])
