@@ -82,7 +82,7 @@ def think_end_bias(model_dir: str) -> dict:
 PAST_REASONING = "The user wants the weather, so I call the tool."
 MULTI_TURN = [
     {"role": "user", "content": "What is the weather in Paris?"},
-    # both keys: vLLM reads `reasoning`, SGLang `reasoning_content` (each ignores the other one)
+    # both keys: vLLM reads `reasoning` (it maps a lone `reasoning_content` onto it), SGLang `reasoning_content`
     {"role": "assistant", "content": "", "reasoning": PAST_REASONING, "reasoning_content": PAST_REASONING,
      "tool_calls": [{"id": "call_0", "type": "function",
                      "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 3}'}}]},
@@ -139,6 +139,12 @@ GOLDEN_MULTI_TURN_PROMPT = (
     + "\n\n<function_results>\n<result>sunny, 21 C</result>\n</function_results>"
     + "\n\n<think>"                          # after the results, thinking mode: the model thinks again
 )
+
+
+# A conversation with its own system message, tools and thinking off: the documented format renders the tools
+# inside that system message, after its content.
+SYSTEM_TURN = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+GOLDEN_SYSTEM_PROMPT = BOS + "Be brief." + "\n\n" + GOLDEN_TOOLS_SYSTEM + "<｜User｜>hi<｜Assistant｜></think>"
 
 
 def golden_multi_turn_ids(model_dir: str) -> list:

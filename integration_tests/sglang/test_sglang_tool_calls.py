@@ -153,6 +153,17 @@ def test_multi_turn_prompt_equals_golden(server):
     assert got == want, _first_diff(ckpt, got, want)
 
 
+def test_system_message_with_tools(server):
+    """A conversation with its own system message and tools: SGLang renders the tools into that system message after
+    its content, as the documented format (vLLM puts them before it), up to the doubled BOS."""
+    url, model, ckpt = server
+    r = _chat(url, model, tc.SYSTEM_TURN, tools=tc.MULTI_TURN_TOOLS, max_tokens=1, return_prompt_token_ids=True)
+    assert r.status_code == 200, r.text
+    golden = tc.tokenizer(ckpt).encode(tc.GOLDEN_SYSTEM_PROMPT, add_special_tokens=False)
+    got, want = _prompt_ids(r.json()), [golden[0]] + golden
+    assert got == want, _first_diff(ckpt, got, want)
+
+
 def _first_diff(ckpt, got, want):
     tok = tc.tokenizer(ckpt)
     k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))

@@ -141,6 +141,22 @@ def test_multi_turn_prompt_equals_golden(server):
     assert got == want, _first_diff(model, got, want)
 
 
+def test_system_message_with_tools(server):
+    """A conversation with its own system message and tools. ENGINE DIFFERENCE: vLLM inserts a second, empty system
+    message for the tools before the conversation (vllm/tokenizers/deepseek_v32.py, apply_chat_template:
+    `messages.insert(0, {"role": "system"})`), so the tools block comes before the system content instead of after
+    it as in the documented format (and in SGLang, which puts the tools into the existing system message)."""
+    url, model, _ = server
+    r = _chat(url, model, tc.SYSTEM_TURN, tools=tc.MULTI_TURN_TOOLS, max_tokens=1, return_token_ids=True)
+    assert r.status_code == 200, r.text
+    got = r.json()["prompt_token_ids"]
+    tok = tc.tokenizer(model)
+    assert got != tok.encode(tc.GOLDEN_SYSTEM_PROMPT, add_special_tokens=False)
+    vllm_order = tc.BOS + "\n\n" + tc.GOLDEN_TOOLS_SYSTEM + "Be brief.<｜User｜>hi<｜Assistant｜></think>"
+    want = tok.encode(vllm_order, add_special_tokens=False)
+    assert got == want, _first_diff(model, got, want)
+
+
 def _first_diff(model, got, want):
     tok = tc.tokenizer(model)
     k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
