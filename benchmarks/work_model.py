@@ -12,7 +12,10 @@ Definitions (per call):
                     bytes = unique bytes touched (active experts' weight slices + scales read, activation rows
                     read, output rows written, zero-fill included); ideal = the active experts' weights read
                     once + activations + the valid output rows.  efficiency = ideal / actual.
-  Top-k             CTAs launched and full-row passes (a pass reads the whole row [ks, ke) once).
+  Top-k             CTAs sharing each full-row pass (rows x splits: few long rows are split over several
+                    CTAs, topk_launches) and full-row passes (a pass reads the whole row [ks, ke) once,
+                    whichever CTAs read it); launches = kernel launches per call (split path: 5 chunk steps,
+                    steps 4-5 exit at once unless the threshold bin holds > CAP keys, + 1 final per row).
   Indexer logits    K-loop iterations (BN keys each) vs ceil(keys in range / BN) per query block; key bytes
                     read (no L2 reuse) vs each key once.
   Sparse MLA decode CTAs, K-loop iterations (BLOCK_T keys), KV bytes gathered (per head block) vs once per row.
@@ -217,8 +220,10 @@ def topk_rows(shapes=((4, 131072), (64, 9295), (1, 131072))) -> list[dict]:
             x = fn(r, n)
             passes = max(topk_row_passes(x[i], 2048) for i in range(r))
             before = max(topk_row_passes_before(x[i], 2048) for i in range(r))
-            out.append(dict(rows=r, n=n, gen=gen, ctas=r, passes=passes, before=before,  # grid = (rows,)
-                            bytes=r * n * 4 * passes, ideal_bytes=r * n * 4))
+            launches = tk_ix.topk_launches(r, n, NUM_SMS)          # the launcher's own plan for 132 SMs
+            ctas = max(math.prod(grid) for _, grid in launches)     # CTAs sharing each full-row pass
+            out.append(dict(rows=r, n=n, gen=gen, ctas=ctas, ctas_before=r, launches=len(launches), passes=passes,
+                            before=before, bytes=r * n * 4 * passes, ideal_bytes=r * n * 4))
     return out
 
 
@@ -302,10 +307,12 @@ def markdown() -> str:
                      f"{_mb(r['bytes_before']) if r['bytes_before'] else '-'} |")
     lines += ["", f"## Top-k 2048 (targets: >= {TOPK_MIN_CTAS} CTAs at 4 x 128K, <= {TOPK_MAX_PASSES} row passes "
               "on concentrated logits)", "",
-              "| rows x N | logits | CTAs | row passes | passes before | MB read | ideal MB |",
-              "|---|---|---|---|---|---|---|"]
+              "`CTAs before` = one CTA per row (the previous kernel).", "",
+              "| rows x N | logits | CTAs | CTAs before | launches | row passes | passes before | MB read | ideal MB |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in topk_rows():
-        lines.append(f"| {r['rows']} x {r['n']} | {r['gen']} | {r['ctas']} | {r['passes']} | {r['before']} | "
+        lines.append(f"| {r['rows']} x {r['n']} | {r['gen']} | {r['ctas']} | {r['ctas_before']} | {r['launches']} | "
+                     f"{r['passes']} | {r['before']} | "
                      f"{_mb(r['bytes'])} | "
                      f"{_mb(r['ideal_bytes'])} |")
     lines += ["", "## Indexer logits and sparse MLA decode", "",

@@ -25,6 +25,26 @@ def _launch(cfg: dict):
     return cfg.pop("num_warps"), cfg.pop("num_stages", 3), cfg
 
 
+def topk_split_specs(arch: int) -> list[tuple[dict, None]]:
+    """The multi-CTA top-k: the chunk kernel (all five steps in one binary) on every target, the final (sort)
+    kernel where the one-launch kernel is also built (not sm_89: same code shape, no MMA, slow to compile)."""
+    from deepseek_v32_plugin.triton_kernels import indexer as ix
+    lay = ix._ws_layout(1 << ix.TOPK_CONFIG["FINE_BITS"])
+    common = dict(CAP=ix.TOPK_CONFIG["CAP"], FINE_BITS=ix.TOPK_CONFIG["FINE_BITS"], WORDS=lay.pop("WORDS"))
+    sig = {"x_ptr": "*fp32", "ks_ptr": "*i32", "ke_ptr": "*i32", "out_ptr": "*i32", "cand_ptr": "*i32",
+           "ws_ptr": "*i32", "N": "i32", "stride_x": "i32", "TOPK": "i32"}
+    nw, ns, cfg = _launch({k: v for k, v in ix.TOPK_SPLIT_CONFIG.items() if k != "MIN_SPLITS"})
+    out = [(dict(module=MOD_I, kernel="_topk_split_kernel", signature=dict(sig, S="i32", STEP="i32"),
+                 constexprs=dict(cfg, **lay, **common), aligned=["stride_x", "TOPK"],
+                 num_warps=nw, num_stages=ns, tag="topk split steps 1-5"), None)]
+    if arch != 89:
+        nw, ns, cfg = _launch(ix.TOPK_CONFIG)
+        out.append((dict(module=MOD_I, kernel="_topk_split_final_kernel", signature=sig,
+                         constexprs=dict(BLOCK=cfg["BLOCK"], TOPK_PAD=2048, H9=lay["H9"], MM=lay["MM"], **common),
+                         aligned=["stride_x", "TOPK"], num_warps=nw, num_stages=ns, tag="topk split final"), None))
+    return out
+
+
 def specs_for(arch: int) -> list[tuple[dict, str | None]]:
     """(compile spec, required MMA op or None) for every shipped config on `arch`."""
     from deepseek_v32_plugin.triton_kernels import fp8_quant as fq
@@ -78,6 +98,7 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
                                     "MAX_LEN": "i32", "bt_stride": "i32", "PAGES_PER_SPLIT": "i32"},
                          constexprs=dict(cfg, NEXT_N=next_n, D=128, NATIVE_FP8=native), num_warps=nw, num_stages=ns,
                          tag=f"paged logits H=64 next_n={next_n}"), FP8_MMA[arch]))
+    out += topk_split_specs(arch)
     nw, ns, cfg = _launch(ix.TOPK_CONFIG)
     if arch == 89:   # slowest to compile; no MMA: sm_90/100/80 cover it
         return out
