@@ -115,9 +115,13 @@ at::Tensor indexer_topk(const at::Tensor& logits, int64_t topk, const at::Tensor
   TORCH_CHECK(topk > 0 && topk <= 2048, "the CUDA top-k supports 1 <= topk <= 2048, got ", topk);
   const at::cuda::CUDAGuard guard(logits.device());
   auto out = at::empty({logits.size(0), topk}, logits.options().dtype(at::kInt));
+  const int num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const size_t ws_bytes = indexer_topk_workspace_bytes(int(logits.size(0)), int(logits.size(1)), num_sms);
+  auto ws = at::empty({int64_t(ws_bytes)}, logits.options().dtype(at::kByte));   // zeroed by the launcher
   DSV32_CHECK_LAUNCH(launch_indexer_topk(logits.data_ptr<float>(), logits.size(1), ks.data_ptr<int32_t>(),
                                          ke.data_ptr<int32_t>(), out.data_ptr<int32_t>(), logits.size(0),
-                                         logits.size(1), int(topk), at::cuda::getCurrentCUDAStream()),
+                                         logits.size(1), int(topk), ws_bytes ? ws.data_ptr() : nullptr, num_sms,
+                                         at::cuda::getCurrentCUDAStream()),
                      "indexer_topk");
   return out;
 }

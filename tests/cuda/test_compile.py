@@ -24,7 +24,7 @@ ARCHS = {"sm_80": "8.0", "sm_90a": "9.0a"}
 # The arch-independent (plain CUDA, no tensor-core asm) kernels with bound checks / new ops (issue 14) also
 # compile for Ada and Blackwell: cheap translation units, so CI time stays small.
 EXTRA_ARCHS = {"sm_89": "8.9", "sm_100a": "10.0a"}
-EXTRA_ARCH_FILES = ("indexer/sm80/indexer_cache.cu", "sparse_mla/sm80/mla_cache.cu")
+EXTRA_ARCH_FILES = ("indexer/sm80/indexer_cache.cu", "sparse_mla/sm80/mla_cache.cu", "indexer/sm80/indexer_topk.cu")
 JOBS = int(os.environ.get("DSV32_COMPILE_JOBS", "2"))
 
 

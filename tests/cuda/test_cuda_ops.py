@@ -121,6 +121,55 @@ def test_indexer_topk(cuda_ext, seed, n, topk):
         assert (row < (ke[i] - ks[i])).all()
 
 
+
+def _check_topk_values(got, ref, logits, ks, ke):
+    assert got.shape == ref.shape and torch.equal(got < 0, ref < 0), "different counts of valid indices"
+    valid = got >= 0
+    take = lambda idx: torch.where(valid, torch.gather(logits, 1, idx.long().clamp_min(0) + ks[:, None].long()),
+                                   torch.zeros_like(logits[:, :1]))
+    torch.testing.assert_close(take(got), take(ref), rtol=0, atol=0)   # same values, same descending order
+    for i in range(got.shape[0]):
+        row = got[i][valid[i]]
+        assert row.unique().numel() == row.numel() and (row < (ke[i] - ks[i])).all(), f"row {i}"
+
+
+@pytest.mark.parametrize("gen", ["normal", "concentrated", "tied", "tied_narrow"])
+def test_indexer_topk_split_rows(cuda_ext, seed, gen):
+    """4 x 128K (the issue's shape): each row split over several CTAs (topk::split_count), incl. the
+    named 'concentrated' generator (fast path) and heavy ties with wide / narrow key ranges (steps 4, 5)."""
+    r, n = 4, 131072
+    if gen == "normal":
+        logits = torch.randn(r, n, device=DEV)
+    elif gen == "concentrated":
+        logits = 1.0 + torch.rand(r, n, device=DEV) * 2.0 ** -9
+    elif gen == "tied":
+        logits = torch.randint(0, 16, (r, n), device=DEV).float()
+    else:
+        logits = 1.0 + torch.randint(0, 16, (r, n), device=DEV).float() * 2.0 ** -20
+    ks = torch.tensor([0, 5, 0, 1000], dtype=torch.int32, device=DEV)
+    ke = torch.tensor([n, n - 7, 2049, 100000], dtype=torch.int32, device=DEV)
+    _check_topk_values(cuda_ext.indexer_topk(logits, 2048, ks, ke), ix.naive_indexer_topk(logits, 2048, ks, ke),
+                       logits, ks, ke)
+
+
+def test_indexer_topk_split_graph_capture(cuda_ext, seed):
+    """The split path (workspace memset + 6 launches) replays in a CUDA graph on new logits."""
+    logits = torch.randn(2, 131072, device=DEV)
+    ks = torch.zeros(2, dtype=torch.int32, device=DEV)
+    ke = torch.full((2,), 131072, dtype=torch.int32, device=DEV)
+    graph = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        torch.ops.dsv32.indexer_topk(logits, 2048, ks, ke)
+        with torch.cuda.graph(graph, stream=s):
+            captured = torch.ops.dsv32.indexer_topk(logits, 2048, ks, ke)
+    torch.cuda.current_stream().wait_stream(s)
+    logits.copy_(torch.randn_like(logits))
+    graph.replay()
+    torch.cuda.synchronize()
+    _check_topk_values(captured, ix.naive_indexer_topk(logits, 2048, ks, ke), logits, ks, ke)
+
 # -------------------------------------------------------------- sparse MLA ----
 
 def _mla_cache(fp8: bool, n_tokens: int):
