@@ -150,6 +150,27 @@ std::tuple<at::Tensor, at::Tensor> sparse_mla_decode(const at::Tensor& q, const 
   return {out, lse};
 }
 
+std::tuple<at::Tensor, at::Tensor> sparse_mla_prefill(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& indices,
+                                                      double sm_scale, const std::optional<at::Tensor>& err) {
+  check_cuda(q, "q");
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && q.dim() == 3 && q.size(2) == 576, "q must be [s_q, h, 576] bf16");
+  check_cuda(kv, "kv");
+  TORCH_CHECK(kv.scalar_type() == at::kBFloat16 && kv.dim() == 3 && kv.size(1) == 1 && kv.size(2) == 576,
+              "kv must be [s_kv, 1, 576] bf16");
+  check_i32(indices, "indices");
+  TORCH_CHECK(indices.dim() == 3 && indices.size(0) == q.size(0) && indices.size(1) == 1,
+              "indices must be [s_q, 1, topk] int32");
+  const int64_t s_q = q.size(0), h = q.size(1), topk = indices.size(2);
+  const at::cuda::CUDAGuard guard(q.device());
+  auto out = at::empty({s_q, h, 512}, q.options());
+  auto lse = at::empty({s_q, h}, q.options().dtype(at::kFloat));
+  DSV32_CHECK_LAUNCH(launch_sparse_mla_prefill(q.data_ptr(), kv.data_ptr(), indices.data_ptr<int32_t>(), out.data_ptr(),
+                                               lse.data_ptr<float>(), int(s_q), int(h), int(topk), float(sm_scale),
+                                               kv.size(0), err_ptr(err), at::cuda::getCurrentCUDAStream()),
+                     "sparse_mla_prefill");
+  return {out, lse};
+}
+
 at::Tensor grouped_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b, const at::Tensor& b_scale,
                         const at::Tensor* m_indices, const at::Tensor* masked_m, at::ScalarType out_dtype) {
   check_fp8(a, "a");
@@ -363,6 +384,7 @@ TORCH_LIBRARY(dsv32, m) {
   m.def("fp8_indexer_logits(Tensor q_fp8, Tensor k_fp8, Tensor k_scale, Tensor weights, Tensor ks, Tensor ke) -> Tensor");
   m.def("indexer_topk(Tensor logits, int topk, Tensor ks, Tensor ke) -> Tensor");
   m.def("sparse_mla_decode(Tensor q, Tensor kv_cache, Tensor indices, float sm_scale, Tensor(b!)? err=None) -> (Tensor, Tensor)");
+  m.def("sparse_mla_prefill(Tensor q, Tensor kv, Tensor indices, float sm_scale, Tensor(b!)? err=None) -> (Tensor, Tensor)");
   m.def("fp8_grouped_gemm_nt_contiguous(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor m_indices, "
         "ScalarType out_dtype) -> Tensor");
   m.def("fp8_grouped_gemm_nt_masked(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor masked_m, "
@@ -388,6 +410,7 @@ TORCH_LIBRARY_IMPL(dsv32, CUDA, m) {
   m.impl("fp8_indexer_logits", &dsv32::fp8_indexer_logits);
   m.impl("indexer_topk", &dsv32::indexer_topk);
   m.impl("sparse_mla_decode", &dsv32::sparse_mla_decode);
+  m.impl("sparse_mla_prefill", &dsv32::sparse_mla_prefill);
   m.impl("fp8_grouped_gemm_nt_contiguous", &dsv32::fp8_grouped_gemm_nt_contiguous);
   m.impl("fp8_grouped_gemm_nt_masked", &dsv32::fp8_grouped_gemm_nt_masked);
   m.impl("fp8_quant_act", &dsv32::fp8_quant_act);

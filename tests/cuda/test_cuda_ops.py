@@ -212,6 +212,44 @@ def test_sparse_mla_decode(cuda_ext, seed, mla_path, fp8, b, s_q, h, topk):
     assert (out[0, 0] == 0).all()
 
 
+
+@pytest.mark.parametrize("s_q,h,topk,s_kv", [(5, 16, 64, 300), (3, 24, 100, 500), (4, 64, 2048, 4096),
+                                             (2, 128, 2048, 5000), (3, 128, 31, 40)], ids=lambda v: str(v))
+def test_sparse_mla_prefill(cuda_ext, seed, s_q, h, topk, s_kv):
+    """The sm80 prefill kernel (16 / 32 / 64 heads per CTA) vs naive_sparse_mla_prefill: -1 indices, a row
+    with none, a causal-like row whose valid indices are few (all-invalid chunks skipped), an index past kv
+    (masked like -1)."""
+    q = (torch.randn(s_q, h, 576, device=DEV) * 0.5).to(torch.bfloat16)
+    kv = torch.randn(s_kv, 1, 576, device=DEV).to(torch.bfloat16)
+    idx = torch.randint(0, s_kv, (s_q, 1, topk), device=DEV, dtype=torch.int32)
+    idx[torch.rand(idx.shape, device=DEV) < 0.2] = -1
+    idx[0] = -1                                          # no valid key: out 0, lse -inf
+    idx[1, 0, 3:] = -1                                   # 3 valid keys in the first chunk only
+    scale = 576 ** -0.5
+    out, lse = cuda_ext.sparse_mla_prefill(q, kv, idx, scale)
+    ref_out, ref_lse = mla.naive_sparse_mla_prefill(q, kv, idx, scale)
+    assert out.dtype == torch.bfloat16 and out.shape == (s_q, h, 512) and lse.shape == (s_q, h)
+    torch.testing.assert_close(out.float(), ref_out.float(), rtol=2e-2, atol=2e-2)
+    _same_inf(lse, ref_lse)
+    fin = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[fin], ref_lse[fin], rtol=1e-3, atol=1e-3)
+    assert (out[0] == 0).all()
+    bad = idx.clone()
+    bad[1, 0, 1] = s_kv + 7                              # past kv: masked like -1, never dereferenced
+    out_b, _ = cuda_ext.sparse_mla_prefill(q, kv, bad, scale)
+    ref_b, _ = mla.naive_sparse_mla_prefill(q, kv, torch.where(bad >= s_kv, -1, bad), scale)
+    torch.testing.assert_close(out_b.float(), ref_b.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_sparse_mla_prefill_bounds_flag(cuda_ext, seed, monkeypatch):
+    monkeypatch.setenv("DSV32_CUDA_CHECK_BOUNDS", "1")
+    q = torch.randn(2, 16, 576, device=DEV).to(torch.bfloat16)
+    kv = torch.randn(50, 1, 576, device=DEV).to(torch.bfloat16)
+    idx = torch.zeros(2, 1, 8, dtype=torch.int32, device=DEV)
+    idx[1, 0, 5] = 50
+    with pytest.raises(IndexError, match="sparse_mla_prefill: indices"):
+        cuda_ext.sparse_mla_prefill(q, kv, idx, 0.1)
+
 # ---------------------------------------------------------- grouped GEMM ----
 
 def _weights(g, n, k):
