@@ -76,6 +76,11 @@ def triton_device():
     return "cuda" if ON_GPU else "cpu"
 
 
+# `conftest` names whichever conftest.py pytest imported last (tests/cuda has one too): tests that need this
+# module's helpers import it under this alias instead (from dsv32_tests_conftest import seed_for).
+sys.modules.setdefault("dsv32_tests_conftest", sys.modules[__name__])
+
+
 def seed_for(nodeid: str) -> int:
     """The seed of one test: a hash of its pytest node id, offset by DSV32_TEST_SEED (default 0), so the same
     commit draws the same inputs in every run, in any order and under any xdist split; a seed sweep sets
