@@ -60,6 +60,11 @@ def _compile_one(spec: dict) -> dict:
     rep["ptx_tcgen05"] = len(re.findall(r"\btcgen05\.mma", ptx))
     rep["ptx_mma"] = len(re.findall(r"\bmma\.sync", ptx))
     rep["ptx_fp8_cvt"] = len(re.findall(r"cvt\.[a-z.]*e4m3", ptx))
+    # FP8 MMA operands: a bitcast to f8 in TTGIR means the operand entered as bytes; a local_load of an 8-bit
+    # tile means it went shared -> registers (for wgmma / tcgen05: a round trip back to shared)
+    ttgir = k.asm.get("ttgir", "")
+    rep["ttgir_fp8_bitcast"] = len(re.findall(r"tt\.bitcast .*-> tensor<[^>]*f8E4M3FN", ttgir))
+    rep["ttgir_local_load"] = len(re.findall(r"ttg\.local_load [^\n]*memdesc<[0-9x]*(?:i8|f8E4M3FN)\b", ttgir))
     cubin = k.asm.get("cubin")
     sass, res = "", ""
     if cubin:
@@ -118,6 +123,12 @@ def check_shipped_configs(specs: list, arch: int) -> None:
             problems.append(f"{name}: shared {rep['shared']} B > {rep['shared_limit']}")
         if need and not rep["mma"].get(need):
             problems.append(f"{name}: expected {need} in SASS, found {rep['mma']}")
+        if spec.get("fp8_operands_direct"):   # e4m3 enters as fp8e4nv: no bitcast, no register round trip
+            if rep["ttgir_fp8_bitcast"]:
+                problems.append(f"{name}: {rep['ttgir_fp8_bitcast']} u8 -> f8 bitcasts in TTGIR (bytes, not fp8e4nv)")
+            if arch >= 90 and rep["ttgir_local_load"]:
+                problems.append(f"{name}: {rep['ttgir_local_load']} ttg.local_load of 8-bit tiles in TTGIR: an MMA "
+                                "operand goes shared -> registers -> shared")
     print("\n".join(lines))
     assert not problems, "\n".join(problems)
 

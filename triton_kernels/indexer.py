@@ -12,9 +12,10 @@ has the signature of its `naive_*` reference:
                                                    few long rows: each row split over several CTAs
   indices_to_slots(indices, block_table, page_size)
 
-FP8 tensors enter the kernels as their bytes (uint8): on sm_89+ they are bitcast to fp8e4nv for the MMA,
-below sm_89 decoded to fp16 by integer arithmetic (_fp8_util.e4m3_bits_to_f16); the choice is made at
-launch from the device capability (_fp8_util.native_fp8).
+FP8 tensors enter the logits kernels as fp8e4nv on sm_89+ (straight from shared memory into the MMA: no
+register round trip, no conversion in the K loop; tests/triton/test_compile_indexer.py checks TTGIR / SASS)
+and as their bytes (uint8) below sm_89, decoded to fp16 by integer arithmetic (_fp8_util.e4m3_bits_to_f16);
+the choice is made at launch from the device capability (_fp8_util.native_fp8).
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._fp8_util import (capability, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, require, require_device,
-                        ue8m0_scale_bits)
+from ._fp8_util import (capability, e4m3_bits_to_f16, f32_to_e4m3_bits, fp8_arg, native_fp8, require,
+                        require_device, ue8m0_scale_bits)
 from .fp8_quant import FP8_DTYPE
 
 HEAD_DIM = 128
@@ -63,7 +64,8 @@ def _contig(name: str, t: torch.Tensor) -> None:
 
 @triton.jit
 def _as_mma_operand(b, NATIVE_FP8: tl.constexpr):
-    """e4m3 bytes -> MMA operand: fp8e4nv (sm_89+) or fp16 holding value * 2^-8 (byte path)."""
+    """e4m3 -> MMA operand: fp8e4nv as loaded (sm_89+: the bitcast is a no-op on fp8e4nv pointers) or fp16
+    holding value * 2^-8 (byte path: uint8 loads)."""
     if NATIVE_FP8:
         return b.to(tl.float8e4nv, bitcast=True)
     else:
@@ -246,7 +248,7 @@ def _fp8_logits_kernel(q_ptr, k_ptr, kscale_ptr, w_ptr, ks_ptr, ke_ptr, out_ptr,
     m_q = (q_s < S) & (q_h < H)
     o_d = tl.arange(0, D)
     # [BS*HP, D] query bytes, [BS*HP] head weights
-    b_q = tl.load(q_ptr + (q_s.to(tl.int64) * H + q_h)[:, None] * D + o_d[None, :], mask=m_q[:, None], other=0)
+    b_q = tl.load(q_ptr + (q_s.to(tl.int64) * H + q_h)[:, None] * D + o_d[None, :], mask=m_q[:, None], other=0.0)
     b_q = _as_mma_operand(b_q, NATIVE_FP8)
     b_w = tl.load(w_ptr + q_s.to(tl.int64) * H + q_h, mask=m_q, other=0.0)
     if not NATIVE_FP8:
@@ -272,7 +274,7 @@ def _fp8_logits_kernel(q_ptr, k_ptr, kscale_ptr, w_ptr, ks_ptr, ke_ptr, out_ptr,
         o_n = n + tl.arange(0, BN)
         m_n = o_n < n1
         # [BN, D] key bytes, [BN] key scales
-        b_k = tl.load(k_ptr + o_n[:, None].to(tl.int64) * D + o_d[None, :], mask=m_n[:, None], other=0)
+        b_k = tl.load(k_ptr + o_n[:, None].to(tl.int64) * D + o_d[None, :], mask=m_n[:, None], other=0.0)
         b_sc = tl.load(kscale_ptr + o_n, mask=m_n, other=0.0)
         acc = tl.dot(b_q, tl.trans(_as_mma_operand(b_k, NATIVE_FP8)))
         logit = _weighted_relu_sum(acc, b_w, BS, HP, BN) * b_sc[None, :]
@@ -307,8 +309,9 @@ def fp8_indexer_logits(q_fp8, k_fp8, k_scale, weights, ks, ke):
     want_splits = max(1, triton.cdiv(4 * _num_sms(q_fp8.device), n_sblk))
     kps = triton.cdiv(triton.cdiv(n, want_splits), cfg["BN"]) * cfg["BN"]
     grid = (n_sblk, triton.cdiv(n, kps))
-    _fp8_logits_kernel[grid](_u8(q_fp8), _u8(k_fp8), k_scale, weights, ks, ke, out, s, n, h, kps, D=HEAD_DIM,
-                             NATIVE_FP8=native_fp8(q_fp8.device), **cfg)
+    native = native_fp8(q_fp8.device)
+    _fp8_logits_kernel[grid](fp8_arg(q_fp8, native), fp8_arg(k_fp8, native), k_scale, weights, ks, ke, out, s, n, h,
+                             kps, D=HEAD_DIM, NATIVE_FP8=native, **cfg)
     return out
 
 
@@ -329,7 +332,7 @@ def _fp8_paged_logits_kernel(q_ptr, cache_ptr, cache_f32_ptr, w_ptr, ctx_ptr, bt
     row_q = i_b.to(tl.int64) * NEXT_N + q_j
     o_d = tl.arange(0, D)
     # [NP*HP, D] query bytes, [NP*HP] weights
-    b_q = tl.load(q_ptr + (row_q * H + q_h)[:, None] * D + o_d[None, :], mask=m_q[:, None], other=0)
+    b_q = tl.load(q_ptr + (row_q * H + q_h)[:, None] * D + o_d[None, :], mask=m_q[:, None], other=0.0)
     b_q = _as_mma_operand(b_q, NATIVE_FP8)
     b_w = tl.load(w_ptr + row_q * H + q_h, mask=m_q, other=0.0)
     if not NATIVE_FP8:
@@ -350,7 +353,7 @@ def _fp8_paged_logits_kernel(q_ptr, cache_ptr, cache_f32_ptr, w_ptr, ctx_ptr, bt
         m_t = page < pc
         blk = tl.load(bt_ptr + i_b.to(tl.int64) * bt_stride + page, mask=m_t, other=0).to(tl.int64)
         # [BN, D] key bytes (BLOCK_PAGES pages), [BN] scales
-        b_k = tl.load(cache_ptr + (blk * 8448 + o_to * 128)[:, None] + o_d[None, :], mask=m_t[:, None], other=0)
+        b_k = tl.load(cache_ptr + (blk * 8448 + o_to * 128)[:, None] + o_d[None, :], mask=m_t[:, None], other=0.0)
         b_sc = tl.load(cache_f32_ptr + blk * 2112 + 2048 + o_to, mask=m_t, other=0.0)
         acc = tl.dot(b_q, tl.trans(_as_mma_operand(b_k, NATIVE_FP8)))
         logit = _weighted_relu_sum(acc, b_w, NP, HP, BN) * b_sc[None, :]
@@ -394,9 +397,11 @@ def fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table
     want_splits = max(1, triton.cdiv(2 * _num_sms(q_fp8.device), b))
     pps = triton.cdiv(triton.cdiv(n_pages, want_splits), cfg["BLOCK_PAGES"]) * cfg["BLOCK_PAGES"]
     grid = (b, triton.cdiv(n_pages, pps))
-    _fp8_paged_logits_kernel[grid](_u8(q_fp8), kv_cache, kv_cache.view(torch.float32), weights, context_lens,
-                                   block_table, out, h, max_context_len, block_table.stride(0), pps,
-                                   NEXT_N=next_n, D=HEAD_DIM, NATIVE_FP8=native_fp8(q_fp8.device), **cfg)
+    native = native_fp8(q_fp8.device)
+    _fp8_paged_logits_kernel[grid](fp8_arg(q_fp8, native), kv_cache.view(FP8_DTYPE) if native else kv_cache,
+                                   kv_cache.view(torch.float32), weights, context_lens, block_table, out, h,
+                                   max_context_len, block_table.stride(0), pps, NEXT_N=next_n, D=HEAD_DIM,
+                                   NATIVE_FP8=native, **cfg)
     return out
 
 
