@@ -48,7 +48,11 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
                          aligned=["stride_q_t", "stride_q_h", "stride_kv_row", "stride_idx_t", "stride_o_t",
                                   "stride_o_s", "stride_o_h"],
                          num_warps=nw, num_stages=ns,
-                         tag=f"mla attn {'fp8' if fp8 else 'bf16'} BLOCK_H={c['BLOCK_H']}"),
+                         tag=f"mla attn {'fp8' if fp8 else 'bf16'} BLOCK_H={c['BLOCK_H']}",
+                         # KNOWN (issue 14 fix 4, open): on sm_90a the 64-head S = QK^T runs in both
+                         # warpgroups (Triton lays a dot feeding another dot out as [num_warps, 1] warps);
+                         # measured x2 here so a fix lowers this bound and any regression fails
+                         max_mma_dup=2 if arch == 90 and c["BLOCK_H"] == 64 else 1),
                     BF16_MMA[arch] if c["BLOCK_H"] >= 64 else BF16_MMA[80]))
     out.append((dict(module=MOD_A, kernel="_combine_kernel",
                      signature={"op_ptr": "*fp32", "lp_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
@@ -106,3 +110,14 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
 def test_shipped_configs_compile(arch):
     pytest.importorskip("triton")
     check_shipped_configs(specs_for(arch), arch)
+
+
+def test_mma_duplication_parser():
+    """compile_util.mma_duplication on TTGIR shaped like Triton's: [8, 1] warps on a 64-row dot = x2."""
+    from compile_util import mma_duplication
+    ttgir = ("#mma = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [8, 1], instrShape = [16, 16, 16]}>\n"
+             "#mma1 = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [4, 2], instrShape = [16, 64, 16]}>\n"
+             "%s = ttng.warp_group_dot %a, %b, %c : !ttg.memdesc<64x64xbf16> * !ttg.memdesc<64x32xbf16> -> tensor<64x32xf32, #mma>\n"
+             "%o = ttng.warp_group_dot %p, %k, %d : tensor<64x32xbf16> * !ttg.memdesc<32x128xbf16> -> tensor<64x128xf32, #mma1>\n")
+    assert mma_duplication(ttgir) == 2
+    assert mma_duplication(ttgir.replace("[8, 1]", "[4, 1]")) == 1
