@@ -12,10 +12,15 @@ Definitions (per call):
                     bytes = unique bytes touched (active experts' weight slices + scales read, activation rows
                     read, output rows written, zero-fill included); ideal = the active experts' weights read
                     once + activations + the valid output rows.  efficiency = ideal / actual.
-  Top-k             CTAs launched and full-row passes (a pass reads the whole row [ks, ke) once).
+  Top-k             CTAs sharing each full-row pass (rows x splits: few long rows are split over several
+                    CTAs, topk_launches) and full-row passes (a pass reads the whole row [ks, ke) once,
+                    whichever CTAs read it); launches = kernel launches per call (split path: 5 chunk steps,
+                    steps 4-5 exit at once unless the threshold bin holds > CAP keys, + 1 final per row).
   Indexer logits    K-loop iterations (BN keys each) vs ceil(keys in range / BN) per query block; key bytes
                     read (no L2 reuse) vs each key once.
   Sparse MLA decode CTAs, K-loop iterations (BLOCK_T keys), KV bytes gathered (per head block) vs once per row.
+  Sparse MLA prefill  (the CUDA sm80 kernel) the same counts for a causal prefill from position 0, 32-key
+                    chunks, all-invalid chunks skipped; heads per CTA as the launcher picks them on an H100.
 The MoE layouts are the ones GPU serving uses with device-side counts (the host does not know n_e, so the
 grid is sized for the worst case): `padded` = contiguous rows of each expert padded to BLOCK_M (-1 rows),
 M = worst-case capacity; `masked` = [E, T, K] with masked_m = n_e; `unaligned` = what ops.fp8_moe_experts
@@ -217,8 +222,10 @@ def topk_rows(shapes=((4, 131072), (64, 9295), (1, 131072))) -> list[dict]:
             x = fn(r, n)
             passes = max(topk_row_passes(x[i], 2048) for i in range(r))
             before = max(topk_row_passes_before(x[i], 2048) for i in range(r))
-            out.append(dict(rows=r, n=n, gen=gen, ctas=r, passes=passes, before=before,  # grid = (rows,)
-                            bytes=r * n * 4 * passes, ideal_bytes=r * n * 4))
+            launches = tk_ix.topk_launches(r, n, NUM_SMS)          # the launcher's own plan for 132 SMs
+            ctas = max(math.prod(grid) for _, grid in launches)     # CTAs sharing each full-row pass
+            out.append(dict(rows=r, n=n, gen=gen, ctas=ctas, ctas_before=r, launches=len(launches), passes=passes,
+                            before=before, bytes=r * n * 4 * passes, ideal_bytes=r * n * 4))
     return out
 
 
@@ -279,6 +286,39 @@ def mla_decode(b: int, s_q: int, h: int = 128, topk: int = 2048, fp8: bool = Tru
                 bytes=t * n_hb * topk * row, ideal_bytes=t * topk * row)
 
 
+# ----------------------------------------------------------------- sparse MLA prefill (CUDA sm80)
+
+def _prefill_smem(g: int) -> int:
+    """sizeof(PrefillSmem<G>) (sparse_mla_prefill_sm80.cu): q, kv chunk, p (bf16, padded pitches), s, 3 x
+    per-head floats, 32 indices."""
+    return 16 * g * 584 * 2 + 32 * 584 * 2 + 16 * g * 40 * 2 + 16 * g * 33 * 4 + 3 * 16 * g * 4 + 32 * 4
+
+
+PREFILL_SMEM = {g: _prefill_smem(g) for g in (1, 2, 4)}
+H100_SMEM_OPTIN = 232448
+
+
+def prefill_heads_per_cta(h: int, smem_optin: int = H100_SMEM_OPTIN) -> int:
+    """Mirror of sparse_mla_prefill_heads_per_cta (csrc/sparse_mla/sm80/sparse_mla_prefill_sm80.cu)."""
+    if h <= 16:
+        return 16
+    return 32 if h <= 32 or PREFILL_SMEM[4] > smem_optin else 64
+
+
+def mla_prefill_cuda(s_q: int, h: int = 128, topk: int = 2048, heads_per_cta: int | None = None) -> dict:
+    """Causal prefill of s_q tokens from position 0: row i holds min(i + 1, topk) valid indices first (top-k
+    output order), -1 after; the kernel skips 32-key chunks with no valid index. KV bytes gathered = chunks x
+    32 rows x 1152 B per head block; ideal = each valid row once per query row. heads_per_cta=16 models the
+    decode kernel's 16-head blocks (what prefill through the decode kernel would gather)."""
+    hpc = heads_per_cta or prefill_heads_per_cta(h)
+    hb = math.ceil(h / hpc)
+    chunks = sum(math.ceil(min(i + 1, topk) / 32) for i in range(s_q))
+    valid = sum(min(i + 1, topk) for i in range(s_q))
+    return dict(op=f"sparse_mla_prefill (CUDA sm80) s_q={s_q} h={h} topk={topk} heads/CTA={hpc}", ctas=s_q * hb,
+                iters=chunks * hb, ideal=math.ceil(valid / 32), bytes=chunks * hb * 32 * 1152,
+                ideal_bytes=valid * 1152)
+
+
 # ------------------------------------------------------------------------------------------ table
 
 def _mb(x):
@@ -302,18 +342,21 @@ def markdown() -> str:
                      f"{_mb(r['bytes_before']) if r['bytes_before'] else '-'} |")
     lines += ["", f"## Top-k 2048 (targets: >= {TOPK_MIN_CTAS} CTAs at 4 x 128K, <= {TOPK_MAX_PASSES} row passes "
               "on concentrated logits)", "",
-              "| rows x N | logits | CTAs | row passes | passes before | MB read | ideal MB |",
-              "|---|---|---|---|---|---|---|"]
+              "`CTAs before` = one CTA per row (the previous kernel).", "",
+              "| rows x N | logits | CTAs | CTAs before | launches | row passes | passes before | MB read | ideal MB |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in topk_rows():
-        lines.append(f"| {r['rows']} x {r['n']} | {r['gen']} | {r['ctas']} | {r['passes']} | {r['before']} | "
+        lines.append(f"| {r['rows']} x {r['n']} | {r['gen']} | {r['ctas']} | {r['ctas_before']} | {r['launches']} | "
+                     f"{r['passes']} | {r['before']} | "
                      f"{_mb(r['bytes'])} | "
                      f"{_mb(r['ideal_bytes'])} |")
-    lines += ["", "## Indexer logits and sparse MLA decode", "",
+    lines += ["", "## Indexer logits, sparse MLA decode and prefill", "",
               "MB loaded counts every tile load (no L2 reuse: an upper bound on DRAM traffic); ideal = each key / "
               "KV row once.", "",
               "| op | CTAs | K-loop iters | ideal | MB loaded | ideal MB |", "|---|---|---|---|---|---|"]
     for r in (logits_ragged(4096, 4096), logits_ragged(2048, 65536), logits_paged(64, 65536),
-              logits_paged(4, 131072, 2), mla_decode(64, 1), mla_decode(1, 2), mla_decode(128, 2)):
+              logits_paged(4, 131072, 2), mla_decode(64, 1), mla_decode(1, 2), mla_decode(128, 2),
+              mla_prefill_cuda(4096), mla_prefill_cuda(4096, heads_per_cta=16), mla_prefill_cuda(4096, h=16)):
         lines.append(f"| {r['op']} | {r['ctas']} | {r['iters']} | {r['ideal']} | {_mb(r['bytes'])} | "
                      f"{_mb(r['ideal_bytes'])} |")
     return "\n".join(lines) + "\n"

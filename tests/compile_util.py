@@ -60,6 +60,12 @@ def _compile_one(spec: dict) -> dict:
     rep["ptx_tcgen05"] = len(re.findall(r"\btcgen05\.mma", ptx))
     rep["ptx_mma"] = len(re.findall(r"\bmma\.sync", ptx))
     rep["ptx_fp8_cvt"] = len(re.findall(r"cvt\.[a-z.]*e4m3", ptx))
+    # FP8 MMA operands: a bitcast to f8 in TTGIR means the operand entered as bytes; a local_load of an 8-bit
+    # tile means it went shared -> registers (for wgmma / tcgen05: a round trip back to shared)
+    ttgir = k.asm.get("ttgir", "")
+    rep["ttgir_fp8_bitcast"] = len(re.findall(r"tt\.bitcast .*-> tensor<[^>]*f8E4M3FN", ttgir))
+    rep["ttgir_local_load"] = len(re.findall(r"ttg\.local_load [^\n]*memdesc<[0-9x]*(?:i8|f8E4M3FN)\b", ttgir))
+    rep["mma_dup"] = mma_duplication(ttgir)
     cubin = k.asm.get("cubin")
     sass, res = "", ""
     if cubin:
@@ -88,6 +94,21 @@ def _compile_one(spec: dict) -> dict:
     return rep
 
 
+def mma_duplication(ttgir: str) -> int:
+    """Largest factor by which a Hopper wgmma dot computes the same rows in several warpgroups: its layout's
+    warps along M (16 rows each) cover more rows than the result has. Triton gives a dot whose result feeds
+    another dot (attention: S = QK^T -> PV) warpsPerCTA = [num_warps, 1]: with 8 warps and 64 rows both
+    warpgroups compute the same S."""
+    layouts = {m.group(1): int(m.group(2)) for m in re.finditer(
+        r"^(#\w+) = #ttg\.nvidia_mma<\{versionMajor = 3,[^\n]*warpsPerCTA = \[(\d+), \d+\]", ttgir, re.M)}
+    dup = 1
+    for m in re.finditer(r"ttng\.warp_group_dot [^\n]*-> tensor<(\d+)x\d+xf32, (#\w+)>", ttgir):
+        rows, lay = int(m.group(1)), m.group(2)
+        if lay in layouts:
+            dup = max(dup, 16 * layouts[lay] // rows)
+    return dup
+
+
 def compile_kernels(specs: list[dict], timeout: int = 600) -> list[dict]:
     """Compile each spec in one child process (no interpreter). Returns one report per spec; a failed
     compile gives {"error": "..."} instead of raising, so tests can name the failing config."""
@@ -111,13 +132,23 @@ def check_shipped_configs(specs: list, arch: int) -> None:
         if "error" in rep:
             problems.append(f"{name}: {rep['error'][:800]}")
             continue
-        lines.append(f"sm{arch} {name:32s} regs={rep['regs']:3d} shared={rep['shared']:6d} mma={rep['mma']}")
+        lines.append(f"sm{arch} {name:32s} regs={rep['regs']:3d} shared={rep['shared']:6d} mma={rep['mma']}"
+                     + (f" duplicated x{rep['mma_dup']}" if rep["mma_dup"] > 1 else ""))
+        if rep["mma_dup"] > spec.get("max_mma_dup", 1):
+            problems.append(f"{name}: a wgmma dot's rows are computed x{rep['mma_dup']} (warpgroups along M "
+                            f"exceed the tile; allowed x{spec.get('max_mma_dup', 1)})")
         if rep["spills"]:
             problems.append(f"{name}: {rep['spills']} local-memory instructions (spills) [{rep['res_usage']}]")
         if rep["shared"] > rep["shared_limit"]:
             problems.append(f"{name}: shared {rep['shared']} B > {rep['shared_limit']}")
         if need and not rep["mma"].get(need):
             problems.append(f"{name}: expected {need} in SASS, found {rep['mma']}")
+        if spec.get("fp8_operands_direct"):   # e4m3 enters as fp8e4nv: no bitcast, no register round trip
+            if rep["ttgir_fp8_bitcast"]:
+                problems.append(f"{name}: {rep['ttgir_fp8_bitcast']} u8 -> f8 bitcasts in TTGIR (bytes, not fp8e4nv)")
+            if arch >= 90 and rep["ttgir_local_load"]:
+                problems.append(f"{name}: {rep['ttgir_local_load']} ttg.local_load of 8-bit tiles in TTGIR: an MMA "
+                                "operand goes shared -> registers -> shared")
     print("\n".join(lines))
     assert not problems, "\n".join(problems)
 

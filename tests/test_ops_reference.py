@@ -186,6 +186,14 @@ def test_topk_above_and_below_k():
         assert torch.equal(torch.sort(logits[i, sel]).values, torch.sort(logits[i, :ke[i]].topk(m).values).values)
 
 
+
+def test_topk_takes_window_minus_inf_not_outside():
+    """A window that must take some of its own -inf keys takes positions inside [ks, ke), never the -inf
+    columns outside it (which the masked row also holds)."""
+    logits = torch.tensor([[5.0, float("-inf"), 1.0, float("-inf"), 7.0, 8.0, 9.0, 10.0]])
+    got = indexer.indexer_topk(logits, 4, ks=torch.tensor([1], dtype=I32), ke=torch.tensor([5], dtype=I32))
+    assert got[0, :2].tolist() == [3, 1] and sorted(got[0, 2:].tolist()) == [0, 2]
+
 def test_indices_to_slots_keeps_minus_one():
     table = torch.tensor([[5, 2, 9]], dtype=I32).expand(2, -1)
     idx = torch.tensor([[0, 63, 64, 130, -1], [-1, -1, 1, 2, 128]], dtype=I32)

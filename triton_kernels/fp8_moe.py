@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._fp8_util import require_device, config_override, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, ue8m0_scale_bits
+from ._fp8_util import (config_override, e4m3_bits_to_f16, f32_to_e4m3_bits, fp8_arg, native_fp8, require_device,
+                        ue8m0_scale_bits)
 
 GROUP = 128
 _BIG = tl.constexpr(2 ** 30)
@@ -59,7 +60,8 @@ def gemm_config(device: torch.device) -> dict:
 def _gemm_tile(a_ptr, stride_am, as_ptr, stride_asm, b_ptr, stride_bn, bs_ptr, stride_bsn,
                o_m, m_m, n0, m_n, K,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP8_NATIVE: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] fp32 = dequant(a[o_m]) @ dequant(b[n0:n0+BLOCK_N]).T; a/b are e4m3 as raw bytes.
+    """[BLOCK_M, BLOCK_N] fp32 = dequant(a[o_m]) @ dequant(b[n0:n0+BLOCK_N]).T; a/b are e4m3: fp8e4nv (sm_89+,
+    FP8_NATIVE: fed from shared memory to the MMA as loaded) or raw bytes (decoded to fp16).
     Rows outside m_m hold garbage (their loads are masked off); BLOCK_N divides 128, so one weight scale
     per K block covers the whole tile."""
     o_k = tl.arange(0, 128)
@@ -219,7 +221,7 @@ def fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, out_dtype=
         return out.zero_()
     native = native_fp8(a.device)
     m_indices = m_indices.contiguous()
-    a8, b8 = a.view(torch.uint8), b.view(torch.uint8)
+    a8, b8 = fp8_arg(a, native), fp8_arg(b, native)   # fp8e4nv on sm_89+, bytes below
     args = (a8, a8.stride(0), a_scale, a_scale.stride(0),
             b8, b8.stride(0), b8.stride(1), b_scale, b_scale.stride(0), b_scale.stride(1),
             m_indices, out, out.stride(0), M, N, K, G)
@@ -244,7 +246,7 @@ def fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, out_dtype=torch
         return out
     native = native_fp8(a.device)
     ln = masked_launch(G, M, N, _cap(a.device))
-    a8, b8 = a.view(torch.uint8), b.view(torch.uint8)
+    a8, b8 = fp8_arg(a, native), fp8_arg(b, native)   # fp8e4nv on sm_89+, bytes below
     _grouped_gemm_masked_kernel[ln["grid"]](
         a8, a8.stride(0), a8.stride(1), a_scale, a_scale.stride(0), a_scale.stride(1),
         b8, b8.stride(0), b8.stride(1), b_scale, b_scale.stride(0), b_scale.stride(1),

@@ -8,12 +8,14 @@ has the signature of its `naive_*` reference:
   indexer_cache_gather(kv_cache, slots)
   fp8_indexer_logits(q_fp8, k_fp8, k_scale, weights, ks, ke)          ragged prefill, FP8 MMA
   fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table, max_context_len)  next_n 1..4
-  indexer_topk(logits, topk, ks, ke)               top-byte + adaptive 512-bin histograms, compaction, sort
+  indexer_topk(logits, topk, ks, ke)               top-byte + adaptive 512-bin histograms, compaction, sort;
+                                                   few long rows: each row split over several CTAs
   indices_to_slots(indices, block_table, page_size)
 
-FP8 tensors enter the kernels as their bytes (uint8): on sm_89+ they are bitcast to fp8e4nv for the MMA,
-below sm_89 decoded to fp16 by integer arithmetic (_fp8_util.e4m3_bits_to_f16); the choice is made at
-launch from the device capability (_fp8_util.native_fp8).
+FP8 tensors enter the logits kernels as fp8e4nv on sm_89+ (straight from shared memory into the MMA: no
+register round trip, no conversion in the K loop; tests/triton/test_compile_indexer.py checks TTGIR / SASS)
+and as their bytes (uint8) below sm_89, decoded to fp16 by integer arithmetic (_fp8_util.e4m3_bits_to_f16);
+the choice is made at launch from the device capability (_fp8_util.native_fp8).
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._fp8_util import (capability, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, require, require_device,
-                        ue8m0_scale_bits)
+from ._fp8_util import (capability, e4m3_bits_to_f16, f32_to_e4m3_bits, fp8_arg, native_fp8, require,
+                        require_device, ue8m0_scale_bits)
 from .fp8_quant import FP8_DTYPE
 
 HEAD_DIM = 128
@@ -62,7 +64,8 @@ def _contig(name: str, t: torch.Tensor) -> None:
 
 @triton.jit
 def _as_mma_operand(b, NATIVE_FP8: tl.constexpr):
-    """e4m3 bytes -> MMA operand: fp8e4nv (sm_89+) or fp16 holding value * 2^-8 (byte path)."""
+    """e4m3 -> MMA operand: fp8e4nv as loaded (sm_89+: the bitcast is a no-op on fp8e4nv pointers) or fp16
+    holding value * 2^-8 (byte path: uint8 loads)."""
     if NATIVE_FP8:
         return b.to(tl.float8e4nv, bitcast=True)
     else:
@@ -245,7 +248,7 @@ def _fp8_logits_kernel(q_ptr, k_ptr, kscale_ptr, w_ptr, ks_ptr, ke_ptr, out_ptr,
     m_q = (q_s < S) & (q_h < H)
     o_d = tl.arange(0, D)
     # [BS*HP, D] query bytes, [BS*HP] head weights
-    b_q = tl.load(q_ptr + (q_s.to(tl.int64) * H + q_h)[:, None] * D + o_d[None, :], mask=m_q[:, None], other=0)
+    b_q = tl.load(q_ptr + (q_s.to(tl.int64) * H + q_h)[:, None] * D + o_d[None, :], mask=m_q[:, None], other=0.0)
     b_q = _as_mma_operand(b_q, NATIVE_FP8)
     b_w = tl.load(w_ptr + q_s.to(tl.int64) * H + q_h, mask=m_q, other=0.0)
     if not NATIVE_FP8:
@@ -271,7 +274,7 @@ def _fp8_logits_kernel(q_ptr, k_ptr, kscale_ptr, w_ptr, ks_ptr, ke_ptr, out_ptr,
         o_n = n + tl.arange(0, BN)
         m_n = o_n < n1
         # [BN, D] key bytes, [BN] key scales
-        b_k = tl.load(k_ptr + o_n[:, None].to(tl.int64) * D + o_d[None, :], mask=m_n[:, None], other=0)
+        b_k = tl.load(k_ptr + o_n[:, None].to(tl.int64) * D + o_d[None, :], mask=m_n[:, None], other=0.0)
         b_sc = tl.load(kscale_ptr + o_n, mask=m_n, other=0.0)
         acc = tl.dot(b_q, tl.trans(_as_mma_operand(b_k, NATIVE_FP8)))
         logit = _weighted_relu_sum(acc, b_w, BS, HP, BN) * b_sc[None, :]
@@ -306,8 +309,9 @@ def fp8_indexer_logits(q_fp8, k_fp8, k_scale, weights, ks, ke):
     want_splits = max(1, triton.cdiv(4 * _num_sms(q_fp8.device), n_sblk))
     kps = triton.cdiv(triton.cdiv(n, want_splits), cfg["BN"]) * cfg["BN"]
     grid = (n_sblk, triton.cdiv(n, kps))
-    _fp8_logits_kernel[grid](_u8(q_fp8), _u8(k_fp8), k_scale, weights, ks, ke, out, s, n, h, kps, D=HEAD_DIM,
-                             NATIVE_FP8=native_fp8(q_fp8.device), **cfg)
+    native = native_fp8(q_fp8.device)
+    _fp8_logits_kernel[grid](fp8_arg(q_fp8, native), fp8_arg(k_fp8, native), k_scale, weights, ks, ke, out, s, n, h,
+                             kps, D=HEAD_DIM, NATIVE_FP8=native, **cfg)
     return out
 
 
@@ -328,7 +332,7 @@ def _fp8_paged_logits_kernel(q_ptr, cache_ptr, cache_f32_ptr, w_ptr, ctx_ptr, bt
     row_q = i_b.to(tl.int64) * NEXT_N + q_j
     o_d = tl.arange(0, D)
     # [NP*HP, D] query bytes, [NP*HP] weights
-    b_q = tl.load(q_ptr + (row_q * H + q_h)[:, None] * D + o_d[None, :], mask=m_q[:, None], other=0)
+    b_q = tl.load(q_ptr + (row_q * H + q_h)[:, None] * D + o_d[None, :], mask=m_q[:, None], other=0.0)
     b_q = _as_mma_operand(b_q, NATIVE_FP8)
     b_w = tl.load(w_ptr + row_q * H + q_h, mask=m_q, other=0.0)
     if not NATIVE_FP8:
@@ -349,7 +353,7 @@ def _fp8_paged_logits_kernel(q_ptr, cache_ptr, cache_f32_ptr, w_ptr, ctx_ptr, bt
         m_t = page < pc
         blk = tl.load(bt_ptr + i_b.to(tl.int64) * bt_stride + page, mask=m_t, other=0).to(tl.int64)
         # [BN, D] key bytes (BLOCK_PAGES pages), [BN] scales
-        b_k = tl.load(cache_ptr + (blk * 8448 + o_to * 128)[:, None] + o_d[None, :], mask=m_t[:, None], other=0)
+        b_k = tl.load(cache_ptr + (blk * 8448 + o_to * 128)[:, None] + o_d[None, :], mask=m_t[:, None], other=0.0)
         b_sc = tl.load(cache_f32_ptr + blk * 2112 + 2048 + o_to, mask=m_t, other=0.0)
         acc = tl.dot(b_q, tl.trans(_as_mma_operand(b_k, NATIVE_FP8)))
         logit = _weighted_relu_sum(acc, b_w, NP, HP, BN) * b_sc[None, :]
@@ -393,9 +397,11 @@ def fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table
     want_splits = max(1, triton.cdiv(2 * _num_sms(q_fp8.device), b))
     pps = triton.cdiv(triton.cdiv(n_pages, want_splits), cfg["BLOCK_PAGES"]) * cfg["BLOCK_PAGES"]
     grid = (b, triton.cdiv(n_pages, pps))
-    _fp8_paged_logits_kernel[grid](_u8(q_fp8), kv_cache, kv_cache.view(torch.float32), weights, context_lens,
-                                   block_table, out, h, max_context_len, block_table.stride(0), pps,
-                                   NEXT_N=next_n, D=HEAD_DIM, NATIVE_FP8=native_fp8(q_fp8.device), **cfg)
+    native = native_fp8(q_fp8.device)
+    _fp8_paged_logits_kernel[grid](fp8_arg(q_fp8, native), kv_cache.view(FP8_DTYPE) if native else kv_cache,
+                                   kv_cache.view(torch.float32), weights, context_lens, block_table, out, h,
+                                   max_context_len, block_table.stride(0), pps, NEXT_N=next_n, D=HEAD_DIM,
+                                   NATIVE_FP8=native, **cfg)
     return out
 
 
@@ -463,6 +469,45 @@ def _row_compact(row, orow, ks, ke, thr, n_eq, eq_base, BLOCK: tl.constexpr):
         tl.store(orow + eq_base + pos_eq, o_n - ks, mask=eq & (pos_eq < n_eq))
         cnt_gt += tl.sum(gt_i, axis=0)
         cnt_eq += tl.sum(eq_i, axis=0)
+
+
+@triton.jit
+def _resolve_candidates(row, orow, crow, ks, k, c2, remaining, thr_bin, shift, cnt_gt, CAP: tl.constexpr):
+    """The c2 <= CAP candidates (positions in crow) share key >> shift == thr_bin (shift <= 24 - FINE_BITS
+    < 16): resolve the low 16 bits in registers (two 256-bin histograms), then write the candidates above
+    the threshold after the cnt_gt keys already in orow and the first `remaining` equal to it at k - remaining."""
+    o_c = tl.arange(0, CAP)
+    m_c = o_c < c2
+    pos = tl.load(crow + o_c, mask=m_c, other=0)
+    ck = _f32_sort_key(tl.load(row + pos, mask=m_c, other=float("-inf")))
+    d3, remaining, _ = _radix_step(tl.histogram((ck >> 8) & 0xFF, 256, mask=m_c), remaining, 256)
+    m3 = m_c & (((ck >> 8) & 0xFF) == d3)
+    d4, remaining, _ = _radix_step(tl.histogram(ck & 0xFF, 256, mask=m3), remaining, 256)
+    thr = ((thr_bin << shift) & -65536) | (d3 << 8) | d4
+    gt = m_c & (ck > thr)
+    eq = m_c & (ck == thr)
+    rank = tl.cumsum(eq.to(tl.int32), 0) - 1
+    tl.store(orow + cnt_gt + tl.cumsum(gt.to(tl.int32), 0) - 1, pos - ks, mask=gt)
+    tl.store(orow + (k - remaining) + rank, pos - ks, mask=eq & (rank < remaining))
+
+
+@triton.jit
+def _sort_and_pad(row, orow, ks, k, TOPK, TOPK_PAD: tl.constexpr, SORTED: tl.constexpr):
+    """orow[0..k) holds the selected positions (relative to ks) in any order: sort them by descending score
+    (ties in any order) and pad orow[k..TOPK) with -1."""
+    o_k = tl.arange(0, TOPK_PAD)
+    if SORTED:
+        tl.debug_barrier()
+        m_k = o_k < k
+        idx = tl.load(orow + o_k, mask=m_k, other=0)
+        key = _f32_sort_key(tl.load(row + ks + idx, mask=m_k, other=float("-inf")))
+        packed = (key.to(tl.int64) << 32) | idx.to(tl.int64)
+        packed = tl.where(m_k, packed, -9223372036854775807 - 1)
+        packed = tl.sort(packed, descending=True)
+        idx = (packed & 0xFFFFFFFF).to(tl.int32)
+        tl.store(orow + o_k, tl.where(m_k, idx, -1), mask=o_k < TOPK)
+    else:
+        tl.store(orow + o_k, tl.full((TOPK_PAD,), -1, tl.int32), mask=(o_k >= k) & (o_k < TOPK))
 
 
 @triton.jit
@@ -537,20 +582,7 @@ def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, N, stride_x, TOPK,
                 cnt_gt += tl.sum(gt_i, axis=0)
                 cnt_c += tl.sum(cd_i, axis=0)
             tl.debug_barrier()
-            o_c = tl.arange(0, CAP)
-            m_c = o_c < c2
-            pos = tl.load(crow + o_c, mask=m_c, other=0)
-            ck = _f32_sort_key(tl.load(row + pos, mask=m_c, other=float("-inf")))
-            # the candidates share key >> shift (shift <= 24 - FINE_BITS < 16): resolve the low 16 bits
-            d3, remaining, _ = _radix_step(tl.histogram((ck >> 8) & 0xFF, 256, mask=m_c), remaining, 256)
-            m3 = m_c & (((ck >> 8) & 0xFF) == d3)
-            d4, remaining, _ = _radix_step(tl.histogram(ck & 0xFF, 256, mask=m3), remaining, 256)
-            thr = ((thr_bin << shift) & -65536) | (d3 << 8) | d4
-            gt = m_c & (ck > thr)
-            eq = m_c & (ck == thr)
-            rank = tl.cumsum(eq.to(tl.int32), 0) - 1
-            tl.store(orow + cnt_gt + tl.cumsum(gt.to(tl.int32), 0) - 1, pos - ks, mask=gt)
-            tl.store(orow + (k - remaining) + rank, pos - ks, mask=eq & (rank < remaining))
+            _resolve_candidates(row, orow, crow, ks, k, c2, remaining, thr_bin, shift, cnt_gt, CAP)
         else:   # heavy ties: resolve the bits below the threshold bin with 1-2 more full-row radix passes
             prefix = thr_bin << shift
             s1 = tl.maximum(shift - 8, 0)
@@ -560,22 +592,217 @@ def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, N, stride_x, TOPK,
             _row_compact(row, orow, ks, ke, prefix, remaining, k - remaining, BLOCK)
     else:
         _row_compact(row, orow, ks, ke, -2147483647 - 1, 0, k, BLOCK)   # everything in range
-    o_k = tl.arange(0, TOPK_PAD)
-    if SORTED:
-        tl.debug_barrier()
-        m_k = o_k < k
-        idx = tl.load(orow + o_k, mask=m_k, other=0)
-        key = _f32_sort_key(tl.load(row + ks + idx, mask=m_k, other=float("-inf")))
-        packed = (key.to(tl.int64) << 32) | idx.to(tl.int64)
-        packed = tl.where(m_k, packed, -9223372036854775807 - 1)
-        packed = tl.sort(packed, descending=True)
-        idx = (packed & 0xFFFFFFFF).to(tl.int32)
-        tl.store(orow + o_k, tl.where(m_k, idx, -1), mask=o_k < TOPK)
-    else:
-        tl.store(orow + o_k, tl.full((TOPK_PAD,), -1, tl.int32), mask=(o_k >= k) & (o_k < TOPK))
-
+    _sort_and_pad(row, orow, ks, k, TOPK, TOPK_PAD, SORTED)
 
 TOPK_CONFIG = dict(BLOCK=4096, CAP=2048, FINE_BITS=9, num_warps=16, num_stages=1)
+
+
+
+# --- multi-CTA top-k (few rows): each row's window is split over S CTAs; the passes of _topk_kernel become
+# separate launches whose per-chunk histograms are merged by atomics in a per-row int32 workspace. Every CTA
+# recomputes the (tiny) radix state from the merged histograms of the previous launches, so the grid is
+# static (rows x S from host-known shapes) and nothing syncs with the host.
+#   step 1: top-byte histogram + the row's key range          (full-row pass)
+#   step 2: 2^FINE_BITS-bin histogram of key >> shift          (full-row pass)
+#   step 3: compaction (> threshold bin -> out, == -> candidates) (full-row pass): 3 passes in all; or, if the
+#           threshold bin holds > CAP keys (heavy ties), an 8-bit histogram of the bits below it, and
+#   steps 4, 5 (heavy ties only; early exit otherwise): one more 8-bit histogram and/or the compaction.
+#   final (one CTA per row, no full-row pass): resolve the <= CAP candidates, sort, pad with -1.
+# Output slots are reserved with one atomic per CTA-block, so the order before the final sort (and which of
+# several keys equal to the threshold are kept) depends on scheduling; the selected scores do not.
+
+def _ws_layout(nb: int) -> dict:
+    """Per-row workspace words (int32): hist8 [256], fine hist [nb], tie hists [256] x 2, counters
+    [gt, cand, eq], then two int64 key-range maxima (kmax + 2^31, 2^31 - 1 - kmin: zero is their identity)."""
+    cnt = 768 + nb
+    return dict(H9=256, HA=256 + nb, HB=512 + nb, CNT=cnt, MM=cnt + 4, WORDS=cnt + 8)
+
+
+@triton.jit
+def _split_chunk(ks, ke, S, BLOCK: tl.constexpr):
+    """[c0, c1) of the window [ks, ke) for chunk program_id(1) of S (BLOCK-aligned lengths)."""
+    cl = tl.cdiv(tl.cdiv(ke - ks, S), BLOCK) * BLOCK
+    c0 = ks + tl.program_id(1) * cl
+    return c0, tl.minimum(c0 + cl, ke)
+
+
+@triton.jit
+def _split_state(wsr, TOPK, NB: tl.constexpr, CAP: tl.constexpr, H9: tl.constexpr, MM: tl.constexpr,
+                 FINE: tl.constexpr):
+    """Radix state after steps 1 (FINE=False: returns prefix, remaining, shift, base) or 2 (FINE=True:
+    returns thr_bin, remaining, shift, c2), from the merged histograms."""
+    o_8 = tl.arange(0, 256)
+    t1, remaining, _ = _radix_step(tl.load(wsr + o_8), TOPK, 256)
+    prefix = (t1 ^ 0x80) << 24
+    wsr64 = wsr.to(tl.pointer_type(tl.int64), bitcast=True) + MM // 2
+    kmax = (tl.load(wsr64) - 2147483648).to(tl.int32)
+    kmin = (2147483647 - tl.load(wsr64 + 1)).to(tl.int32)
+    lo = tl.maximum(kmin, prefix)
+    hi = tl.minimum(kmax, prefix | 0xFFFFFF)
+    shift = tl.zeros((), tl.int32)
+    while (hi >> shift) - (lo >> shift) >= NB:
+        shift += 1
+    base = lo >> shift
+    if FINE:
+        d2, remaining, c2 = _radix_step(tl.load(wsr + H9 + tl.arange(0, NB)), remaining, NB)
+        return base + d2, remaining, shift, c2
+    else:
+        return prefix, remaining, shift, base
+
+
+@triton.jit
+def _chunk_hist_rt(row, c0, c1, prefix, lo, hi, BLOCK: tl.constexpr):
+    """256-bin histogram of bits [lo, hi) of the chunk's keys whose bits >= hi equal prefix's."""
+    o_b = tl.arange(0, BLOCK)
+    hist = tl.zeros((256,), tl.int32)
+    for n0 in range(c0, c1, BLOCK):
+        o_n = n0 + o_b
+        m_n = o_n < c1
+        key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
+        match = m_n & ((key >> hi) == (prefix >> hi))
+        hist += tl.histogram((key >> lo) & ((1 << (hi - lo)) - 1), 256, mask=match)
+    return hist
+
+
+@triton.jit
+def _chunk_compact(row, orow, cnt_ptr, ks, c0, c1, thr, n_eq, eq_base, BLOCK: tl.constexpr):
+    """_row_compact over one chunk: keys > thr at orow[cnt_ptr[0]++], the first n_eq keys == thr (over all
+    chunks) at orow[eq_base + cnt_ptr[2]++]."""
+    o_b = tl.arange(0, BLOCK)
+    for n0 in range(c0, c1, BLOCK):
+        o_n = n0 + o_b
+        m_n = o_n < c1
+        key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
+        gt = m_n & (key > thr)
+        eq = m_n & (key == thr)
+        gt_i = gt.to(tl.int32)
+        eq_i = eq.to(tl.int32)
+        b_gt = tl.atomic_add(cnt_ptr, tl.sum(gt_i, axis=0))
+        b_eq = tl.atomic_add(cnt_ptr + 2, tl.sum(eq_i, axis=0))
+        pos_eq = b_eq + tl.cumsum(eq_i, 0) - 1
+        tl.store(orow + b_gt + tl.cumsum(gt_i, 0) - 1, o_n - ks, mask=gt)
+        tl.store(orow + eq_base + pos_eq, o_n - ks, mask=eq & (pos_eq < n_eq))
+
+
+@triton.jit
+def _topk_split_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, ws_ptr, N, stride_x, TOPK, S, STEP,
+                       BLOCK: tl.constexpr, CAP: tl.constexpr, FINE_BITS: tl.constexpr,
+                       H9: tl.constexpr, HA: tl.constexpr, HB: tl.constexpr, CNT: tl.constexpr, MM: tl.constexpr,
+                       WORDS: tl.constexpr):
+    """Step STEP (1..5; a run-time argument: one binary for all steps) of the multi-CTA top-k for chunk
+    program_id(1) of row program_id(0)."""
+    r = tl.program_id(0)
+    ks = tl.minimum(tl.maximum(tl.load(ks_ptr + r).to(tl.int32), 0), N)
+    ke = tl.minimum(tl.maximum(tl.load(ke_ptr + r).to(tl.int32), ks), N)
+    if ke - ks > TOPK:        # shorter rows: everything is selected, by the final kernel
+        row = x_ptr + r.to(tl.int64) * stride_x
+        orow = out_ptr + r.to(tl.int64) * TOPK
+        wsr = ws_ptr + r.to(tl.int64) * WORDS
+        c0, c1 = _split_chunk(ks, ke, S, BLOCK)
+        o_b = tl.arange(0, BLOCK)
+        o_8 = tl.arange(0, 256)
+        NB: tl.constexpr = 1 << FINE_BITS
+        if STEP == 1:
+            hist8 = tl.zeros((256,), tl.int32)
+            kmin = tl.full((), 2147483647, tl.int32)
+            kmax = tl.full((), -2147483647 - 1, tl.int32)
+            for n0 in range(c0, c1, BLOCK):
+                o_n = n0 + o_b
+                m_n = o_n < c1
+                key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
+                hist8 += tl.histogram(((key >> 24) & 0xFF) ^ 0x80, 256, mask=m_n)
+                kmin = tl.minimum(kmin, tl.min(tl.where(m_n, key, 2147483647), axis=0))
+                kmax = tl.maximum(kmax, tl.max(tl.where(m_n, key, -2147483647 - 1), axis=0))
+            tl.atomic_add(wsr + o_8, hist8, mask=hist8 > 0)
+            if c1 > c0:
+                wsr64 = wsr.to(tl.pointer_type(tl.int64), bitcast=True) + MM // 2
+                tl.atomic_max(wsr64, kmax.to(tl.int64) + 2147483648)
+                tl.atomic_max(wsr64 + 1, 2147483647 - kmin.to(tl.int64))
+        elif STEP == 2:
+            prefix, remaining, shift, base = _split_state(wsr, TOPK, NB, CAP, H9, MM, False)
+            hist = tl.zeros((NB,), tl.int32)
+            for n0 in range(c0, c1, BLOCK):
+                o_n = n0 + o_b
+                m_n = o_n < c1
+                key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
+                inb = m_n & ((key >> 24) == (prefix >> 24))
+                hist += tl.histogram(tl.where(inb, (key >> shift) - base, 0), NB, mask=inb)
+            tl.atomic_add(wsr + H9 + tl.arange(0, NB), hist, mask=hist > 0)
+        else:
+            thr_bin, remaining, shift, c2 = _split_state(wsr, TOPK, NB, CAP, H9, MM, True)
+            s1 = tl.maximum(shift - 8, 0)
+            if STEP == 3:
+                if c2 <= CAP:     # > threshold bin -> out, == -> candidates (resolved by the final kernel)
+                    crow = cand_ptr + r.to(tl.int64) * CAP
+                    for n0 in range(c0, c1, BLOCK):
+                        o_n = n0 + o_b
+                        m_n = o_n < c1
+                        key_hi = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf"))) >> shift
+                        gt = m_n & (key_hi > thr_bin)
+                        cd = m_n & (key_hi == thr_bin)
+                        gt_i = gt.to(tl.int32)
+                        cd_i = cd.to(tl.int32)
+                        b_gt = tl.atomic_add(wsr + CNT, tl.sum(gt_i, axis=0))
+                        b_c = tl.atomic_add(wsr + CNT + 1, tl.sum(cd_i, axis=0))
+                        tl.store(orow + b_gt + tl.cumsum(gt_i, 0) - 1, o_n - ks, mask=gt)
+                        tl.store(crow + b_c + tl.cumsum(cd_i, 0) - 1, o_n, mask=cd)
+                else:             # heavy ties: histogram of the bits [s1, shift) below the threshold bin
+                    hist = _chunk_hist_rt(row, c0, c1, thr_bin << shift, s1, shift, BLOCK)
+                    tl.atomic_add(wsr + HA + o_8, hist, mask=hist > 0)
+            elif c2 > CAP:
+                dA, remaining, _ = _radix_step(tl.load(wsr + HA + o_8), remaining, 256)
+                prefix = (thr_bin << shift) | (dA << s1)
+                if STEP == 4:
+                    if s1 > 0:
+                        hist = _chunk_hist_rt(row, c0, c1, prefix, 0, s1, BLOCK)
+                        tl.atomic_add(wsr + HB + o_8, hist, mask=hist > 0)
+                    else:
+                        _chunk_compact(row, orow, wsr + CNT, ks, c0, c1, prefix, remaining, TOPK - remaining, BLOCK)
+                elif s1 > 0:      # STEP 5
+                    dB, remaining, _ = _radix_step(tl.load(wsr + HB + o_8), remaining, 256)
+                    prefix = prefix | dB
+                    _chunk_compact(row, orow, wsr + CNT, ks, c0, c1, prefix, remaining, TOPK - remaining, BLOCK)
+
+
+@triton.jit
+def _topk_split_final_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, ws_ptr, N, stride_x, TOPK,
+                             TOPK_PAD: tl.constexpr, BLOCK: tl.constexpr, CAP: tl.constexpr,
+                             FINE_BITS: tl.constexpr, H9: tl.constexpr, MM: tl.constexpr, WORDS: tl.constexpr):
+    """One CTA per row after the split steps: resolve the candidates (or, for windows of <= TOPK keys,
+    take them all), then sort and pad."""
+    r = tl.program_id(0)
+    row = x_ptr + r.to(tl.int64) * stride_x
+    orow = out_ptr + r.to(tl.int64) * TOPK
+    ks = tl.minimum(tl.maximum(tl.load(ks_ptr + r).to(tl.int32), 0), N)
+    ke = tl.minimum(tl.maximum(tl.load(ke_ptr + r).to(tl.int32), ks), N)
+    k = tl.minimum(ke - ks, TOPK)
+    if ke - ks > TOPK:
+        wsr = ws_ptr + r.to(tl.int64) * WORDS
+        thr_bin, remaining, shift, c2 = _split_state(wsr, TOPK, 1 << FINE_BITS, CAP, H9, MM, True)
+        if c2 <= CAP:
+            _resolve_candidates(row, orow, cand_ptr + r.to(tl.int64) * CAP, ks, k, c2, remaining, thr_bin, shift,
+                                k - remaining, CAP)
+    else:
+        _row_compact(row, orow, ks, ke, -2147483647 - 1, 0, k, BLOCK)
+    _sort_and_pad(row, orow, ks, k, TOPK, TOPK_PAD, True)
+
+
+TOPK_SPLIT_CONFIG = dict(BLOCK=4096, MIN_SPLITS=4, num_warps=16, num_stages=1)
+
+
+def topk_splits(rows: int, n: int, num_sms: int) -> int:
+    """CTAs per row: enough to cover the SMs when rows are few (one BLOCK-key chunk each at least); 1 (the
+    one-launch _topk_kernel) when that would give fewer than MIN_SPLITS. From host-known shapes only."""
+    s = min(triton.cdiv(n, TOPK_SPLIT_CONFIG["BLOCK"]), triton.cdiv(num_sms, max(rows, 1)))
+    return s if s >= TOPK_SPLIT_CONFIG["MIN_SPLITS"] else 1
+
+
+def topk_launches(rows: int, n: int, num_sms: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(kernel, grid) of every launch indexer_topk makes (the work model counts these)."""
+    s = topk_splits(rows, n, num_sms)
+    if s == 1:
+        return [("_topk_kernel", (rows,))]
+    return [(f"_topk_split_kernel step {i}", (rows, s)) for i in range(1, 6)] + [("_topk_split_final_kernel", (rows,))]
 
 
 def indexer_topk(logits: torch.Tensor, topk: int, ks: torch.Tensor, ke: torch.Tensor) -> torch.Tensor:
@@ -591,8 +818,23 @@ def indexer_topk(logits: torch.Tensor, topk: int, ks: torch.Tensor, ke: torch.Te
     if r == 0:
         return out
     cand = torch.empty((r, TOPK_CONFIG["CAP"]), dtype=torch.int32, device=logits.device)
-    _topk_kernel[(r,)](logits, ks, ke, out, cand, n, logits.stride(0), topk, TOPK_PAD=_next_pow2(topk), SORTED=True,
-                       **TOPK_CONFIG)
+    splits = topk_splits(r, n, _num_sms(logits.device))
+    if splits == 1:
+        _topk_kernel[(r,)](logits, ks, ke, out, cand, n, logits.stride(0), topk, TOPK_PAD=_next_pow2(topk),
+                           SORTED=True, **TOPK_CONFIG)
+        return out
+    lay = _ws_layout(1 << TOPK_CONFIG["FINE_BITS"])
+    ws = torch.zeros((r, lay.pop("WORDS")), dtype=torch.int32, device=logits.device)
+    cfg = dict(TOPK_SPLIT_CONFIG)
+    cfg.pop("MIN_SPLITS")
+    common = dict(CAP=TOPK_CONFIG["CAP"], FINE_BITS=TOPK_CONFIG["FINE_BITS"], WORDS=ws.shape[1])
+    for step in range(1, 6):
+        _topk_split_kernel[(r, splits)](logits, ks, ke, out, cand, ws, n, logits.stride(0), topk, splits, step,
+                                        **lay, **common, **cfg)
+    _topk_split_final_kernel[(r,)](logits, ks, ke, out, cand, ws, n, logits.stride(0), topk,
+                                   TOPK_PAD=_next_pow2(topk), H9=lay["H9"], MM=lay["MM"], **common,
+                                   BLOCK=TOPK_CONFIG["BLOCK"], num_warps=TOPK_CONFIG["num_warps"],
+                                   num_stages=TOPK_CONFIG["num_stages"])
     return out
 
 

@@ -115,9 +115,13 @@ at::Tensor indexer_topk(const at::Tensor& logits, int64_t topk, const at::Tensor
   TORCH_CHECK(topk > 0 && topk <= 2048, "the CUDA top-k supports 1 <= topk <= 2048, got ", topk);
   const at::cuda::CUDAGuard guard(logits.device());
   auto out = at::empty({logits.size(0), topk}, logits.options().dtype(at::kInt));
+  const int num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const size_t ws_bytes = indexer_topk_workspace_bytes(int(logits.size(0)), int(logits.size(1)), num_sms);
+  auto ws = at::empty({int64_t(ws_bytes)}, logits.options().dtype(at::kByte));   // zeroed by the launcher
   DSV32_CHECK_LAUNCH(launch_indexer_topk(logits.data_ptr<float>(), logits.size(1), ks.data_ptr<int32_t>(),
                                          ke.data_ptr<int32_t>(), out.data_ptr<int32_t>(), logits.size(0),
-                                         logits.size(1), int(topk), at::cuda::getCurrentCUDAStream()),
+                                         logits.size(1), int(topk), ws_bytes ? ws.data_ptr() : nullptr, num_sms,
+                                         at::cuda::getCurrentCUDAStream()),
                      "indexer_topk");
   return out;
 }
@@ -143,6 +147,27 @@ std::tuple<at::Tensor, at::Tensor> sparse_mla_decode(const at::Tensor& q, const 
                                               out.data_ptr(), lse.data_ptr<float>(), int(b * s_q), int(h), int(topk),
                                               float(sm_scale), n_slots, err_ptr(err), at::cuda::getCurrentCUDAStream()),
                      "sparse_mla_decode");
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> sparse_mla_prefill(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& indices,
+                                                      double sm_scale, const std::optional<at::Tensor>& err) {
+  check_cuda(q, "q");
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && q.dim() == 3 && q.size(2) == 576, "q must be [s_q, h, 576] bf16");
+  check_cuda(kv, "kv");
+  TORCH_CHECK(kv.scalar_type() == at::kBFloat16 && kv.dim() == 3 && kv.size(1) == 1 && kv.size(2) == 576,
+              "kv must be [s_kv, 1, 576] bf16");
+  check_i32(indices, "indices");
+  TORCH_CHECK(indices.dim() == 3 && indices.size(0) == q.size(0) && indices.size(1) == 1,
+              "indices must be [s_q, 1, topk] int32");
+  const int64_t s_q = q.size(0), h = q.size(1), topk = indices.size(2);
+  const at::cuda::CUDAGuard guard(q.device());
+  auto out = at::empty({s_q, h, 512}, q.options());
+  auto lse = at::empty({s_q, h}, q.options().dtype(at::kFloat));
+  DSV32_CHECK_LAUNCH(launch_sparse_mla_prefill(q.data_ptr(), kv.data_ptr(), indices.data_ptr<int32_t>(), out.data_ptr(),
+                                               lse.data_ptr<float>(), int(s_q), int(h), int(topk), float(sm_scale),
+                                               kv.size(0), err_ptr(err), at::cuda::getCurrentCUDAStream()),
+                     "sparse_mla_prefill");
   return {out, lse};
 }
 
@@ -359,6 +384,7 @@ TORCH_LIBRARY(dsv32, m) {
   m.def("fp8_indexer_logits(Tensor q_fp8, Tensor k_fp8, Tensor k_scale, Tensor weights, Tensor ks, Tensor ke) -> Tensor");
   m.def("indexer_topk(Tensor logits, int topk, Tensor ks, Tensor ke) -> Tensor");
   m.def("sparse_mla_decode(Tensor q, Tensor kv_cache, Tensor indices, float sm_scale, Tensor(b!)? err=None) -> (Tensor, Tensor)");
+  m.def("sparse_mla_prefill(Tensor q, Tensor kv, Tensor indices, float sm_scale, Tensor(b!)? err=None) -> (Tensor, Tensor)");
   m.def("fp8_grouped_gemm_nt_contiguous(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor m_indices, "
         "ScalarType out_dtype) -> Tensor");
   m.def("fp8_grouped_gemm_nt_masked(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor masked_m, "
@@ -384,6 +410,7 @@ TORCH_LIBRARY_IMPL(dsv32, CUDA, m) {
   m.impl("fp8_indexer_logits", &dsv32::fp8_indexer_logits);
   m.impl("indexer_topk", &dsv32::indexer_topk);
   m.impl("sparse_mla_decode", &dsv32::sparse_mla_decode);
+  m.impl("sparse_mla_prefill", &dsv32::sparse_mla_prefill);
   m.impl("fp8_grouped_gemm_nt_contiguous", &dsv32::fp8_grouped_gemm_nt_contiguous);
   m.impl("fp8_grouped_gemm_nt_masked", &dsv32::fp8_grouped_gemm_nt_masked);
   m.impl("fp8_quant_act", &dsv32::fp8_quant_act);

@@ -24,8 +24,12 @@ cudaError_t launch_fp8_indexer_logits(const uint8_t* q, const uint8_t* k, const 
                                       int seq, int heads, int n_keys, cudaStream_t stream);
 
 // logits [R, ld] f32 (first N columns used), ks/ke [R] i32 -> out [R, topk] i32 (topk <= 2048).
+// Few long rows (topk::split_count(rows, n, num_sms) > 1) are split over several CTAs per row: that path
+// needs `workspace` of indexer_topk_workspace_bytes(rows, n, num_sms) bytes (zeroed here, on `stream`).
+size_t indexer_topk_workspace_bytes(int rows, int n, int num_sms);
 cudaError_t launch_indexer_topk(const float* logits, int64_t ld, const int32_t* ks, const int32_t* ke,
-                                int32_t* out, int rows, int n, int topk, cudaStream_t stream);
+                                int32_t* out, int rows, int n, int topk, void* workspace, int num_sms,
+                                cudaStream_t stream);
 
 }  // namespace dsv32
 

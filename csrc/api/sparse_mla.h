@@ -13,6 +13,14 @@ cudaError_t launch_sparse_mla_decode(const void* q, const void* kv_cache, bool f
                                      void* out, float* lse, int rows, int heads, int topk, float sm_scale,
                                      int64_t n_slots, int32_t* err, cudaStream_t stream);
 
+// q [s_q, h, 576] bf16, kv [s_kv, 576] bf16 (both contiguous), indices [s_q, topk] i32 rows of kv (-1 = none)
+// -> out [s_q, h, 512] bf16, lse [s_q, h] f32. Indices >= s_kv are masked like -1 and, when err is non-null,
+// recorded. One CTA per (query row, block of sparse_mla_prefill_heads_per_cta(h, smem opt-in) heads).
+int sparse_mla_prefill_heads_per_cta(int heads, int smem_optin);
+cudaError_t launch_sparse_mla_prefill(const void* q, const void* kv, const int32_t* indices, void* out, float* lse,
+                                      int rows, int heads, int topk, float sm_scale, int64_t s_kv, int32_t* err,
+                                      cudaStream_t stream);
+
 }  // namespace dsv32
 
 namespace dsv32 {

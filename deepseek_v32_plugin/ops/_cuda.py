@@ -66,6 +66,7 @@ KERNEL_SOURCES = (
     "indexer/sm90/fp8_indexer_logits_sm90.cu",
     "sparse_mla/sm80/mla_cache.cu",
     "sparse_mla/sm80/sparse_mla_decode_sm80.cu",
+    "sparse_mla/sm80/sparse_mla_prefill_sm80.cu",
     "sparse_mla/sm90/sparse_mla_decode_sm90.cu",
 )
 
@@ -239,6 +240,10 @@ def _register_fakes() -> None:
     def _(q, kv_cache, indices, sm_scale, err=None):
         return (q.new_empty((*q.shape[:3], 512)), q.new_empty(q.shape[:3], dtype=torch.float32))
 
+    @fake("sparse_mla_prefill")
+    def _(q, kv, indices, sm_scale, err=None):
+        return (q.new_empty((*q.shape[:2], 512)), q.new_empty(q.shape[:2], dtype=torch.float32))
+
     @fake("fp8_grouped_gemm_nt_contiguous")
     def _(a, a_scale, b, b_scale, m_indices, out_dtype):
         return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
@@ -280,7 +285,7 @@ def _register_fakes() -> None:
 
 MAX_HEADS = 128                   # indexer logits: heads per query row
 OP_NAMES = (  # every op this backend serves (tests/cuda/test_backend_table.py checks the model's needs)
-    "fp8_paged_indexer_logits", "fp8_indexer_logits", "indexer_topk", "sparse_mla_decode",
+    "fp8_paged_indexer_logits", "fp8_indexer_logits", "indexer_topk", "sparse_mla_decode", "sparse_mla_prefill",
     "fp8_grouped_gemm_nt_contiguous", "fp8_grouped_gemm_nt_masked", "fp8_quant_act", "silu_and_mul_fp8_quant",
     "indexer_quant", "indexer_k_quant_and_cache", "indexer_cache_write", "indexer_cache_gather",
     "indices_to_slots", "mla_cache_write", "fp8_gemm_nt")
@@ -355,6 +360,27 @@ def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512):
     out, lse = torch.ops.dsv32.sparse_mla_decode(q.to(torch.bfloat16).contiguous(), kv_cache,
                                                  _i32(indices), float(sm_scale), err)
     raise_bounds("sparse_mla_decode", err)
+    return out.to(q.dtype), lse
+
+
+def sparse_mla_prefill(q, kv, indices, sm_scale, d_v=512):
+    """q [s_q, h, 576] (read as bf16), kv [s_kv, 1, 576] bf16, indices [s_q, 1, topk] int rows of kv (-1 none)
+    -> (out [s_q, h, 512] q.dtype, lse [s_q, h] fp32). Reaches the auto dispatch only once verified on a GPU
+    (_dispatch.CUDA_OPT_IN); backend="cuda" / DSV32_BACKEND_SPARSE_MLA_PREFILL=cuda select it."""
+    if q.dim() != 3 or q.shape[-1] != 576:
+        raise ValueError(f"sparse_mla_prefill: q must be [s_q, h, 576], got {list(q.shape)}")
+    if kv.dim() != 3 or tuple(kv.shape[1:]) != (1, 576):
+        raise ValueError(f"sparse_mla_prefill: kv must be [s_kv, 1, 576], got {list(kv.shape)}")
+    if indices.dim() != 3 or tuple(indices.shape[:2]) != (q.shape[0], 1):
+        raise ValueError(f"sparse_mla_prefill: indices must be [s_q={q.shape[0]}, 1, topk], got {list(indices.shape)}")
+    if kv.dtype != torch.bfloat16:
+        raise Unsupported(f"the CUDA sparse MLA prefill reads a bf16 kv, not {kv.dtype}")
+    if d_v != 512:
+        raise Unsupported(f"the CUDA sparse MLA prefill computes d_v = 512, not {d_v}")
+    err = _err_flag(q.device)
+    out, lse = torch.ops.dsv32.sparse_mla_prefill(q.to(torch.bfloat16).contiguous(), kv.contiguous(),
+                                                  _i32(indices), float(sm_scale), err)
+    raise_bounds("sparse_mla_prefill", err)
     return out.to(q.dtype), lse
 
 

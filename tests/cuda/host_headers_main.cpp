@@ -95,6 +95,77 @@ int main(int argc, char** argv) {
       for (int i = 0; i < kk; ++i) out[size_t(r) * k + i] = sel[i];
     }
     emit(out);
+  } else if (mode == "split_count") {  // stdin int32 triples (rows, n, num_sms) -> int32 splits
+    auto v = as<int32_t>(in);
+    std::vector<int32_t> out;
+    for (size_t i = 0; i + 2 < v.size(); i += 3) out.push_back(topk::split_count(v[i], v[i + 1], v[i + 2]));
+    emit(out);
+  } else if (mode == "topk_split") {  // argv: rows n k splits cap; stdin fp32[rows*n] -> int32[rows*k]
+    // Serial model of indexer_topk.cu's split path (steps 1-5 over `splits` chunks, histograms merged as the
+    // atomics do, then the final candidate resolution), on the header's constants and helpers.
+    const int rows = atoi(argv[2]), n = atoi(argv[3]), k = atoi(argv[4]), splits = atoi(argv[5]);
+    const uint32_t cap = uint32_t(atoi(argv[6]));
+    auto x = as<float>(in);
+    std::vector<int32_t> out(size_t(rows) * k, -1);
+    for (int r = 0; r < rows; ++r) {
+      std::vector<uint32_t> key(n);
+      for (int i = 0; i < n; ++i) key[i] = topk::ordered_key(x[size_t(r) * n + i]);
+      std::vector<int32_t> sel;
+      if (n <= k) {
+        for (int i = 0; i < n; ++i) sel.push_back(i);
+      } else {
+        const int chunk = ((n + splits - 1) / splits + 511) / 512 * 512;
+        auto for_keys = [&](auto&& f) {  // chunk by chunk, as the CTAs of one step
+          for (int c = 0; c < splits; ++c)
+            for (int i = c * chunk; i < n && i < (c + 1) * chunk; ++i) f(i, key[i]);
+        };
+        uint32_t h8[256] = {}, h9[1 << topk::kFineBits] = {}, kmax = 0, kmin_inv = 0;
+        for_keys([&](int, uint32_t kk) { ++h8[kk >> 24]; kmax = kmax > kk ? kmax : kk; kmin_inv = kmin_inv > ~kk ? kmin_inv : ~kk; });
+        uint32_t rem = uint32_t(k);
+        const uint32_t prefix = uint32_t(topk::select_bin(h8, rem)) << 24, kmin = ~kmin_inv;
+        const uint32_t lo = kmin > prefix ? kmin : prefix, hi = kmax < (prefix | 0xFFFFFFu) ? kmax : (prefix | 0xFFFFFFu);
+        const uint32_t shift = topk::fine_shift(lo, hi), base = lo >> shift;
+        for_keys([&](int, uint32_t kk) { if ((kk >> 24) == (prefix >> 24)) ++h9[(kk >> shift) - base]; });
+        uint32_t d2 = 0, c2 = 0;  // select_bin over 2^kFineBits bins
+        for (int b = (1 << topk::kFineBits) - 1; b >= 0; --b) {
+          if (h9[b] >= rem) { d2 = uint32_t(b); break; }
+          rem -= h9[b];
+        }
+        c2 = h9[d2];
+        const uint32_t thr_bin = base + d2, s1 = shift > 8 ? shift - 8 : 0;
+        uint32_t thr = 0;
+        if (c2 <= cap) {  // step 3 compaction + final resolution of bits [0, 16) over the candidates
+          std::vector<int32_t> cand;
+          for_keys([&](int i, uint32_t kk) { if ((kk >> shift) > thr_bin) sel.push_back(i); else if ((kk >> shift) == thr_bin) cand.push_back(i); });
+          uint32_t p = (thr_bin << shift) & 0xFFFF0000u;
+          for (int pass = 2; pass < topk::kPasses; ++pass) {
+            uint32_t h[256] = {};
+            for (int i : cand) if ((key[i] & topk::prefix_mask(pass)) == p) ++h[topk::digit(key[i], pass)];
+            p |= uint32_t(topk::select_bin(h, rem)) << (32 - 8 * (pass + 1));
+          }
+          thr = p;
+          for (int i : cand) if (key[i] > thr) sel.push_back(i);
+          for (int i : cand) if (key[i] == thr && rem) { sel.push_back(i); --rem; }
+        } else {  // heavy ties: bits [s1, shift), then [0, s1), then compaction
+          uint32_t ha[256] = {};
+          for_keys([&](int, uint32_t kk) { if ((kk >> shift) == thr_bin) ++ha[(kk >> s1) & ((1u << (shift - s1)) - 1)]; });
+          thr = (thr_bin << shift) | (uint32_t(topk::select_bin(ha, rem)) << s1);
+          if (s1 > 0) {
+            uint32_t hb[256] = {};
+            for_keys([&](int, uint32_t kk) { if ((kk >> s1) == (thr >> s1)) ++hb[kk & ((1u << s1) - 1)]; });
+            thr |= uint32_t(topk::select_bin(hb, rem));
+          }
+          for_keys([&](int i, uint32_t kk) { if (kk > thr) sel.push_back(i); });
+          for_keys([&](int i, uint32_t kk) { if (kk == thr && rem) { sel.push_back(i); --rem; } });
+        }
+      }
+      const int kk = n < k ? n : k;
+      if (int(sel.size()) != kk) return 6;
+      for (size_t i = 1; i < sel.size(); ++i)
+        for (size_t j = i; j > 0 && key[sel[j]] > key[sel[j - 1]]; --j) std::swap(sel[j], sel[j - 1]);
+      for (int i = 0; i < kk; ++i) out[size_t(r) * k + i] = sel[i];
+    }
+    emit(out);
   } else if (mode == "indexer_offsets") {  // stdin int64 slots[n] -> int64 key_off[n], scale_off[n]
     auto s = as<int64_t>(in);
     std::vector<int64_t> ko(s.size()), so(s.size());

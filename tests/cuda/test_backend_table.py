@@ -83,7 +83,7 @@ def _fp8(*shape):
 
 
 @pytest.mark.parametrize("case", ["topk", "paged_heads", "ragged_heads", "mla_fp32_cache", "mla_write_fp16_cache",
-                                  "quant_group"])
+                                  "quant_group", "prefill_fp32_kv", "prefill_d_v"])
 def test_wrappers_raise_unsupported(case):
     """Raised on the host before the extension is touched (so this runs without one)."""
     with pytest.raises(_dispatch.Unsupported):
@@ -103,8 +103,41 @@ def test_wrappers_raise_unsupported(case):
         elif case == "mla_write_fp16_cache":
             _cuda.mla_cache_write(torch.zeros(2, 512), torch.zeros(2, 64), torch.zeros(1, 64, 576, dtype=torch.float16),
                                   torch.zeros(2, dtype=torch.int32))
+        elif case == "prefill_fp32_kv":
+            _cuda.sparse_mla_prefill(torch.zeros(2, 16, 576), torch.zeros(5, 1, 576),
+                                     torch.zeros(2, 1, 8, dtype=torch.int32), 0.1)
+        elif case == "prefill_d_v":
+            _cuda.sparse_mla_prefill(torch.zeros(2, 16, 576), torch.zeros(5, 1, 576, dtype=torch.bfloat16),
+                                     torch.zeros(2, 1, 8, dtype=torch.int32), 0.1, 256)
         else:
             _cuda.fp8_quant_act(torch.zeros(2, 256), 64, True)
+
+
+@pytest.mark.parametrize("bad,name", [("q", "q"), ("kv", "kv"), ("indices", "indices")])
+def test_prefill_wrapper_shape_errors(bad, name):
+    """Wrong shapes give one ValueError naming the tensor, before the extension is touched."""
+    q, kv = torch.zeros(2, 16, 576, dtype=torch.bfloat16), torch.zeros(5, 1, 576, dtype=torch.bfloat16)
+    idx = torch.zeros(2, 1, 8, dtype=torch.int32)
+    args = {"q": (q[..., :512], kv, idx), "kv": (q, kv.view(5, 576, 1), idx), "indices": (q, kv, idx[:1])}[bad]
+    with pytest.raises(ValueError, match=rf"sparse_mla_prefill: {name} must be"):
+        _cuda.sparse_mla_prefill(*args, 0.1)
+
+
+def test_cuda_prefill_is_opt_in(monkeypatch):
+    """The CUDA prefill kernel (compile-checked, not yet run on a GPU) is skipped by the auto order on CUDA
+    devices and served when asked for; decode is not affected."""
+    tried = []
+    monkeypatch.setattr(_dispatch, "_load", lambda op, b: tried.append((op, b)) or (lambda *a: b))
+    monkeypatch.setattr(_dispatch, "_cache", {})
+    for v in ("DSV32_BACKEND", "DSV32_BACKEND_SPARSE_MLA_PREFILL", "DSV32_BACKEND_SPARSE_MLA_DECODE"):
+        monkeypatch.delenv(v, raising=False)
+    cuda = torch.device("cuda")
+    assert _dispatch.resolve("sparse_mla_prefill", cuda)() == "triton"
+    assert ("sparse_mla_prefill", "cuda") not in tried
+    assert _dispatch.resolve("sparse_mla_decode", cuda)() == "cuda"
+    assert _dispatch.resolve("sparse_mla_prefill", cuda, "cuda")() == "cuda"
+    monkeypatch.setenv("DSV32_BACKEND_SPARSE_MLA_PREFILL", "cuda")
+    assert _dispatch.resolve("sparse_mla_prefill", cuda)() == "cuda"
 
 
 def test_unsupported_falls_back_with_one_warning(recwarn):

@@ -121,6 +121,55 @@ def test_indexer_topk(cuda_ext, seed, n, topk):
         assert (row < (ke[i] - ks[i])).all()
 
 
+
+def _check_topk_values(got, ref, logits, ks, ke):
+    assert got.shape == ref.shape and torch.equal(got < 0, ref < 0), "different counts of valid indices"
+    valid = got >= 0
+    take = lambda idx: torch.where(valid, torch.gather(logits, 1, idx.long().clamp_min(0) + ks[:, None].long()),
+                                   torch.zeros_like(logits[:, :1]))
+    torch.testing.assert_close(take(got), take(ref), rtol=0, atol=0)   # same values, same descending order
+    for i in range(got.shape[0]):
+        row = got[i][valid[i]]
+        assert row.unique().numel() == row.numel() and (row < (ke[i] - ks[i])).all(), f"row {i}"
+
+
+@pytest.mark.parametrize("gen", ["normal", "concentrated", "tied", "tied_narrow"])
+def test_indexer_topk_split_rows(cuda_ext, seed, gen):
+    """4 x 128K (the issue's shape): each row split over several CTAs (topk::split_count), incl. the
+    named 'concentrated' generator (fast path) and heavy ties with wide / narrow key ranges (steps 4, 5)."""
+    r, n = 4, 131072
+    if gen == "normal":
+        logits = torch.randn(r, n, device=DEV)
+    elif gen == "concentrated":
+        logits = 1.0 + torch.rand(r, n, device=DEV) * 2.0 ** -9
+    elif gen == "tied":
+        logits = torch.randint(0, 16, (r, n), device=DEV).float()
+    else:
+        logits = 1.0 + torch.randint(0, 16, (r, n), device=DEV).float() * 2.0 ** -20
+    ks = torch.tensor([0, 5, 0, 1000], dtype=torch.int32, device=DEV)
+    ke = torch.tensor([n, n - 7, 2049, 100000], dtype=torch.int32, device=DEV)
+    _check_topk_values(cuda_ext.indexer_topk(logits, 2048, ks, ke), ix.naive_indexer_topk(logits, 2048, ks, ke),
+                       logits, ks, ke)
+
+
+def test_indexer_topk_split_graph_capture(cuda_ext, seed):
+    """The split path (workspace memset + 6 launches) replays in a CUDA graph on new logits."""
+    logits = torch.randn(2, 131072, device=DEV)
+    ks = torch.zeros(2, dtype=torch.int32, device=DEV)
+    ke = torch.full((2,), 131072, dtype=torch.int32, device=DEV)
+    graph = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        torch.ops.dsv32.indexer_topk(logits, 2048, ks, ke)
+        with torch.cuda.graph(graph, stream=s):
+            captured = torch.ops.dsv32.indexer_topk(logits, 2048, ks, ke)
+    torch.cuda.current_stream().wait_stream(s)
+    logits.copy_(torch.randn_like(logits))
+    graph.replay()
+    torch.cuda.synchronize()
+    _check_topk_values(captured, ix.naive_indexer_topk(logits, 2048, ks, ke), logits, ks, ke)
+
 # -------------------------------------------------------------- sparse MLA ----
 
 def _mla_cache(fp8: bool, n_tokens: int):
@@ -162,6 +211,44 @@ def test_sparse_mla_decode(cuda_ext, seed, mla_path, fp8, b, s_q, h, topk):
     torch.testing.assert_close(lse[fin], ref_lse[fin], rtol=1e-3, atol=1e-3)
     assert (out[0, 0] == 0).all()
 
+
+
+@pytest.mark.parametrize("s_q,h,topk,s_kv", [(5, 16, 64, 300), (3, 24, 100, 500), (4, 64, 2048, 4096),
+                                             (2, 128, 2048, 5000), (3, 128, 31, 40)], ids=lambda v: str(v))
+def test_sparse_mla_prefill(cuda_ext, seed, s_q, h, topk, s_kv):
+    """The sm80 prefill kernel (16 / 32 / 64 heads per CTA) vs naive_sparse_mla_prefill: -1 indices, a row
+    with none, a causal-like row whose valid indices are few (all-invalid chunks skipped), an index past kv
+    (masked like -1)."""
+    q = (torch.randn(s_q, h, 576, device=DEV) * 0.5).to(torch.bfloat16)
+    kv = torch.randn(s_kv, 1, 576, device=DEV).to(torch.bfloat16)
+    idx = torch.randint(0, s_kv, (s_q, 1, topk), device=DEV, dtype=torch.int32)
+    idx[torch.rand(idx.shape, device=DEV) < 0.2] = -1
+    idx[0] = -1                                          # no valid key: out 0, lse -inf
+    idx[1, 0, 3:] = -1                                   # 3 valid keys in the first chunk only
+    scale = 576 ** -0.5
+    out, lse = cuda_ext.sparse_mla_prefill(q, kv, idx, scale)
+    ref_out, ref_lse = mla.naive_sparse_mla_prefill(q, kv, idx, scale)
+    assert out.dtype == torch.bfloat16 and out.shape == (s_q, h, 512) and lse.shape == (s_q, h)
+    torch.testing.assert_close(out.float(), ref_out.float(), rtol=2e-2, atol=2e-2)
+    _same_inf(lse, ref_lse)
+    fin = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[fin], ref_lse[fin], rtol=1e-3, atol=1e-3)
+    assert (out[0] == 0).all()
+    bad = idx.clone()
+    bad[1, 0, 1] = s_kv + 7                              # past kv: masked like -1, never dereferenced
+    out_b, _ = cuda_ext.sparse_mla_prefill(q, kv, bad, scale)
+    ref_b, _ = mla.naive_sparse_mla_prefill(q, kv, torch.where(bad >= s_kv, -1, bad), scale)
+    torch.testing.assert_close(out_b.float(), ref_b.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_sparse_mla_prefill_bounds_flag(cuda_ext, seed, monkeypatch):
+    monkeypatch.setenv("DSV32_CUDA_CHECK_BOUNDS", "1")
+    q = torch.randn(2, 16, 576, device=DEV).to(torch.bfloat16)
+    kv = torch.randn(50, 1, 576, device=DEV).to(torch.bfloat16)
+    idx = torch.zeros(2, 1, 8, dtype=torch.int32, device=DEV)
+    idx[1, 0, 5] = 50
+    with pytest.raises(IndexError, match="sparse_mla_prefill: indices"):
+        cuda_ext.sparse_mla_prefill(q, kv, idx, 0.1)
 
 # ---------------------------------------------------------- grouped GEMM ----
 

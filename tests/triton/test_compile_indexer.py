@@ -3,7 +3,9 @@
 For sm_90a, sm_100a, sm_89 and sm_80 (the byte path: Triton has no e4m3 type below sm_89) every kernel
 must compile with no register spills (no STL/LDL in the SASS) and shared memory within the limit;
 the FP8 GEMM and the logits kernels must use the FP8 tensor-core instruction of the target
-(QGMMA = FP8 wgmma on sm_90a, UTCQMMA = tcgen05 FP8 on sm_100a, QMMA on sm_89) and HMMA on sm_80.
+(QGMMA = FP8 wgmma on sm_90a, UTCQMMA = tcgen05 FP8 on sm_100a, QMMA on sm_89) and HMMA on sm_80; on
+sm_89+ the logits kernels take e4m3 as fp8e4nv (no u8 -> f8 bitcast in TTGIR) and, on sm_90a / sm_100a,
+feed the MMA from shared memory with no ttg.local_load (no shared -> registers -> shared round trip).
 One test per target compiles all kernels in one child process (tests/compile_util.py).
 """
 from __future__ import annotations
@@ -23,6 +25,26 @@ BF16_MMA = {90: "HGMMA", 100: "UTCHMMA", 89: "HMMA", 80: "HMMA"}
 def _launch(cfg: dict):
     cfg = dict(cfg)
     return cfg.pop("num_warps"), cfg.pop("num_stages", 3), cfg
+
+
+def topk_split_specs(arch: int) -> list[tuple[dict, None]]:
+    """The multi-CTA top-k: the chunk kernel (all five steps in one binary) on every target, the final (sort)
+    kernel where the one-launch kernel is also built (not sm_89: same code shape, no MMA, slow to compile)."""
+    from deepseek_v32_plugin.triton_kernels import indexer as ix
+    lay = ix._ws_layout(1 << ix.TOPK_CONFIG["FINE_BITS"])
+    common = dict(CAP=ix.TOPK_CONFIG["CAP"], FINE_BITS=ix.TOPK_CONFIG["FINE_BITS"], WORDS=lay.pop("WORDS"))
+    sig = {"x_ptr": "*fp32", "ks_ptr": "*i32", "ke_ptr": "*i32", "out_ptr": "*i32", "cand_ptr": "*i32",
+           "ws_ptr": "*i32", "N": "i32", "stride_x": "i32", "TOPK": "i32"}
+    nw, ns, cfg = _launch({k: v for k, v in ix.TOPK_SPLIT_CONFIG.items() if k != "MIN_SPLITS"})
+    out = [(dict(module=MOD_I, kernel="_topk_split_kernel", signature=dict(sig, S="i32", STEP="i32"),
+                 constexprs=dict(cfg, **lay, **common), aligned=["stride_x", "TOPK"],
+                 num_warps=nw, num_stages=ns, tag="topk split steps 1-5"), None)]
+    if arch != 89:
+        nw, ns, cfg = _launch(ix.TOPK_CONFIG)
+        out.append((dict(module=MOD_I, kernel="_topk_split_final_kernel", signature=sig,
+                         constexprs=dict(BLOCK=cfg["BLOCK"], TOPK_PAD=2048, H9=lay["H9"], MM=lay["MM"], **common),
+                         aligned=["stride_x", "TOPK"], num_warps=nw, num_stages=ns, tag="topk split final"), None))
+    return out
 
 
 def specs_for(arch: int) -> list[tuple[dict, str | None]]:
@@ -65,19 +87,20 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
                          tag=f"cache gather={gather}"), None))
     nw, ns, cfg = _launch(ix.logits_config(64, cap))
     out.append((dict(module=MOD_I, kernel="_fp8_logits_kernel",
-                     signature={"q_ptr": "*u8", "k_ptr": "*u8", "kscale_ptr": "*fp32", "w_ptr": "*fp32",
+                     signature={"q_ptr": f8, "k_ptr": f8, "kscale_ptr": "*fp32", "w_ptr": "*fp32",
                                 "ks_ptr": "*i32", "ke_ptr": "*i32", "out_ptr": "*fp32", "S": "i32", "N": "i32",
                                 "H": "i32", "KEYS_PER_SPLIT": "i32"},
                      constexprs=dict(cfg, D=128, NATIVE_FP8=native), aligned=["N", "KEYS_PER_SPLIT"],
-                     num_warps=nw, num_stages=ns, tag="logits H=64"), FP8_MMA[arch]))
+                     num_warps=nw, num_stages=ns, tag="logits H=64", fp8_operands_direct=native), FP8_MMA[arch]))
     for next_n in ((1, 2, 4) if arch in (90, 100) else (1, 4)):
         nw, ns, cfg = _launch(ix.paged_logits_config(64, next_n, cap))
         out.append((dict(module=MOD_I, kernel="_fp8_paged_logits_kernel",
-                         signature={"q_ptr": "*u8", "cache_ptr": "*u8", "cache_f32_ptr": "*fp32", "w_ptr": "*fp32",
+                         signature={"q_ptr": f8, "cache_ptr": f8, "cache_f32_ptr": "*fp32", "w_ptr": "*fp32",
                                     "ctx_ptr": "*i32", "bt_ptr": "*i32", "out_ptr": "*fp32", "H": "i32",
                                     "MAX_LEN": "i32", "bt_stride": "i32", "PAGES_PER_SPLIT": "i32"},
                          constexprs=dict(cfg, NEXT_N=next_n, D=128, NATIVE_FP8=native), num_warps=nw, num_stages=ns,
-                         tag=f"paged logits H=64 next_n={next_n}"), FP8_MMA[arch]))
+                         tag=f"paged logits H=64 next_n={next_n}", fp8_operands_direct=native), FP8_MMA[arch]))
+    out += topk_split_specs(arch)
     nw, ns, cfg = _launch(ix.TOPK_CONFIG)
     if arch == 89:   # slowest to compile; no MMA: sm_90/100/80 cover it
         return out

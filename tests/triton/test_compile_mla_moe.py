@@ -3,7 +3,9 @@
 For sm_90a, sm_100a, sm_89 and sm_80 every kernel must compile with no register spills (no STL/LDL in
 the SASS) and shared memory within the limit. The grouped GEMM must use the target's FP8 tensor-core
 instruction (QGMMA = FP8 wgmma on sm_90a, UTCQMMA = tcgen05 FP8 on sm_100a, QMMA on sm_89; HMMA on
-sm_80, where e4m3 bytes are decoded to fp16); the attention kernel its bf16 one (HGMMA / UTCHMMA / HMMA).
+sm_80, where e4m3 bytes are decoded to fp16) and, on sm_89+, take e4m3 as fp8e4nv (no u8 -> f8 bitcast in
+TTGIR; on sm_90a / sm_100a no ttg.local_load: shared memory feeds the MMA directly); the attention kernel
+its bf16 one (HGMMA / UTCHMMA / HMMA).
 A kernel that LLVM reduces to a bare `trap` (seen when accumulators overflow Blackwell's tensor memory)
 has no MMA and fails the check. One child process per target compiles everything (tests/compile_util.py).
 """
@@ -46,7 +48,11 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
                          aligned=["stride_q_t", "stride_q_h", "stride_kv_row", "stride_idx_t", "stride_o_t",
                                   "stride_o_s", "stride_o_h"],
                          num_warps=nw, num_stages=ns,
-                         tag=f"mla attn {'fp8' if fp8 else 'bf16'} BLOCK_H={c['BLOCK_H']}"),
+                         tag=f"mla attn {'fp8' if fp8 else 'bf16'} BLOCK_H={c['BLOCK_H']}",
+                         # KNOWN (issue 14 fix 4, open): on sm_90a the 64-head S = QK^T runs in both
+                         # warpgroups (Triton lays a dot feeding another dot out as [num_warps, 1] warps);
+                         # measured x2 here so a fix lowers this bound and any regression fails
+                         max_mma_dup=2 if arch == 90 and c["BLOCK_H"] == 64 else 1),
                     BF16_MMA[arch] if c["BLOCK_H"] >= 64 else BF16_MMA[80]))
     out.append((dict(module=MOD_A, kernel="_combine_kernel",
                      signature={"op_ptr": "*fp32", "lp_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
@@ -71,26 +77,27 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
     gcfg = fm.gemm_config_for(cap)
     bm = gcfg["BLOCK_M"]
     nw, ns, cfg = _split(gcfg)
-    sig_c = {"a_ptr": "*u8", "stride_am": "i32", "as_ptr": "*fp32", "stride_asm": "i32",
-             "b_ptr": "*u8", "stride_bg": "i64", "stride_bn": "i32", "bs_ptr": "*fp32", "stride_bsg": "i32",
+    f8 = "*fp8e4nv" if native else "*u8"
+    sig_c = {"a_ptr": f8, "stride_am": "i32", "as_ptr": "*fp32", "stride_asm": "i32",
+             "b_ptr": f8, "stride_bg": "i64", "stride_bn": "i32", "bs_ptr": "*fp32", "stride_bsg": "i32",
              "stride_bsn": "i32", "mi_ptr": "*i32", "c_ptr": "*bf16", "stride_cm": "i32",
              "M": "i32", "N": "i32", "K": "i32", "G": "i32"}
     al = ["stride_am", "stride_bg", "stride_bn", "stride_cm", "K"]
     out.append((dict(module=MOD_M, kernel="_grouped_gemm_contiguous_kernel", signature=sig_c,
                      constexprs=dict(cfg, FP8_NATIVE=native, SECOND_PASS=False), aligned=al,
-                     num_warps=nw, num_stages=ns, tag="gemm contiguous"), FP8_MMA[arch]))
+                     num_warps=nw, num_stages=ns, tag="gemm contiguous", fp8_operands_direct=native), FP8_MMA[arch]))
     nw2, ns2, cfg2 = _split(fm.second_pass_config(bm))
     out.append((dict(module=MOD_M, kernel="_grouped_gemm_contiguous_kernel", signature=sig_c,
                      constexprs=dict(cfg2, BLOCK_M=bm, GROUP_M=cfg["GROUP_M"], FP8_NATIVE=native, SECOND_PASS=True),
-                     aligned=al, num_warps=nw2, num_stages=ns2, tag="gemm contiguous 2nd pass"), FP8_MMA[arch]))
-    sig_m = {"a_ptr": "*u8", "stride_ag": "i64", "stride_am": "i32", "as_ptr": "*fp32", "stride_asg": "i32",
-             "stride_asm": "i32", "b_ptr": "*u8", "stride_bg": "i64", "stride_bn": "i32", "bs_ptr": "*fp32",
+                     aligned=al, num_warps=nw2, num_stages=ns2, tag="gemm contiguous 2nd pass", fp8_operands_direct=native), FP8_MMA[arch]))
+    sig_m = {"a_ptr": f8, "stride_ag": "i64", "stride_am": "i32", "as_ptr": "*fp32", "stride_asg": "i32",
+             "stride_asm": "i32", "b_ptr": f8, "stride_bg": "i64", "stride_bn": "i32", "bs_ptr": "*fp32",
              "stride_bsg": "i32", "stride_bsn": "i32", "mm_ptr": "*i32", "c_ptr": "*bf16", "stride_cg": "i64",
              "stride_cm": "i32", "M": "i32", "N": "i32", "K": "i32"}
     out.append((dict(module=MOD_M, kernel="_grouped_gemm_masked_kernel", signature=sig_m,
                      constexprs=dict(cfg, FP8_NATIVE=native),
                      aligned=["stride_ag", "stride_am", "stride_bg", "stride_bn", "stride_cg", "stride_cm", "K"],
-                     num_warps=nw, num_stages=ns, tag="gemm masked"), FP8_MMA[arch]))
+                     num_warps=nw, num_stages=ns, tag="gemm masked", fp8_operands_direct=native), FP8_MMA[arch]))
     out.append((dict(module=MOD_M, kernel="_silu_mul_quant_kernel",
                      signature={"x_ptr": "*bf16", "stride_xm": "i32", "q_ptr": "*u8", "stride_qm": "i32",
                                 "s_ptr": "*fp32", "stride_sm": "i32", "M": "i32", "N": "i32"},
@@ -103,3 +110,14 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
 def test_shipped_configs_compile(arch):
     pytest.importorskip("triton")
     check_shipped_configs(specs_for(arch), arch)
+
+
+def test_mma_duplication_parser():
+    """compile_util.mma_duplication on TTGIR shaped like Triton's: [8, 1] warps on a 64-row dot = x2."""
+    from compile_util import mma_duplication
+    ttgir = ("#mma = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [8, 1], instrShape = [16, 16, 16]}>\n"
+             "#mma1 = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [4, 2], instrShape = [16, 64, 16]}>\n"
+             "%s = ttng.warp_group_dot %a, %b, %c : !ttg.memdesc<64x64xbf16> * !ttg.memdesc<64x32xbf16> -> tensor<64x32xf32, #mma>\n"
+             "%o = ttng.warp_group_dot %p, %k, %d : tensor<64x32xbf16> * !ttg.memdesc<32x128xbf16> -> tensor<64x128xf32, #mma1>\n")
+    assert mma_duplication(ttgir) == 2
+    assert mma_duplication(ttgir.replace("[8, 1]", "[4, 1]")) == 1

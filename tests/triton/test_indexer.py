@@ -250,6 +250,66 @@ def test_indexer_topk_concentrated(triton_device, seed, gen):
     check_topk(idx, logits, topk, ks, ke)
 
 
+
+@pytest.fixture
+def split_topk(monkeypatch):
+    """Forces the multi-CTA top-k (rows split over CTAs) on small shapes: 512-key chunks, 64 SMs assumed."""
+    from deepseek_v32_plugin.triton_kernels import indexer as tk
+    monkeypatch.setitem(tk.TOPK_SPLIT_CONFIG, "BLOCK", 512)
+    monkeypatch.setattr(tk, "_num_sms", lambda dev: 64)
+    return tk
+
+
+def _split_logits(gen: str, r: int, n: int, seed: int) -> torch.Tensor:
+    if gen == "normal":
+        return torch.randn(r, n) * 10
+    if gen == "concentrated":
+        return concentrated_logits(r, n, seed)
+    if gen == "concentrated_negative":
+        return -concentrated_logits(r, n, seed)
+    if gen == "tied":                    # 16 levels: threshold bin > CAP, shift > 8 (two tie passes)
+        return torch.randint(0, 16, (r, n)).float()
+    if gen == "tied_narrow":             # 16 levels 2^-20 apart: shift 0 (one tie pass)
+        return 1.0 + torch.randint(0, 16, (r, n)).float() * 2.0 ** -20
+    if gen == "masked":                  # negative values, 30% -inf inside the window, +-3e38
+        x = -torch.rand(r, n) * 1e-3
+        x[torch.rand(r, n) < 0.3] = float("-inf")
+        x[:, 0], x[:, 1] = 3e38, -3e38
+        return x
+    raise ValueError(gen)
+
+
+@pytest.mark.parametrize("topk", [300, 2048])
+@pytest.mark.parametrize("gen", ["normal", "concentrated", "concentrated_negative", "tied", "tied_narrow", "masked"])
+def test_indexer_topk_split_rows(triton_device, seed, split_topk, monkeypatch, gen, topk):
+    """Multi-CTA top-k: each row's window split over S CTAs (per-chunk histograms merged by atomics), on
+    windows longer / one longer / exactly as long / shorter than topk, empty, and offset by ks; the tie
+    generators run with a small candidate buffer so the heavy-tie steps (4, 5) run too."""
+    tk = split_topk
+    if gen.startswith("tied"):
+        monkeypatch.setitem(tk.TOPK_CONFIG, "CAP", 32)
+    r, n = 6, 5000
+    assert tk.topk_splits(r, n, 64) >= 4                  # the split path, not _topk_kernel
+    logits = _split_logits(gen, r, n, seed)
+    ks = torch.tensor([0, 37, 0, 100, 9, 4999], dtype=torch.int32)
+    ke = torch.tensor([n, n - 11, topk + 1, 100 + topk, 9 + topk // 2, 4999], dtype=torch.int32)
+    idx = ops.indexer_topk(logits.to(triton_device), topk, ks.to(triton_device), ke.to(triton_device),
+                           backend="triton")
+    check_topk(idx, logits, topk, ks, ke)
+
+
+def test_indexer_topk_split_plan():
+    """Few long rows take the split path (>= 64 CTAs at 4 x 128K on 132 SMs); many rows, or rows shorter
+    than MIN_SPLITS chunks, keep the one-launch kernel; the grid depends on host-known shapes only."""
+    from deepseek_v32_plugin.triton_kernels import indexer as tk
+    assert tk.topk_splits(4, 131072, 132) * 4 >= 64
+    assert tk.topk_splits(1, 131072, 132) == 32
+    assert tk.topk_splits(64, 9295, 132) == 1 and tk.topk_splits(256, 131072, 132) == 1
+    assert tk.topk_splits(4, 8192, 132) == 1
+    launches = tk.topk_launches(4, 131072, 132)
+    assert [g for _, g in launches] == [(4, 32)] * 5 + [(4,)]
+
+
 def test_indices_to_slots(triton_device, seed):
     r, k, max_pages = 6, 300, 9
     bt = torch.randint(0, 1000, (r, max_pages), dtype=torch.int32)

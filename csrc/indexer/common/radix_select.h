@@ -55,6 +55,29 @@ DSV32_HD uint32_t radix_threshold(const uint32_t* keys, int n, uint32_t k, uint3
   return prefix;
 }
 
+// Multi-CTA top-k (indexer/sm80/indexer_topk.cu, split path): few long rows are split over several CTAs
+// per row, one kBlock-key chunk each at least; 1 = the one-CTA-per-row kernel. Host-known shapes only.
+constexpr int kSplitBlock = 4096;   // min keys per CTA
+constexpr int kMinSplits = 4;       // fewer: the one-CTA kernel
+constexpr int kFineBits = 9;        // the adaptive fine histogram (2^9 bins)
+constexpr int kSplitCap = 2048;     // candidates (keys in the threshold's fine bin) resolved by the final kernel
+// per-row workspace words (uint32): hist8 [256], fine [512], tie hists [256] x 2, counters [gt, cand, eq, -],
+// key range [kmax, ~kmin] (0 is the identity of both atomicMax), then the candidate positions [kSplitCap]
+constexpr int kWsH8 = 0, kWsH9 = 256, kWsHA = 256 + (1 << kFineBits), kWsHB = kWsHA + 256, kWsCnt = kWsHB + 256,
+              kWsMM = kWsCnt + 4, kWsCand = kWsMM + 4, kWsWords = kWsCand + kSplitCap;
+DSV32_HD int split_count(int rows, int n, int num_sms) {
+  if (rows <= 0) return 1;
+  const int by_keys = (n + kSplitBlock - 1) / kSplitBlock, by_sms = (num_sms + rows - 1) / rows;
+  const int s = by_keys < by_sms ? by_keys : by_sms;
+  return s >= kMinSplits ? s : 1;
+}
+// The smallest shift with (hi >> shift) - (lo >> shift) < 2^kFineBits: the fine histogram's bin width.
+DSV32_HD uint32_t fine_shift(uint32_t lo, uint32_t hi) {
+  uint32_t shift = 0;
+  while ((hi >> shift) - (lo >> shift) >= (1u << kFineBits)) ++shift;
+  return shift;
+}
+
 DSV32_HD int next_pow2(int x) {
   int p = 1;
   while (p < x) p <<= 1;

@@ -101,7 +101,11 @@ def naive_indexer_topk(logits, topk, ks, ke):
     valid = (cols[None, :] >= ks[:, None].long()) & (cols[None, :] < ke[:, None].long())
     masked = logits.float().masked_fill(~valid, float("-inf"))
     k = min(topk, n)
-    vals, idx = masked.topk(k, dim=-1)
+    # descending score; among equal scores (-inf inside the window included) positions inside [ks, ke) first,
+    # so a window that must take some of its -inf keys never yields a position outside it
+    inside_first = torch.argsort((~valid).to(torch.int8), dim=-1, stable=True)
+    order = torch.argsort(masked.gather(1, inside_first), dim=-1, descending=True, stable=True)
+    idx = inside_first.gather(1, order[:, :k])
     count = (ke.long() - ks.long()).clamp(min=0, max=topk)
     keep = torch.arange(k, device=logits.device)[None, :] < count[:, None]
     idx = torch.where(keep, idx - ks[:, None].long(), torch.full_like(idx, -1)).int()
