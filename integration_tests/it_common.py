@@ -6,7 +6,12 @@ commit gives the same verdict every run; scripts/sweep.py reruns the engine comp
 reports failure rates per check (from record_stat's figures). A failing test's report names the seed."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import time
 
 import pytest
 import torch
@@ -40,6 +45,45 @@ def check_greedy(lp: torch.Tensor, tokens: list, info=None, margin: float = NEAR
                 f"{(top2[0] - top2[1]).item():.3f} >= margin {margin:.2f}) {info or ''} seed {SEED}"
             return i
     return len(tokens)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(cmd: list, port: int, log_path, health: str = "/health", env=None, timeout: float = 420):
+    """Start an example server (cmd, its own process group, output to log_path), wait until GET health answers
+    200, yield its URL; stop the whole process group afterwards. A server that exits or is not ready in time is
+    one AssertionError carrying the end of its log."""
+    import requests
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited rc={proc.returncode}:\n{open(log_path).read()[-6000:]}")
+            try:
+                if requests.get(url + health, timeout=30).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() > deadline:
+                raise AssertionError(f"server not ready after {timeout:.0f} s:\n{open(log_path).read()[-6000:]}")
+            time.sleep(2)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -2,55 +2,27 @@
 /v1/models, /v1/completions (greedy tokens equal the bf16 reference) and /v1/chat/completions, and the
 shared examples/client.py against it."""
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
 from conftest import check_greedy_against, prompt_ids
+from it_common import free_port, serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_ckpt, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("sglang_server") / "server.log"
+    port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, os.path.join(REPO, "examples", "serve_sglang.py"), "--model",
-                                 tiny_ckpt, "--port", str(port), "--", "--log-level", "warning"],
-                                stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 420
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-5000:]}")
-            try:
-                if requests.get(f"{url}/health_generate", timeout=30).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                raise AssertionError(f"server not ready after 420 s:\n{log.read_text()[-5000:]}")
-            time.sleep(2)
+    cmd = [sys.executable, os.path.join(REPO, "examples", "serve_sglang.py"), "--model", tiny_ckpt,
+           "--port", str(port), "--", "--log-level", "warning"]
+    with serving(cmd, port, tmp_path_factory.mktemp("sglang_server") / "server.log", "/health_generate",
+                 env=env) as url:
         yield url, port
-    finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
 
 
 def test_models_endpoint(server):

@@ -2,10 +2,8 @@
 /v1/completions, /v1/chat/completions (vLLM's deepseek_v32 tokenizer mode / chat encoding), and 50 concurrent
 requests of mixed lengths that must equal their one-at-a-time outputs; examples/client.py against it."""
 import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -13,49 +11,21 @@ import requests
 import torch
 
 
+from it_common import free_port, serving
 from vllm_it import NEAR_TIE, engine_env, reference_logprobs
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_ckpt, tmp_path_factory):
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
+    port = free_port()
     env = engine_env(1)
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING")   # the real server layout: API server + engine-core process
     cmd = [sys.executable, os.path.join(REPO, "examples", "serve_vllm.py"), "--model", tiny_ckpt, "--port", str(port),
            "--max-model-len", "512", "--", "--dtype", "float32", "--max-num-seqs", "64", "--seed", "0"]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 400
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise AssertionError(f"server exited rc={proc.returncode}:\n{log.read()[-6000:]}")
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                log.seek(0)
-                raise AssertionError(f"server not ready after 400 s:\n{log.read()[-6000:]}")
-            time.sleep(2)
+    with serving(cmd, port, tmp_path_factory.mktemp("server") / "server.log", env=env) as url:
         yield url, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _complete(url, model, prompt, max_tokens=6):

@@ -8,60 +8,31 @@ exactly the DSML block of two calls (deepseek_v32_plugin/testing_chat.py). The s
 vLLM applies it only after `</think>`, which a random model never writes). One server for the whole module."""
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
 from deepseek_v32_plugin import testing_chat as tc
 
+from it_common import free_port, serving
 from vllm_it import engine_env
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_ckpt, tmp_path_factory):
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("server_tools") / "server.log", "w+")
+    port = free_port()
     env = engine_env(1)
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING")   # the real server layout: API server + engine-core process
     cmd = [sys.executable, os.path.join(REPO, "examples", "serve_vllm.py"), "--model", tiny_ckpt, "--port", str(port),
            "--max-model-len", "2048", "--", "--dtype", "float32", "--max-num-seqs", "8", "--seed", "0",
            "--structured-outputs-config", json.dumps({"enable_in_reasoning": True})]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 400
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise AssertionError(f"server exited rc={proc.returncode}:\n{log.read()[-6000:]}")
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                log.seek(0)
-                raise AssertionError(f"server not ready after 400 s:\n{log.read()[-6000:]}")
-            time.sleep(2)
+    log = tmp_path_factory.mktemp("server_tools") / "server.log"
+    with serving(cmd, port, log, env=env) as url:
         yield url, tiny_ckpt, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _chat(url, model, messages, stream=False, **kw):
