@@ -201,3 +201,11 @@ def check_forced_answer(reasoning, content, msg_calls) -> None:
     assert reasoning is not None and re.fullmatch(REASONING_RE, reasoning.strip()), repr(reasoning)
     assert content is not None and re.fullmatch(CONTENT_RE, content.strip()), repr(content)
     assert msg_calls == [(n, a) for n, a in FORCED_CALLS], msg_calls
+
+
+def first_difference(checkpoint: str, got: list, want: list) -> str:
+    """Where two prompt-id lists part, decoded with the checkpoint's tokenizer (for assertion messages)."""
+    tok = tokenizer(checkpoint)
+    k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    return (f"first difference at token {k}: served {tok.decode(got[k:k + 30])!r} "
+            f"vs golden {tok.decode(want[k:k + 30])!r}")

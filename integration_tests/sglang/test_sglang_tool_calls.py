@@ -121,7 +121,7 @@ def test_multi_turn_prompt_equals_golden(server):
     got, want = _prompt_ids(r.json()), _golden_as_sglang_serves_it(ckpt)
     assert got is not None, r.json()
     assert got[:2] == [0, 0], got[:4]
-    assert got == want, _first_diff(ckpt, got, want)
+    assert got == want, tc.first_difference(ckpt, got, want)
 
 
 def test_system_message_with_tools(server):
@@ -132,14 +132,7 @@ def test_system_message_with_tools(server):
     assert r.status_code == 200, r.text
     golden = tc.tokenizer(ckpt).encode(tc.GOLDEN_SYSTEM_PROMPT, add_special_tokens=False)
     got, want = _prompt_ids(r.json()), [golden[0]] + golden
-    assert got == want, _first_diff(ckpt, got, want)
-
-
-def _first_diff(ckpt, got, want):
-    tok = tc.tokenizer(ckpt)
-    k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-    return (f"first difference at token {k}: served {tok.decode(got[k:k + 30])!r} "
-            f"vs golden {tok.decode(want[k:k + 30])!r}")
+    assert got == want, tc.first_difference(ckpt, got, want)
 
 
 def test_bad_tool_inputs_then_still_serving(server):

@@ -109,7 +109,7 @@ def test_multi_turn_prompt_equals_golden(server):
     assert r.status_code == 200, r.text
     got = r.json()["prompt_token_ids"]
     want = tc.golden_multi_turn_ids(model)
-    assert got == want, _first_diff(model, got, want)
+    assert got == want, tc.first_difference(model, got, want)
 
 
 def test_system_message_with_tools(server):
@@ -125,14 +125,7 @@ def test_system_message_with_tools(server):
     assert got != tok.encode(tc.GOLDEN_SYSTEM_PROMPT, add_special_tokens=False)
     vllm_order = tc.BOS + "\n\n" + tc.GOLDEN_TOOLS_SYSTEM + "Be brief.<｜User｜>hi<｜Assistant｜></think>"
     want = tok.encode(vllm_order, add_special_tokens=False)
-    assert got == want, _first_diff(model, got, want)
-
-
-def _first_diff(model, got, want):
-    tok = tc.tokenizer(model)
-    k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-    return (f"first difference at token {k}: served {tok.decode(got[k:k + 30])!r} "
-            f"vs golden {tok.decode(want[k:k + 30])!r}")
+    assert got == want, tc.first_difference(model, got, want)
 
 
 def test_bad_tool_inputs_then_still_serving(server):
