@@ -85,6 +85,13 @@ def seed_for(nodeid: str) -> int:
     return (int.from_bytes(hashlib.sha256(nodeid.encode()).digest()[:4], "little") + base) % (1 << 30)
 
 
+@pytest.fixture(scope="session")
+def seed_of():
+    """seed_for as a fixture, for module-scoped fixtures that seed themselves (`from conftest import` may find
+    tests/cuda/conftest.py first, depending on which files an xdist worker collected)."""
+    return seed_for
+
+
 @pytest.fixture(autouse=True)
 def _seeded_rngs(request):
     """Every test starts from its own fixed RNG state (torch, random, numpy), also tests that draw without
