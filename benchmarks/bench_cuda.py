@@ -1,4 +1,4 @@
-"""CUDA-extension kernels in the shared GPU suite (benchmarks/run_gpu_suite.py calls run(h)).
+"""CUDA-extension kernels vs Triton, a sweep beyond benchmarks/gpu_check's anchor rows (run alone, or call run(h)).
 
 One row per (op, shape, backend): the CUDA kernel, the Triton kernel where it exists (same op through
 ops.<family>.<op>(..., backend="triton")), `x torch ref` against the plain-PyTorch reference. Anchors are

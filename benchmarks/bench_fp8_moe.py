@@ -1,4 +1,4 @@
-"""Time the Triton grouped FP8 MoE kernels (run by benchmarks/run_gpu_suite.py, or alone: python benchmarks/bench_fp8_moe.py).
+"""Time the Triton grouped FP8 MoE kernels (a sweep beyond benchmarks/gpu_check's anchor rows; run alone: python benchmarks/bench_fp8_moe.py).
 
 Grouped GEMM: flops = 2 * rows * N * K over the valid rows; bytes = rows*K + G*N*K (e4m3) + 2*rows*N (bf16)
 + scales. Shapes are DeepSeek-V3.2's experts (hidden 7168, moe_intermediate 2048): the gate/up GEMM

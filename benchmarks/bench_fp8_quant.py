@@ -1,4 +1,4 @@
-"""Time the Triton fp8_quant kernels (run by benchmarks/run_gpu_suite.py, or alone: python benchmarks/bench_fp8_quant.py).
+"""Time the Triton fp8_quant kernels (a sweep beyond benchmarks/gpu_check's anchor rows; run alone: python benchmarks/bench_fp8_quant.py).
 
 fp8_gemm_nt: flops = 2 M N K; bytes = M K + N K (e4m3) + 2 M N (bf16 out) + scales.
 fp8_quant_act: bytes = 2 M K (bf16 in) + M K (e4m3 out) + 4 M K / 128 (scales).

@@ -1,4 +1,4 @@
-"""Time the Triton indexer kernels (run by benchmarks/run_gpu_suite.py, or alone: python benchmarks/bench_indexer.py).
+"""Time the Triton indexer kernels (a sweep beyond benchmarks/gpu_check's anchor rows; run alone: python benchmarks/bench_indexer.py).
 
 Bytes/FLOPs counted up front (each input read once, each output written once):
   paged decode logits  bytes = B * ctx * 132 (the key cache: issue target >= 80% of copy bandwidth)

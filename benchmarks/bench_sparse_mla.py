@@ -1,4 +1,4 @@
-"""Time the Triton sparse-MLA kernels (run by benchmarks/run_gpu_suite.py, or alone: python benchmarks/bench_sparse_mla.py).
+"""Time the Triton sparse-MLA kernels (a sweep beyond benchmarks/gpu_check's anchor rows; run alone: python benchmarks/bench_sparse_mla.py).
 
 FLOPs follow FlashMLA: 2 * rows * h * topk * (576 + 512) (QK over 576, PV over 512) with rows = b * s_q
 (decode) or s_q (prefill). Bytes: the gathered latent rows (656 B FP8 / 1152 B bf16 per index, an upper

@@ -5,11 +5,18 @@
   python examples/serve_sglang.py --mtp                 # + speculative decoding, the MTP layer drafting 2 tokens
 Arguments after `--` go to `python -m sglang.launch_server` unchanged. The plugin needs nothing else: SGLang
 loads it through its `sglang.srt.plugins` entry point (DSV32_SGLANG_BUILTIN=1 uses SGLang's built-in V3.2).
+It serves V3.2 the way its users do: SGLang's V3.2 chat encoding (its `deepseek-v32` Python encoder, chosen for
+the architecture), thinking per request (`chat_template_kwargs={"thinking": true}`) split out by SGLang's
+`deepseek-v3` reasoning parser, and DSML tool calls parsed by its `deepseekv32` detector (`--no-tools` leaves
+both parsers off).
 Then try: python examples/client.py --port 30000
 """
 import argparse
 import os
 import sys
+
+# SGLang's own V3.2 parsers: DSML tool calls -> `tool_calls`, `<think>...</think>` -> `reasoning_content`
+V32_PARSER_ARGS = ["--tool-call-parser", "deepseekv32", "--reasoning-parser", "deepseek-v3"]
 
 
 def main() -> None:
@@ -22,7 +29,10 @@ def main() -> None:
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--mtp", action="store_true", help="EAGLE speculative decoding with the checkpoint's MTP layer "
                    "(2 draft steps, chain: the plugin's backend drafts with topk 1)")
+    p.add_argument("--no-tools", action="store_true", help="no tool-call / reasoning parsers")
     args = p.parse_args(argv)
+    if not args.no_tools:
+        extra = [*V32_PARSER_ARGS, *extra]
     if args.mtp:
         extra = ["--speculative-algorithm", "EAGLE", "--speculative-num-steps", "2", "--speculative-eagle-topk", "1",
                  "--speculative-num-draft-tokens", "3", *extra]

@@ -67,6 +67,7 @@ def main() -> int:
     ap.add_argument("--engines", default="vllm,sglang")
     ap.add_argument("--budget-min", type=float, default=30.0, help="start no new run after this many minutes")
     ap.add_argument("--venvs", default=os.environ.get("DSV32_VENVS", os.path.join(ROOT, ".venvs")))
+    ap.add_argument("--tests", default="", help="comma-separated pytest ids replacing SWEEP_TESTS (one engine)")
     ap.add_argument("--out", default=None, help="also write the report (Markdown) here")
     args = ap.parse_args()
     engines = [e for e in args.engines.split(",") if e]
@@ -81,7 +82,8 @@ def main() -> int:
                 break
             seed = args.start + i
             ts = time.time()
-            res = run_one(engine, seed, SWEEP_TESTS[engine], args.venvs, stats_file, timeout=1800)
+            tests = args.tests.split(",") if args.tests else SWEEP_TESTS[engine]
+            res = run_one(engine, seed, tests, args.venvs, stats_file, timeout=1800)
             done[engine] += 1
             for test, oc in res.items():
                 outcomes[(engine, test)][oc] += 1

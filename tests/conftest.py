@@ -76,22 +76,6 @@ def triton_device():
     return "cuda" if ON_GPU else "cpu"
 
 
-def seed_for(nodeid: str) -> int:
-    """The seed of one test: a hash of its pytest node id, offset by DSV32_TEST_SEED (default 0), so the same
-    commit draws the same inputs in every run, in any order and under any xdist split; a seed sweep sets
-    DSV32_TEST_SEED to other values."""
-    import hashlib
-    base = int(os.environ.get("DSV32_TEST_SEED", "0"))
-    return (int.from_bytes(hashlib.sha256(nodeid.encode()).digest()[:4], "little") + base) % (1 << 30)
-
-
-@pytest.fixture(scope="session")
-def seed_of():
-    """seed_for as a fixture, for module-scoped fixtures that seed themselves (`from conftest import` may find
-    tests/cuda/conftest.py first, depending on which files an xdist worker collected)."""
-    return seed_for
-
-
 @pytest.fixture(autouse=True)
 def _seeded_rngs(request):
     """Every test starts from its own fixed RNG state (torch, random, numpy), also tests that draw without
@@ -99,6 +83,7 @@ def _seeded_rngs(request):
     import random
 
     import torch
+    from seeding import seed_for
     s = seed_for(request.node.nodeid)
     request.node.dsv32_seed = s
     random.seed(s)

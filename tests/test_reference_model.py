@@ -18,9 +18,10 @@ TOPK = 32  # the tiny preset's index_topk
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, request, seed_of):
-    path = tmp_path_factory.mktemp("tiny")   # module fixtures run before the per-test seeding: seed this one
-    write_checkpoint(preset_config("tiny"), str(path), seed=seed_of(request.module.__name__))
+def tiny(tmp_path_factory, request):
+    from seeding import seed_for   # module fixtures run before the per-test seeding: seed this one itself
+    path = tmp_path_factory.mktemp("tiny")
+    write_checkpoint(preset_config("tiny"), str(path), seed=seed_for(request.module.__name__))
     cfg, tensors = load_checkpoint(str(path))
     return cfg, tensors, ReferenceModel(cfg, tensors)
 

@@ -10,7 +10,10 @@ per 128 output columns (128x128 blocks):
 Contiguous layout: a tile's expert is read from m_indices. Aligned inputs (each expert's rows contiguous
 and padded to BLOCK_M, as moe_align does) take one pass; a tile whose rows belong to several experts runs
 once per distinct expert and stores only that expert's rows, so any m_indices is correct. Rows whose
-m_indices is outside [0, G) (e.g. -1 padding) are written as 0.
+m_indices is outside [0, G) (e.g. -1 padding) are not written, and a tile without valid rows exits at once.
+Masked layout: rows >= masked_m[g] are not written; tiles past masked_m[g] exit at once. So with per-expert
+padded rows and device-side counts (the grid sized for the worst case), the MMA work is
+sum_e ceil(n_e / BLOCK_M) * N / BLOCK_N tiles and nothing is spent on padding (benchmarks/work_model.py).
 sm_80/86 (no fp8e4nv in Triton): the e4m3 bytes are decoded to fp16 with integer ops (exact, value/256)
 and multiplied with fp16 tl.dot; the 2^16 factor is folded into the scales.
 """
@@ -124,10 +127,6 @@ def _grouped_gemm_contiguous_kernel(a_ptr, stride_am, as_ptr, stride_asm,
             tl.store(p_c, b_acc.to(c_ptr.dtype.element_ty), mask=m_e[:, None] & m_n[None, :])
             e = tl.min(tl.where(b_ids > e, b_ids, _BIG), axis=0)
     else:
-        m_pad = m_m & (b_ids == _BIG)
-        if tl.max(m_pad.to(tl.int32), axis=0) > 0:
-            tl.store(p_c, tl.zeros([BLOCK_M, BLOCK_N], dtype=c_ptr.dtype.element_ty),
-                     mask=m_pad[:, None] & m_n[None, :])
         if e < _BIG:
             # the tile's first (for aligned layouts: only) expert
             m_e = m_m & (b_ids == e)
@@ -151,16 +150,12 @@ def _grouped_gemm_masked_kernel(a_ptr, stride_ag, stride_am, as_ptr, stride_asg,
     o_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     p_c = c_ptr + g * stride_cg + o_m[:, None].to(tl.int64) * stride_cm + o_n[None, :]
-    if pid_m * BLOCK_M >= n_valid:
-        tl.store(p_c, tl.zeros([BLOCK_M, BLOCK_N], dtype=c_ptr.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
-    else:
+    if pid_m * BLOCK_M < n_valid:  # tiles past this group's rows: no work, no stores
         m_v = o_m < n_valid
         b_acc = _gemm_tile(a_ptr + g * stride_ag, stride_am, as_ptr + g * stride_asg, stride_asm,
                            b_ptr + g * stride_bg, stride_bn, bs_ptr + g * stride_bsg, stride_bsn,
                            o_m, m_v, pid_n * BLOCK_N, m_n, K, BLOCK_M, BLOCK_N, FP8_NATIVE)
-        # rows >= n_valid (garbage: their loads were masked) are stored as 0
-        b_acc = tl.where(m_v[:, None], b_acc, 0.0)
-        tl.store(p_c, b_acc.to(c_ptr.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
+        tl.store(p_c, b_acc.to(c_ptr.dtype.element_ty), mask=m_v[:, None] & m_n[None, :])
 
 
 def _check_gemm(a, a_scale, b, b_scale):
@@ -185,9 +180,32 @@ def _check_gemm(a, a_scale, b, b_scale):
         raise ValueError("a_scale and b_scale must have last-dim stride 1")
 
 
+def contiguous_launches(m: int, n: int, cap: tuple) -> list[dict]:
+    """The launches fp8_grouped_gemm_nt_contiguous makes for M rows x N columns on arch `cap`: one dict per
+    kernel launch with its grid (programs), BLOCK_M/BLOCK_N and SECOND_PASS (used by benchmarks/work_model.py)."""
+    cfg = gemm_config_for(cap)
+    bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
+    sp = second_pass_config(bm)
+    bn2 = min(sp.pop("BLOCK_N"), bn)
+    return [dict(grid=(triton.cdiv(m, bm) * triton.cdiv(n, bn),), BLOCK_M=bm, BLOCK_N=bn, SECOND_PASS=False, cfg=cfg),
+            dict(grid=(triton.cdiv(m, bm) * triton.cdiv(n, bn2),), BLOCK_M=bm, BLOCK_N=bn2, SECOND_PASS=True,
+                 cfg=dict(GROUP_M=cfg["GROUP_M"], **sp))]
+
+
+def masked_launch(g: int, m: int, n: int, cap: tuple) -> dict:
+    """The launch fp8_grouped_gemm_nt_masked makes for a [G, M, K] input (see contiguous_launches)."""
+    cfg = gemm_config_for(cap)
+    bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
+    return dict(grid=(triton.cdiv(m, bm) * triton.cdiv(n, bn), g), BLOCK_M=bm, BLOCK_N=bn, cfg=cfg)
+
+
+def _cap(device: torch.device) -> tuple:
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else (9, 0)
+
+
 def fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, out_dtype=torch.bfloat16):
     """a [M, K] e4m3, a_scale [M, K/128] fp32, b [G, N, K] e4m3, b_scale [G, ceil(N/128), K/128] fp32,
-    m_indices [M] int32 (expert of each row; outside [0, G) -> row is 0) -> [M, N] out_dtype."""
+    m_indices [M] int32 (expert of each row; outside [0, G) -> row not written) -> [M, N] out_dtype."""
     _check_gemm(a, a_scale, b, b_scale)
     require_device("m_indices", m_indices)
     if m_indices.dtype != torch.int32 or m_indices.shape != (a.shape[0],):
@@ -200,25 +218,20 @@ def fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, out_dtype=
     if G == 0:
         return out.zero_()
     native = native_fp8(a.device)
-    cfg = gemm_config(a.device)
-    bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
     m_indices = m_indices.contiguous()
     a8, b8 = a.view(torch.uint8), b.view(torch.uint8)
     args = (a8, a8.stride(0), a_scale, a_scale.stride(0),
             b8, b8.stride(0), b8.stride(1), b_scale, b_scale.stride(0), b_scale.stride(1),
             m_indices, out, out.stride(0), M, N, K, G)
-    _grouped_gemm_contiguous_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
-        *args, BLOCK_M=bm, BLOCK_N=bn, FP8_NATIVE=native, SECOND_PASS=False, **cfg)
-    sp = second_pass_config(bm)
-    bn2 = min(sp.pop("BLOCK_N"), bn)
-    _grouped_gemm_contiguous_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn2),)](
-        *args, BLOCK_M=bm, BLOCK_N=bn2, GROUP_M=cfg["GROUP_M"], FP8_NATIVE=native, SECOND_PASS=True, **sp)
+    for ln in contiguous_launches(M, N, _cap(a.device)):
+        _grouped_gemm_contiguous_kernel[ln["grid"]](*args, BLOCK_M=ln["BLOCK_M"], BLOCK_N=ln["BLOCK_N"],
+                                                    FP8_NATIVE=native, SECOND_PASS=ln["SECOND_PASS"], **ln["cfg"])
     return out
 
 
 def fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, out_dtype=torch.bfloat16):
     """a [G, M, K] e4m3, a_scale [G, M, K/128] fp32, b [G, N, K], b_scale [G, ceil(N/128), K/128],
-    masked_m [G] int32 -> [G, M, N] out_dtype; rows m >= masked_m[g] are 0."""
+    masked_m [G] int32 -> [G, M, N] out_dtype; rows m >= masked_m[g] are not written."""
     _check_gemm(a, a_scale, b, b_scale)
     require_device("masked_m", masked_m)
     G, M, K = a.shape
@@ -230,15 +243,13 @@ def fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, out_dtype=torch
     if G == 0 or M == 0 or N == 0:
         return out
     native = native_fp8(a.device)
-    cfg = gemm_config(a.device)
-    bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
+    ln = masked_launch(G, M, N, _cap(a.device))
     a8, b8 = a.view(torch.uint8), b.view(torch.uint8)
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn), G)
-    _grouped_gemm_masked_kernel[grid](
+    _grouped_gemm_masked_kernel[ln["grid"]](
         a8, a8.stride(0), a8.stride(1), a_scale, a_scale.stride(0), a_scale.stride(1),
         b8, b8.stride(0), b8.stride(1), b_scale, b_scale.stride(0), b_scale.stride(1),
         masked_m.contiguous(), out, out.stride(0), out.stride(1), M, N, K,
-        BLOCK_M=bm, BLOCK_N=bn, FP8_NATIVE=native, **cfg)
+        BLOCK_M=ln["BLOCK_M"], BLOCK_N=ln["BLOCK_N"], FP8_NATIVE=native, **ln["cfg"])
     return out
 
 

@@ -8,7 +8,7 @@ has the signature of its `naive_*` reference:
   indexer_cache_gather(kv_cache, slots)
   fp8_indexer_logits(q_fp8, k_fp8, k_scale, weights, ks, ke)          ragged prefill, FP8 MMA
   fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table, max_context_len)  next_n 1..4
-  indexer_topk(logits, topk, ks, ke)               radix select (4 x 8-bit histogram passes) + compaction + sort
+  indexer_topk(logits, topk, ks, ke)               top-byte + adaptive 512-bin histograms, compaction, sort
   indices_to_slots(indices, block_table, page_size)
 
 FP8 tensors enter the kernels as their bytes (uint8): on sm_89+ they are bitcast to fp8e4nv for the MMA,
@@ -428,6 +428,22 @@ def _row_radix_pass(row, ks, ke, prefix, remaining, SHIFT: tl.constexpr, BITS: t
 
 
 @triton.jit
+def _row_radix_pass_rt(row, ks, ke, prefix, remaining, lo, hi, BLOCK: tl.constexpr):
+    """_row_radix_pass with run-time bit positions: keys whose bits >= hi equal prefix's, histogram of bits
+    [lo, hi) (hi - lo <= 8)."""
+    o_b = tl.arange(0, BLOCK)
+    hist = tl.zeros((256,), tl.int32)
+    for n0 in range(ks, ke, BLOCK):
+        o_n = n0 + o_b
+        m_n = o_n < ke
+        key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
+        match = m_n & ((key >> hi) == (prefix >> hi))
+        hist += tl.histogram((key >> lo) & ((1 << (hi - lo)) - 1), 256, mask=match)
+    d, remaining, _ = _radix_step(hist, remaining, 256)
+    return prefix | (d << lo), remaining
+
+
+@triton.jit
 def _row_compact(row, orow, ks, ke, thr, n_eq, eq_base, BLOCK: tl.constexpr):
     """Write positions (relative to ks) of keys > thr to orow[0..], and the first n_eq keys == thr to
     orow[eq_base..]: stream compaction with prefix sums."""
@@ -451,15 +467,20 @@ def _row_compact(row, orow, ks, ke, thr, n_eq, eq_base, BLOCK: tl.constexpr):
 
 @triton.jit
 def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, N, stride_x, TOPK,
-                 TOPK_PAD: tl.constexpr, BLOCK: tl.constexpr, CAP: tl.constexpr, SORTED: tl.constexpr):
+                 TOPK_PAD: tl.constexpr, BLOCK: tl.constexpr, CAP: tl.constexpr, FINE_BITS: tl.constexpr,
+                 SORTED: tl.constexpr):
     """Per row, top-TOPK of [ks, ke) by radix select on order-preserving int32 keys.
 
-    Passes 1-2 (full row): 256-bin histograms of the top two key bytes (sign, exponent, 7 mantissa bits)
-    find the 16-bit prefix holding the TOPK-th largest key. If that prefix holds <= CAP keys (the usual
-    case), pass 3 (full row) writes every key above it to the output and its positions to a per-row
-    candidate buffer; the low 16 bits are resolved in registers over the candidates (two more 256-bin
-    histograms). Otherwise (heavy ties) two more full-row passes resolve the bits, then one compaction
-    pass. Finally the selection is sorted by descending score (ties in any order) and padded with -1."""
+    Pass 1 (full row): a 256-bin histogram of the top key byte (sign, 7 exponent bits) finds the byte
+    holding the TOPK-th largest key, and the row's key range. Pass 2 (full row): a 2^FINE_BITS-bin
+    histogram of key >> shift over the keys of that byte, shift the smallest that fits the byte's keys
+    within [min, max] in 2^FINE_BITS bins: the bins adapt to the data, so logits concentrated in a narrow
+    band (benchmarks/work_model.py `concentrated_logits`: the previous fixed 16-bit prefix held the whole
+    row there) still spread over many bins. If the threshold bin holds <= CAP keys (the usual case), pass 3
+    (full row) writes every key above it to the output and its positions to a per-row candidate buffer; the
+    low 16 bits are resolved in registers over the candidates (two more 256-bin histograms): 3 row passes.
+    Otherwise (heavy ties) the shift bits below the bin take 1-2 more full-row 8-bit radix passes, then one
+    compaction pass (4-5 row passes). Finally the selection is sorted by descending score (ties in any order) and padded with -1."""
     r = tl.program_id(0)
     row = x_ptr + r.to(tl.int64) * stride_x
     orow = out_ptr + r.to(tl.int64) * TOPK
@@ -467,17 +488,38 @@ def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, N, stride_x, TOPK,
     ke = tl.minimum(tl.maximum(tl.load(ke_ptr + r).to(tl.int32), ks), N)
     k = tl.minimum(ke - ks, TOPK)
     o_b = tl.arange(0, BLOCK)
+    NB: tl.constexpr = 1 << FINE_BITS
     if ke - ks > TOPK:
-        hist = tl.zeros((256,), tl.int32)
+        # pass 1: 256-bin histogram of the top key byte (sign, 7 exponent bits) + the row's key range
+        hist8 = tl.zeros((256,), tl.int32)
+        kmin = tl.full((), 2147483647, tl.int32)
+        kmax = tl.full((), -2147483647 - 1, tl.int32)
         for n0 in range(ks, ke, BLOCK):
             o_n = n0 + o_b
             m_n = o_n < ke
             key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
-            hist += tl.histogram(((key >> 24) & 0xFF) ^ 0x80, 256, mask=m_n)   # sign flipped: unsigned order
-        d1, remaining, _ = _radix_step(hist, TOPK, 256)
-        prefix = (d1 ^ 0x80) << 24
-        prefix, remaining, c2 = _row_radix_pass(row, ks, ke, prefix, remaining, 16, 8, BLOCK)
-        hi = prefix >> 16
+            hist8 += tl.histogram(((key >> 24) & 0xFF) ^ 0x80, 256, mask=m_n)   # sign flipped: unsigned order
+            kmin = tl.minimum(kmin, tl.min(tl.where(m_n, key, 2147483647), axis=0))
+            kmax = tl.maximum(kmax, tl.max(tl.where(m_n, key, -2147483647 - 1), axis=0))
+        t1, remaining, _ = _radix_step(hist8, TOPK, 256)
+        prefix = (t1 ^ 0x80) << 24
+        # keys of the threshold's top byte span [lo, hi] (<= 2^24 keys): the finest shift fitting NB bins
+        lo = tl.maximum(kmin, prefix)
+        hi = tl.minimum(kmax, prefix | 0xFFFFFF)
+        shift = tl.zeros((), tl.int32)
+        while (hi >> shift) - (lo >> shift) >= NB:
+            shift += 1
+        base = lo >> shift
+        # pass 2: NB-bin histogram of key >> shift inside that byte
+        hist = tl.zeros((NB,), tl.int32)
+        for n0 in range(ks, ke, BLOCK):
+            o_n = n0 + o_b
+            m_n = o_n < ke
+            key = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf")))
+            inb = m_n & ((key >> 24) == (prefix >> 24))
+            hist += tl.histogram(tl.where(inb, (key >> shift) - base, 0), NB, mask=inb)
+        d2, remaining, c2 = _radix_step(hist, remaining, NB)
+        thr_bin = base + d2
         if c2 <= CAP:
             crow = cand_ptr + r.to(tl.int64) * CAP
             cnt_gt = tl.zeros((), tl.int32)
@@ -485,9 +527,9 @@ def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, N, stride_x, TOPK,
             for n0 in range(ks, ke, BLOCK):
                 o_n = n0 + o_b
                 m_n = o_n < ke
-                key_hi = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf"))) >> 16
-                gt = m_n & (key_hi > hi)
-                cd = m_n & (key_hi == hi)
+                key_hi = _f32_sort_key(tl.load(row + o_n, mask=m_n, other=float("-inf"))) >> shift
+                gt = m_n & (key_hi > thr_bin)
+                cd = m_n & (key_hi == thr_bin)
                 gt_i = gt.to(tl.int32)
                 cd_i = cd.to(tl.int32)
                 tl.store(orow + cnt_gt + tl.cumsum(gt_i, 0) - 1, o_n - ks, mask=gt)
@@ -499,18 +541,22 @@ def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, N, stride_x, TOPK,
             m_c = o_c < c2
             pos = tl.load(crow + o_c, mask=m_c, other=0)
             ck = _f32_sort_key(tl.load(row + pos, mask=m_c, other=float("-inf")))
+            # the candidates share key >> shift (shift <= 24 - FINE_BITS < 16): resolve the low 16 bits
             d3, remaining, _ = _radix_step(tl.histogram((ck >> 8) & 0xFF, 256, mask=m_c), remaining, 256)
             m3 = m_c & (((ck >> 8) & 0xFF) == d3)
             d4, remaining, _ = _radix_step(tl.histogram(ck & 0xFF, 256, mask=m3), remaining, 256)
-            thr = prefix | (d3 << 8) | d4
+            thr = ((thr_bin << shift) & -65536) | (d3 << 8) | d4
             gt = m_c & (ck > thr)
             eq = m_c & (ck == thr)
             rank = tl.cumsum(eq.to(tl.int32), 0) - 1
             tl.store(orow + cnt_gt + tl.cumsum(gt.to(tl.int32), 0) - 1, pos - ks, mask=gt)
             tl.store(orow + (k - remaining) + rank, pos - ks, mask=eq & (rank < remaining))
-        else:
-            prefix, remaining, _ = _row_radix_pass(row, ks, ke, prefix, remaining, 8, 8, BLOCK)
-            prefix, remaining, _ = _row_radix_pass(row, ks, ke, prefix, remaining, 0, 8, BLOCK)
+        else:   # heavy ties: resolve the bits below the threshold bin with 1-2 more full-row radix passes
+            prefix = thr_bin << shift
+            s1 = tl.maximum(shift - 8, 0)
+            prefix, remaining = _row_radix_pass_rt(row, ks, ke, prefix, remaining, s1, shift, BLOCK)
+            if s1 > 0:
+                prefix, remaining = _row_radix_pass_rt(row, ks, ke, prefix, remaining, 0, s1, BLOCK)
             _row_compact(row, orow, ks, ke, prefix, remaining, k - remaining, BLOCK)
     else:
         _row_compact(row, orow, ks, ke, -2147483647 - 1, 0, k, BLOCK)   # everything in range
@@ -529,7 +575,7 @@ def _topk_kernel(x_ptr, ks_ptr, ke_ptr, out_ptr, cand_ptr, N, stride_x, TOPK,
         tl.store(orow + o_k, tl.full((TOPK_PAD,), -1, tl.int32), mask=(o_k >= k) & (o_k < TOPK))
 
 
-TOPK_CONFIG = dict(BLOCK=4096, CAP=2048, num_warps=16, num_stages=1)
+TOPK_CONFIG = dict(BLOCK=4096, CAP=2048, FINE_BITS=9, num_warps=16, num_stages=1)
 
 
 def indexer_topk(logits: torch.Tensor, topk: int, ks: torch.Tensor, ke: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -45,6 +46,14 @@ void check_f32(const at::Tensor& t, const char* name) {
 }
 const uint8_t* bytes(const at::Tensor& t) { return static_cast<const uint8_t*>(t.data_ptr()); }
 
+// Optional bound-check flag (common/bounds.cuh): int32 [2] on the op's device, or none (the default).
+int32_t* err_ptr(const std::optional<at::Tensor>& err) {
+  if (!err.has_value()) return nullptr;
+  check_i32(*err, "err");
+  TORCH_CHECK(err->numel() >= 2, "err must hold 2 int32");
+  return err->data_ptr<int32_t>();
+}
+
 // The sm_90a kernels run on compute capability 9.x when built; env DSV32_CUDA_<WHAT>=sm80 forces mma.sync.
 bool use_sm90(bool built, const char* env) {
   const char* force = std::getenv(env);
@@ -54,7 +63,7 @@ bool use_sm90(bool built, const char* env) {
 
 at::Tensor fp8_paged_indexer_logits(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& weights,
                                     const at::Tensor& context_lens, const at::Tensor& block_table,
-                                    int64_t max_context_len) {
+                                    int64_t max_context_len, const std::optional<at::Tensor>& err) {
   check_fp8(q, "q_fp8");
   check_cuda(kv_cache, "kv_cache");
   check_f32(weights, "weights");
@@ -63,13 +72,16 @@ at::Tensor fp8_paged_indexer_logits(const at::Tensor& q, const at::Tensor& kv_ca
   TORCH_CHECK(q.dim() == 4 && q.size(3) == 128, "q_fp8 must be [B, next_n, H, 128]");
   const int b = q.size(0), next_n = q.size(1), h = q.size(2);
   TORCH_CHECK(h <= 128, "the CUDA indexer supports at most 128 heads, got ", h);
+  TORCH_CHECK(max_context_len <= block_table.size(1) * 64, "max_context_len=", max_context_len,
+              " exceeds block_table capacity ", block_table.size(1), " pages x 64");
   const at::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({int64_t(b) * next_n, max_context_len}, q.options().dtype(at::kFloat));
   auto launch = use_sm90(indexer_logits_sm90_built(), "DSV32_CUDA_INDEXER") ? launch_fp8_paged_indexer_logits_sm90
                                                                             : launch_fp8_paged_indexer_logits;
-  DSV32_CHECK_LAUNCH(launch(bytes(q), bytes(kv_cache), weights.data_ptr<float>(), context_lens.data_ptr<int32_t>(),
-                            block_table.data_ptr<int32_t>(), block_table.size(1), out.data_ptr<float>(),
-                            max_context_len, b, next_n, h, int(max_context_len), at::cuda::getCurrentCUDAStream()),
+  DSV32_CHECK_LAUNCH(launch(bytes(q), bytes(kv_cache), kv_cache.size(0), weights.data_ptr<float>(),
+                            context_lens.data_ptr<int32_t>(), block_table.data_ptr<int32_t>(), block_table.size(1),
+                            out.data_ptr<float>(), max_context_len, b, next_n, h, int(max_context_len), err_ptr(err),
+                            at::cuda::getCurrentCUDAStream()),
                      "fp8_paged_indexer_logits");
   return out;
 }
@@ -111,7 +123,8 @@ at::Tensor indexer_topk(const at::Tensor& logits, int64_t topk, const at::Tensor
 }
 
 std::tuple<at::Tensor, at::Tensor> sparse_mla_decode(const at::Tensor& q, const at::Tensor& kv_cache,
-                                                     const at::Tensor& indices, double sm_scale) {
+                                                     const at::Tensor& indices, double sm_scale,
+                                                     const std::optional<at::Tensor>& err) {
   check_cuda(q, "q");
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && q.dim() == 4 && q.size(3) == 576, "q must be [b, s_q, h, 576] bf16");
   check_cuda(kv_cache, "kv_cache");
@@ -125,9 +138,10 @@ std::tuple<at::Tensor, at::Tensor> sparse_mla_decode(const at::Tensor& q, const 
   auto lse = at::empty({b, s_q, h}, q.options().dtype(at::kFloat));
   auto launch = use_sm90(sparse_mla_decode_sm90_built(), "DSV32_CUDA_MLA") ? launch_sparse_mla_decode_sm90
                                                                         : launch_sparse_mla_decode;
+  const int64_t n_slots = kv_cache.numel() / kv_cache.size(-1);
   DSV32_CHECK_LAUNCH(launch(q.data_ptr(), kv_cache.data_ptr(), fp8, indices.data_ptr<int32_t>(),
                                               out.data_ptr(), lse.data_ptr<float>(), int(b * s_q), int(h), int(topk),
-                                              float(sm_scale), at::cuda::getCurrentCUDAStream()),
+                                              float(sm_scale), n_slots, err_ptr(err), at::cuda::getCurrentCUDAStream()),
                      "sparse_mla_decode");
   return {out, lse};
 }
@@ -243,7 +257,7 @@ std::tuple<at::Tensor, at::Tensor> indexer_quant(const at::Tensor& x, bool rotat
   auto scale = at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(at::kFloat));
   DSV32_CHECK_LAUNCH(launch_indexer_quant(x.data_ptr(), int(float_kind(x, "x")), rotate,
                                           static_cast<uint8_t*>(out.data_ptr()), scale.data_ptr<float>(), nullptr,
-                                          nullptr, false, x.numel() / 128, at::cuda::getCurrentCUDAStream()),
+                                          nullptr, false, x.numel() / 128, 0, nullptr, at::cuda::getCurrentCUDAStream()),
                      "indexer_quant");
   return {out, scale};
 }
@@ -254,7 +268,8 @@ void check_indexer_cache(const at::Tensor& c) {
               "indexer kv_cache must be [pages, 64, 132] uint8");
 }
 
-void indexer_k_quant_and_cache(const at::Tensor& k, at::Tensor& kv_cache, const at::Tensor& slot_mapping) {
+void indexer_k_quant_and_cache(const at::Tensor& k, at::Tensor& kv_cache, const at::Tensor& slot_mapping,
+                               const std::optional<at::Tensor>& err) {
   check_cuda(k, "k");
   TORCH_CHECK(k.dim() == 2 && k.size(1) == 128, "k must be [T, 128]");
   check_indexer_cache(kv_cache);
@@ -262,13 +277,13 @@ void indexer_k_quant_and_cache(const at::Tensor& k, at::Tensor& kv_cache, const 
   const at::cuda::CUDAGuard guard(k.device());
   DSV32_CHECK_LAUNCH(launch_indexer_quant(k.data_ptr(), int(float_kind(k, "k")), true, nullptr, nullptr,
                                           static_cast<uint8_t*>(kv_cache.data_ptr()), slot_mapping.data_ptr(),
-                                          slot_mapping.scalar_type() == at::kLong, k.size(0),
-                                          at::cuda::getCurrentCUDAStream()),
+                                          slot_mapping.scalar_type() == at::kLong, k.size(0), kv_cache.size(0) * 64,
+                                          err_ptr(err), at::cuda::getCurrentCUDAStream()),
                      "indexer_k_quant_and_cache");
 }
 
 void indexer_cache_write(const at::Tensor& k_fp8, const at::Tensor& k_scale, at::Tensor& kv_cache,
-                         const at::Tensor& slot_mapping) {
+                         const at::Tensor& slot_mapping, const std::optional<at::Tensor>& err) {
   check_fp8(k_fp8, "k_fp8");
   check_f32(k_scale, "k_scale");
   check_indexer_cache(kv_cache);
@@ -277,24 +292,45 @@ void indexer_cache_write(const at::Tensor& k_fp8, const at::Tensor& k_scale, at:
   DSV32_CHECK_LAUNCH(launch_indexer_cache_write(bytes(k_fp8), k_scale.data_ptr<float>(),
                                                 static_cast<uint8_t*>(kv_cache.data_ptr()), slot_mapping.data_ptr(),
                                                 slot_mapping.scalar_type() == at::kLong, k_fp8.size(0),
-                                                at::cuda::getCurrentCUDAStream()),
+                                                kv_cache.size(0) * 64, err_ptr(err), at::cuda::getCurrentCUDAStream()),
                      "indexer_cache_write");
 }
 
-at::Tensor indices_to_slots(const at::Tensor& indices, const at::Tensor& block_table, int64_t page_size) {
+std::tuple<at::Tensor, at::Tensor> indexer_cache_gather(const at::Tensor& kv_cache, const at::Tensor& slots,
+                                                        const std::optional<at::Tensor>& err) {
+  check_indexer_cache(kv_cache);
+  check_cuda(slots, "slots");
+  TORCH_CHECK(slots.dim() == 1 && (slots.scalar_type() == at::kInt || slots.scalar_type() == at::kLong),
+              "slots must be [N] int32 or int64");
+  const at::cuda::CUDAGuard guard(kv_cache.device());
+  auto k_fp8 = at::empty({slots.size(0), 128}, kv_cache.options().dtype(at::kFloat8_e4m3fn));
+  auto k_scale = at::empty({slots.size(0)}, kv_cache.options().dtype(at::kFloat));
+  DSV32_CHECK_LAUNCH(launch_indexer_cache_gather(bytes(kv_cache), kv_cache.size(0) * 64, slots.data_ptr(),
+                                                 slots.scalar_type() == at::kLong, slots.size(0),
+                                                 static_cast<uint8_t*>(k_fp8.data_ptr()), k_scale.data_ptr<float>(),
+                                                 err_ptr(err), at::cuda::getCurrentCUDAStream()),
+                     "indexer_cache_gather");
+  return {k_fp8, k_scale};
+}
+
+at::Tensor indices_to_slots(const at::Tensor& indices, const at::Tensor& block_table, int64_t page_size,
+                            const std::optional<at::Tensor>& err) {
   check_i32(indices, "indices");
   check_i32(block_table, "block_table");
   TORCH_CHECK(indices.dim() == 2 && block_table.size(0) == indices.size(0), "indices [R, K], block_table [R, pages]");
+  TORCH_CHECK(page_size > 0, "page_size must be positive, got ", page_size);
   const at::cuda::CUDAGuard guard(indices.device());
   auto out = at::empty_like(indices);
   DSV32_CHECK_LAUNCH(launch_indices_to_slots(indices.data_ptr<int32_t>(), block_table.data_ptr<int32_t>(),
                                              block_table.size(1), out.data_ptr<int32_t>(), indices.size(0),
-                                             indices.size(1), int(page_size), at::cuda::getCurrentCUDAStream()),
+                                             indices.size(1), int(page_size), err_ptr(err),
+                                             at::cuda::getCurrentCUDAStream()),
                      "indices_to_slots");
   return out;
 }
 
-void mla_cache_write(const at::Tensor& kv_c, const at::Tensor& k_pe, at::Tensor& kv_cache, const at::Tensor& slot_mapping) {
+void mla_cache_write(const at::Tensor& kv_c, const at::Tensor& k_pe, at::Tensor& kv_cache, const at::Tensor& slot_mapping,
+                     const std::optional<at::Tensor>& err) {
   check_cuda(kv_c, "kv_c");
   check_cuda(k_pe, "k_pe");
   TORCH_CHECK(kv_c.scalar_type() == k_pe.scalar_type(), "kv_c and k_pe must share a dtype");
@@ -309,6 +345,7 @@ void mla_cache_write(const at::Tensor& kv_c, const at::Tensor& k_pe, at::Tensor&
   DSV32_CHECK_LAUNCH(launch_mla_cache_write(kv_c.data_ptr(), k_pe.data_ptr(), int(float_kind(kv_c, "kv_c")),
                                             kv_cache.data_ptr(), fp8, slot_mapping.data_ptr(),
                                             slot_mapping.scalar_type() == at::kLong, kv_c.size(0),
+                                            kv_cache.numel() / kv_cache.size(-1), err_ptr(err),
                                             at::cuda::getCurrentCUDAStream()),
                      "mla_cache_write");
 }
@@ -318,10 +355,10 @@ void mla_cache_write(const at::Tensor& kv_c, const at::Tensor& k_pe, at::Tensor&
 
 TORCH_LIBRARY(dsv32, m) {
   m.def("fp8_paged_indexer_logits(Tensor q_fp8, Tensor kv_cache, Tensor weights, Tensor context_lens, "
-        "Tensor block_table, int max_context_len) -> Tensor");
+        "Tensor block_table, int max_context_len, Tensor(b!)? err=None) -> Tensor");
   m.def("fp8_indexer_logits(Tensor q_fp8, Tensor k_fp8, Tensor k_scale, Tensor weights, Tensor ks, Tensor ke) -> Tensor");
   m.def("indexer_topk(Tensor logits, int topk, Tensor ks, Tensor ke) -> Tensor");
-  m.def("sparse_mla_decode(Tensor q, Tensor kv_cache, Tensor indices, float sm_scale) -> (Tensor, Tensor)");
+  m.def("sparse_mla_decode(Tensor q, Tensor kv_cache, Tensor indices, float sm_scale, Tensor(b!)? err=None) -> (Tensor, Tensor)");
   m.def("fp8_grouped_gemm_nt_contiguous(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor m_indices, "
         "ScalarType out_dtype) -> Tensor");
   m.def("fp8_grouped_gemm_nt_masked(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor masked_m, "
@@ -332,10 +369,14 @@ TORCH_LIBRARY(dsv32, m) {
   m.def("fp8_quant_act(Tensor x, int group, bool ue8m0) -> (Tensor, Tensor)");
   m.def("silu_and_mul_fp8_quant(Tensor x) -> (Tensor, Tensor)");
   m.def("indexer_quant(Tensor x, bool rotate) -> (Tensor, Tensor)");
-  m.def("indexer_k_quant_and_cache(Tensor k, Tensor(a!) kv_cache, Tensor slot_mapping) -> ()");
-  m.def("indexer_cache_write(Tensor k_fp8, Tensor k_scale, Tensor(a!) kv_cache, Tensor slot_mapping) -> ()");
-  m.def("indices_to_slots(Tensor indices, Tensor block_table, int page_size) -> Tensor");
-  m.def("mla_cache_write(Tensor kv_c, Tensor k_pe, Tensor(a!) kv_cache, Tensor slot_mapping) -> ()");
+  // err (optional int32 [2]): the bound-check flag of common/bounds.cuh, written by the kernel (hence (b!)).
+  m.def("indexer_k_quant_and_cache(Tensor k, Tensor(a!) kv_cache, Tensor slot_mapping, Tensor(b!)? err=None) -> ()");
+  m.def("indexer_cache_write(Tensor k_fp8, Tensor k_scale, Tensor(a!) kv_cache, Tensor slot_mapping, "
+        "Tensor(b!)? err=None) -> ()");
+  m.def("indexer_cache_gather(Tensor kv_cache, Tensor slots, Tensor(b!)? err=None) -> (Tensor, Tensor)");
+  m.def("indices_to_slots(Tensor indices, Tensor block_table, int page_size, Tensor(b!)? err=None) -> Tensor");
+  m.def("mla_cache_write(Tensor kv_c, Tensor k_pe, Tensor(a!) kv_cache, Tensor slot_mapping, "
+        "Tensor(b!)? err=None) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(dsv32, CUDA, m) {
@@ -350,6 +391,7 @@ TORCH_LIBRARY_IMPL(dsv32, CUDA, m) {
   m.impl("indexer_quant", &dsv32::indexer_quant);
   m.impl("indexer_k_quant_and_cache", &dsv32::indexer_k_quant_and_cache);
   m.impl("indexer_cache_write", &dsv32::indexer_cache_write);
+  m.impl("indexer_cache_gather", &dsv32::indexer_cache_gather);
   m.impl("indices_to_slots", &dsv32::indices_to_slots);
   m.impl("mla_cache_write", &dsv32::mla_cache_write);
 }

@@ -7,18 +7,21 @@ namespace dsv32 {
 
 // q [b*s_q, h, 576] bf16 (contiguous), kv_cache [pages, 64, 656] u8 (fp8_ds_mla) or [pages, 64, 576]
 // bf16, indices [b*s_q, topk] i32 slots (-1 = none) -> out [b*s_q, h, 512] bf16, lse [b*s_q, h] f32.
+// Slots >= n_slots (pages * 64) are masked like -1 and, when err is non-null, recorded (common/bounds.cuh).
+// One CTA per (row, head block) on a 1-D grid: any number of rows up to 2^31-1 CTAs.
 cudaError_t launch_sparse_mla_decode(const void* q, const void* kv_cache, bool fp8_cache, const int32_t* indices,
                                      void* out, float* lse, int rows, int heads, int topk, float sm_scale,
-                                     cudaStream_t stream);
+                                     int64_t n_slots, int32_t* err, cudaStream_t stream);
 
 }  // namespace dsv32
 
 namespace dsv32 {
 
 // kv_c [T, 512], k_pe [T, 64] (f32 = 0 / bf16 = 1 / f16 = 2) -> latent cache rows at slot_mapping [T]
-// (i32 or i64; -1 skipped): fp8_ds_mla 656-byte rows (fp8_cache) or bf16 576-wide rows.
+// (i32 or i64; -1 and slots >= n_slots skipped): fp8_ds_mla 656-byte rows (fp8_cache) or bf16 576-wide rows.
 cudaError_t launch_mla_cache_write(const void* kv_c, const void* k_pe, int kind, void* kv_cache, bool fp8_cache,
-                                   const void* slot_mapping, bool slot_is_i64, int64_t tokens, cudaStream_t stream);
+                                   const void* slot_mapping, bool slot_is_i64, int64_t tokens, int64_t n_slots,
+                                   int32_t* err, cudaStream_t stream);
 
 }  // namespace dsv32
 
@@ -29,6 +32,6 @@ namespace dsv32 {
 bool sparse_mla_decode_sm90_built();
 cudaError_t launch_sparse_mla_decode_sm90(const void* q, const void* kv_cache, bool fp8_cache, const int32_t* indices,
                                           void* out, float* lse, int rows, int heads, int topk, float sm_scale,
-                                          cudaStream_t stream);
+                                          int64_t n_slots, int32_t* err, cudaStream_t stream);
 
 }  // namespace dsv32

@@ -14,6 +14,18 @@ api/bindings.cpp + every .cu) the first time an op is needed. Only when torch ha
   DSV32_CUDA_DISABLE=1 never build (the dispatch falls back to Triton / the references)
   DSV32_CUDA_GEMM=sm80 use the mma.sync grouped GEMM even on Hopper
   DSV32_CUDA_VERBOSE=1 show the compiler output
+  DSV32_CUDA_CHECK_BOUNDS=1  debug: raise IndexError naming the tensor when a slot / position / block-table
+                       entry is out of range (the kernels record it in a flag tensor; the check synchronizes)
+
+Inputs a kernel cannot serve raise `_dispatch.Unsupported` before any launch (the auto dispatch then warns
+once and uses the next backend, as with the Triton launchers). Out-of-range index *values* live on the
+device, so checking them on the host would cost a device->host sync per call (the decode path must stay
+sync-free and CUDA-graph capturable): instead every kernel masks them (a write is skipped, a key is
+treated as -1, a gathered row reads as zeros, a position past the block table maps to slot -1, a bad
+block-table page gives -inf logits), so they never become illegal addresses; the first one is recorded in
+an int32 [2] flag tensor (csrc/common/bounds.cuh) that the wrappers pass and check only with
+DSV32_CUDA_CHECK_BOUNDS=1 (and never while a CUDA graph is being captured). Checks on host-known shapes
+(cache capacity vs max_context_len, topk, heads, dtypes) always raise.
 """
 from __future__ import annotations
 
@@ -38,6 +50,8 @@ def csrc_dir() -> str:
     import deepseek_v32_plugin._csrc as c
     return os.path.dirname(os.path.abspath(c.__file__))
 
+
+from ._dispatch import Unsupported
 
 # Kernel translation units (ATen-free, each compiles alone). An explicit list, not a glob: a stale copy
 # left in an install's build/ tree must not be compiled. tests/cuda/test_compile.py checks that it
@@ -210,7 +224,7 @@ def _register_fakes() -> None:
         return deco
 
     @fake("fp8_paged_indexer_logits")
-    def _(q, kv_cache, weights, context_lens, block_table, max_context_len):
+    def _(q, kv_cache, weights, context_lens, block_table, max_context_len, err=None):
         return q.new_empty((q.shape[0] * q.shape[1], max_context_len), dtype=torch.float32)
 
     @fake("fp8_indexer_logits")
@@ -222,7 +236,7 @@ def _register_fakes() -> None:
         return logits.new_empty((logits.shape[0], topk), dtype=torch.int32)
 
     @fake("sparse_mla_decode")
-    def _(q, kv_cache, indices, sm_scale):
+    def _(q, kv_cache, indices, sm_scale, err=None):
         return (q.new_empty((*q.shape[:3], 512)), q.new_empty(q.shape[:3], dtype=torch.float32))
 
     @fake("fp8_grouped_gemm_nt_contiguous")
@@ -249,43 +263,98 @@ def _register_fakes() -> None:
         return x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(x.shape[:-1], dtype=torch.float32)
 
     @fake("indices_to_slots")
-    def _(indices, block_table, page_size):
+    def _(indices, block_table, page_size, err=None):
         return torch.empty_like(indices)
 
+    @fake("indexer_cache_gather")
+    def _(kv_cache, slots, err=None):
+        return (kv_cache.new_empty((slots.shape[0], 128), dtype=torch.float8_e4m3fn),
+                kv_cache.new_empty((slots.shape[0],), dtype=torch.float32))
+
     for name in ("indexer_k_quant_and_cache", "indexer_cache_write", "mla_cache_write"):
-        fake(name)(lambda *args: None)
+        fake(name)(lambda *args, **kwargs: None)
 
 
 # ------------------------------------------------------------------ ops ----
 # Same positional signatures as the naive_* references.
+
+MAX_HEADS = 128                   # indexer logits: heads per query row
+OP_NAMES = (  # every op this backend serves (tests/cuda/test_backend_table.py checks the model's needs)
+    "fp8_paged_indexer_logits", "fp8_indexer_logits", "indexer_topk", "sparse_mla_decode",
+    "fp8_grouped_gemm_nt_contiguous", "fp8_grouped_gemm_nt_masked", "fp8_quant_act", "silu_and_mul_fp8_quant",
+    "indexer_quant", "indexer_k_quant_and_cache", "indexer_cache_write", "indexer_cache_gather",
+    "indices_to_slots", "mla_cache_write", "fp8_gemm_nt")
+
+# Codes of csrc/common/bounds.cuh -> (tensor, what was out of range).
+BOUNDS_ERRORS = {
+    1: ("slot_mapping", "a slot past the cache (slot >= pages * 64)"),
+    2: ("slots", "a slot outside the cache (slot < 0 or >= pages * 64)"),
+    3: ("indices", "a slot past the latent cache (slot >= pages * 64)"),
+    4: ("indices", "a position past the block table (position // page >= block_table columns)"),
+    5: ("block_table", "a page id outside the cache (< 0 or >= pages)"),
+}
+
+
+def check_bounds_enabled() -> bool:
+    return os.environ.get("DSV32_CUDA_CHECK_BOUNDS", "0") == "1"
+
+
+def _err_flag(device: torch.device) -> Optional[torch.Tensor]:
+    """The int32 [2] flag the kernels record the first out-of-range entry in, or None (no check)."""
+    if not check_bounds_enabled() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return None
+    return torch.zeros(2, dtype=torch.int32, device=device)
+
+
+def raise_bounds(op: str, err: Optional[torch.Tensor]) -> None:
+    """Raise IndexError naming the tensor if the kernel recorded an out-of-range entry (synchronizes)."""
+    if err is None:
+        return
+    code, value = (int(v) for v in err.tolist())
+    if code:
+        name, what = BOUNDS_ERRORS.get(code, ("?", f"unknown bound-check code {code}"))
+        raise IndexError(f"{op}: {name} holds {what}: {value}")
+
 
 def _i32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.int32).contiguous()
 
 
 def fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table, max_context_len):
-    return torch.ops.dsv32.fp8_paged_indexer_logits(q_fp8.contiguous(), kv_cache, weights.float().contiguous(),
-                                                    _i32(context_lens), _i32(block_table), int(max_context_len))
+    if q_fp8.shape[2] > MAX_HEADS:
+        raise Unsupported(f"the CUDA paged indexer logits take at most {MAX_HEADS} heads, got {q_fp8.shape[2]}")
+    err = _err_flag(q_fp8.device)
+    out = torch.ops.dsv32.fp8_paged_indexer_logits(q_fp8.contiguous(), kv_cache, weights.float().contiguous(),
+                                                   _i32(context_lens), _i32(block_table), int(max_context_len), err)
+    raise_bounds("fp8_paged_indexer_logits", err)
+    return out
 
 
 def fp8_indexer_logits(q_fp8, k_fp8, k_scale, weights, ks, ke):
+    if q_fp8.shape[1] > MAX_HEADS:
+        raise Unsupported(f"the CUDA indexer logits take at most {MAX_HEADS} heads, got {q_fp8.shape[1]}")
     return torch.ops.dsv32.fp8_indexer_logits(q_fp8.contiguous(), k_fp8.contiguous(), k_scale.float().contiguous(),
                                               weights.float().contiguous(), _i32(ks), _i32(ke))
 
 
 def indexer_topk(logits, topk, ks, ke):
     if topk > MAX_TOPK:  # the kernel sorts the selection in shared memory (2048 entries)
-        from .indexer.naive import naive_indexer_topk
-        return naive_indexer_topk(logits, topk, ks, ke)
+        raise Unsupported(f"the CUDA top-k serves topk <= {MAX_TOPK}, got {topk}")
     return torch.ops.dsv32.indexer_topk(logits.float().contiguous(), int(topk), _i32(ks), _i32(ke))
 
 
+def _latent_cache_supported(kv_cache) -> None:
+    if kv_cache.dtype not in (torch.uint8, torch.bfloat16):
+        raise Unsupported(f"the CUDA sparse MLA kernels read bf16 or fp8_ds_mla (uint8) latent caches, "
+                          f"not {kv_cache.dtype}")
+
+
 def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512):
-    if kv_cache.dtype not in (torch.uint8, torch.bfloat16):  # fp16/fp32 latent caches: reference path
-        from .sparse_mla.naive import naive_sparse_mla_decode
-        return naive_sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v)
+    _latent_cache_supported(kv_cache)
+    err = _err_flag(q.device)
     out, lse = torch.ops.dsv32.sparse_mla_decode(q.to(torch.bfloat16).contiguous(), kv_cache,
-                                                 _i32(indices), float(sm_scale))
+                                                 _i32(indices), float(sm_scale), err)
+    raise_bounds("sparse_mla_decode", err)
     return out.to(q.dtype), lse
 
 
@@ -309,8 +378,7 @@ def fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, out_dtype=torch
 
 def fp8_quant_act(x, group=128, ue8m0=True):
     if group != 128:  # the kernel is written for 128-wide groups (the only size the model uses)
-        from .fp8_quant.naive import naive_fp8_quant_act
-        return naive_fp8_quant_act(x, group, ue8m0)
+        raise Unsupported(f"the CUDA activation quantizer serves group=128, got {group}")
     return torch.ops.dsv32.fp8_quant_act(x.contiguous(), 128, bool(ue8m0))
 
 
@@ -323,25 +391,39 @@ def indexer_quant(x, rotate=True):
 
 
 def indexer_k_quant_and_cache(k, kv_cache, slot_mapping):
-    torch.ops.dsv32.indexer_k_quant_and_cache(k.contiguous(), kv_cache, slot_mapping.contiguous())
+    err = _err_flag(kv_cache.device)
+    torch.ops.dsv32.indexer_k_quant_and_cache(k.contiguous(), kv_cache, slot_mapping.contiguous(), err)
+    raise_bounds("indexer_k_quant_and_cache", err)
 
 
 def indexer_cache_write(k_fp8, k_scale, kv_cache, slot_mapping):
+    err = _err_flag(kv_cache.device)
     torch.ops.dsv32.indexer_cache_write(k_fp8.contiguous(), k_scale.float().contiguous(), kv_cache,
-                                        slot_mapping.contiguous())
+                                        slot_mapping.contiguous(), err)
+    raise_bounds("indexer_cache_write", err)
+
+
+def indexer_cache_gather(kv_cache, slots):
+    err = _err_flag(kv_cache.device)
+    out = torch.ops.dsv32.indexer_cache_gather(kv_cache, slots.contiguous(), err)
+    raise_bounds("indexer_cache_gather", err)
+    return out
 
 
 def indices_to_slots(indices, block_table, page_size=64):
-    return torch.ops.dsv32.indices_to_slots(_i32(indices), _i32(block_table), int(page_size))
+    err = _err_flag(indices.device)
+    out = torch.ops.dsv32.indices_to_slots(_i32(indices), _i32(block_table), int(page_size), err)
+    raise_bounds("indices_to_slots", err)
+    return out
 
 
 def mla_cache_write(kv_c, k_pe, kv_cache, slot_mapping):
-    if kv_cache.dtype not in (torch.uint8, torch.bfloat16):  # fp16/fp32 latent caches: reference path
-        from .sparse_mla.naive import naive_mla_cache_write
-        return naive_mla_cache_write(kv_c, k_pe, kv_cache, slot_mapping)
+    _latent_cache_supported(kv_cache)
     if k_pe.dtype != kv_c.dtype:  # one rounding, as in the reference
         kv_c, k_pe = kv_c.float(), k_pe.float()
-    torch.ops.dsv32.mla_cache_write(kv_c.contiguous(), k_pe.contiguous(), kv_cache, slot_mapping.contiguous())
+    err = _err_flag(kv_cache.device)
+    torch.ops.dsv32.mla_cache_write(kv_c.contiguous(), k_pe.contiguous(), kv_cache, slot_mapping.contiguous(), err)
+    raise_bounds("mla_cache_write", err)
 
 
 def fp8_gemm_nt(a, a_scale, b, b_scale, out_dtype=torch.bfloat16):

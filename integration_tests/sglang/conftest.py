@@ -27,8 +27,11 @@ from it_common import (SEED, check_greedy, pytest_runtest_makereport, record_sta
                        write_tiny_checkpoint)
 # every engine started by these tests checks the backend's slot invariant (see backend.py, check_slots)
 os.environ.setdefault("DSV32_CHECK_SLOTS", "1")
-LOGPROB_TOL_BF16 = 2e-2
-LOGPROB_TOL_FP32 = 0.3
+# Bounds >= 3x the worst of a seed sweep (scripts/sweep.py, seeds 1-4, conditioned checkpoint, 2026-12-06):
+# max |logprob - bf16 reference| 1.9e-6 (the adapter's prefill equals the bf16 reference up to GEMM blocking);
+# max |logprob - fp32 reference| (len <= index_topk) 6.5e-2
+LOGPROB_TOL_BF16 = 2e-3
+LOGPROB_TOL_FP32 = 0.2
 SPEC_KW = dict(speculative_algorithm="EAGLE", speculative_num_steps=2, speculative_eagle_topk=1,
                speculative_num_draft_tokens=3)   # the MTP layer drafts a 2-token chain per step
 

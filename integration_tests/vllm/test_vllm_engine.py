@@ -150,20 +150,20 @@ def test_mtp_draft_module_equals_reference(mtp, reference):
     cache = reference.new_cache(4)
     _, ref_hidden = reference.forward(p, cache.new_sequence(), cache)
     rel = (hid - ref_hidden).norm(dim=-1) / ref_hidden.norm(dim=-1)
-    # median tight (a bug moves every position); max loose: one FP8 activation flip in the routed experts
-    # can move a single position's hidden state by a few percent and more (see vllm_it's noise model)
-    record_stat("vllm:mtp-target-hidden-rel", {"median": 1e-3, "max": 0.5}, median=rel.median().item(),
+    # seed sweep (seeds 0-5, conditioned checkpoint): median <= 6.8e-6, max <= 1.4e-2 (one FP8 activation flip
+    # in a routed expert moves a single position); a bug moves every position by O(1)
+    record_stat("vllm:mtp-target-hidden-rel", {"median": 1e-4, "max": 0.1}, median=rel.median().item(),
                 max=rel.max().item())
-    assert rel.median().item() < 1e-3 and rel.max().item() < 0.5, rel
+    assert rel.median().item() < 1e-4 and rel.max().item() < 0.1, rel
     cache = reference.new_cache(4)
     ref_logits, _ = reference.mtp_forward(ids, hid, cache.new_sequence(), cache)
     got, want = torch.log_softmax(cap["logits"][0], -1), torch.log_softmax(ref_logits[-1], -1)
-    # over the vocabulary; FP8-noise model as check_against_reference: one activation flip in the MTP layer's
-    # routed experts moves its whole hidden state, so every logprob shifts a little (seed 880: median 0.021)
+    # over the vocabulary: one FP8 activation flip in the MTP layer's routed experts would shift every logprob a
+    # little (seed sweep, seeds 0-5: median <= 9.5e-6, max <= 5e-5)
     d = (got - want).abs()
-    record_stat("vllm:mtp-draft-logprobs", {"median": 0.05, "max": 0.5}, median=d.median().item(),
+    record_stat("vllm:mtp-draft-logprobs", {"median": 1e-3, "max": 1e-2}, median=d.median().item(),
                 max=d.max().item())
-    assert d.median().item() < 0.05 and d.max().item() < 0.5, (d.median().item(), d.max().item())
+    assert d.median().item() < 1e-3 and d.max().item() < 1e-2, (d.median().item(), d.max().item())
     top2 = want.topk(2).values
     assert int(got.argmax()) == int(want.argmax()) or (top2[0] - top2[1]).item() < NEAR_TIE
 

@@ -21,6 +21,10 @@ import pytest
 from csrc_paths import csrc_dir, cuda_include, cuobjdump, cutlass_include, nvcc
 
 ARCHS = {"sm_80": "8.0", "sm_90a": "9.0a"}
+# The arch-independent (plain CUDA, no tensor-core asm) kernels with bound checks / new ops (issue 14) also
+# compile for Ada and Blackwell: cheap translation units, so CI time stays small.
+EXTRA_ARCHS = {"sm_89": "8.9", "sm_100a": "10.0a"}
+EXTRA_ARCH_FILES = ("indexer/sm80/indexer_cache.cu", "sparse_mla/sm80/mla_cache.cu")
 JOBS = int(os.environ.get("DSV32_COMPILE_JOBS", "2"))
 
 
@@ -66,7 +70,7 @@ def _compile(rel: str, arch: str, outdir: str) -> dict:
     from deepseek_v32_plugin.ops._cuda import nvcc_flags
     root = csrc_dir()
     cubin = os.path.join(outdir, rel.replace("/", "__") + f".{arch}.cubin")
-    flags = nvcc_flags([ARCHS[arch]], cute=True)
+    flags = nvcc_flags([{**ARCHS, **EXTRA_ARCHS}[arch]], cute=True)
     try:  # the defines torch's cpp_extension adds to every nvcc call (no implicit half/bf16 operators)
         from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
         flags = [f for f in COMMON_NVCC_FLAGS if f not in flags] + flags
@@ -111,6 +115,17 @@ def _functions(res: str) -> dict[str, dict[str, int]]:
             out[name] = {k: int(v) for k, v in re.findall(r"(REG|STACK|LOCAL|SHARED):(\d+)", line)}
             name = None
     return out
+
+
+@pytest.mark.parametrize("arch", list(EXTRA_ARCHS))
+@pytest.mark.parametrize("rel", EXTRA_ARCH_FILES)
+def test_plain_kernels_compile_for_more_archs(tmp_path, rel, arch):
+    if nvcc() is None or cuobjdump() is None:
+        pytest.skip("nvcc / cuobjdump not found")
+    rep = _compile(rel, arch, str(tmp_path))
+    assert rep["rc"] == 0, f"{rep['cmd']}\n{rep['log'][-6000:]}"
+    assert not re.findall(r"[1-9]\d* bytes spill", rep["log"]), rep["log"][-3000:]
+    assert "kernel" in rep["res"]
 
 
 def test_sources_found():

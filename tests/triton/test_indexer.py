@@ -226,6 +226,30 @@ def test_indexer_topk_ties_and_special_values(triton_device, seed, monkeypatch, 
     check_topk(idx, logits, topk, ks, ke)
 
 
+def concentrated_logits(r: int, n: int, seed: int = 0) -> torch.Tensor:
+    """Named generator (also benchmarks/work_model.py): every score within 2^-9 relative of 1.0, so a
+    fixed 16-bit key prefix holds the whole row; the kernel's adaptive first histogram must split it."""
+    g = torch.Generator().manual_seed(seed)
+    return 1.0 + torch.rand(r, n, generator=g) * 2.0 ** -9
+
+
+@pytest.mark.parametrize("gen", ["concentrated", "concentrated_negative", "wide_range"])
+def test_indexer_topk_concentrated(triton_device, seed, gen):
+    """The fast path (<= CAP candidates after the fine histogram) on narrow-band and very wide key ranges."""
+    r, n, topk = 2, 5000, 2048
+    logits = concentrated_logits(r, n, seed)
+    if gen == "concentrated_negative":
+        logits = -logits
+    elif gen == "wide_range":            # key range > 2^31: +-3e38 with ordinary values between
+        logits = torch.randn(r, n) * 10
+        logits[:, 0], logits[:, 1] = 3e38, -3e38
+    ks = torch.tensor([0, 7], dtype=torch.int32)
+    ke = torch.tensor([n, n - 3], dtype=torch.int32)
+    idx = ops.indexer_topk(logits.to(triton_device), topk, ks.to(triton_device), ke.to(triton_device),
+                           backend="triton")
+    check_topk(idx, logits, topk, ks, ke)
+
+
 def test_indices_to_slots(triton_device, seed):
     r, k, max_pages = 6, 300, 9
     bt = torch.randint(0, 1000, (r, max_pages), dtype=torch.int32)

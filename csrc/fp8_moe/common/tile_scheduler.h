@@ -3,7 +3,7 @@
 //               A tile's rows may span several groups (unaligned input): the CTA runs its main loop once
 //               per distinct valid group in the tile and each epilogue stores only that group's rows.
 //   masked:     a [G, M, K], masked_m [G]; one CTA per (group, M tile, N tile); tiles past masked_m
-//               store zeros only.
+//               exit at once. Padding rows (-1 / rows >= masked_m) are never written (no zero-fill).
 // Scales: a_scale [rows, K/128] fp32 (row-major), b_scale [G, ceil(N/128), K/128] fp32.
 #pragma once
 

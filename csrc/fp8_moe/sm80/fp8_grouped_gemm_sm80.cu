@@ -158,23 +158,15 @@ __global__ void __launch_bounds__(kThreads) grouped_contiguous_kernel(GroupedGem
   __syncthreads();
   OutT* out = static_cast<OutT*>(p.out) + int64_t(m0) * p.n;
   const int n_groups = s.n_groups;
-  auto invalid = [&](int r) { return s.ids[r] < 0 || s.ids[r] >= p.groups; };
   float total[2][4][4];
-  if (n_groups == 0) {
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) total[i][j][0] = total[i][j][1] = total[i][j][2] = total[i][j][3] = 0.f;
-    epilogue(total, out, rows, n0, p.n, [](int) { return false; }, [](int) { return true; });
-    return;
-  }
+  if (n_groups == 0) return;  // only padding rows: not written (no zero-fill)
   for (int gi = 0; gi < n_groups; ++gi) {
     const int grp = s.groups[gi];
     mainloop(s, total, p.a + int64_t(m0) * p.k, p.a_scale + int64_t(m0) * k_blocks, rows,
              p.b + (int64_t(grp) * p.n + n0) * p.k, p.b_scale + (int64_t(grp) * n_blocks + n0 / kBN) * k_blocks,
              b_rows, 0, n_blocks, p.k);
     epilogue(total, out, rows, n0, p.n, [&](int r) { return s.ids[r] == grp; },
-             [&](int r) { return gi == 0 && invalid(r); });
+             [](int) { return false; });  // padding rows are not written
   }
 }
 
@@ -188,18 +180,11 @@ __global__ void __launch_bounds__(kThreads) grouped_masked_kernel(GroupedGemmArg
   const int live = moe::masked_rows_in_tile(m0, kBM, p.m, p.masked_m[grp]);
   OutT* out = static_cast<OutT*>(p.out) + (int64_t(grp) * p.m + m0) * p.n;
   float total[2][4][4];
-  if (live == 0) {
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) total[i][j][0] = total[i][j][1] = total[i][j][2] = total[i][j][3] = 0.f;
-    epilogue(total, out, rows, n0, p.n, [](int) { return false; }, [](int) { return true; });
-    return;
-  }
+  if (live == 0) return;  // past masked_m: no work, no stores
   mainloop(s, total, p.a + (int64_t(grp) * p.m + m0) * p.k, p.a_scale + (int64_t(grp) * p.m + m0) * k_blocks, live,
            p.b + (int64_t(grp) * p.n + n0) * p.k, p.b_scale + (int64_t(grp) * n_blocks + n0 / kBN) * k_blocks,
            b_rows, 0, n_blocks, p.k);
-  epilogue(total, out, rows, n0, p.n, [&](int r) { return r < live; }, [&](int r) { return r >= live; });
+  epilogue(total, out, rows, n0, p.n, [&](int r) { return r < live; }, [](int) { return false; });
 }
 
 template <class OutT>

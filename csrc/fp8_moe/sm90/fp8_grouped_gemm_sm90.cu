@@ -163,17 +163,14 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_contiguous_kernel(Grouped
   const int n_groups = s.n_groups;
   auto total = partition_fragment_C(TiledMma{}, Shape<BM, BN>{});
   clear(total);
-  if (n_groups == 0) {
-    epilogue(total, out, rows, n0, p.n, [](int) { return false; }, [](int) { return true; });
-    return;
-  }
+  if (n_groups == 0) return;  // only padding rows: not written (no zero-fill)
   for (int gi = 0; gi < n_groups; ++gi) {
     const int grp = s.groups[gi];
     mainloop(s, total, p.a + int64_t(m0) * p.k, p.a_scale + int64_t(m0) * k_blocks, rows,
              p.b + (int64_t(grp) * p.n + n0) * p.k, p.b_scale + (int64_t(grp) * n_blocks + n0 / kBN) * k_blocks,
              b_rows, p.k);
     epilogue(total, out, rows, n0, p.n, [&](int r) { return s.ids[r] == grp; },
-             [&](int r) { return gi == 0 && (s.ids[r] < 0 || s.ids[r] >= p.groups); });
+             [](int) { return false; });  // padding rows are not written
   }
 #endif
 }
@@ -189,11 +186,11 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_masked_kernel(GroupedGemm
   OutT* out = static_cast<OutT*>(p.out) + (int64_t(grp) * p.m + m0) * p.n;
   auto total = partition_fragment_C(TiledMma{}, Shape<BM, BN>{});
   clear(total);
-  if (live > 0)
-    mainloop(s, total, p.a + (int64_t(grp) * p.m + m0) * p.k, p.a_scale + (int64_t(grp) * p.m + m0) * k_blocks, live,
-             p.b + (int64_t(grp) * p.n + n0) * p.k, p.b_scale + (int64_t(grp) * n_blocks + n0 / kBN) * k_blocks,
-             b_rows, p.k);
-  epilogue(total, out, rows, n0, p.n, [&](int r) { return r < live; }, [&](int r) { return r >= live; });
+  if (live == 0) return;  // past masked_m: no work, no stores
+  mainloop(s, total, p.a + (int64_t(grp) * p.m + m0) * p.k, p.a_scale + (int64_t(grp) * p.m + m0) * k_blocks, live,
+           p.b + (int64_t(grp) * p.n + n0) * p.k, p.b_scale + (int64_t(grp) * n_blocks + n0 / kBN) * k_blocks,
+           b_rows, p.k);
+  epilogue(total, out, rows, n0, p.n, [&](int r) { return r < live; }, [](int) { return false; });
 #endif
 }
 

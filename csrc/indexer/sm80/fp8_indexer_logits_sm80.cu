@@ -3,6 +3,7 @@
 //   logit[row, key] = k_scale[key] * sum_h w[row, h] * relu(q[row, h] . k[key])
 // Warp w takes head tiles w, w+4, ... (16 heads each); the 64 keys are 8 n-tiles of the mma.
 #include "../../api/indexer.h"
+#include "../../common/bounds.cuh"
 #include "../../common/mma_sm80.cuh"
 #include "../../common/swizzle.h"
 #include "../common/cache_layout.h"
@@ -103,9 +104,9 @@ __device__ __forceinline__ float reduce_key(const Smem& s, int key) {
 }
 
 __global__ void __launch_bounds__(kThreads, 2) paged_logits_kernel(
-    const uint8_t* __restrict__ q, const uint8_t* __restrict__ kv_cache, const float* __restrict__ weights,
+    const uint8_t* __restrict__ q, const uint8_t* __restrict__ kv_cache, int64_t n_pages, const float* __restrict__ weights,
     const int32_t* __restrict__ context_lens, const int32_t* __restrict__ block_table, int64_t bt_stride,
-    float* __restrict__ out, int64_t out_stride, int next_n, int heads, int max_context_len) {
+    float* __restrict__ out, int64_t out_stride, int next_n, int heads, int max_context_len, int32_t* err) {
   extern __shared__ __align__(16) uint8_t smem_raw[];
   Smem& s = *reinterpret_cast<Smem*>(smem_raw);
   const int b = blockIdx.y, page_idx = blockIdx.x;
@@ -118,6 +119,12 @@ __global__ void __launch_bounds__(kThreads, 2) paged_logits_kernel(
     return;
   }
   const int64_t page = block_table[int64_t(b) * bt_stride + page_idx];
+  if (page < 0 || page >= n_pages) {  // a bad block-table entry: no keys here (never an illegal address)
+    if (threadIdx.x == 0) report_oob(err, kOobBlockTable, page);
+    for (int i = threadIdx.x; i < next_n * cols; i += kThreads)
+      out[int64_t(b * next_n + i / cols) * out_stride + pos0 + i % cols] = -INFINITY;
+    return;
+  }
   const uint8_t* base = kv_cache + page * indexer::kPageBytes;
   load_rows(s.k, base, kKeys, kKeys);
   for (int i = threadIdx.x; i < kKeys; i += kThreads)
@@ -174,10 +181,11 @@ __global__ void __launch_bounds__(kThreads, 2) ragged_logits_kernel(
 }  // namespace
 }  // namespace sm80
 
-cudaError_t launch_fp8_paged_indexer_logits(const uint8_t* q, const uint8_t* kv_cache, const float* weights,
-                                            const int32_t* context_lens, const int32_t* block_table,
-                                            int64_t bt_stride, float* out, int64_t out_stride, int batch,
-                                            int next_n, int heads, int max_context_len, cudaStream_t stream) {
+cudaError_t launch_fp8_paged_indexer_logits(const uint8_t* q, const uint8_t* kv_cache, int64_t n_pages,
+                                            const float* weights, const int32_t* context_lens,
+                                            const int32_t* block_table, int64_t bt_stride, float* out,
+                                            int64_t out_stride, int batch, int next_n, int heads,
+                                            int max_context_len, int32_t* err, cudaStream_t stream) {
   if (heads > sm80::kMaxHeads || heads <= 0) return cudaErrorInvalidValue;
   if (batch == 0 || max_context_len == 0) return cudaSuccess;
   const int smem = sizeof(sm80::Smem);
@@ -185,7 +193,8 @@ cudaError_t launch_fp8_paged_indexer_logits(const uint8_t* q, const uint8_t* kv_
   if (e != cudaSuccess) return e;
   dim3 grid(ceil_div(max_context_len, sm80::kKeys), batch);
   sm80::paged_logits_kernel<<<grid, sm80::kThreads, smem, stream>>>(
-      q, kv_cache, weights, context_lens, block_table, bt_stride, out, out_stride, next_n, heads, max_context_len);
+      q, kv_cache, n_pages, weights, context_lens, block_table, bt_stride, out, out_stride, next_n, heads,
+      max_context_len, err);
   return cudaGetLastError();
 }
 

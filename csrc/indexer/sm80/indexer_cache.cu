@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 
 #include "../../api/indexer.h"
+#include "../../common/bounds.cuh"
 #include "../../common/fp8.h"
 #include "../common/cache_layout.h"
 
@@ -43,7 +44,8 @@ __device__ __forceinline__ void fwht128(float (&v)[4], int lane) {
 __global__ void __launch_bounds__(kThreads) indexer_quant_kernel(const void* __restrict__ k, int kind, bool rotate,
                                                                  uint8_t* __restrict__ k_fp8, float* __restrict__ k_scale,
                                                                  uint8_t* __restrict__ kv_cache, const void* slot_mapping,
-                                                                 bool slot_is_i64, int64_t tokens) {
+                                                                 bool slot_is_i64, int64_t tokens,
+                                                                 int64_t n_slots, int32_t* err) {
   const int64_t t = (int64_t(blockIdx.x) * kThreads + threadIdx.x) >> 5;
   if (t >= tokens) return;
   const int lane = threadIdx.x & 31;
@@ -69,6 +71,10 @@ __global__ void __launch_bounds__(kThreads) indexer_quant_kernel(const void* __r
   if (kv_cache) {
     const int64_t slot = slot_at(slot_mapping, slot_is_i64, t);
     if (slot < 0) return;
+    if (slot >= n_slots) {
+      if (lane == 0) report_oob(err, kOobSlotMapping, slot);
+      return;
+    }
     *reinterpret_cast<uint32_t*>(kv_cache + indexer::key_byte_offset(slot) + lane * 4) = q;
     if (lane == 0) *reinterpret_cast<float*>(kv_cache + indexer::scale_byte_offset(slot)) = s;
   }
@@ -77,26 +83,57 @@ __global__ void __launch_bounds__(kThreads) indexer_quant_kernel(const void* __r
 __global__ void __launch_bounds__(kThreads) cache_write_kernel(const uint8_t* __restrict__ k_fp8,
                                                                const float* __restrict__ k_scale,
                                                                uint8_t* __restrict__ kv_cache, const void* slot_mapping,
-                                                               bool slot_is_i64, int64_t tokens) {
+                                                               bool slot_is_i64, int64_t tokens, int64_t n_slots,
+                                                               int32_t* err) {
   const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;  // 8 threads x 16 B per token
   const int64_t t = i >> 3;
   if (t >= tokens) return;
   const int64_t slot = slot_at(slot_mapping, slot_is_i64, t);
   if (slot < 0) return;
   const int c = int(i & 7);
+  if (slot >= n_slots) {
+    if (c == 0) report_oob(err, kOobSlotMapping, slot);
+    return;
+  }
   *reinterpret_cast<uint4*>(kv_cache + indexer::key_byte_offset(slot) + c * 16) =
       *reinterpret_cast<const uint4*>(k_fp8 + t * 128 + c * 16);
   if (c == 0) *reinterpret_cast<float*>(kv_cache + indexer::scale_byte_offset(slot)) = k_scale[t];
 }
 
+// The reverse of cache_write_kernel: k_fp8 [T, 128] + k_scale [T] <- cache rows at slots [T]. Slots
+// outside [0, n_slots) read as zeros (and are reported): the gather's callers pass no -1 slots.
+__global__ void __launch_bounds__(kThreads) cache_gather_kernel(const uint8_t* __restrict__ kv_cache,
+                                                                const void* slots, bool slot_is_i64, int64_t tokens,
+                                                                int64_t n_slots, uint8_t* __restrict__ k_fp8,
+                                                                float* __restrict__ k_scale, int32_t* err) {
+  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;  // 8 threads x 16 B per token
+  const int64_t t = i >> 3;
+  if (t >= tokens) return;
+  const int64_t slot = slot_at(slots, slot_is_i64, t);
+  const int c = int(i & 7);
+  const bool ok = slot >= 0 && slot < n_slots;
+  if (!ok && c == 0) report_oob(err, kOobSlots, slot);
+  *reinterpret_cast<uint4*>(k_fp8 + t * 128 + c * 16) =
+      ok ? *reinterpret_cast<const uint4*>(kv_cache + indexer::key_byte_offset(slot) + c * 16) : make_uint4(0, 0, 0, 0);
+  if (c == 0) k_scale[t] = ok ? *reinterpret_cast<const float*>(kv_cache + indexer::scale_byte_offset(slot)) : 0.f;
+}
+
+// Positions past the block table (pos // page >= bt_stride) give -1, as in the Triton kernel.
 __global__ void indices_to_slots_kernel(const int32_t* __restrict__ indices, const int32_t* __restrict__ table,
                                         int64_t bt_stride, int32_t* __restrict__ slots, int64_t total, int k,
-                                        int page) {
+                                        int page, int32_t* err) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= total) return;
   const int32_t pos = indices[i];
   const int64_t r = i / k;
-  slots[i] = pos < 0 ? -1 : table[r * bt_stride + pos / page] * page + pos % page;
+  if (pos < 0) {
+    slots[i] = -1;
+  } else if (pos / page >= bt_stride) {
+    report_oob(err, kOobPositions, pos);
+    slots[i] = -1;
+  } else {
+    slots[i] = table[r * bt_stride + pos / page] * page + pos % page;
+  }
 }
 
 }  // namespace
@@ -104,27 +141,38 @@ __global__ void indices_to_slots_kernel(const int32_t* __restrict__ indices, con
 
 cudaError_t launch_indexer_quant(const void* k, int kind, bool rotate, uint8_t* k_fp8, float* k_scale,
                                  uint8_t* kv_cache, const void* slot_mapping, bool slot_is_i64, int64_t tokens,
-                                 cudaStream_t stream) {
+                                 int64_t n_slots, int32_t* err, cudaStream_t stream) {
   if (tokens == 0) return cudaSuccess;
   sm80::indexer_quant_kernel<<<ceil_div64(tokens * 32, sm80::kThreads), sm80::kThreads, 0, stream>>>(
-      k, kind, rotate, k_fp8, k_scale, kv_cache, slot_mapping, slot_is_i64, tokens);
+      k, kind, rotate, k_fp8, k_scale, kv_cache, slot_mapping, slot_is_i64, tokens, n_slots, err);
   return cudaGetLastError();
 }
 
 cudaError_t launch_indexer_cache_write(const uint8_t* k_fp8, const float* k_scale, uint8_t* kv_cache,
-                                       const void* slot_mapping, bool slot_is_i64, int64_t tokens, cudaStream_t stream) {
+                                       const void* slot_mapping, bool slot_is_i64, int64_t tokens, int64_t n_slots,
+                                       int32_t* err, cudaStream_t stream) {
   if (tokens == 0) return cudaSuccess;
   sm80::cache_write_kernel<<<ceil_div64(tokens * 8, sm80::kThreads), sm80::kThreads, 0, stream>>>(
-      k_fp8, k_scale, kv_cache, slot_mapping, slot_is_i64, tokens);
+      k_fp8, k_scale, kv_cache, slot_mapping, slot_is_i64, tokens, n_slots, err);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_indexer_cache_gather(const uint8_t* kv_cache, int64_t n_slots, const void* slots, bool slot_is_i64,
+                                        int64_t tokens, uint8_t* k_fp8, float* k_scale, int32_t* err,
+                                        cudaStream_t stream) {
+  if (tokens == 0) return cudaSuccess;
+  sm80::cache_gather_kernel<<<ceil_div64(tokens * 8, sm80::kThreads), sm80::kThreads, 0, stream>>>(
+      kv_cache, slots, slot_is_i64, tokens, n_slots, k_fp8, k_scale, err);
   return cudaGetLastError();
 }
 
 cudaError_t launch_indices_to_slots(const int32_t* indices, const int32_t* block_table, int64_t bt_stride,
-                                    int32_t* slots, int rows, int k, int page_size, cudaStream_t stream) {
+                                    int32_t* slots, int rows, int k, int page_size, int32_t* err, cudaStream_t stream) {
   const int64_t total = int64_t(rows) * k;
   if (total == 0) return cudaSuccess;
+  if (page_size <= 0) return cudaErrorInvalidValue;
   sm80::indices_to_slots_kernel<<<ceil_div64(total, 256), 256, 0, stream>>>(indices, block_table, bt_stride, slots,
-                                                                            total, k, page_size);
+                                                                            total, k, page_size, err);
   return cudaGetLastError();
 }
 

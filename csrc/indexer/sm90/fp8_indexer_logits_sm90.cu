@@ -5,6 +5,7 @@
 //   reduced over the 8 row groups by shuffles and over the 4 warps in shared memory, times k_scale.
 // Same semantics and launch contract as indexer/sm80/fp8_indexer_logits_sm80.cu (which Hopper uses when this is not built).
 #include "../../api/indexer.h"
+#include "../../common/bounds.cuh"
 #include "../common/cache_layout.h"
 
 #if defined(DSV32_WITH_CUTE)
@@ -112,9 +113,9 @@ __device__ __forceinline__ float reduce_key(const typename Cfg<N>::Smem& s, int 
 }
 
 __global__ void __launch_bounds__(kThreads) paged_logits_kernel(
-    const uint8_t* __restrict__ q, const uint8_t* __restrict__ kv_cache, const float* __restrict__ weights,
+    const uint8_t* __restrict__ q, const uint8_t* __restrict__ kv_cache, int64_t n_pages, const float* __restrict__ weights,
     const int32_t* __restrict__ context_lens, const int32_t* __restrict__ block_table, int64_t bt_stride,
-    float* __restrict__ out, int64_t out_stride, int next_n, int heads, int max_context_len) {
+    float* __restrict__ out, int64_t out_stride, int next_n, int heads, int max_context_len, int32_t* err) {
 #if defined(DSV32_SM90A_DEVICE)
   constexpr int N = indexer::kPage;
   auto& s = smem<N>();
@@ -127,6 +128,12 @@ __global__ void __launch_bounds__(kThreads) paged_logits_kernel(
     return;
   }
   const int64_t page = block_table[int64_t(b) * bt_stride + blockIdx.x];
+  if (page < 0 || page >= n_pages) {  // a bad block-table entry: no keys here (never an illegal address)
+    if (threadIdx.x == 0) report_oob(err, kOobBlockTable, page);
+    for (int i = threadIdx.x; i < next_n * cols; i += kThreads)
+      out[int64_t(b * next_n + i / cols) * out_stride + pos0 + i % cols] = -INFINITY;
+    return;
+  }
   const uint8_t* base = kv_cache + page * indexer::kPageBytes;
   load_tile<Cfg<N>::LayoutK>(s.k, base, N, N);
   for (int i = threadIdx.x; i < N; i += kThreads)
@@ -194,10 +201,11 @@ bool indexer_logits_sm90_built() {
 #endif
 }
 
-cudaError_t launch_fp8_paged_indexer_logits_sm90(const uint8_t* q, const uint8_t* kv_cache, const float* weights,
-                                                 const int32_t* context_lens, const int32_t* block_table,
-                                                 int64_t bt_stride, float* out, int64_t out_stride, int batch,
-                                                 int next_n, int heads, int max_context_len, cudaStream_t stream) {
+cudaError_t launch_fp8_paged_indexer_logits_sm90(const uint8_t* q, const uint8_t* kv_cache, int64_t n_pages,
+                                                 const float* weights, const int32_t* context_lens,
+                                                 const int32_t* block_table, int64_t bt_stride, float* out,
+                                                 int64_t out_stride, int batch, int next_n, int heads,
+                                                 int max_context_len, int32_t* err, cudaStream_t stream) {
   if (!indexer_logits_sm90_built()) return cudaErrorInvalidDeviceFunction;
   if (heads > sm90::logits::kMaxHeads || heads <= 0) return cudaErrorInvalidValue;
   if (batch == 0 || max_context_len == 0) return cudaSuccess;
@@ -206,7 +214,8 @@ cudaError_t launch_fp8_paged_indexer_logits_sm90(const uint8_t* q, const uint8_t
   if (e != cudaSuccess) return e;
   dim3 grid(ceil_div(max_context_len, indexer::kPage), batch);
   sm90::paged_logits_kernel<<<grid, sm90::logits::kThreads, smem, stream>>>(
-      q, kv_cache, weights, context_lens, block_table, bt_stride, out, out_stride, next_n, heads, max_context_len);
+      q, kv_cache, n_pages, weights, context_lens, block_table, bt_stride, out, out_stride, next_n, heads,
+      max_context_len, err);
   return cudaGetLastError();
 }
 
@@ -231,9 +240,9 @@ cudaError_t launch_fp8_indexer_logits_sm90(const uint8_t* q, const uint8_t* k, c
 
 namespace dsv32 {
 bool indexer_logits_sm90_built() { return false; }
-cudaError_t launch_fp8_paged_indexer_logits_sm90(const uint8_t*, const uint8_t*, const float*, const int32_t*,
+cudaError_t launch_fp8_paged_indexer_logits_sm90(const uint8_t*, const uint8_t*, int64_t, const float*, const int32_t*,
                                                  const int32_t*, int64_t, float*, int64_t, int, int, int, int,
-                                                 cudaStream_t) {
+                                                 int32_t*, cudaStream_t) {
   return cudaErrorInvalidDeviceFunction;
 }
 cudaError_t launch_fp8_indexer_logits_sm90(const uint8_t*, const uint8_t*, const float*, const float*, const int32_t*,

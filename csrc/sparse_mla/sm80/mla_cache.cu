@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 
 #include "../../api/sparse_mla.h"
+#include "../../common/bounds.cuh"
 #include "../common/cache_layout.h"
 
 namespace dsv32 {
@@ -22,13 +23,18 @@ __device__ __forceinline__ float load_any(const void* p, int kind, int64_t i) {
 __global__ void __launch_bounds__(kThreads) mla_cache_write_kernel(const void* __restrict__ kv_c,
                                                                    const void* __restrict__ k_pe, int kind,
                                                                    void* __restrict__ cache, bool fp8,
-                                                                   const void* slot_mapping, bool i64, int64_t tokens) {
+                                                                   const void* slot_mapping, bool i64, int64_t tokens,
+                                                                   int64_t n_slots, int32_t* err) {
   const int64_t t = (int64_t(blockIdx.x) * kThreads + threadIdx.x) >> 5;
   if (t >= tokens) return;
   const int lane = threadIdx.x & 31;
   const int64_t slot = i64 ? static_cast<const int64_t*>(slot_mapping)[t]
                            : int64_t(static_cast<const int32_t*>(slot_mapping)[t]);
   if (slot < 0) return;
+  if (slot >= n_slots) {  // past the cache: skipped (never an illegal address), reported in debug mode
+    if (lane == 0) report_oob(err, kOobSlotMapping, slot);
+    return;
+  }
   float v[16];
 #pragma unroll
   for (int i = 0; i < 16; ++i) v[i] = load_any(kv_c, kind, t * mla::kKvLora + lane * 16 + i);
@@ -64,10 +70,11 @@ __global__ void __launch_bounds__(kThreads) mla_cache_write_kernel(const void* _
 }  // namespace sm80
 
 cudaError_t launch_mla_cache_write(const void* kv_c, const void* k_pe, int kind, void* kv_cache, bool fp8_cache,
-                                   const void* slot_mapping, bool slot_is_i64, int64_t tokens, cudaStream_t stream) {
+                                   const void* slot_mapping, bool slot_is_i64, int64_t tokens, int64_t n_slots,
+                                   int32_t* err, cudaStream_t stream) {
   if (tokens == 0) return cudaSuccess;
   sm80::mla_cache_write_kernel<<<ceil_div64(tokens * 32, sm80::kThreads), sm80::kThreads, 0, stream>>>(
-      kv_c, k_pe, kind, kv_cache, fp8_cache, slot_mapping, slot_is_i64, tokens);
+      kv_c, k_pe, kind, kv_cache, fp8_cache, slot_mapping, slot_is_i64, tokens, n_slots, err);
   return cudaGetLastError();
 }
 

@@ -6,6 +6,7 @@
 // out = O / l, lse = ln(sum exp(scores)); a row with no valid slot gives out = 0, lse = -inf.
 #include "../../api/sparse_mla.h"
 #include "../../common/mma_sm80.cuh"
+#include "../../common/bounds.cuh"
 #include "../common/cache_layout.h"
 
 namespace dsv32 {
@@ -82,10 +83,14 @@ __device__ __forceinline__ void gather_chunk(DecodeSmem& sm, const uint8_t* __re
 template <bool kFp8>
 __global__ void __launch_bounds__(kThreads) sparse_mla_decode_kernel(
     const __nv_bfloat16* __restrict__ q, const uint8_t* __restrict__ cache, const int32_t* __restrict__ indices,
-    __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int heads, int topk, float scale_log2) {
+    __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int heads, int topk, float scale_log2,
+    int64_t n_slots, int32_t* err) {
   extern __shared__ __align__(16) uint8_t smem_raw[];
   DecodeSmem& sm = *reinterpret_cast<DecodeSmem*>(smem_raw);
-  const int row = blockIdx.y, h0 = blockIdx.x * kHeadsPerCta;
+  // 1-D grid (row-major over (row, head block)): gridDim.x allows 2^31-1 CTAs, where a rows axis on y
+  // would stop at 65535 query rows.
+  const int n_hblocks = (heads + kHeadsPerCta - 1) / kHeadsPerCta;
+  const int row = int(blockIdx.x / n_hblocks), h0 = int(blockIdx.x % n_hblocks) * kHeadsPerCta;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int nh = min(kHeadsPerCta, heads - h0);
 
@@ -106,7 +111,14 @@ __global__ void __launch_bounds__(kThreads) sparse_mla_decode_kernel(
 
   const int32_t* idx_row = indices + int64_t(row) * topk;
   for (int k0 = 0; k0 < topk; k0 += kKeysPerChunk) {
-    if (tid < kKeysPerChunk) sm.idx[tid] = (k0 + tid < topk) ? idx_row[k0 + tid] : -1;
+    if (tid < kKeysPerChunk) {
+      int32_t slot = (k0 + tid < topk) ? idx_row[k0 + tid] : -1;
+      if (slot >= n_slots) {  // a slot past the cache: masked like -1 (never an illegal address)
+        if (blockIdx.x % n_hblocks == 0) report_oob(err, kOobIndices, slot);
+        slot = -1;
+      }
+      sm.idx[tid] = slot;
+    }
     __syncthreads();
     gather_chunk<kFp8>(sm, cache);
     __syncthreads();
@@ -217,10 +229,12 @@ __global__ void __launch_bounds__(kThreads) sparse_mla_decode_kernel(
 
 cudaError_t launch_sparse_mla_decode(const void* q, const void* kv_cache, bool fp8_cache, const int32_t* indices,
                                      void* out, float* lse, int rows, int heads, int topk, float sm_scale,
-                                     cudaStream_t stream) {
+                                     int64_t n_slots, int32_t* err, cudaStream_t stream) {
   if (rows == 0 || heads == 0) return cudaSuccess;
   const int smem = sizeof(sm80::DecodeSmem);
-  const dim3 grid(ceil_div(heads, sm80::kHeadsPerCta), rows);
+  const int64_t ctas = int64_t(ceil_div(heads, sm80::kHeadsPerCta)) * rows;
+  if (ctas > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(ctas));
   const float scale_log2 = sm_scale * 1.4426950408889634f;
   auto* qp = static_cast<const __nv_bfloat16*>(q);
   auto* cp = static_cast<const uint8_t*>(kv_cache);
@@ -228,7 +242,8 @@ cudaError_t launch_sparse_mla_decode(const void* q, const void* kv_cache, bool f
   auto kernel = fp8_cache ? sm80::sparse_mla_decode_kernel<true> : sm80::sparse_mla_decode_kernel<false>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
-  kernel<<<grid, sm80::kThreads, smem, stream>>>(qp, cp, indices, op, lse, heads, topk, scale_log2);
+  kernel<<<grid, sm80::kThreads, smem, stream>>>(qp, cp, indices, op, lse, heads, topk, scale_log2, n_slots,
+                                                  err);
   return cudaGetLastError();
 }
 

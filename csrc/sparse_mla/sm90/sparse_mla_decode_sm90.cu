@@ -7,6 +7,7 @@
 // A 64-head tile shares each gathered/dequantized key across 64 heads (the sm80 kernel shares it across 16).
 // Semantics as sparse_mla/sm80/sparse_mla_decode_sm80.cu. Built only with CuTe headers (DSV32_WITH_CUTE) and sm_90a.
 #include "../../api/sparse_mla.h"
+#include "../../common/bounds.cuh"
 #include "../common/cache_layout.h"
 
 #if defined(DSV32_WITH_CUTE)
@@ -84,10 +85,14 @@ __device__ __forceinline__ void gather(Smem& s, const uint8_t* __restrict__ cach
 template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1) sparse_mla_decode_kernel(
     const bf16* __restrict__ q, const uint8_t* __restrict__ cache, const int32_t* __restrict__ indices,
-    bf16* __restrict__ out, float* __restrict__ lse, int heads, int topk, float scale_log2) {
+    bf16* __restrict__ out, float* __restrict__ lse, int heads, int topk, float scale_log2,
+    int64_t n_slots, int32_t* err) {
 #if defined(DSV32_SM90A_DEVICE)
   Smem& s = smem();
-  const int row = blockIdx.y, h0 = blockIdx.x * kHeads;
+  // 1-D grid (row-major over (row, head block)): gridDim.x allows 2^31-1 CTAs, where a rows axis on y
+  // would stop at 65535 query rows.
+  const int n_hblocks = (heads + kHeads - 1) / kHeads;
+  const int row = int(blockIdx.x / n_hblocks), h0 = int(blockIdx.x % n_hblocks) * kHeads;
   const int nh = min(kHeads, heads - h0);
   const int tid = threadIdx.x, wg = tid / 128, wtid = tid % 128;
 
@@ -121,7 +126,14 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_decode_kernel(
 
   const int32_t* idx_row = indices + int64_t(row) * topk;
   for (int k0 = 0; k0 < topk; k0 += kKeys) {
-    if (tid < kKeys) s.idx[tid] = (k0 + tid < topk) ? idx_row[k0 + tid] : -1;
+    if (tid < kKeys) {
+      int32_t slot = (k0 + tid < topk) ? idx_row[k0 + tid] : -1;
+      if (slot >= n_slots) {  // a slot past the cache: masked like -1 (never an illegal address)
+        if (blockIdx.x % n_hblocks == 0) report_oob(err, kOobIndices, slot);
+        slot = -1;
+      }
+      s.idx[tid] = slot;
+    }
     __syncthreads();
     gather<kFp8>(s, cache);
     cutlass::arch::fence_view_async_shared();
@@ -230,17 +242,20 @@ bool sparse_mla_decode_sm90_built() {
 
 cudaError_t launch_sparse_mla_decode_sm90(const void* q, const void* kv_cache, bool fp8_cache, const int32_t* indices,
                                           void* out, float* lse, int rows, int heads, int topk, float sm_scale,
-                                          cudaStream_t stream) {
+                                          int64_t n_slots, int32_t* err, cudaStream_t stream) {
   if (!sparse_mla_decode_sm90_built()) return cudaErrorInvalidDeviceFunction;
   if (rows == 0 || heads == 0) return cudaSuccess;
   const int smem = int(sizeof(sm90::mla_decode::Smem)) + 1024;
-  const dim3 grid(ceil_div(heads, sm90::mla_decode::kHeads), rows);
+  const int64_t ctas = int64_t(ceil_div(heads, sm90::mla_decode::kHeads)) * rows;
+  if (ctas > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(ctas));
   const float scale_log2 = sm_scale * 1.4426950408889634f;
   auto kernel = fp8_cache ? sm90::sparse_mla_decode_kernel<true> : sm90::sparse_mla_decode_kernel<false>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
   kernel<<<grid, sm90::mla_decode::kThreads, smem, stream>>>(static_cast<const sm90::mla_decode::bf16*>(q), static_cast<const uint8_t*>(kv_cache),
-                                                 indices, static_cast<sm90::mla_decode::bf16*>(out), lse, heads, topk, scale_log2);
+                                                 indices, static_cast<sm90::mla_decode::bf16*>(out), lse, heads, topk, scale_log2,
+                                                 n_slots, err);
   return cudaGetLastError();
 }
 
@@ -251,7 +266,7 @@ cudaError_t launch_sparse_mla_decode_sm90(const void* q, const void* kv_cache, b
 namespace dsv32 {
 bool sparse_mla_decode_sm90_built() { return false; }
 cudaError_t launch_sparse_mla_decode_sm90(const void*, const void*, bool, const int32_t*, void*, float*, int, int, int,
-                                          float, cudaStream_t) {
+                                          float, int64_t, int32_t*, cudaStream_t) {
   return cudaErrorInvalidDeviceFunction;
 }
 }  // namespace dsv32

@@ -3,12 +3,15 @@
 Scales as in ops.fp8_quant: activations 1x128 fp32 (ue8m0 powers of two), weights 128x128 fp32.
   fp8_grouped_gemm_nt_contiguous(a [M, K] e4m3, a_scale [M, K/128], b [G, N, K] e4m3,
       b_scale [G, ceil(N/128), K/128], m_indices [M] int32) -> [M, N] bf16
-      out[m] = dequant(a[m]) @ dequant(b[m_indices[m]]).T ; rows with m_indices == -1 (padding) are 0.
+      out[m] = dequant(a[m]) @ dequant(b[m_indices[m]]).T ; rows with m_indices outside [0, G) (-1 padding)
+      are not written by the kernels (unspecified; the reference writes 0): no zero-fill of padding.
       Rows of one group need not be aligned or contiguous for correctness; kernels are fastest when each
       group's rows are contiguous and padded to the kernel's block M (a tile spanning two groups costs an
       extra pass in the Triton kernel).
   fp8_grouped_gemm_nt_masked(a [G, M, K] e4m3, a_scale [G, M, K/128], b [G, N, K], b_scale, masked_m [G] int32)
-      -> [G, M, N] bf16; rows m >= masked_m[g] are 0.
+      -> [G, M, N] bf16; rows m >= masked_m[g] are not written by the kernels (unspecified; the reference
+      writes 0). With per-expert padded rows and device-side counts (masked_m, or -1 padding in m_indices)
+      the kernels' MMA work is sum_g ceil(rows_g / BLOCK_M) * N / BLOCK_N tiles (benchmarks/work_model.py).
   silu_and_mul_fp8_quant(x [M, 2N]) -> (fp8 [M, N], scale [M, N/128]) of silu(x[:, :N]) * x[:, N:].
   fp8_moe_experts(x [T, D], w13 [E, 2I, D] e4m3 (gate rows then up rows), w13_scale [E, 2I/128, D/128],
       w2 [E, D, I] e4m3, w2_scale [E, D/128, I/128], topk_weights [T, k] fp32, topk_ids [T, k] int32)

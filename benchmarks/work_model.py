@@ -1,0 +1,326 @@
+"""CPU-side work model of the Triton kernels: CTAs launched, MMA tiles / K-loop iterations, bytes moved per
+call, against the ideal. No GPU: each function replays its kernel's control flow on the real inputs (routing,
+counts, logits), with the launch parameters taken from the launchers themselves (triton_kernels.*:
+contiguous_launches / masked_launch / TOPK_CONFIG / logits_config / paged_logits_config / attn_config /
+plan_splits), for an H100 (sm_90a config, 132 SMs).
+
+    python benchmarks/work_model.py            # prints the table and writes benchmarks/WORK_MODEL.md
+
+Definitions (per call):
+  MoE grouped GEMM  tiles = MMA tiles run (BLOCK_M x BLOCK_N x K K-loops; second-pass tiles counted in
+                    first-pass BLOCK_N units); ideal = sum_e ceil(n_e / BLOCK_M) * N / BLOCK_N.
+                    bytes = unique bytes touched (active experts' weight slices + scales read, activation rows
+                    read, output rows written, zero-fill included); ideal = the active experts' weights read
+                    once + activations + the valid output rows.  efficiency = ideal / actual.
+  Top-k             CTAs launched and full-row passes (a pass reads the whole row [ks, ke) once).
+  Indexer logits    K-loop iterations (BN keys each) vs ceil(keys in range / BN) per query block; key bytes
+                    read (no L2 reuse) vs each key once.
+  Sparse MLA decode CTAs, K-loop iterations (BLOCK_T keys), KV bytes gathered (per head block) vs once per row.
+The MoE layouts are the ones GPU serving uses with device-side counts (the host does not know n_e, so the
+grid is sized for the worst case): `padded` = contiguous rows of each expert padded to BLOCK_M (-1 rows),
+M = worst-case capacity; `masked` = [E, T, K] with masked_m = n_e; `unaligned` = what ops.fp8_moe_experts
+builds today (rows sorted by expert, no padding).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from deepseek_v32_plugin.triton_kernels import fp8_moe as tk_moe
+from deepseek_v32_plugin.triton_kernels import indexer as tk_ix
+from deepseek_v32_plugin.triton_kernels import sparse_mla as tk_mla
+
+CAP = (9, 0)          # H100 / H200: the sm_90a configs
+NUM_SMS = 132         # H100 SXM
+E, TOPK_E, HIDDEN, INTER = 256, 8, 7168, 2048     # V3.2 MoE: experts, top-8, hidden, moe_intermediate
+MOE_TARGET = 0.90
+TOPK_MIN_CTAS, TOPK_MAX_PASSES = 64, 3
+
+
+# ------------------------------------------------------------------------------------------- MoE
+
+def route(t: int, seed: int = 0) -> torch.Tensor:
+    """[t, 8] distinct experts per token (uniform routing, fixed seed)."""
+    g = torch.Generator().manual_seed(seed + t)
+    return torch.rand(t, E, generator=g).topk(TOPK_E, dim=1).indices
+
+
+def counts_of(ids: torch.Tensor) -> torch.Tensor:
+    return torch.bincount(ids.reshape(-1), minlength=E)
+
+
+def padded_m_indices(counts: torch.Tensor, block_m: int) -> torch.Tensor:
+    """Per-expert rows padded to block_m (-1), then -1 up to the worst-case capacity the host must size the
+    grid for without knowing the counts: T*k rows + (block_m - 1) padding per possibly-active expert."""
+    total = int(counts.sum())
+    cap = math.ceil((total + min(E, total) * (block_m - 1)) / block_m) * block_m
+    ids = []
+    for e, c in enumerate(counts.tolist()):
+        ids += [e] * c + [-1] * ((-c) % block_m)
+    ids += [-1] * (cap - len(ids))
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+@dataclass
+class MoeWork:
+    ctas: int
+    tiles: float
+    ideal_tiles: int
+    bytes: int
+    ideal_bytes: int
+
+
+def _ideal(counts, n, k, block_m, block_n):
+    active = counts > 0
+    tiles = int(sum(math.ceil(c / block_m) for c in counts.tolist())) * math.ceil(n / block_n)
+    rows = int(counts.sum())
+    w = int(active.sum()) * (n * k + 4 * math.ceil(n / 128) * (k // 128))
+    return tiles, w + rows * (k + 4 * (k // 128)) + rows * n * 2
+
+
+def moe_contiguous(m_indices: torch.Tensor, n: int, k: int, zero_fill: bool = False) -> MoeWork:
+    """Replays _grouped_gemm_contiguous_kernel's two launches on m_indices (invalid ids = padding).
+    zero_fill=True models the kernel before this change (padding rows stored as zeros)."""
+    launches = tk_moe.contiguous_launches(m_indices.numel(), n, CAP)
+    bm, bn = launches[0]["BLOCK_M"], launches[0]["BLOCK_N"]
+    ctas, tiles, w_slices, rows_read, zero_rows = 0, 0.0, set(), 0, 0
+    for ln in launches:
+        ctas += ln["grid"][0]
+        n_tiles = math.ceil(n / ln["BLOCK_N"])
+        for m0 in range(0, m_indices.numel(), bm):
+            ids = m_indices[m0:m0 + bm]
+            experts = sorted({int(e) for e in ids.tolist() if 0 <= e < E})
+            run = experts[1:] if ln["SECOND_PASS"] else experts[:1]
+            tiles += len(run) * n_tiles * ln["BLOCK_N"] / bn
+            for e in run:
+                rows_read += int((ids == e).sum())
+                w_slices |= {(e, j) for j in range(math.ceil(n / bn))}
+            if not ln["SECOND_PASS"] and zero_fill:
+                zero_rows += int(((ids < 0) | (ids >= E)).sum())
+    counts = torch.bincount(m_indices[(m_indices >= 0) & (m_indices < E)], minlength=E)
+    ideal_tiles, ideal_bytes = _ideal(counts, n, k, bm, bn)
+    w_bytes = len(w_slices) * (min(bn, n) * k + 4 * (k // 128))
+    out = (int(counts.sum()) + zero_rows) * n * 2
+    return MoeWork(ctas, tiles, ideal_tiles, w_bytes + rows_read * (k + 4 * (k // 128)) + out, ideal_bytes)
+
+
+def moe_masked(counts: torch.Tensor, m_cap: int, n: int, k: int, zero_fill: bool = False) -> MoeWork:
+    """Replays _grouped_gemm_masked_kernel over [E, m_cap, K] with masked_m = counts."""
+    ln = tk_moe.masked_launch(E, m_cap, n, CAP)
+    bm, bn = ln["BLOCK_M"], ln["BLOCK_N"]
+    n_tiles = math.ceil(n / bn)
+    tiles, written = 0, 0
+    for c in counts.tolist():
+        live = min(c, m_cap)
+        tiles += math.ceil(live / bm) * n_tiles
+        written += (math.ceil(m_cap / bm) * bm if zero_fill else live)  # whole tiles were stored before
+    written = min(written, E * m_cap) if zero_fill else written
+    ideal_tiles, ideal_bytes = _ideal(counts, n, k, bm, bn)
+    active = int((counts > 0).sum())
+    w_bytes = active * (n * k + 4 * n_tiles * (k // 128))
+    rows = int(counts.sum())
+    return MoeWork(ln["grid"][0] * ln["grid"][1], tiles, ideal_tiles,
+                   w_bytes + rows * (k + 4 * (k // 128)) + written * n * 2, ideal_bytes)
+
+
+def bm_n(layout: str) -> int:
+    return tk_moe.gemm_config_for(CAP)["BLOCK_N"]
+
+
+def moe_rows(ts=(1, 2, 4, 8, 16, 32, 64, 128, 256)) -> list[dict]:
+    bm = tk_moe.gemm_config_for(CAP)["BLOCK_M"]
+    out = []
+    for t in ts:
+        counts = counts_of(route(t))
+        ids_sorted = torch.sort(route(t).reshape(-1)).values
+        for gemm, (n, k) in (("gate_up", (2 * INTER, HIDDEN)), ("down", (HIDDEN, INTER))):
+            cases = {
+                "padded": (moe_contiguous(padded_m_indices(counts, bm), n, k),
+                           moe_contiguous(padded_m_indices(counts, bm), n, k, zero_fill=True)),
+                "masked": (moe_masked(counts, t, n, k), moe_masked(counts, t, n, k, zero_fill=True)),
+                "unaligned": (moe_contiguous(ids_sorted, n, k), None),
+            }
+            for layout, (w, before) in cases.items():
+                out.append(dict(T=t, gemm=gemm, layout=layout, ctas=w.ctas, tiles=w.tiles, ideal_tiles=w.ideal_tiles,
+                                tile_eff=w.ideal_tiles / w.tiles, bytes=w.bytes, ideal_bytes=w.ideal_bytes,
+                                byte_eff=w.ideal_bytes / w.bytes,
+                                fill=int(counts.sum()) * math.ceil(n / bm_n(layout)) / max(w.tiles * bm, 1),
+                                bytes_before=before.bytes if before else None))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- top-k
+
+def normal_logits(rows: int, n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(rows, n, generator=torch.Generator().manual_seed(seed))
+
+
+def concentrated_logits(rows: int, n: int, seed: int = 0) -> torch.Tensor:
+    """'Concentrated' logits: every score within 2^-9 relative of 1.0 (e.g. a saturated indexer): the
+    top-k threshold's 16-bit key prefix (sign, exponent, 7 mantissa bits) holds the whole row, so a
+    fixed top-bits first histogram (the previous kernel: 5 row passes) cannot split it."""
+    g = torch.Generator().manual_seed(seed)
+    return 1.0 + torch.rand(rows, n, generator=g) * 2.0 ** -9
+
+
+def tied_logits(rows: int, n: int, seed: int = 0) -> torch.Tensor:
+    """Heavy ties: 16 distinct values per row (the documented slow path)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 16, (rows, n), generator=g).float()
+
+
+GENERATORS = {"normal": normal_logits, "concentrated": concentrated_logits, "tied": tied_logits}
+
+
+def _keys(x: torch.Tensor) -> torch.Tensor:
+    """Order-preserving int32 keys of fp32 (as _f32_sort_key), as int64."""
+    b = x.contiguous().view(torch.int32).to(torch.int64)
+    return torch.where(b < 0, b ^ 0x7FFFFFFF, b)
+
+
+def topk_row_passes(row: torch.Tensor, topk: int) -> int:
+    """Full-row passes _topk_kernel makes on one row: the top-byte histogram (+ key range), the
+    2^FINE_BITS-bin histogram of key >> shift inside the threshold's byte, then one compaction pass when the
+    threshold bin holds <= CAP keys (3 in all); otherwise 1-2 radix passes over the shift bits below the bin
+    + 1 compaction (4-5: heavy ties)."""
+    n = row.numel()
+    if n <= topk:
+        return 1
+    cfg = tk_ix.TOPK_CONFIG
+    key = _keys(row)
+    thr = int(torch.topk(key, topk).values[-1])
+    prefix = (thr >> 24) << 24
+    lo, hi = max(int(key.min()), prefix), min(int(key.max()), prefix | 0xFFFFFF)
+    shift = 0
+    while (hi >> shift) - (lo >> shift) >= 1 << cfg["FINE_BITS"]:
+        shift += 1
+    c = int(((key >> shift) == (thr >> shift)).sum())
+    return 3 if c <= cfg["CAP"] else 2 + (1 if shift <= 8 else 2) + 1
+
+
+def topk_row_passes_before(row: torch.Tensor, topk: int) -> int:
+    """The previous kernel: fixed 8+8-bit prefix histograms, then compaction (3) or 2 more passes (5)."""
+    if row.numel() <= topk:
+        return 1
+    key = _keys(row)
+    thr = int(torch.topk(key, topk).values[-1])
+    return 3 if int(((key >> 16) == (thr >> 16)).sum()) <= tk_ix.TOPK_CONFIG["CAP"] else 5
+
+
+def topk_rows(shapes=((4, 131072), (64, 9295), (1, 131072))) -> list[dict]:
+    out = []
+    for r, n in shapes:
+        for gen, fn in GENERATORS.items():
+            x = fn(r, n)
+            passes = max(topk_row_passes(x[i], 2048) for i in range(r))
+            before = max(topk_row_passes_before(x[i], 2048) for i in range(r))
+            out.append(dict(rows=r, n=n, gen=gen, ctas=r, passes=passes, before=before,  # grid = (rows,)
+                            bytes=r * n * 4 * passes, ideal_bytes=r * n * 4))
+    return out
+
+
+# ------------------------------------------------------------------------------- indexer logits
+
+def logits_ragged(s: int, n: int, h: int = 64) -> dict:
+    """Causal prefill chunk: query i sees keys [0, n - s + i + 1). Replays the launcher's grid/splits."""
+    cfg = tk_ix.logits_config(h, CAP)
+    bs, bn = cfg["BS"], cfg["BN"]
+    n_sblk = math.ceil(s / bs)
+    want = max(1, math.ceil(4 * NUM_SMS / n_sblk))
+    kps = math.ceil(math.ceil(n / want) / bn) * bn
+    splits = math.ceil(n / kps)
+    iters, ideal = 0, 0
+    for i in range(n_sblk):
+        hi = min(n, n - s + min(s, (i + 1) * bs))      # max ke of the block (lo = 0)
+        ideal += math.ceil(hi / bn)
+        for sp in range(splits):
+            n0, n1 = sp * kps, min(sp * kps + kps, n)
+            c1 = min(hi, n1)
+            if c1 > n0:
+                iters += math.ceil((c1 - n0) / bn)
+    return dict(op=f"fp8_indexer_logits S={s} N={n} H={h}", ctas=n_sblk * splits, iters=iters, ideal=ideal,
+                bytes=iters * bn * (128 + 4), ideal_bytes=n * (128 + 4))
+
+
+def logits_paged(b: int, ctx: int, next_n: int = 1, h: int = 64) -> dict:
+    cfg = tk_ix.paged_logits_config(h, next_n, CAP)
+    bp = cfg["BLOCK_PAGES"]
+    n_pages = math.ceil(ctx / 64)
+    want = max(1, math.ceil(2 * NUM_SMS / b))
+    pps = math.ceil(math.ceil(n_pages / want) / bp) * bp
+    splits = math.ceil(n_pages / pps)
+    iters = b * sum(math.ceil((min(n_pages, p0 + pps) - p0) / bp) for p0 in range(0, n_pages, pps))
+    return dict(op=f"fp8_paged_indexer_logits B={b} ctx={ctx} next_n={next_n}", ctas=b * splits, iters=iters,
+                ideal=b * math.ceil(n_pages / bp), bytes=b * n_pages * 64 * 132, ideal_bytes=b * ctx * 132)
+
+
+# ---------------------------------------------------------------------------- sparse MLA decode
+
+def mla_decode(b: int, s_q: int, h: int = 128, topk: int = 2048, fp8: bool = True) -> dict:
+    cfg = tk_mla.attn_config(CAP)
+    block_h = max(16, min(cfg["BLOCK_H"], 1 << (h - 1).bit_length()))
+    n_hb = math.ceil(h / block_h) * cfg["DV_SPLIT"]
+    t = b * s_q
+    real = tk_mla.num_sms
+    tk_mla.num_sms = lambda dev: NUM_SMS   # the launcher's own split planner, for an H100
+    try:
+        splits = tk_mla.plan_splits(t, n_hb, topk, cfg["BLOCK_T"], torch.device("cpu"))
+    finally:
+        tk_mla.num_sms = real
+    split_len = math.ceil(math.ceil(topk / splits) / cfg["BLOCK_T"]) * cfg["BLOCK_T"]
+    splits = math.ceil(topk / split_len)
+    row = 656 if fp8 else 1152
+    return dict(op=f"sparse_mla_decode b={b} s_q={s_q} h={h} topk={topk} {'fp8' if fp8 else 'bf16'}",
+                ctas=t * n_hb * splits, iters=t * n_hb * splits * math.ceil(split_len / cfg["BLOCK_T"]),
+                ideal=t * math.ceil(h / block_h) * math.ceil(topk / cfg["BLOCK_T"]),
+                bytes=t * n_hb * topk * row, ideal_bytes=t * topk * row)
+
+
+# ------------------------------------------------------------------------------------------ table
+
+def _mb(x):
+    return f"{x / 2 ** 20:.2f}"
+
+
+def markdown() -> str:
+    lines = ["# Work model (CPU): Triton kernels, H100 sm_90a configs, 132 SMs",
+             "", "Written by `python benchmarks/work_model.py` (definitions in its docstring); checked by "
+             "`tests/test_work_model.py`.", "",
+             f"## MoE grouped GEMM (E={E}, top-{TOPK_E}, gate_up N={2 * INTER} K={HIDDEN}, down N={HIDDEN} K={INTER})",
+             f"Target: tiles >= {MOE_TARGET:.0%} of ideal for the padded and masked layouts, T = 1..256.", "",
+             "`row fill` = valid rows / rows the MMA tiles compute (BLOCK_M = "
+             f"{tk_moe.gemm_config_for(CAP)['BLOCK_M']}): what a smaller BLOCK_M or swap-AB at small T would raise; "
+             "`MB before` = the same call with the previous kernels' zero-fill of padding rows.", "",
+             "| T | GEMM | layout | CTAs | MMA tiles | ideal | tile eff | row fill | MB moved | ideal MB | byte eff | MB before |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in moe_rows():
+        lines.append(f"| {r['T']} | {r['gemm']} | {r['layout']} | {r['ctas']} | {r['tiles']:.0f} | {r['ideal_tiles']} | "
+                     f"{r['tile_eff']:.1%} | {r['fill']:.1%} | {_mb(r['bytes'])} | {_mb(r['ideal_bytes'])} | {r['byte_eff']:.1%} | "
+                     f"{_mb(r['bytes_before']) if r['bytes_before'] else '-'} |")
+    lines += ["", f"## Top-k 2048 (targets: >= {TOPK_MIN_CTAS} CTAs at 4 x 128K, <= {TOPK_MAX_PASSES} row passes "
+              "on concentrated logits)", "",
+              "| rows x N | logits | CTAs | row passes | passes before | MB read | ideal MB |",
+              "|---|---|---|---|---|---|---|"]
+    for r in topk_rows():
+        lines.append(f"| {r['rows']} x {r['n']} | {r['gen']} | {r['ctas']} | {r['passes']} | {r['before']} | "
+                     f"{_mb(r['bytes'])} | "
+                     f"{_mb(r['ideal_bytes'])} |")
+    lines += ["", "## Indexer logits and sparse MLA decode", "",
+              "MB loaded counts every tile load (no L2 reuse: an upper bound on DRAM traffic); ideal = each key / "
+              "KV row once.", "",
+              "| op | CTAs | K-loop iters | ideal | MB loaded | ideal MB |", "|---|---|---|---|---|---|"]
+    for r in (logits_ragged(4096, 4096), logits_ragged(2048, 65536), logits_paged(64, 65536),
+              logits_paged(4, 131072, 2), mla_decode(64, 1), mla_decode(1, 2), mla_decode(128, 2)):
+        lines.append(f"| {r['op']} | {r['ctas']} | {r['iters']} | {r['ideal']} | {_mb(r['bytes'])} | "
+                     f"{_mb(r['ideal_bytes'])} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    text = markdown()
+    print(text)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "WORK_MODEL.md"), "w") as f:
+        f.write(text)

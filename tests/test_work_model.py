@@ -1,0 +1,64 @@
+"""The CPU work model (benchmarks/work_model.py) against the issue's targets, from the kernels' own launch
+parameters: MoE grouped GEMM >= 90% of ideal MMA tiles at T = 1..256 x 256 experts x top-8 (padded
+contiguous and masked layouts), no zero-fill bytes; top-k 2048 at 4 x 128K: >= 64 CTAs and <= 3 row passes
+on the named "concentrated" generator (met: adaptive first histogram); the CTA target is not met yet
+(strict xfail until the multi-CTA top-k lands)."""
+import importlib.util
+import os
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+_spec = importlib.util.spec_from_file_location(
+    "work_model", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "work_model.py"))
+wm = importlib.util.module_from_spec(_spec)
+sys.modules["work_model"] = wm   # dataclasses look their module up
+_spec.loader.exec_module(wm)
+
+
+@pytest.fixture(scope="module")
+def moe():
+    return wm.moe_rows(ts=(1, 4, 16, 64, 256))
+
+
+@pytest.mark.parametrize("layout", ["padded", "masked"])
+def test_moe_tiles_meet_target(moe, layout):
+    rows = [r for r in moe if r["layout"] == layout]
+    assert rows
+    for r in rows:
+        assert r["tile_eff"] >= wm.MOE_TARGET, r
+        assert r["byte_eff"] >= 0.999, r          # no zero-fill: bytes = weights once + rows
+        assert r["bytes_before"] > r["bytes"], r  # the previous kernels' zero-fill is gone
+
+
+def test_moe_model_counts_multi_expert_tiles():
+    """A 128-row tile spanning 8 experts runs 8 tile K-loops (first pass + second pass in BLOCK_N units)."""
+    import torch
+    ids = torch.arange(8).repeat_interleave(3)
+    w = wm.moe_contiguous(ids, 4096, 7168)
+    assert w.tiles == 8 * 4096 / wm.tk_moe.gemm_config_for(wm.CAP)["BLOCK_N"] == w.ideal_tiles
+
+
+def test_topk_row_passes():
+    """The adaptive first histogram keeps concentrated logits at 3 row passes (the previous fixed 16-bit
+    prefix needed 5: its bucket held the whole row); heavy ties take the long path."""
+    x = wm.GENERATORS["concentrated"](1, 131072)[0]
+    key = wm._keys(x)
+    thr = wm.torch.topk(key, 2048).values[-1]
+    assert int(((key >> 16) == (thr >> 16)).sum()) > wm.tk_ix.TOPK_CONFIG["CAP"]   # defeats a 16-bit prefix
+    assert wm.topk_row_passes(x, 2048) == 3
+    assert wm.topk_row_passes(wm.GENERATORS["normal"](1, 131072)[0], 2048) == 3
+    tied = wm.GENERATORS["tied"](1, 131072)[0]
+    assert 4 <= wm.topk_row_passes(tied, 2048) <= wm.topk_row_passes_before(tied, 2048) == 5
+
+
+def test_topk_passes_target():
+    rows = wm.topk_rows(shapes=((4, 131072),))
+    assert all(r["passes"] <= wm.TOPK_MAX_PASSES for r in rows if r["gen"] == "concentrated")
+
+
+@pytest.mark.xfail(strict=True, reason="Fix 3 part 2 (a row split over several CTAs when rows are few) not done")
+def test_topk_ctas_target():
+    rows = wm.topk_rows(shapes=((4, 131072),))
+    assert all(r["ctas"] >= wm.TOPK_MIN_CTAS for r in rows)
