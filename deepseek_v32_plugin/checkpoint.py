@@ -33,7 +33,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Container, Iterator, Optional, Union
 
-from .config import FP8_BLOCK, ConfigError, V32Config, preset_config
+from .config import ARCHITECTURE, FP8_BLOCK, ConfigError, V32Config, preset_config
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -87,6 +87,41 @@ def mtp_layer_indices(cfg: V32Config) -> range:
     return range(cfg.num_hidden_layers, cfg.num_hidden_layers + cfg.num_nextn_predict_layers)
 
 
+def mtp_prefixes(cfg: V32Config) -> tuple:
+    """`model.layers.{i}.` for each MTP layer: the tensors the draft model loads and the target skips."""
+    return tuple(f"model.layers.{i}." for i in mtp_layer_indices(cfg))
+
+
+# How the engines' modules fuse the table's names (the loaders of both adapters read these):
+MLP_PROJS = ("gate_proj", "up_proj", "down_proj")   # every MLP: dense, shared expert, routed expert j
+STACKED_PARAMS = (("gate_up_proj", "gate_proj", 0), ("gate_up_proj", "up_proj", 1))  # (param, table name, shard)
+EXPERTS = ".mlp.experts."                            # routed experts: the engine's FusedMoE expert mapping
+
+
+def pair_fp8(weights):
+    """(name, tensor) pairs in any order -> (name, tensor, scale_inv or None): each FP8 `<m>.weight` joined
+    with its `scale_inv_name` tensor; raises CheckpointError naming the first unpaired ones at the end."""
+    import torch
+    pending_w, pending_s = {}, {}
+    for name, w in weights:
+        if name.endswith(".weight_scale_inv"):
+            base = name[: -len("_scale_inv")]
+            if base in pending_w:
+                yield base, pending_w.pop(base), w
+            else:
+                pending_s[base] = w
+        elif name.endswith(".weight") and w.dtype == torch.float8_e4m3fn:
+            if name in pending_s:
+                yield name, w, pending_s.pop(name)
+            else:
+                pending_w[name] = w
+        else:
+            yield name, w, None
+    if pending_w or pending_s:
+        left = sorted(pending_w)[:3] + sorted(scale_inv_name(n) for n in pending_s)[:3]
+        raise CheckpointError(f"FP8 weights without their weight_scale_inv (or scales without weights), e.g. {left}")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The name table
 # ---------------------------------------------------------------------------------------------------------
@@ -112,9 +147,10 @@ class _Table:
 
     def mlp(self, prefix: str, intermediate: int) -> None:
         h = self.cfg.hidden_size
-        self.linear(f"{prefix}.gate_proj", intermediate, h)
-        self.linear(f"{prefix}.up_proj", intermediate, h)
-        self.linear(f"{prefix}.down_proj", h, intermediate)
+        gate, up, down = MLP_PROJS
+        self.linear(f"{prefix}.{gate}", intermediate, h)
+        self.linear(f"{prefix}.{up}", intermediate, h)
+        self.linear(f"{prefix}.{down}", h, intermediate)
 
     def decoder_layer(self, i: int) -> None:
         c, p = self.cfg, f"model.layers.{i}"
@@ -562,7 +598,7 @@ def checkpoint_summary(path: str) -> dict:
     names = [n for ns in plan.values() for n in ns]
     out = {
         "path": os.path.abspath(path),
-        "architecture": "DeepseekV32ForCausalLM",
+        "architecture": ARCHITECTURE,
         "layers": cfg.num_hidden_layers, "dense_layers": cfg.first_k_dense_replace,
         "mtp_layers": cfg.num_nextn_predict_layers,
         "hidden_size": cfg.hidden_size, "heads": cfg.num_attention_heads, "vocab_size": cfg.vocab_size,

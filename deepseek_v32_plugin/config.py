@@ -14,6 +14,10 @@ from typing import Any, Optional
 
 ARCHITECTURE = "DeepseekV32ForCausalLM"
 MODEL_TYPE = "deepseek_v32"
+# The same checkpoint as a speculative draft: vLLM names it MTP_ARCHITECTURE (config/speculative.py),
+# SGLang renames a V3/V3.2 draft to NEXTN_ARCHITECTURE (configs/model_config.py).
+MTP_ARCHITECTURE = "DeepseekV32MTPModel"
+NEXTN_ARCHITECTURE = "DeepseekV3ForCausalLMNextN"
 
 # Fixed by the cache byte layouts our kernels share with FlashMLA / DeepGEMM (FACTS.md).
 SUPPORTED_KV_LORA_RANK = 512
@@ -116,6 +120,16 @@ class V32Config:
 
     # ---- construction ----
     @classmethod
+    def from_hf(cls, hf_config) -> "V32Config":
+        """The one HF config -> V32Config conversion every engine adapter uses: `hf_config` is a config.json
+        dict or a transformers config object (anything with `to_dict()`). The engine already dispatched on
+        the architecture name (drafts carry MTP_ARCHITECTURE / NEXTN_ARCHITECTURE), so the name is not
+        checked here; everything else is `from_dict`'s (tests/test_config.py::test_from_hf_settles_*)."""
+        d = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
+        d["architectures"] = [ARCHITECTURE]
+        return cls.from_dict(d)
+
+    @classmethod
     def from_dict(cls, d: dict) -> "V32Config":
         d = dict(d)
         archs = d.get("architectures") or [ARCHITECTURE]
@@ -123,22 +137,15 @@ class V32Config:
             raise ConfigError(f"architectures={archs!r}: expected {ARCHITECTURE!r}")
         known = {f.name for f in fields(cls)}
         required = [f.name for f in fields(cls) if f.default is dataclass_missing()]
-        missing = [k for k in required if k not in d]
+        missing = [k for k in required if d.get(k) is None]
         if missing:
             raise ConfigError(f"config.json is missing required field(s) {missing} for a DeepSeek-V3.2 model")
-        kw: dict[str, Any] = {k: d[k] for k in known if k in d}
-        rs = d.get("rope_scaling")
-        rp = d.get("rope_parameters")   # transformers 5 folds rope_theta + YaRN into rope_parameters
-        if rs is None and isinstance(rp, dict) and rp.get("rope_type", rp.get("type")) not in (None, "default"):
-            rs = rp
-        if isinstance(rp, dict) and d.get("rope_theta") is None and "rope_theta" in rp:
-            kw["rope_theta"] = rp["rope_theta"]
+        kw: dict[str, Any] = {k: d[k] for k in known if k in d and d[k] is not None}   # null = absent
+        rs, theta = _rope_fields(d)
+        if theta is not None:
+            kw["rope_theta"] = theta
+        kw.pop("rope_scaling", None)
         if rs is not None:
-            if not isinstance(rs, dict):
-                raise ConfigError(f"rope_scaling must be an object, got {type(rs).__name__}")
-            rtype = rs.get("type", rs.get("rope_type"))
-            if rtype not in ("yarn", "deepseek_yarn"):
-                raise ConfigError(f"rope_scaling.type={rtype!r}: only 'yarn' is supported")
             kw["rope_scaling"] = RopeScaling(**{k: rs[k] for k in
                                                 ("factor", "original_max_position_embeddings", "beta_fast",
                                                  "beta_slow", "mscale", "mscale_all_dim") if k in rs})
@@ -263,6 +270,32 @@ def preset_config(name: str, **overrides) -> V32Config:
     if name not in PRESETS:
         raise ConfigError(f"preset={name!r}: choose one of {sorted(PRESETS)}")
     return V32Config.from_dict({"architectures": [ARCHITECTURE], **PRESETS[name], **overrides})
+
+
+def _rope_fields(d: dict):
+    """(YaRN rope_scaling dict or None, rope_theta or None) from a config dict, transformers 4 or 5 style.
+    Settled rules (the adapters' former conversions disagreed on each; tests/test_config.py):
+      - rope_scaling null, missing or {} -> taken from rope_parameters (transformers 5 folds it there);
+      - rope type "default" (in either place) = plain rope: no scaling (not an error);
+      - rope_theta: the top-level field when set, else rope_parameters["rope_theta"], else the default;
+      - any other rope type than yarn / deepseek_yarn is a ConfigError naming rope_scaling.type."""
+    rs, rp = d.get("rope_scaling"), d.get("rope_parameters")
+    theta = d.get("rope_theta")
+    if isinstance(rp, dict):
+        if theta is None:
+            theta = rp.get("rope_theta")
+        if not rs and rp.get("rope_type", rp.get("type")) is not None:
+            rs = rp
+    if not rs:
+        return None, theta
+    if not isinstance(rs, dict):
+        raise ConfigError(f"rope_scaling must be an object, got {type(rs).__name__}")
+    rtype = rs.get("type", rs.get("rope_type"))
+    if rtype == "default":
+        return None, theta
+    if rtype not in ("yarn", "deepseek_yarn"):
+        raise ConfigError(f"rope_scaling.type={rtype!r}: only 'yarn' is supported")
+    return rs, theta
 
 
 def dataclass_missing():

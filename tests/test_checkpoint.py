@@ -567,3 +567,18 @@ def test_bench_state_dict_on_gpu():
     again = dict(ck.iter_random_tensors(cfg, seed=0, device="cuda", names=some))
     assert again.keys() == some and all(_equal(sd[k], again[k]) for k in some)
     assert sum(t.numel() * t.element_size() for t in sd.values()) == sum(s.nbytes for s in specs.values())
+
+
+def test_pair_fp8_joins_weights_and_scales_in_any_order():
+    """checkpoint.pair_fp8 (both engine loaders): each FP8 weight meets its weight_scale_inv, either first."""
+    import torch
+    from deepseek_v32_plugin.checkpoint import CheckpointError, pair_fp8
+    w = torch.zeros(128, 128).to(torch.float8_e4m3fn)
+    s = torch.ones(1, 1)
+    b = torch.zeros(4, dtype=torch.bfloat16)
+    got = list(pair_fp8([("a.weight", w), ("n.weight", b), ("c.weight_scale_inv", s), ("a.weight_scale_inv", s),
+                         ("c.weight", w)]))
+    assert [(n, x is w, sc is s) for n, x, sc in got] == [("n.weight", False, False), ("a.weight", True, True),
+                                                           ("c.weight", True, True)]
+    with pytest.raises(CheckpointError, match="d.weight"):
+        list(pair_fp8([("d.weight", w)]))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from deepseek_v32_plugin.config import PRESETS, ConfigError, V32Config, preset_config
+from deepseek_v32_plugin.config import ARCHITECTURE, PRESETS, ConfigError, V32Config, preset_config
 
 # deepseek-ai/DeepSeek-V3.2 config.json, as published (the fields the model uses and the ones it ignores)
 REAL = {
@@ -176,3 +176,85 @@ def test_transformers5_rope_parameters_are_understood():
     again = V32Config.from_dict(d)
     assert again.rope_scaling == cfg.rope_scaling and again.rope_theta == 10000.0
     assert again.softmax_scale == cfg.softmax_scale
+
+
+# ---- V32Config.from_hf: the one HF config -> V32Config conversion ----
+# Before it, three conversions existed (config.py from_dict, the vLLM adapter's checks.v32_config, the SGLang
+# adapter's model.v32_config) and disagreed on these inputs; each test below settles one of them.
+def _yarn_params(cfg):
+    rs = cfg.to_dict()["rope_scaling"]
+    return {k: v for k, v in rs.items() if k != "type"}
+
+
+class _HFObject:   # what the engines hand over: a transformers config object
+    def __init__(self, d):
+        self.d = d
+
+    def to_dict(self):
+        return dict(self.d)
+
+
+def test_from_hf_accepts_objects_and_dicts_and_draft_architectures():
+    """vLLM's took objects only, SGLang's both, from_dict dicts only; both adapters forced the architecture
+    (drafts are named DeepseekV32MTPModel by vLLM, DeepseekV3ForCausalLMNextN by SGLang) while from_dict
+    rejects them. Settled: from_hf takes both and trusts the engine's dispatch; from_dict keeps the check."""
+    from deepseek_v32_plugin.config import MTP_ARCHITECTURE, NEXTN_ARCHITECTURE
+    cfg = preset_config("tiny")
+    for arch in (ARCHITECTURE, MTP_ARCHITECTURE, NEXTN_ARCHITECTURE):
+        d = dict(cfg.to_dict(), architectures=[arch])
+        assert V32Config.from_hf(d) == cfg and V32Config.from_hf(_HFObject(d)) == cfg
+    with pytest.raises(ConfigError, match="architectures"):
+        V32Config.from_dict(dict(cfg.to_dict(), architectures=[MTP_ARCHITECTURE]))
+
+
+def test_from_hf_settles_default_rope_type():
+    """rope_scaling {"type": "default"}: vLLM's read plain rope, SGLang's and from_dict raised. Settled:
+    plain rope (HF's meaning of "default"), in rope_scaling and in rope_parameters alike."""
+    cfg = preset_config("tiny")
+    for d in (dict(cfg.to_dict(), rope_scaling={"type": "default"}),
+              dict(cfg.to_dict(), rope_scaling=None, rope_theta=None,
+                   rope_parameters={"rope_type": "default", "rope_theta": 5e4})):
+        got = V32Config.from_hf(d)
+        assert got.rope_scaling is None and got.softmax_scale == cfg.qk_head_dim ** -0.5
+    assert V32Config.from_hf(d).rope_theta == 5e4
+
+
+def test_from_hf_settles_null_rope_theta():
+    """rope_theta null and no rope_parameters: SGLang's dropped it (default 10000), vLLM's and from_dict kept
+    None (a rope without a base). Settled: null = absent, for every field."""
+    cfg = preset_config("tiny")
+    assert V32Config.from_hf(dict(cfg.to_dict(), rope_theta=None)).rope_theta == 10000.0
+    assert V32Config.from_hf(dict(cfg.to_dict(), num_key_value_heads=None)).num_key_value_heads is None
+    with pytest.raises(ConfigError, match="index_topk"):
+        V32Config.from_hf(dict(cfg.to_dict(), index_topk=None))
+
+
+def test_from_hf_settles_rope_theta_in_both_places():
+    """rope_theta at the top level and in rope_parameters, different: vLLM's took rope_parameters', SGLang's
+    and from_dict the top-level one. Settled: the top-level field (config.json's own) when set."""
+    cfg = preset_config("tiny")
+    d = dict(cfg.to_dict(), rope_theta=20000.0, rope_scaling=None,
+             rope_parameters={"rope_type": "yarn", "rope_theta": 30000.0, **_yarn_params(cfg)})
+    got = V32Config.from_hf(d)
+    assert got.rope_theta == 20000.0 and got.rope_scaling == cfg.rope_scaling
+
+
+def test_from_hf_settles_empty_rope_scaling():
+    """rope_scaling {} beside transformers 5's rope_parameters: both adapters read rope_parameters, from_dict
+    raised (type None). Settled: empty = absent, YaRN from rope_parameters."""
+    cfg = preset_config("tiny")
+    d = dict(cfg.to_dict(), rope_scaling={}, rope_parameters={"rope_type": "yarn", **_yarn_params(cfg)})
+    got = V32Config.from_hf(d)
+    assert got.rope_scaling == cfg.rope_scaling and got.softmax_scale == cfg.softmax_scale
+
+
+def test_from_hf_agrees_on_everything_else():
+    """Where the three agreed (deepseek_yarn = yarn, rope_scaling beats rope_parameters, unknown rope types
+    refused, eos lists), from_hf does the same."""
+    cfg = preset_config("tiny")
+    d = dict(cfg.to_dict(), rope_scaling={"type": "deepseek_yarn", **_yarn_params(cfg)},
+             rope_parameters={"rope_type": "yarn", "factor": 2.0}, eos_token_id=[1, 2])
+    got = V32Config.from_hf(d)
+    assert got.rope_scaling == cfg.rope_scaling and got.eos_token_id == 1
+    with pytest.raises(ConfigError, match="rope_scaling.type"):
+        V32Config.from_hf(dict(cfg.to_dict(), rope_scaling={"type": "linear", "factor": 2.0}))

@@ -25,10 +25,10 @@ import triton.language as tl
 
 from ._fp8_util import (capability, e4m3_bits_to_f16, f32_to_e4m3_bits, fp8_arg, native_fp8, require,
                         require_device, ue8m0_scale_bits)
+from ..ops import PAGE_SIZE as PAGE   # installed as deepseek_v32_plugin.triton_kernels
 from .fp8_quant import FP8_DTYPE
 
 HEAD_DIM = 128
-PAGE = 64
 BYTES_PER_TOKEN = HEAD_DIM + 4
 PAGE_BYTES = PAGE * BYTES_PER_TOKEN          # 8448
 VALUE_BYTES = PAGE * HEAD_DIM                # 8192: keys first, then 64 fp32 scales

@@ -26,8 +26,8 @@ import triton.language as tl
 
 from ._fp8_util import (require_device, config_override, e4m3_bits_to_f16, f32_to_e4m3_bits, native_fp8, num_sms,
                         ue8m0_scale_bits)
+from ..ops import PAGE_SIZE as PAGE   # installed as deepseek_v32_plugin.triton_kernels
 
-PAGE = 64
 KV_LORA = 512
 ROPE = 64
 HEAD_576 = KV_LORA + ROPE

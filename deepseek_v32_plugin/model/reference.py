@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from ..config import V32Config
-from ..ops import fp8_moe, indexer, sparse_mla
+from ..ops import PAGE_SIZE, fp8_moe, indexer, sparse_mla
 from ..ops.fp8_quant import FP8_DTYPE, fp8_dequant_weight, fp8_quant_weight
 from .cache import PagedCache, Sequence
-from .indexer import indexer_head_weights, indexer_rope_qk
+from .indexer import indexer_head_weights, indexer_qk
 from .mla import absorb_query, expand_latent_output, split_kv_b
 from .moe import route
 from .rope import YarnRope
@@ -90,12 +90,8 @@ class Attention:
 
     def indexer_qk(self, x, qr, positions):
         """-> q [n, H_i, 128], k [n, 128] (roped), weights_proj(x) [n, H_i] fp32."""
-        cfg = self.cfg
-        q = (qr @ self.idx_wq_b.t()).view(x.shape[0], cfg.index_n_heads, cfg.index_head_dim)
-        k = F.layer_norm((x @ self.idx_wk.t()).float(), (cfg.index_head_dim,), self.idx_k_norm_w,
-                         self.idx_k_norm_b, eps=1e-6).to(x.dtype)
-        q, k = indexer_rope_qk(q, k, positions, self.rope, cfg)
-        return q, k, x.float() @ self.idx_weights_proj.float().t()
+        return indexer_qk(x, qr, positions, self.rope, self.cfg, self.idx_wq_b, self.idx_wk, self.idx_k_norm_w,
+                          self.idx_k_norm_b, self.idx_weights_proj)
 
     def forward(self, x, positions, seq: Sequence, cache_mla, cache_idx, use_indexer: bool = True):
         cfg = self.cfg
@@ -283,7 +279,7 @@ class ReferenceModel:
                  ignore_eos: bool = False):
         """Greedy decoding (prefill then one token at a time) -> list of new token ids (stopping after EOS
         unless ignore_eos)."""
-        cache = cache or self.new_cache(-(-(len(prompt_ids) + max_new_tokens) // 64) + 1)
+        cache = cache or self.new_cache(-(-(len(prompt_ids) + max_new_tokens) // PAGE_SIZE) + 1)
         seq = cache.new_sequence()
         logits, _ = self.forward(prompt_ids, seq, cache)
         out = []

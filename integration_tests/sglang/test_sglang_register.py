@@ -63,8 +63,8 @@ def test_config_from_sglang_hf_config(tiny_ckpt):
     from sglang.srt.utils.hf_transformers import get_config
 
     from deepseek_v32_plugin.config import V32Config
-    from deepseek_v32_plugin.engines.sglang.model import v32_config
-    got = v32_config(get_config(tiny_ckpt, trust_remote_code=False))
+    from deepseek_v32_plugin.config import V32Config
+    got = V32Config.from_hf(get_config(tiny_ckpt, trust_remote_code=False))
     want = V32Config.from_pretrained(tiny_ckpt)
     assert got == want           # rope_scaling (YaRN) and rope_theta survive transformers 5's rope_parameters
     assert got.rope_scaling is not None
@@ -85,10 +85,10 @@ def test_unservable_config_names_field(tiny_ckpt, tmp_path):
     from sglang.srt.utils.hf_transformers import get_config
 
     from deepseek_v32_plugin.config import ConfigError
-    from deepseek_v32_plugin.engines.sglang.model import v32_config
+    from deepseek_v32_plugin.config import V32Config
     bad = _checkpoint_with_config(tiny_ckpt, tmp_path / "bad", index_head_dim=64)
     with pytest.raises(ConfigError, match="index_head_dim"):
-        v32_config(get_config(bad, trust_remote_code=False)).validate()
+        V32Config.from_hf(get_config(bad, trust_remote_code=False))
 
 
 def test_unservable_config_fails_engine_start_naming_field(tiny_ckpt, tmp_path):

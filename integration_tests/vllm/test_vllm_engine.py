@@ -172,12 +172,12 @@ def test_metadata_capture_covers_every_batch_kind(mtp):
     mds = mtp["metadata"]
     qs = {g.q for md in mds for g in md.paged}
     assert 3 in qs, qs                       # MTP verification: 1 + 2 draft tokens per request
-    assert any(r.seq_len > r.tok_hi - r.tok_lo for md in mds for r in md.ragged), "no chunk with earlier context"
-    assert any(r.seq_len > TOPK for md in mds for r in md.ragged)   # > index_topk: the indexer scores
+    assert any(s > hi - lo for md in mds for lo, hi, s in md.ragged_spans), "no chunk with earlier context"
+    assert any(s > TOPK for md in mds for _, _, s in md.ragged_spans)   # > index_topk: the indexer scores
 
 
 def test_metadata_replay_on_cpu(mtp):
-    """The vLLM-free kernel sequence (dsa.py) on every captured batch, torch references (machinery check)."""
+    """The vLLM-free kernel sequence (model/dsa.py) on every captured batch, torch references (machinery check)."""
     assert replay(mtp["metadata"], "cpu", verbose=False) == []
 
 

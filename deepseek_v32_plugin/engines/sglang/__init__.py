@@ -21,7 +21,8 @@ import os
 
 logger = logging.getLogger(__name__)
 
-ARCH = "DeepseekV32ForCausalLM"
+from ...config import ARCHITECTURE as ARCH
+
 BUILTIN_ENV = "DSV32_SGLANG_BUILTIN"
 _REGISTERED = False
 

@@ -12,48 +12,25 @@ and slot = page * 64 + offset, as ops.indexer.indices_to_slots expects.
 
 Per batch (`init_forward_metadata`, shared by all layers) every query row gets its request and attends
 causally to that request's tokens 0..position, whatever SGLang's mode (prefill chunks and radix hits, decode,
-and the EAGLE modes: target verify, draft extend, multi-step draft decode; see NOTES.md). Rows that are the
-last k <= 4 tokens of every request (decode, draft decode, verify of a draft chain) take the paged path:
-block_table [B, P], context_lens [B], the indexer reads keys from the paged cache (next_n = k). Otherwise the
-ragged path: the key slots of every request's sequence concatenated (kv_slots [N]) and each row's range
-[ks, ke) into it.
-Per layer the backend writes the new latent rows and index keys at `out_cache_loc`, scores keys with the
-indexer, keeps the top-k positions, maps them to slots and runs sparse MLA over the paged latent cache.
-No math here: every step is an ops call.
+and the EAGLE modes: target verify, draft extend, multi-step draft decode; see NOTES.md): the backend turns
+ForwardBatch into query_start_loc / context lengths / block table / out_cache_loc and hands them to the
+engine-neutral `model.dsa.plan` (requests with <= 4 rows take the paged indexer kernel, the others one
+batched ragged call). Per layer the model calls `dsa_forward`, which runs `dsa.select` (write the index
+keys, score, top-k, slots) and `dsa.attend` (write the latent rows, sparse MLA) on this layer's caches.
+No math here.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from ...model import dsa
 from ...ops import PAGE_SIZE, indexer, sparse_mla
 
 BACKEND_NAME = "dsv32_sparse"
-
-
-@dataclass
-class IndexerInputs:
-    """What the model's indexer computed for the T new tokens of one layer (engine-neutral math)."""
-    k: torch.Tensor          # [T, 128] key after k_norm + rope (not yet rotated/quantized)
-    q_fp8: torch.Tensor      # [T, H_i, 128] e4m3 (Hadamard-rotated)
-    weights: torch.Tensor    # [T, H_i] fp32, head weights with softmax scale and q scale folded in
-    topk: int
-
-
-@dataclass
-class _Metadata:
-    next_n: int                            # > 0: paged path, next_n query rows per request; 0: ragged path
-    row_req: torch.Tensor                  # [T] int64
-    block_table: torch.Tensor              # [B, P] int32
-    context_lens: torch.Tensor             # [B] int32 (tokens cached after this step)
-    max_context_len: int
-    row_ke: torch.Tensor                   # [T] int32: keys 0..position of each row's request (paged path)
-    kv_slots: Optional[torch.Tensor] = None  # [N] int64, ragged only
-    ks: Optional[torch.Tensor] = None        # [T] int32, into kv_slots
-    ke: Optional[torch.Tensor] = None        # [T] int32
 
 
 def _make_backend_class():
@@ -78,7 +55,9 @@ def _make_backend_class():
                                  "needs SGLang's DSATokenToKVPool (an index-key cache beside the MLA cache)")
             # debug invariant (tests turn it on): every new token's cache slot is req_to_token[req, position]
             self.check_slots = os.environ.get("DSV32_CHECK_SLOTS", "0") == "1"
-            self.forward_metadata: Optional[_Metadata] = None
+            self.topk = model_runner.model_config.hf_config.index_topk
+            self.forward_metadata: Optional[dsa.DSAPlan] = None
+            self.row_req: Optional[torch.Tensor] = None
 
         # ---- per batch -------------------------------------------------------------------------
         def init_forward_metadata(self, forward_batch):
@@ -99,29 +78,23 @@ def _make_backend_class():
             kv_lens = torch.zeros(bs, dtype=torch.int64, device=dev)
             if t:
                 kv_lens.scatter_reduce_(0, row_req, pos + 1, reduce="amax")
-            max_len = int(kv_lens.max()) if bs else 0
+            kv_list = kv_lens.tolist()
+            max_len = max(kv_list, default=0)
             pages = max(1, -(-max_len // PAGE_SIZE))
             rows = self.req_to_token[fb.req_pool_indices.long()]                       # [B, max_ctx]
             cols = torch.arange(pages, device=dev) * PAGE_SIZE
             block_table = (rows[:, cols] // PAGE_SIZE).to(torch.int32)                 # [B, P]
-            row_ke = (pos + 1).to(torch.int32)
-            if t == 0:   # idle batch: nothing to attend (_run returns an empty output)
-                self.forward_metadata = _Metadata(1, row_req, block_table, kv_lens.to(torch.int32), 0, row_ke)
+            self.row_req = row_req
+            if t == 0:   # idle batch: nothing to attend (dsa_forward returns an empty output)
+                self.forward_metadata = None
                 return
-            k = counts[0]
-            if 1 <= k <= indexer.PAGED_MAX_NEXT_N and counts == [k] * bs and bool(
-                    (pos.view(bs, k) == kv_lens[:, None] - k + torch.arange(k, device=dev)).all()):
-                # each request's rows are its last k tokens (decode, draft decode, verify of a k-token chain):
-                # paged path, the indexer reads keys straight from the paged cache
-                self.forward_metadata = _Metadata(k, row_req, block_table, kv_lens.to(torch.int32), max_len, row_ke)
-                return
-            kv_start = torch.zeros(bs, dtype=torch.int64, device=dev)
-            kv_start[1:] = torch.cumsum(kv_lens, 0)[:-1]
-            kv_slots = rows[:, :max_len][torch.arange(max_len, device=dev)[None, :] < kv_lens[:, None]].to(torch.int64)
-            ks = kv_start[row_req]
-            ke = ks + pos + 1
-            self.forward_metadata = _Metadata(0, row_req, block_table, kv_lens.to(torch.int32), max_len, row_ke,
-                                              kv_slots, ks.to(torch.int32), ke.to(torch.int32))
+            qsl = [0]
+            for c in counts:
+                qsl.append(qsl[-1] + c)
+            md = dsa.plan(qsl, kv_list, block_table, fb.out_cache_loc, self.topk, indexer.PAGED_MAX_NEXT_N)
+            if not torch.equal(md.positions, pos):   # rows that are not their requests' last tokens: all ragged
+                md = dsa.plan(qsl, kv_list, block_table, fb.out_cache_loc, self.topk, 0, positions=pos)
+            self.forward_metadata = md
 
         @staticmethod
         def _rows_per_request(fb, t: int, bs: int) -> list:
@@ -155,43 +128,34 @@ def _make_backend_class():
             idx = idx.view(-1, PAGE_SIZE, indexer.BYTES_PER_TOKEN)
             return kv, idx
 
-        def _run(self, q, k, k_rope, layer, forward_batch, save_kv_cache, dsv32_index: IndexerInputs):
+        def dsa_forward(self, layer, forward_batch, q576, kv_c, k_pe, index_k, index_q_fp8, index_weights,
+                        save_kv_cache: bool = True):
+            """One layer's DSA step (model/dsa.py) for the batch planned in init_forward_metadata.
+            layer: the RadixAttention (layer_id, scaling, v_head_dim = kv_lora_rank); q576 [T, h, 576],
+            kv_c [T, 512], k_pe [T, 64], index_k [T, 128], index_q_fp8 [T, H_i, 128], index_weights [T, H_i]
+            -> [T, h, kv_lora_rank]."""
             md = self.forward_metadata
+            t = q576.shape[0]
+            if t == 0 or md is None:
+                return q576.new_empty(t, layer.tp_q_head_num, layer.v_head_dim)
+            if md.slot_mapping is not forward_batch.out_cache_loc:
+                # multi-step draft decode: planned once per round, the worker hands each step its own slots
+                self.forward_metadata = md = dataclasses.replace(md, slot_mapping=forward_batch.out_cache_loc)
             kv_cache, idx_cache = self._caches(layer.layer_id)
-            loc = forward_batch.out_cache_loc
-            t = q.shape[0]
-            if t == 0:
-                return q.new_empty(0, layer.tp_q_head_num * layer.v_head_dim)
             if self.check_slots:
-                req = forward_batch.req_pool_indices.long()[md.row_req]
+                req = forward_batch.req_pool_indices.long()[self.row_req]
                 want = self.req_to_token[req, forward_batch.positions.long()]
-                if not torch.equal(want.to(torch.int64), loc.to(torch.int64)):
+                if not torch.equal(want.to(torch.int64), forward_batch.out_cache_loc.to(torch.int64)):
                     raise AssertionError(f"{BACKEND_NAME}: out_cache_loc != req_to_token[req, position] in "
                                          f"{forward_batch.forward_mode}")
-            if save_kv_cache:
-                sparse_mla.mla_cache_write(k.reshape(t, -1), k_rope.reshape(t, -1), kv_cache, loc)
-                indexer.indexer_k_quant_and_cache(dsv32_index.k, idx_cache, loc)
-            if md.next_n:
-                q_fp8 = dsv32_index.q_fp8.view(-1, md.next_n, *dsv32_index.q_fp8.shape[1:])
-                logits = indexer.fp8_paged_indexer_logits(q_fp8, idx_cache, dsv32_index.weights, md.context_lens,
-                                                          md.block_table, md.max_context_len)
-                positions = indexer.indexer_topk(logits, dsv32_index.topk, ke=md.row_ke)
-            else:
-                k_fp8, k_scale = indexer.indexer_cache_gather(idx_cache, md.kv_slots)
-                logits = indexer.fp8_indexer_logits(dsv32_index.q_fp8, k_fp8, k_scale, dsv32_index.weights,
-                                                    md.ks, md.ke)
-                positions = indexer.indexer_topk(logits, dsv32_index.topk, md.ks, md.ke)
-            slots = indexer.indices_to_slots(positions, md.block_table[md.row_req])
-            q = q.reshape(t, layer.tp_q_head_num, -1)
-            out, _ = sparse_mla.sparse_mla_decode(q[:, None].contiguous(), kv_cache, slots[:, None].contiguous(),
-                                                  layer.scaling)
-            return out.reshape(t, layer.tp_q_head_num * layer.v_head_dim)
+            slots = dsa.select(md, index_k, index_q_fp8, index_weights, idx_cache, self.topk, write=save_kv_cache)
+            return dsa.attend(md, q576, kv_c, k_pe, kv_cache, slots, layer.scaling, layer.v_head_dim,
+                              write=save_kv_cache)
 
         def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
-            return self._run(q, k, kwargs["k_rope"], layer, forward_batch, save_kv_cache, kwargs["dsv32_index"])
+            raise NotImplementedError(f"{BACKEND_NAME}: the V3.2 model calls dsa_forward (engines/sglang/model.py)")
 
-        def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
-            return self._run(q, k, kwargs["k_rope"], layer, forward_batch, save_kv_cache, kwargs["dsv32_index"])
+        forward_decode = forward_extend
 
     return DSV32SparseAttnBackend
 

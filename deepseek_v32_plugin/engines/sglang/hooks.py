@@ -55,11 +55,11 @@ def _v32_overrides(server_args, hf_config) -> dict:
     (e.g. "intel_amx" on CPU) are not a user choice and are replaced too.
     Also the earliest point where SGLang hands us the HF config in the launching process: an unservable
     config or server argument fails here, naming the field, before any scheduler process starts."""
-    from .model import v32_config
+    from ...config import V32Config
+    from ...ops import PAGE_SIZE
 
-    cfg = v32_config(hf_config)
-    cfg.validate()
-    out = {"page_size": 64}
+    cfg = V32Config.from_hf(hf_config)
+    out = {"page_size": PAGE_SIZE}
     if _our_backend_chosen(server_args):
         out["attention_backend"] = BACKEND_NAME
         _check_servable_with_our_backend(server_args, cfg)

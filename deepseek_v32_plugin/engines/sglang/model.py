@@ -5,8 +5,9 @@ name. Parallelism is SGLang's: Column/RowParallelLinear shard the MLA heads and 
 shards or distributes the experts, VocabParallelEmbedding/ParallelLMHead the vocabulary. The indexer is
 replicated (as in SGLang's own V3.2). The math is shared with the engine-neutral reference:
   - rope: deepseek_v32_plugin.model.YarnRope (interleaved for MLA, half-split for the indexer);
-  - indexer q/k/head weights: deepseek_v32_plugin.model.reference.Attention.indexer_qk;
-  - attention (cache writes, indexer logits/top-k, sparse MLA): our backend (backend.py) over ops;
+  - indexer q/k/head weights: deepseek_v32_plugin.model.indexer.indexer_qk on this layer's tensors;
+  - attention (cache writes, indexer logits/top-k, sparse MLA): the engine-neutral DSA step
+    (model/dsa.py), planned per batch and run per layer by our backend (backend.py, `dsa_forward`);
   - routed experts: ops.fp8_moe.fp8_moe_experts on the checkpoint's FP8 blocks (DSV32Fp8MoEMethod),
     routing by SGLang's TopK (sigmoid, bias for choice, grouped, renormalized).
 FP8 block-quantized dense linears are dequantized to the model dtype at load (SGLang's FP8 block GEMM
@@ -31,36 +32,21 @@ from sglang.srt.layers.moe.topk import TopK
 from sglang.srt.layers.quantization.base_config import FusedMoEMethodBase
 from sglang.srt.layers.radix_attention import RadixAttention
 from sglang.srt.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+from sglang.srt.model_executor.forward_context import get_attn_backend
 from sglang.srt.model_loader.weight_utils import default_weight_loader
 from sglang.srt.runtime_context import get_model, get_parallel
 from sglang.srt.utils import set_weight_attrs
 
+from ...checkpoint import MLP_PROJS, mtp_prefixes
 from ...config import V32Config
+from .. import common
+from ..common import create_fp8_moe_weights
 from ...model import YarnRope
-from ...model.indexer import indexer_head_weights
+from ...model.indexer import indexer_head_weights, indexer_qk
 from ...model.mla import absorb_query, expand_latent_output, split_kv_b
-from ...model.reference import Attention as _RefAttention
 from ...ops import fp8_moe, indexer
-from ...ops.fp8_quant import FP8_DTYPE, GROUP, fp8_dequant_weight
-from .backend import IndexerInputs
 
 logger = logging.getLogger(__name__)
-
-
-def v32_config(hf_config) -> V32Config:
-    """Our typed, validated view of the HF config: an unservable config fails here, naming the field."""
-    d = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
-    d["architectures"] = ["DeepseekV32ForCausalLM"]
-    # transformers 5 moves rope_scaling/rope_theta into rope_parameters (and leaves rope_scaling None)
-    rp = d.get("rope_parameters")
-    if isinstance(rp, dict):
-        if d.get("rope_theta") is None and rp.get("rope_theta") is not None:
-            d["rope_theta"] = rp["rope_theta"]
-        if not d.get("rope_scaling") and rp.get("rope_type", rp.get("type")) not in (None, "default"):
-            d["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"}
-    if d.get("rope_theta") is None:
-        d.pop("rope_theta", None)
-    return V32Config.from_dict(d)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -73,22 +59,8 @@ class DSV32Fp8MoEMethod(FusedMoEMethodBase):
                        **extra_weight_attrs):
         from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoeWeightScaleSupported
 
-        i = intermediate_size_per_partition
-        if i % GROUP or hidden_size % GROUP:
-            raise ValueError(f"moe_intermediate_size per TP rank ({i}) and hidden_size ({hidden_size}) must be "
-                             f"multiples of the FP8 block {GROUP}")
-
-        def param(name, shape, dtype, attrs):
-            p = nn.Parameter(torch.empty(*shape, dtype=dtype), requires_grad=False)
-            layer.register_parameter(name, p)
-            set_weight_attrs(p, attrs)
-
-        param("w13_weight", (num_experts, 2 * i, hidden_size), FP8_DTYPE, extra_weight_attrs)
-        param("w2_weight", (num_experts, hidden_size, i), FP8_DTYPE, extra_weight_attrs)
-        scale_attrs = dict(extra_weight_attrs, quant_method=FusedMoeWeightScaleSupported.BLOCK.value)
-        param("w13_weight_scale_inv", (num_experts, 2 * i // GROUP, hidden_size // GROUP), torch.float32,
-              scale_attrs)
-        param("w2_weight_scale_inv", (num_experts, hidden_size // GROUP, i // GROUP), torch.float32, scale_attrs)
+        create_fp8_moe_weights(layer, num_experts, hidden_size, intermediate_size_per_partition, extra_weight_attrs,
+                               FusedMoeWeightScaleSupported.BLOCK.value, set_weight_attrs)
 
     def create_moe_runner(self, layer, moe_runner_config):
         self.moe_runner_config = moe_runner_config
@@ -175,19 +147,6 @@ class IndexerWeights(nn.Module):
                                              prefix=f"{prefix}.weights_proj")
 
 
-class _RefIndexerView:
-    """Presents our SGLang parameters under the names the reference's indexer_qk reads."""
-
-    def __init__(self, cfg: V32Config, rope: YarnRope, w: IndexerWeights):
-        self.cfg, self.rope, self.w = cfg, rope, w
-
-    def __getattr__(self, name):
-        w = self.__dict__["w"]
-        return {"idx_wq_b": lambda: w.wq_b.weight, "idx_wk": lambda: w.wk.weight,
-                "idx_k_norm_w": lambda: w.k_norm.weight, "idx_k_norm_b": lambda: w.k_norm.bias,
-                "idx_weights_proj": lambda: w.weights_proj.weight}[name]()
-
-
 class MLAAttention(nn.Module):
     def __init__(self, cfg: V32Config, layer_id: int, prefix: str, rope: YarnRope):
         super().__init__()
@@ -209,7 +168,6 @@ class MLAAttention(nn.Module):
         self.o_proj = RowParallelLinear(cfg.num_attention_heads * cfg.v_head_dim, cfg.hidden_size, bias=False,
                                         reduce_results=True, prefix=f"{prefix}.o_proj")
         self.indexer = IndexerWeights(cfg, f"{prefix}.indexer")
-        self._ref_indexer = _RefIndexerView(cfg, rope, self.indexer)
         self.attn = RadixAttention(self.h, cfg.mla_cache_dim, cfg.softmax_scale, num_kv_heads=1,
                                    layer_id=layer_id, v_head_dim=cfg.kv_lora_rank, prefix=f"{prefix}.attn")
         self.w_uk: Optional[torch.Tensor] = None   # [h, nope, kv_lora]: absorbed into q (model/mla.py)
@@ -231,15 +189,17 @@ class MLAAttention(nn.Module):
         kv_c = self.kv_a_layernorm(kv[:, : cfg.kv_lora_rank].contiguous())
         k_pe = self.rope.apply(kv[:, cfg.kv_lora_rank:], positions, interleaved=True)
 
-        iq, ik, head_w = _RefAttention.indexer_qk(self._ref_indexer, x, qr, positions)
+        w = self.indexer
+        iq, ik, head_w = indexer_qk(x, qr, positions, self.rope, cfg, w.wq_b.weight, w.wk.weight, w.k_norm.weight,
+                                    w.k_norm.bias, w.weights_proj.weight)
         q_fp8, q_scale = indexer.indexer_quant(iq)
-        index_inputs = IndexerInputs(k=ik, q_fp8=q_fp8, weights=indexer_head_weights(head_w, q_scale, cfg),
-                                     topk=cfg.index_topk)
+        weights = indexer_head_weights(head_w, q_scale, cfg)
 
         q576 = absorb_query(q_nope, q_pe, self.w_uk)
-        out_lat = self.attn(q576, kv_c.unsqueeze(1), kv_c.unsqueeze(1), forward_batch,
-                            k_rope=k_pe.unsqueeze(1), dsv32_index=index_inputs)
-        out = expand_latent_output(out_lat.view(t, self.h, cfg.kv_lora_rank), self.w_uv)
+        # the forward context's attention backend (what RadixAttention would call) is ours, dsv32_sparse: it
+        # runs the shared DSA step (model/dsa.py) for this layer
+        out_lat = get_attn_backend().dsa_forward(self.attn, forward_batch, q576, kv_c, k_pe, ik, q_fp8, weights)
+        out = expand_latent_output(out_lat, self.w_uv)
         return self.o_proj(out.reshape(t, self.h * cfg.v_head_dim))[0]
 
 
@@ -282,57 +242,15 @@ class DeepseekV32Model(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 # Weight loading: HF names -> our params; FP8 dense linears dequantized, routed experts kept FP8
 # ---------------------------------------------------------------------------------------------------
-_STACKED = [("gate_up_proj", "gate_proj", 0), ("gate_up_proj", "up_proj", 1)]
-
-
 def load_v32_weights(module: nn.Module, weights: Iterable[Tuple[str, torch.Tensor]], cfg: V32Config,
-                     skip=lambda name: False) -> set:
-    params = dict(module.named_parameters())
-    expert_map = FusedMoE.make_expert_params_mapping("gate_proj", "down_proj", "up_proj", cfg.n_routed_experts)
-    pending_w, pending_s, loaded = {}, {}, set()
-
-    def load_one(name, w):
-        for param_name, weight_name, expert_id, shard_id in expert_map:
-            if weight_name in name:
-                pname = name.replace(weight_name, param_name)
-                p = params[pname]
-                p.weight_loader(p, w, pname, shard_id=shard_id, expert_id=expert_id)
-                loaded.add(pname)
-                return
-        if name.endswith(".weight") and w.dtype == FP8_DTYPE:   # a dense FP8 linear: needs its scale
-            pending_w[name] = w
-            return try_dequant(name[: -len(".weight")])
-        if name.endswith(".weight_scale_inv"):
-            pending_s[name] = w
-            return try_dequant(name[: -len(".weight_scale_inv")])
-        for pname, shard, sid in _STACKED:
-            if f".{shard}." in name and ".experts." not in name:
-                target = name.replace(shard, pname)
-                p = params[target]
-                p.weight_loader(p, w, sid)
-                loaded.add(target)
-                return
-        if name not in params:
-            raise KeyError(f"checkpoint tensor {name!r} has no matching parameter in the SGLang V3.2 model")
-        p = params[name]
-        getattr(p, "weight_loader", default_weight_loader)(p, w)
-        loaded.add(name)
-
-    def try_dequant(prefix):
-        wn, sn = f"{prefix}.weight", f"{prefix}.weight_scale_inv"
-        if wn in pending_w and sn in pending_s:
-            w = fp8_dequant_weight(pending_w.pop(wn), pending_s.pop(sn).float(), out_dtype=torch.get_default_dtype(),
-                                   name=wn)
-            load_one(wn, w)
-
-    for name, w in weights:
-        if skip(name):
-            continue
-        load_one(name, w)
-    if pending_w or pending_s:
-        left = sorted(set(pending_w) | set(pending_s))
-        raise KeyError(f"FP8 weights without their weight_scale_inv (or scales without weights): {left[:4]}")
-    return loaded
+                     rename=None) -> set:
+    """engines.common.load_v32_weights with SGLang's expert mapping; dense FP8 linears are dequantized to the
+    model dtype (SGLang's FP8 block GEMM needs CUDA or AMX on CPU), routed experts stay FP8."""
+    gate, up, down = MLP_PROJS
+    expert_map = FusedMoE.make_expert_params_mapping(gate, down, up, cfg.n_routed_experts)
+    return common.load_v32_weights(dict(module.named_parameters()), weights, expert_map=expert_map,
+                                   default_loader=default_weight_loader, dequant_dtype=torch.get_default_dtype(),
+                                   rename=rename)
 
 
 class DeepseekV32ForCausalLM(nn.Module):
@@ -341,8 +259,7 @@ class DeepseekV32ForCausalLM(nn.Module):
     def __init__(self, config, quant_config=None, prefix: str = ""):
         super().__init__()
         self.config = config
-        self.cfg = v32_config(config)
-        self.cfg.validate()
+        self.cfg = V32Config.from_hf(config)
         # FP8 is handled by us (dequantized dense linears, FP8 experts): SGLang's FP8 config is not used.
         self.quant_config = None
         self.model = DeepseekV32Model(self.cfg)
@@ -356,9 +273,8 @@ class DeepseekV32ForCausalLM(nn.Module):
         return self.logits_processor(input_ids, hidden, self.lm_head, forward_batch)
 
     def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]):
-        n = self.cfg.num_hidden_layers
-        mtp_prefix = f"model.layers.{n}."   # the MTP layer belongs to the draft model (NextN)
-        loaded = load_v32_weights(self, weights, self.cfg, skip=lambda name: name.startswith(mtp_prefix))
+        mtp = mtp_prefixes(self.cfg)   # the MTP layer belongs to the draft model (NextN)
+        loaded = load_v32_weights(self, weights, self.cfg, rename=lambda name: None if name.startswith(mtp) else name)
         self._check_loaded(loaded)
         self.post_load_weights()
 

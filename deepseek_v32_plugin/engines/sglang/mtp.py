@@ -28,7 +28,8 @@ from sglang.srt.layers.vocab_parallel_embedding import ParallelLMHead, VocabPara
 from sglang.srt.distributed.parallel_state import get_tensor_model_parallel_rank
 
 from ...model import YarnRope
-from .model import DecoderLayer, load_v32_weights, v32_config
+from ...config import V32Config
+from .model import DecoderLayer, load_v32_weights
 
 # Test hook (read once, when the draft is built): when set, TP rank 0's draft saves (positions, input_ids,
 # previous hidden, output hidden) of its first MAX_DUMPS forwards to this file (torch.save of a list), so
@@ -78,8 +79,7 @@ class DeepseekV32NextN(nn.Module):
     def __init__(self, config, quant_config=None, prefix: str = "", **unused):
         super().__init__()
         self.config = config
-        self.cfg = v32_config(config)
-        self.cfg.validate()
+        self.cfg = V32Config.from_hf(config)
         if not self.cfg.num_nextn_predict_layers:
             raise ValueError("num_nextn_predict_layers=0: this V3.2 checkpoint has no MTP layer to draft with "
                              "(drop --speculative-algorithm)")
@@ -106,8 +106,7 @@ class DeepseekV32NextN(nn.Module):
         return "model.decoder." + rest
 
     def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]):
-        renamed = ((self._checkpoint_to_param(n), w) for n, w in weights)
-        loaded = load_v32_weights(self, ((n, w) for n, w in renamed if n is not None), self.cfg)
+        loaded = load_v32_weights(self, weights, self.cfg, rename=self._checkpoint_to_param)
         missing = [n for n, _ in self.named_parameters() if n not in loaded]
         if missing:
             raise KeyError(f"checkpoint is missing MTP tensors (model.layers.{self.cfg.num_hidden_layers}.*) for: "

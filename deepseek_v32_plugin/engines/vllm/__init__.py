@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 
-ARCH = "DeepseekV32ForCausalLM"
-MTP_ARCH = "DeepseekV32MTPModel"
+from deepseek_v32_plugin.config import ARCHITECTURE as ARCH, MTP_ARCHITECTURE as MTP_ARCH
+
 MODEL_CLS = "deepseek_v32_plugin.engines.vllm.model:DeepseekV32ForCausalLM"
 MTP_CLS = "deepseek_v32_plugin.engines.vllm.mtp:DeepseekV32MTP"
 
@@ -56,8 +56,10 @@ def _wrap_config_hook() -> None:
 
         @staticmethod
         def verify_and_update_config(vllm_config) -> None:
-            from .checks import check_servable, v32_config
-            cfg = v32_config(vllm_config.model_config.hf_config)   # raises ConfigError naming the field
+            from deepseek_v32_plugin.config import V32Config
+
+            from .checks import check_servable
+            cfg = V32Config.from_hf(vllm_config.model_config.hf_config)   # raises ConfigError naming the field
             check_servable(cfg, vllm_config)
             builtin.verify_and_update_config(vllm_config)
 

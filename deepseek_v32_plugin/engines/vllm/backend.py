@@ -1,19 +1,17 @@
-"""Sparse-MLA attention backend for vLLM: Backend (static capabilities) / MetadataBuilder (host-side
-scheduler output -> kernel inputs) / Impl (calls deepseek_v32_plugin.ops only).
+"""Sparse-MLA attention backend for vLLM: Backends (static capabilities of the two cache layers) and one
+MetadataBuilder (vLLM's batch -> the engine-neutral DSA plan, model/dsa.py). There is no Impl: vLLM never
+builds one for these cache-only layers; the model runs dsa.select / dsa.attend itself (model.py).
 
 Two cache layers per decoder layer share one KV-cache group (vLLM's UniformTypeKVCacheSpecs), so one
 block table addresses both: the latent cache (576 x bf16, or 656 B "fp8_ds_mla") and the indexer key
 cache (132 B/token, DeepGEMM layout). Both use `ops.PAGE_SIZE` (64) token pages, the page size every
 kernel of ours and FlashMLA/DeepGEMM share.
 
-What the builder derives from vLLM's `CommonAttentionMetadata` (query_start_loc, seq_lens, block_table,
-slot_mapping) for each scheduled token t of request r:
-  position[t] = seq_lens[r] - query_len[r] + i   (works for prefill, chunked prefill, prefix hits, decode,
-                                                  spec-decode verify: the cache already holds the prefix)
-  token_block_table[t] = block_table[r]          (so top-k positions map to cache slots per row)
-and groups requests into "paged" batches (decode / MTP verify: equal query_len <= decode_threshold, use
-the paged indexer logits kernel) and "ragged" ones (prefill chunks: keys gathered from the cache, ragged
-logits). Prefix-cache hits and earlier chunks are read back from the cache like any other context.
+The builder hands vLLM's `CommonAttentionMetadata` (query_start_loc, seq_lens, block_table, slot_mapping) to
+`dsa.plan` once per step (the latent cache's group; the indexer cache's group shares that plan, its builder
+does nothing), with decode_threshold = 1 + num_speculative_tokens: decodes and MTP verifications take the
+paged indexer kernel, prefill chunks (prefix hits and earlier chunks read back from the cache) are batched
+into one ragged call.
 """
 from __future__ import annotations
 
@@ -24,7 +22,6 @@ import torch
 from vllm.v1.attention.backend import (
     AttentionBackend,
     AttentionCGSupport,
-    AttentionImplBase,
     AttentionMetadataBuilder,
     CommonAttentionMetadata,
 )
@@ -33,15 +30,15 @@ from deepseek_v32_plugin.ops import PAGE_SIZE
 from deepseek_v32_plugin.ops.indexer import BYTES_PER_TOKEN
 from deepseek_v32_plugin.ops.sparse_mla import FP8_BYTES, HEAD_576
 
-from . import dsa
-from .dsa import DSV32Metadata, PagedGroup, RaggedRequest  # noqa: F401
+from deepseek_v32_plugin.model import dsa
+from deepseek_v32_plugin.model.dsa import DSAPlan
 
 # Query lengths up to this are served by the paged (decode) indexer path; MTP verification of
 # k draft tokens schedules 1 + k tokens per request.
 DEFAULT_DECODE_THRESHOLD = 1
 
 
-class DSV32MetadataBuilder(AttentionMetadataBuilder[DSV32Metadata]):
+class DSV32MetadataBuilder(AttentionMetadataBuilder[DSAPlan]):
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.NEVER
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
@@ -52,17 +49,31 @@ class DSV32MetadataBuilder(AttentionMetadataBuilder[DSV32Metadata]):
         spec = vllm_config.speculative_config
         k = (spec.num_speculative_tokens or 0) if spec is not None else 0
         self.decode_threshold = DEFAULT_DECODE_THRESHOLD + k
+        self.topk = vllm_config.model_config.hf_config.index_topk
         # decodes (and MTP verifications) first: they batch into one paged indexer call
         self._init_reorder_batch_threshold(self.decode_threshold, supports_spec_as_decode=True)
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
-              fast_build: bool = False) -> DSV32Metadata:
-        m = common_attn_metadata
-        md = dsa.build_metadata(m.query_start_loc_cpu, m.seq_lens, m.block_table_tensor, m.slot_mapping,
-                                m.num_reqs, m.num_actual_tokens, self.decode_threshold)
+              fast_build: bool = False) -> DSAPlan:
+        m, r = common_attn_metadata, common_attn_metadata.num_reqs
+        md = dsa.plan(m.query_start_loc_cpu[: r + 1].tolist(), m.seq_lens[:r].cpu().tolist(), m.block_table_tensor,
+                      m.slot_mapping, self.topk, self.decode_threshold)
         if CAPTURE is not None:
             CAPTURE(md)
         return md
+
+
+class _SharedPlanBuilder(AttentionMetadataBuilder[None]):
+    """The indexer cache's group: same batch, same block table as the latent cache's, whose plan the model
+    uses for both; nothing to build here."""
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.NEVER
+
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
+              fast_build: bool = False) -> None:
+        return None
 
 
 # Set by tests to record every built metadata (integration_tests/vllm/engine_run.py, "capture_metadata").
@@ -74,18 +85,21 @@ class DSV32SparseMLABackend(AttentionBackend):
     accept_output_buffer: bool = False
     supported_dtypes: ClassVar[list[torch.dtype]] = [torch.bfloat16, torch.float16, torch.float32]
     supported_kv_cache_dtypes: ClassVar[list] = ["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_ds_mla"]
+    NAME: ClassVar[str] = "DSV32_PLUGIN_SPARSE_MLA"
+    HEAD_SIZES: ClassVar[tuple] = (HEAD_576, FP8_BYTES)   # bf16 576-wide rows, or 656-byte fp8_ds_mla rows
+    BUILDER: ClassVar[type] = DSV32MetadataBuilder
 
-    @staticmethod
-    def get_name() -> str:
-        return "DSV32_PLUGIN_SPARSE_MLA"
+    @classmethod
+    def get_name(cls) -> str:
+        return cls.NAME
 
     @staticmethod
     def get_impl_cls():
-        return DSV32SparseMLAImpl
+        raise NotImplementedError("DSV32 cache layers have no Impl: the model runs deepseek_v32_plugin.model.dsa")
 
-    @staticmethod
-    def get_builder_cls():
-        return DSV32MetadataBuilder
+    @classmethod
+    def get_builder_cls(cls):
+        return cls.BUILDER
 
     @staticmethod
     def get_supported_kernel_block_sizes(kv_cache_spec=None):
@@ -93,7 +107,7 @@ class DSV32SparseMLABackend(AttentionBackend):
 
     @classmethod
     def get_supported_head_sizes(cls) -> list[int]:
-        return [HEAD_576, FP8_BYTES]
+        return list(cls.HEAD_SIZES)
 
     @classmethod
     def is_mla(cls) -> bool:
@@ -109,44 +123,7 @@ class DSV32SparseMLABackend(AttentionBackend):
 
 
 class DSV32IndexerBackend(DSV32SparseMLABackend):
-    """Indexer key cache (132 B/token): storage + the same metadata as the latent cache."""
-    supported_kv_cache_dtypes: ClassVar[list] = ["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_ds_mla"]
-
-    @staticmethod
-    def get_name() -> str:
-        return "DSV32_PLUGIN_INDEXER"
-
-    @staticmethod
-    def get_impl_cls():
-        return DSV32IndexerImpl
-
-    @classmethod
-    def get_supported_head_sizes(cls) -> list[int]:
-        return [BYTES_PER_TOKEN]
-
-
-class DSV32IndexerImpl(AttentionImplBase):
-    """Lightning indexer over the paged key cache (dsa.indexer_select)."""
-
-    def __init__(self, topk: int):
-        self.topk = topk
-
-    def __new__(cls, *args, **kwargs):  # AttentionImplBase.__new__ reads parallel groups; keep it plain
-        return object.__new__(cls)
-
-    def forward(self, k, q_fp8, weights, kv_cache, md: DSV32Metadata) -> torch.Tensor:
-        return dsa.indexer_select(k, q_fp8, weights, kv_cache, md, self.topk)
-
-
-class DSV32SparseMLAImpl(AttentionImplBase):
-    """Latent-cache write + sparse MLA over the indexer-selected slots (dsa.sparse_mla_attend)."""
-
-    def __init__(self, num_heads: int, scale: float, kv_lora_rank: int):
-        self.num_heads, self.scale, self.kv_lora_rank = num_heads, scale, kv_lora_rank
-        self.head_size = HEAD_576
-
-    def __new__(cls, *args, **kwargs):
-        return object.__new__(cls)
-
-    def forward(self, q576, kv_c, k_pe, kv_cache, slots, md: DSV32Metadata) -> torch.Tensor:
-        return dsa.sparse_mla_attend(q576, kv_c, k_pe, kv_cache, slots, md, self.scale, self.kv_lora_rank)
+    """Indexer key cache (132 B/token): storage; the latent cache's plan serves it (no builder work)."""
+    NAME: ClassVar[str] = "DSV32_PLUGIN_INDEXER"
+    HEAD_SIZES: ClassVar[tuple] = (BYTES_PER_TOKEN,)
+    BUILDER: ClassVar[type] = _SharedPlanBuilder

@@ -1,30 +1,15 @@
 """Engine-start checks for the vLLM adapter (light: no vLLM model code, no kernels imported).
 
 One clear error naming the field for anything our backend cannot serve, raised when vLLM builds its config
-(register() wraps vLLM's per-architecture config hook) or builds the model."""
+(register() wraps vLLM's per-architecture config hook) or builds the model. The HF config itself is
+converted and validated by V32Config.from_hf."""
 from __future__ import annotations
 
-from deepseek_v32_plugin.config import ARCHITECTURE, V32Config
+from deepseek_v32_plugin.config import V32Config
 from deepseek_v32_plugin.ops import PAGE_SIZE
 
 FP8_CACHE_DTYPES = ("fp8", "fp8_e4m3", "fp8_ds_mla")
 BF16_CACHE_DTYPES = ("auto", "bfloat16")
-
-
-def v32_config(hf_config) -> V32Config:
-    """The HF config (vLLM's transformers object) validated by the foundation's V32Config: raises ConfigError
-    naming the bad or missing field (e.g. index_topk)."""
-    d = hf_config.to_dict()
-    rs = d.get("rope_scaling") or d.get("rope_parameters")
-    rtype = rs.get("rope_type", rs.get("type")) if isinstance(rs, dict) else None
-    if isinstance(rs, dict) and "rope_theta" in rs:   # transformers 5 keeps rope_theta in rope_parameters
-        d["rope_theta"] = rs["rope_theta"]
-    if rtype in ("yarn", "deepseek_yarn"):
-        d["rope_scaling"] = {k: v for k, v in rs.items() if k not in ("rope_type", "rope_theta")} | {"type": "yarn"}
-    elif rtype == "default":
-        d["rope_scaling"] = None
-    d["architectures"] = [ARCHITECTURE]   # the MTP draft config says DeepseekV32MTPModel: same fields
-    return V32Config.from_dict(d)
 
 
 def is_supported(index_topk: int, block_size: int = PAGE_SIZE) -> tuple[bool, str]:

@@ -40,17 +40,19 @@ from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.sequence import IntermediateTensors
 from vllm.v1.kv_cache_interface import MLAAttentionSpec, SparseCacheRole
 
-from deepseek_v32_plugin.config import V32Config
+from deepseek_v32_plugin.checkpoint import MLP_PROJS, mtp_prefixes
+from deepseek_v32_plugin.config import ARCHITECTURE, V32Config
+from deepseek_v32_plugin.engines import common
+from deepseek_v32_plugin.model import dsa
 from deepseek_v32_plugin.model.indexer import indexer_head_weights, indexer_rope_qk
 from deepseek_v32_plugin.model.mla import absorb_query, expand_latent_output, split_kv_b
 from deepseek_v32_plugin.model.rope import YarnRope
 from deepseek_v32_plugin.ops import PAGE_SIZE, indexer
-from deepseek_v32_plugin.ops.fp8_quant import FP8_DTYPE, fp8_dequant_weight, fp8_quant_weight
 from deepseek_v32_plugin.ops.indexer import BYTES_PER_TOKEN
 from deepseek_v32_plugin.ops.sparse_mla import FP8_BYTES, HEAD_576
 
-from .backend import DSV32IndexerBackend, DSV32IndexerImpl, DSV32SparseMLABackend, DSV32SparseMLAImpl
-from .checks import BF16_CACHE_DTYPES, FP8_CACHE_DTYPES, is_supported, v32_config
+from .backend import DSV32IndexerBackend, DSV32SparseMLABackend
+from .checks import BF16_CACHE_DTYPES, FP8_CACHE_DTYPES, is_supported
 from .quant_config import make_quant_config
 
 logger = init_logger("vllm.plugins.deepseek_v32")   # under "vllm": printed by vLLM's handler
@@ -106,16 +108,15 @@ class Indexer(nn.Module):
                                              prefix=f"{prefix}.weights_proj")
         self.k_cache = CacheLayer(f"{prefix}.k_cache", BYTES_PER_TOKEN, torch.uint8, DSV32IndexerBackend,
                                   SparseCacheRole.INDEXER)
-        self.impl = DSV32IndexerImpl(cfg.index_topk)
 
-    def forward(self, x, qr, positions, rope: YarnRope, md) -> torch.Tensor:
+    def forward(self, x, qr, positions, rope: YarnRope, md: dsa.DSAPlan) -> torch.Tensor:
         """-> top-k latent-cache slots [T, index_topk] int32 (-1 = none)."""
         cfg, n = self.cfg, x.shape[0]
         q = self.wq_b(qr)[0].view(n, cfg.index_n_heads, cfg.index_head_dim)
         q, k = indexer_rope_qk(q, self.k_norm(self.wk(x)[0]), positions, rope, cfg)
         q_fp8, q_scale = indexer.indexer_quant(q)
         weights = indexer_head_weights(self.weights_proj(x)[0], q_scale, cfg)
-        return self.impl.forward(k, q_fp8, weights, self.k_cache.kv_cache, md)
+        return dsa.select(md, k, q_fp8, weights, self.k_cache.kv_cache, cfg.index_topk)
 
 
 class MLAAttention(nn.Module):
@@ -154,26 +155,26 @@ class MLAAttention(nn.Module):
         else:
             raise ValueError(f"kv_cache_dtype={cache_dtype!r}: deepseek_v32_plugin serves 'auto'/'bfloat16' "
                              f"(576 x bf16 latent rows) or 'fp8_ds_mla' (656 B rows)")
-        self.impl = DSV32SparseMLAImpl(self.num_heads, cfg.softmax_scale, cfg.kv_lora_rank)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, rope: YarnRope) -> torch.Tensor:
         cfg, h = self.cfg, self.num_heads
-        md = _metadata(self.attn.layer_name)
+        md = _metadata(self.attn.layer_name)   # the step's DSA plan, shared by the indexer cache
         n = x.shape[0]
         qr = self.q_a_layernorm(self.q_a_proj(x)[0])
         q = self.q_b_proj(qr)[0].view(n, h, cfg.qk_head_dim)
         kv = self.kv_a_proj_with_mqa(x)[0]
         out_lat = torch.zeros(n, h, cfg.kv_lora_rank, dtype=x.dtype, device=x.device)
         if md is not None:   # None: profiling / dummy runs without a cache
-            t = md.num_actual_tokens
+            t = md.num_tokens
             pos = positions[:t]
             q_nope, q_pe = q[:t, :, : cfg.qk_nope_head_dim], q[:t, :, cfg.qk_nope_head_dim:]
             kv_c = self.kv_a_layernorm(kv[:t, : cfg.kv_lora_rank].contiguous())
             k_pe = rope.apply(kv[:t, cfg.kv_lora_rank:], pos, interleaved=True)
             q_pe = rope.apply(q_pe, pos, interleaved=True)
-            slots = self.indexer(x[:t], qr[:t], pos, rope, _metadata(self.indexer.k_cache.layer_name))
+            slots = self.indexer(x[:t], qr[:t], pos, rope, md)
             q576 = absorb_query(q_nope, q_pe, self.w_uk)
-            out_lat[:t] = self.impl.forward(q576, kv_c, k_pe, self.attn.kv_cache, slots, md).to(x.dtype)
+            out_lat[:t] = dsa.attend(md, q576, kv_c, k_pe, self.attn.kv_cache, slots, cfg.softmax_scale,
+                                     cfg.kv_lora_rank).to(x.dtype)
         out = expand_latent_output(out_lat, self.w_uv).reshape(n, h * cfg.v_head_dim)
         return self.o_proj(out)[0]
 
@@ -244,7 +245,7 @@ class DSV32Model(nn.Module):
     # Eager on purpose: vLLM's CPU path would otherwise trace with Dynamo; our ops dispatch per call.
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
-        cfg = v32_config(vllm_config.model_config.hf_config)
+        cfg = V32Config.from_hf(vllm_config.model_config.hf_config)
         ok, why = is_supported(cfg.index_topk)
         if not ok:
             raise ValueError(f"deepseek_v32_plugin cannot serve this model: {why}")
@@ -276,7 +277,7 @@ class DeepseekV32ForCausalLM(nn.Module):
         self.logits_processor = LogitsProcessor(cfg.vocab_size)
         logger.info("deepseek_v32_plugin: serving %s (%d layers, index_topk %d) with our sparse-MLA backend, "
                     "lightning indexer and FP8 experts; latent cache %s, %d-token pages",
-                    "DeepseekV32ForCausalLM", cfg.num_hidden_layers, cfg.index_topk,
+                    ARCHITECTURE, cfg.num_hidden_layers, cfg.index_topk,
                     vllm_config.cache_config.cache_dtype, PAGE_SIZE)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -291,9 +292,8 @@ class DeepseekV32ForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         cfg = self.model.cfg
-        mtp_prefix = f"model.layers.{cfg.num_hidden_layers}."
-        loaded = load_v32_weights(self, ((n, w) for n, w in weights if not n.startswith(mtp_prefix)),
-                                  cfg.n_routed_experts)
+        mtp = mtp_prefixes(cfg)
+        loaded = load_v32_weights(self, ((n, w) for n, w in weights if not n.startswith(mtp)), cfg.n_routed_experts)
         check_indexer_weights(self, loaded)
         finish_loading(self)
         return loaded
@@ -301,105 +301,22 @@ class DeepseekV32ForCausalLM(nn.Module):
 
 # ---------------------------------------------------------------- weight loading
 
-STACKED = [("gate_up_proj", "gate_proj", 0), ("gate_up_proj", "up_proj", 1)]
-
-
 def _dequantizes(module: nn.Module) -> bool:
     """True when `module` holds plain (bf16/fp32) weights: FP8 checkpoint blocks are dequantized at load."""
     qm = getattr(module, "quant_method", None)
     return qm is None or isinstance(qm, UnquantizedLinearMethod)
 
 
-def _pair_fp8(weights: Iterable[tuple[str, torch.Tensor]]):
-    """Yield (name, tensor, scale_inv-or-None): FP8 `W` joined with its `W_scale_inv`, in any order."""
-    pending_w, pending_s = {}, {}
-    for name, w in weights:
-        if name.endswith(".weight_scale_inv"):
-            base = name[: -len("_scale_inv")]
-            if base in pending_w:
-                yield base, pending_w.pop(base), w
-            else:
-                pending_s[base] = w
-        elif name.endswith(".weight") and w.dtype == FP8_DTYPE:
-            if name in pending_s:
-                yield name, w, pending_s.pop(name)
-            else:
-                pending_w[name] = w
-        else:
-            yield name, w, None
-    if pending_w or pending_s:
-        missing = sorted(list(pending_w)[:3]) + sorted(n + "_scale_inv" for n in list(pending_s)[:3])
-        raise ValueError(f"deepseek_v32_plugin: FP8 weights without their scale (or scales without weights) "
-                         f"in the checkpoint, e.g. {missing}")
-
-
-def load_v32_weights(model: nn.Module, weights, n_routed_experts: int, rename=None) -> set[str]:
-    params = dict(model.named_parameters())
+def load_v32_weights(model: nn.Module, weights, n_routed_experts: int) -> set[str]:
+    """engines.common.load_v32_weights with vLLM's expert mapping; dense FP8 linears stay FP8 where vLLM's
+    Fp8 linear method serves them (CUDA), else they are dequantized (fp32, cast by the parameter's loader)."""
     modules = dict(model.named_modules())
-    expert_map = fused_moe_make_expert_params_mapping(model, ckpt_gate_proj_name="gate_proj",
-                                                      ckpt_down_proj_name="down_proj", ckpt_up_proj_name="up_proj",
-                                                      num_experts=n_routed_experts)
-    loaded: set[str] = set()
-    for name, w, scale in _pair_fp8(weights):
-        if rename is not None:
-            name = rename(name)
-            if name is None:
-                continue
-        if "rotary_emb.inv_freq" in name:
-            continue
-        if ".mlp.experts." in name:
-            _load_expert(params, expert_map, name, w, scale, loaded)
-            continue
-        for param_name, shard_name, shard_id in STACKED:
-            if f".{shard_name}." in name:
-                target = name.replace(shard_name, param_name)
-                w = _maybe_dequant(modules, target, w, scale, name)
-                params[target].weight_loader(params[target], w, shard_id)
-                loaded.add(target)
-                if scale is not None and not _dequantizes(modules[target.rsplit(".", 1)[0]]):
-                    s = target + "_scale_inv"
-                    params[s].weight_loader(params[s], scale, shard_id)
-                    loaded.add(s)
-                break
-        else:
-            if name not in params:
-                raise ValueError(f"deepseek_v32_plugin: checkpoint tensor {name!r} has no parameter in the model")
-            w = _maybe_dequant(modules, name, w, scale, name)
-            p = params[name]
-            getattr(p, "weight_loader", default_weight_loader)(p, w)
-            loaded.add(name)
-            if scale is not None and not _dequantizes(modules[name.rsplit(".", 1)[0]]):
-                s = name + "_scale_inv"
-                getattr(params[s], "weight_loader", default_weight_loader)(params[s], scale)
-                loaded.add(s)
-    return loaded
-
-
-def _maybe_dequant(modules, param_name, w, scale, ckpt_name):
-    if scale is None:
-        return w
-    module = modules[param_name.rsplit(".", 1)[0]]
-    if _dequantizes(module):
-        return fp8_dequant_weight(w, scale.float(), out_dtype=torch.float32, name=ckpt_name)
-    return w
-
-
-def _load_expert(params, expert_map, name, w, scale, loaded):
-    if scale is None and w.dtype != FP8_DTYPE and w.dim() == 2:   # a bf16 checkpoint: quantize at load
-        w, scale = fp8_quant_weight(w.float())
-    for item, tensor in ((name, w), (name + "_scale_inv", scale)):
-        if tensor is None:
-            continue
-        for param_name, weight_name, expert_id, shard_id in expert_map:
-            if weight_name not in item:
-                continue
-            target = item.replace(weight_name, param_name)
-            p = params[target]
-            p.weight_loader(p, tensor, target, shard_id=shard_id, expert_id=expert_id)
-            loaded.add(target)
-            break
-        else:
-            raise ValueError(f"deepseek_v32_plugin: no expert parameter for checkpoint tensor {item!r}")
+    gate, up, down = MLP_PROJS
+    expert_map = fused_moe_make_expert_params_mapping(model, ckpt_gate_proj_name=gate, ckpt_down_proj_name=down,
+                                                      ckpt_up_proj_name=up, num_experts=n_routed_experts)
+    return common.load_v32_weights(
+        dict(model.named_parameters()), weights, expert_map=expert_map, default_loader=default_weight_loader,
+        dequant_dtype=torch.float32, keeps_fp8=lambda param: not _dequantizes(modules[param.rsplit(".", 1)[0]]))
 
 
 def check_indexer_weights(model: nn.Module, loaded: set[str]) -> None:

@@ -7,8 +7,8 @@ from vllm.model_executor.layers.fused_moe.fused_moe_method_base import FusedMoEM
 from vllm.model_executor.layers.fused_moe.routed_experts import FusedMoeWeightScaleSupported
 from vllm.model_executor.utils import set_weight_attrs
 
+from deepseek_v32_plugin.engines.common import create_fp8_moe_weights
 from deepseek_v32_plugin.ops import fp8_moe
-from deepseek_v32_plugin.ops.fp8_quant import FP8_DTYPE, GROUP
 
 
 class DSV32Fp8MoEMethod(FusedMoEMethodBase):
@@ -16,24 +16,8 @@ class DSV32Fp8MoEMethod(FusedMoEMethodBase):
 
     def create_weights(self, layer, num_experts: int, hidden_size: int, intermediate_size_per_partition: int,
                        params_dtype: torch.dtype, **extra_weight_attrs):
-        i = intermediate_size_per_partition
-        if i % GROUP or hidden_size % GROUP:
-            raise ValueError(f"deepseek_v32_plugin FP8 experts: moe_intermediate_size per rank ({i}) and "
-                             f"hidden_size ({hidden_size}) must be multiples of {GROUP}")
-
-        def param(shape, dtype):
-            p = torch.nn.Parameter(torch.empty(*shape, dtype=dtype), requires_grad=False)
-            set_weight_attrs(p, extra_weight_attrs)
-            return p
-
-        layer.register_parameter("w13_weight", param((num_experts, 2 * i, hidden_size), FP8_DTYPE))
-        layer.register_parameter("w2_weight", param((num_experts, hidden_size, i), FP8_DTYPE))
-        layer.register_parameter("w13_weight_scale_inv",
-                                 param((num_experts, 2 * i // GROUP, hidden_size // GROUP), torch.float32))
-        layer.register_parameter("w2_weight_scale_inv",
-                                 param((num_experts, hidden_size // GROUP, i // GROUP), torch.float32))
-        for name in ("w13_weight_scale_inv", "w2_weight_scale_inv"):
-            set_weight_attrs(getattr(layer, name), {"quant_method": FusedMoeWeightScaleSupported.BLOCK.value})
+        create_fp8_moe_weights(layer, num_experts, hidden_size, intermediate_size_per_partition, extra_weight_attrs,
+                               FusedMoeWeightScaleSupported.BLOCK.value, set_weight_attrs)
 
     def get_fused_moe_quant_config(self, layer):
         return None

@@ -20,9 +20,10 @@ from vllm.model_executor.layers.linear import ReplicatedLinear
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 
+from deepseek_v32_plugin.checkpoint import mtp_prefixes
+from deepseek_v32_plugin.config import V32Config
 from deepseek_v32_plugin.model.rope import YarnRope
 
-from .checks import v32_config
 from .model import DecoderLayer, check_indexer_weights, finish_loading, load_v32_weights
 from .quant_config import make_quant_config
 
@@ -64,7 +65,7 @@ class _MTPModel(nn.Module):
 class DeepseekV32MTP(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
-        cfg = v32_config(vllm_config.model_config.hf_config)
+        cfg = V32Config.from_hf(vllm_config.model_config.hf_config)
         if not cfg.num_nextn_predict_layers:
             raise ValueError("deepseek_v32_plugin: the checkpoint has num_nextn_predict_layers=0: no MTP layer "
                              "to draft with")
@@ -90,7 +91,7 @@ class DeepseekV32MTP(nn.Module):
         return self.logits_processor(head.head, head.norm(hidden_states))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        prefixes = tuple(f"model.layers.{i}." for i in map(int, self.model.layers))
+        prefixes = mtp_prefixes(self.cfg)
         loaded = load_v32_weights(self, ((n, w) for n, w in weights if n.startswith(prefixes)),
                                   self.cfg.n_routed_experts)
         missing = sorted(n for n, _ in self.named_parameters() if n not in loaded)

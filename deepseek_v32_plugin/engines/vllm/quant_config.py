@@ -18,8 +18,10 @@ import torch
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 from vllm.platforms import current_platform
 
+from deepseek_v32_plugin.config import ARCHITECTURE, MTP_ARCHITECTURE
+
 QUANT_NAME = "dsv32_fp8"
-_OUR_ARCHS = ("DeepseekV32ForCausalLM", "DeepseekV32MTPModel")
+_OUR_ARCHS = (ARCHITECTURE, MTP_ARCHITECTURE)
 
 
 class DSV32QuantConfig(QuantizationConfig):

@@ -5,10 +5,11 @@ import functools
 
 import torch
 
+from .. import PAGE_SIZE
 from ..fp8_quant.naive import FP8_DTYPE, fp8_saturate_cast, ue8m0_scale
 
 HEAD_DIM = 128
-PAGE = 64
+PAGE = PAGE_SIZE   # the one definition is ops.PAGE_SIZE
 BLOCK_VALUE_BYTES = PAGE * HEAD_DIM  # 8192: the 64x128 e4m3 values come first in a page ...
 BYTES_PER_TOKEN = HEAD_DIM + 4       # ... then 64 fp32 scales: 132 B per token
 

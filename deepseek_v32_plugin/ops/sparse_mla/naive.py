@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from .. import PAGE_SIZE
 from ..fp8_quant.naive import FP8_DTYPE, fp8_saturate_cast, ue8m0_scale
 
-PAGE = 64
+PAGE = PAGE_SIZE   # the one definition is ops.PAGE_SIZE
 KV_LORA = 512
 ROPE = 64
 HEAD_576 = KV_LORA + ROPE
