@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..ops import PAGE_SIZE, indexer, sparse_mla
+from .indexer import ascending
 
 
 @dataclass
@@ -150,17 +151,18 @@ def select(p: DSAPlan, k: torch.Tensor, q_fp8: torch.Tensor, weights: torch.Tens
         logits = indexer.fp8_paged_indexer_logits(
             q_fp8[rows].reshape(b, g.q, *q_fp8.shape[1:]), index_cache, weights[rows].contiguous(),
             p.seq_lens[g.req_lo:g.req_hi], p.block_table[g.req_lo:g.req_hi], g.max_context)
-        pos_idx[rows] = indexer.indexer_topk(logits, topk, ke=ke[rows])
+        pos_idx[rows] = ascending(indexer.indexer_topk(logits, topk, ke=ke[rows]))
     rg = p.ragged
     if rg is not None:
         k_fp8, k_scale = indexer.indexer_cache_gather(index_cache, rg.kv_slots)
         logits = indexer.fp8_indexer_logits(q_fp8[rg.rows], k_fp8, k_scale, weights[rg.rows], rg.ks, rg.ke)
-        pos_idx[rg.rows] = indexer.indexer_topk(logits, topk, rg.ks, rg.ke)
+        pos_idx[rg.rows] = ascending(indexer.indexer_topk(logits, topk, rg.ks, rg.ke))
     return indexer.indices_to_slots(pos_idx, p.row_block_table[:t])
 
 
 def all_positions(positions: torch.Tensor, topk: int) -> torch.Tensor:
-    """Rows whose context fits in top-k: positions 0..p, -1 after (what top-k selects, in ascending order)."""
+    """Rows whose context fits in top-k: positions 0..p, -1 after (what top-k selects, in the canonical
+    ascending order of model.indexer.ascending)."""
     ar = torch.arange(topk, device=positions.device)
     return torch.where(ar[None, :] <= positions[:, None], ar[None, :], -1).to(torch.int32)
 

@@ -23,7 +23,7 @@ from ..config import V32Config
 from ..ops import PAGE_SIZE, fp8_moe, indexer, sparse_mla
 from ..ops.fp8_quant import FP8_DTYPE, fp8_dequant_weight, fp8_quant_weight
 from .cache import PagedCache, Sequence
-from .indexer import indexer_head_weights, indexer_qk
+from .indexer import ascending, indexer_head_weights, indexer_qk
 from .mla import absorb_query, expand_latent_output, split_kv_b
 from .moe import route
 from .rope import YarnRope
@@ -123,7 +123,7 @@ class Attention:
                 logits = indexer.fp8_indexer_logits(q_fp8, k_fp8, k_scale, weights,
                                                     torch.zeros(n, dtype=torch.int32, device=x.device),
                                                     (positions + 1).int())
-            pos_idx = indexer.indexer_topk(logits, cfg.index_topk, ke=(positions + 1).int())
+            pos_idx = ascending(indexer.indexer_topk(logits, cfg.index_topk, ke=(positions + 1).int()))
         else:            # dense causal MLA: every past position (what DSA equals when len <= index_topk)
             ar = torch.arange(total, device=x.device)
             pos_idx = torch.where(ar[None, :] <= positions[:, None], ar[None, :], -1).int()
