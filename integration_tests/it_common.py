@@ -31,6 +31,14 @@ def write_tiny_checkpoint(path: str) -> str:
     return write_conditioned_checkpoint(preset_config("tiny"), path, seed=SEED, overwrite=True)
 
 
+def reference_logprobs(ref, prompt: list, generated: list, mla_format: str = "bf16") -> torch.Tensor:
+    """log-softmax of the reference's logits over prompt + generated[:-1] (teacher forcing): [n, vocab]."""
+    seq_ids = prompt + generated[:-1]
+    cache = ref.new_cache(-(-len(seq_ids) // 64) + 1, mla_format)
+    logits, _ = ref.forward(seq_ids, cache.new_sequence(), cache)
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
 def check_greedy(lp: torch.Tensor, tokens: list, info=None, margin: float = NEAR_TIE) -> int:
     """Engine greedy tokens vs the reference's log-probs lp [len(tokens), vocab] (teacher-forced on the
     engine's tokens): each token is the reference's argmax unless the reference's top-2 gap there is below

@@ -24,7 +24,7 @@ for _p in (_HERE, os.path.dirname(_HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 from it_common import (SEED, check_greedy, pytest_runtest_makereport, record_stat,  # noqa: E402,F401
-                       write_tiny_checkpoint)
+                       reference_logprobs, write_tiny_checkpoint)
 # every engine started by these tests checks the backend's slot invariant (see backend.py, check_slots)
 os.environ.setdefault("DSV32_CHECK_SLOTS", "1")
 # Bounds >= 3x the worst of a seed sweep (scripts/sweep.py, seeds 1-4, conditioned checkpoint, 2026-12-06):
@@ -111,12 +111,7 @@ def reference_input_logprobs(ref, ids: list) -> list:
     return [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]
 
 
-def check_greedy_against(ref, ids: list, out_ids: list, info=None, margin: float = None) -> int:
+def check_greedy_against(ref, ids: list, out_ids: list, info=None) -> int:
     """The engine's greedy tokens out_ids for prompt ids are the reference's (teacher-forced on out_ids) up to
     the reference's first near-tie (it_common.check_greedy); returns how many tokens were checked."""
-    seq_ids = ids + out_ids[:-1]
-    cache = ref.new_cache(-(-len(seq_ids) // 64) + 1)
-    logits, _ = ref.forward(seq_ids, cache.new_sequence(), cache)
-    lp = torch.log_softmax(logits.float(), -1)[len(ids) - 1:]
-    kw = {} if margin is None else {"margin": margin}
-    return check_greedy(lp, out_ids, info=info, **kw)
+    return check_greedy(reference_logprobs(ref, ids, out_ids)[len(ids) - 1:], out_ids, info=info)

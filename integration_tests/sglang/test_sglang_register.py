@@ -63,7 +63,6 @@ def test_config_from_sglang_hf_config(tiny_ckpt):
     from sglang.srt.utils.hf_transformers import get_config
 
     from deepseek_v32_plugin.config import V32Config
-    from deepseek_v32_plugin.config import V32Config
     got = V32Config.from_hf(get_config(tiny_ckpt, trust_remote_code=False))
     want = V32Config.from_pretrained(tiny_ckpt)
     assert got == want           # rope_scaling (YaRN) and rope_theta survive transformers 5's rope_parameters

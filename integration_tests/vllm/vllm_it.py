@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from it_common import NEAR_TIE, check_greedy, record_stat  # noqa: F401 (NEAR_TIE re-exported)
+from it_common import NEAR_TIE, check_greedy, record_stat, reference_logprobs  # noqa: F401 (re-exported)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,15 +37,6 @@ def run_engine(tmp_path, model: str, engine: dict, requests: list, max_tokens: i
         raise AssertionError(f"engine run failed (rc={p.returncode}):\n{p.stderr[-6000:]}")
     res = json.loads(lines[-1][len("RESULT "):])
     return res if full else res["requests"]
-
-
-def reference_logprobs(ref, prompt: list, generated: list, mla_format: str = "bf16") -> torch.Tensor:
-    """log-softmax of the reference's logits over prompt + generated[:-1] (teacher forcing): [n, vocab]."""
-    seq_ids = prompt + generated[:-1]
-    cache = ref.new_cache(-(-len(seq_ids) // 64) + 1, mla_format)
-    seq = cache.new_sequence()
-    logits, _ = ref.forward(seq_ids, seq, cache)
-    return torch.log_softmax(logits.float(), dim=-1)
 
 
 # (median, mean, max) of |dlogprob| per prompt position; see check_against_reference. Each bound is >= 3x the
