@@ -69,6 +69,7 @@ class DSAPlan:
                                                      # fits in index_topk, also in requests longer than it
     ragged_spans: list = field(default_factory=list)  # [(tok_lo, tok_hi, seq_len)] of every prefill request
     width: int = 0                    # columns of select()'s slots: min(topk, max seq_len), or topk (full_width)
+    needs_scores: bool = True         # some row is scored by the indexer; False: select() needs only the keys
     topk_length: Optional[torch.Tensor] = None       # [T] int32 keys each row selects: min(position + 1, topk)
 
     def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "DSAPlan":
@@ -143,11 +144,12 @@ def plan(query_start_loc: Sequence[int], seq_lens: Sequence[int], block_table: t
     dense = torch.cat(dense) if dense else torch.empty(0, dtype=torch.int64)
     dense_rows = to_dev(dense) if len(dense) else None
     width = topk if full_width else min(topk, max(seq, default=0))
+    needs_scores = ragged is not None or any(g.max_context > topk for g in paged)
     topk_length = to_dev((pos + 1).clamp(max=topk).to(torch.int32))
     return DSAPlan(num_tokens=t, seq_lens=to_dev(torch.tensor(seq, dtype=torch.int32)), block_table=block_table,
                    slot_mapping=slot_mapping[:t], positions=to_dev(pos), row_block_table=block_table[to_dev(req_of)],
                    paged=paged, ragged=ragged, dense_rows=dense_rows, ragged_spans=spans, width=width,
-                   topk_length=topk_length)
+                   topk_length=topk_length, needs_scores=needs_scores)
 
 
 def select(p: DSAPlan, k: torch.Tensor, q_fp8: torch.Tensor, weights: torch.Tensor, index_cache: torch.Tensor,
@@ -156,8 +158,12 @@ def select(p: DSAPlan, k: torch.Tensor, q_fp8: torch.Tensor, weights: torch.Tens
     k [T, 128] (normed, roped), q_fp8 [T, H, 128] e4m3, weights [T, H] fp32 (q scale folded in),
     index_cache [pages, 64, 132] uint8 -> slots [T, p.width] int32 in the latent cache (-1 = none; row r's
     first p.topk_length[r] entries are its selection, ascending positions).
-    write=False: the new keys are already in the cache (an engine that saved them itself)."""
+    write=False: the new keys are already in the cache (an engine that saved them itself).
+    When not p.needs_scores (every row's context fits in top-k) q_fp8 and weights may be None: adapters skip
+    the indexer's query and head-weight projections then (only the keys are written)."""
     t = p.num_tokens
+    if p.needs_scores and (q_fp8 is None or weights is None):
+        raise ValueError("dsa.select: this batch has rows the indexer scores; q_fp8 and weights are required")
     if write:
         indexer.indexer_k_quant_and_cache(k, index_cache, p.slot_mapping)
     width = p.width
