@@ -72,6 +72,18 @@ def _issuer() -> tuple[str, str]:
     return "other", "?"
 
 
+def _layer_kind() -> str:
+    """'moe' / 'dense' inside an adapter's DecoderLayer.forward (by its mlp's class), else 'model'."""
+    f = sys._getframe(2)
+    while f is not None:
+        if f.f_code.co_name == "forward" and f.f_code.co_filename.startswith(_PKG):
+            me = f.f_locals.get("self")
+            if type(me).__name__ == "DecoderLayer":
+                return "moe" if type(getattr(me, "mlp", None)).__name__ == "MoE" else "dense"
+        f = f.f_back
+    return "model"
+
+
 def _tensors(x) -> list:
     if isinstance(x, torch.Tensor):
         return [x]
@@ -120,6 +132,8 @@ class _Dispatch(TorchDispatchMode):
         if not host and name not in _NO_KERNEL and not name.startswith("_has_"):
             g.ops[kind] += 1
             g.op_names[(kind, name)] += 1
+            if g.by_layer:
+                g.layer_ops[(_layer_kind(), kind)] += 1
         if host and func._schema.name.split("::")[-1] not in ("copy_",) and not name.endswith("_"):
             for t in _tensors(out):
                 g._mark_host(t)
@@ -147,14 +161,18 @@ class _Function(TorchFunctionMode):
 
 class SyncGuard:
     """Context manager; see the module docstring. raise_on_sync: raise HostSyncError at the first sync
-    issued by plugin code (else record it in .syncs as (kind, where, reason))."""
+    issued by plugin code (else record it in .syncs as (kind, where, reason)). by_layer: also count ops and
+    launches per adapter decoder layer kind (moe / dense; 'model' outside the layers)."""
 
-    def __init__(self, raise_on_sync: bool = True, host: Iterable[torch.Tensor] = ()):
+    def __init__(self, raise_on_sync: bool = True, host: Iterable[torch.Tensor] = (), by_layer: bool = False):
         self.raise_on_sync = raise_on_sync
         self.syncs: list[tuple[str, str, str]] = []
         self.ops: Counter = Counter()          # computing aten ops by issuer kind
         self.op_names: Counter = Counter()     # (kind, aten op name) -> count
         self.launches: Counter = Counter()     # Triton kernel name -> launches
+        self.by_layer = by_layer
+        self.layer_ops: Counter = Counter()    # (layer kind: moe / dense / model, issuer kind) -> computing aten ops
+        self.layer_launches: Counter = Counter()   # layer kind -> Triton launches
         self._host: dict = {}
         for t in host:
             self._mark_host(t)
@@ -209,6 +227,8 @@ def _count_triton_launches(guard: SyncGuard):
         def run(self, *a, _real=real, **kw):
             for g in _ACTIVE:
                 g.launches[getattr(self, "__name__", None) or getattr(self.fn, "__name__", "?")] += 1
+                if g.by_layer:
+                    g.layer_launches[_layer_kind()] += 1
             with _disable_current_modes(), torch._C.DisableTorchFunction():
                 return _real(self, *a, **kw)
         run._dsv32_counting = True
@@ -231,7 +251,7 @@ SYNC_CHECK = os.environ.get("DSV32_SYNC_CHECK", "0") == "1" or SYNC_REPORT is no
 
 class _StepGuard(SyncGuard):
     def __init__(self, tag: str, host):
-        super().__init__(raise_on_sync=SYNC_REPORT is None, host=host)
+        super().__init__(raise_on_sync=SYNC_REPORT is None, host=host, by_layer=SYNC_REPORT is not None)
         self.tag = tag
 
     def __exit__(self, *exc):
@@ -240,7 +260,8 @@ class _StepGuard(SyncGuard):
             import json
             rec = dict(tag=self.tag, pid=os.getpid(), syncs=self.syncs, ops=dict(self.ops),
                        op_names={f"{k}:{n}": c for (k, n), c in sorted(self.op_names.items())},
-                       launches=dict(self.launches))
+                       launches=dict(self.launches), layer_launches=dict(self.layer_launches),
+                       layer_ops={f"{la}:{k}": c for (la, k), c in sorted(self.layer_ops.items())})
             with open(SYNC_REPORT, "a") as f:
                 f.write(json.dumps(rec) + "\n")
         return False

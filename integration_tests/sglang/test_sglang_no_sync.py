@@ -19,7 +19,9 @@ import pytest
 
 from conftest import ENGINE_KW, check_greedy_against, prompt_ids
 
-ENV = {"TRITON_INTERPRET": "1", "DSV32_CPU_TRITON": "1", "DSV32_BACKEND": "triton"}
+# prefill-only ops (ragged indexer logits, key gather) on the references: the interpreter's prefill is slow
+ENV = {"TRITON_INTERPRET": "1", "DSV32_CPU_TRITON": "1", "DSV32_BACKEND": "triton",
+       "DSV32_BACKEND_FP8_INDEXER_LOGITS": "torch", "DSV32_BACKEND_INDEXER_CACHE_GATHER": "torch"}
 
 
 def test_decode_steps_issue_no_host_sync(tiny_ckpt, ref_bf16, monkeypatch, tmp_path):
@@ -32,19 +34,19 @@ def test_decode_steps_issue_no_host_sync(tiny_ckpt, ref_bf16, monkeypatch, tmp_p
     path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
     for k, v in dict(ENV, DSV32_SYNC_REPORT=str(report), PYTHONPATH=path).items():
         monkeypatch.setenv(k, v)   # inherited by the scheduler process
-    ids = [prompt_ids(40, seed=51), prompt_ids(45, seed=52)]
+    ids = [prompt_ids(34, seed=51), prompt_ids(36, seed=52)]
     eng = sglang.Engine(model_path=tiny_ckpt, **ENGINE_KW)
     try:
-        outs = eng.generate(input_ids=ids, sampling_params={"max_new_tokens": 4, "temperature": 0.0})
+        outs = eng.generate(input_ids=ids, sampling_params={"max_new_tokens": 3, "temperature": 0.0})
     finally:
         eng.shutdown()
     monkeypatch.undo()
     steps = [json.loads(ln) for ln in report.read_text().splitlines()]
-    assert len(steps) >= 3, steps                       # the decode steps were checked
+    assert len(steps) >= 2, steps                       # the decode steps were checked
     assert any(s["tag"] == "sglang T=2" for s in steps), [s["tag"] for s in steps]
     assert all(s["launches"] for s in steps)            # our Triton kernels served them
     bad = [(s["tag"], x) for s in steps for x in s["syncs"] if x[0] == "plugin"]
     assert not bad, bad
     for p, o in zip(ids, outs):
-        assert len(o["output_ids"]) == 4
+        assert len(o["output_ids"]) == 3
         check_greedy_against(ref_bf16, p, o["output_ids"], info=len(p))
