@@ -26,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PROMPTS = [[(7 * i + 3) % 1000 + 3 for i in range(40)], [(11 * i + 5) % 1000 + 3 for i in range(45)]]
 MAX_TOKENS = 4
+V32_DENSE, V32_MOE = 3, 58      # DeepSeek-V3.2: first_k_dense_replace = 3 of 61 layers
 
 
 def _checkpoint(path: str) -> str:
@@ -72,6 +73,12 @@ def summarize(steps: list[dict]) -> dict:
             row[k] = sum(s["layer_ops"].get(f"{la}:{k}", 0) for s in steps) / len(steps)
         out[la] = row
     out["plugin_syncs_per_step"] = sum(1 for s in steps for x in s["syncs"] if x[0] == "plugin") / len(steps)
+    names = {}
+    for s in steps:
+        for key, c in s["op_names"].items():
+            if key.startswith("plugin:"):
+                names[key[7:]] = names.get(key[7:], 0) + c / len(steps)
+    out["plugin_ops_by_name"] = dict(sorted(names.items(), key=lambda kv: -kv[1]))
     out["steps"] = [s["tag"] for s in steps]
     return out
 
@@ -107,6 +114,17 @@ def table() -> str:
             x = r[la]
             lines.append(f"| {engine} | {r['backend']} | {la} | {x['triton']:.0f} | {x['plugin']:.0f} | "
                          f"{x['reference']:.0f} | {x['other']:.0f} | {r['plugin_syncs_per_step']:.0f} |")
+    lines += ["", f"Per V3.2 decode step ({V32_DENSE} dense + {V32_MOE} MoE layers), plugin launches = Triton "
+              "launches + plugin aten ops (the engines' own layers not counted):", ""]
+    for engine in ("sglang", "vllm"):
+        path = os.path.join(HERE, "results", f"launches_{engine}.json")
+        if os.path.exists(path):
+            r = json.load(open(path))
+            tri = V32_DENSE * r["dense"]["triton"] + V32_MOE * r["moe"]["triton"]
+            ops = V32_DENSE * r["dense"]["plugin"] + V32_MOE * r["moe"]["plugin"]
+            top = ", ".join(f"{n} {c:.0f}" for n, c in list(r.get("plugin_ops_by_name", {}).items())[:10])
+            lines.append(f"- {engine}: {tri:.0f} Triton + {ops:.0f} aten = {tri + ops:.0f}; host syncs "
+                         f"{r['plugin_syncs_per_step']:.0f}. Most frequent plugin aten ops per tiny-model step: {top}.")
     return "\n".join(lines) + "\n"
 
 

@@ -129,7 +129,9 @@ class _Dispatch(TorchDispatchMode):
         if reason is not None and not host:
             g._sync(kind, where, reason)
         name = func._schema.name.split("::")[-1]
-        if not host and name not in _NO_KERNEL and not name.startswith("_has_"):
+        # a composite op that returned its input (`.to` / `.contiguous` with nothing to do) launched nothing
+        noop = not name.endswith("_") and bool(args) and out is args[0]
+        if not host and not noop and name not in _NO_KERNEL and not name.startswith("_has_"):
             g.ops[kind] += 1
             g.op_names[(kind, name)] += 1
             if g.by_layer:
