@@ -125,6 +125,12 @@ def table() -> str:
             top = ", ".join(f"{n} {c:.0f}" for n, c in list(r.get("plugin_ops_by_name", {}).items())[:10])
             lines.append(f"- {engine}: {tri:.0f} Triton + {ops:.0f} aten = {tri + ops:.0f}; host syncs "
                          f"{r['plugin_syncs_per_step']:.0f}. Most frequent plugin aten ops per tiny-model step: {top}.")
+    lines += ["", "Scope: the model forward of each decode step. The metadata builders run before it, outside the "
+              "check: vLLM's `DSV32MetadataBuilder.build` copies `seq_lens` to the host each step "
+              "(`.cpu().tolist()`), SGLang's `init_forward_metadata` syncs in `repeat_interleave` (no "
+              "`output_size`), `kv_lens.tolist()` and `torch.equal` (read from the code; both are being reworked "
+              "for CUDA graphs). The plugin aten ops include the dtype casts, rope cos/sin and the routed-expert "
+              "layout's index arithmetic: the launches CUDA graphs amortize."]
     return "\n".join(lines) + "\n"
 
 
