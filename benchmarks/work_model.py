@@ -22,9 +22,10 @@ Definitions (per call):
   Sparse MLA prefill  (the CUDA sm80 kernel) the same counts for a causal prefill from position 0, 32-key
                     chunks, all-invalid chunks skipped; heads per CTA as the launcher picks them on an H100.
 The MoE layouts are the ones GPU serving uses with device-side counts (the host does not know n_e, so the
-grid is sized for the worst case): `padded` = contiguous rows of each expert padded to BLOCK_M (-1 rows),
-M = worst-case capacity; `masked` = [E, T, K] with masked_m = n_e; `unaligned` = what ops.fp8_moe_experts
-builds today (rows sorted by expert, no padding).
+grid is sized for the worst case): `padded` = what ops.fp8_moe_experts builds (ops.fp8_moe.moe_padded_layout:
+contiguous rows of each expert padded to BLOCK_M with -1 rows, M = the static worst-case capacity
+moe_capacity); `masked` = [E, T, K] with masked_m = n_e; `unaligned` = the previous orchestration (rows
+sorted by expert, no padding: tiles spanning several experts take the second pass).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from deepseek_v32_plugin.ops import fp8_moe
 from deepseek_v32_plugin.triton_kernels import fp8_moe as tk_moe
 from deepseek_v32_plugin.triton_kernels import indexer as tk_ix
 from deepseek_v32_plugin.triton_kernels import sparse_mla as tk_mla
@@ -57,16 +59,10 @@ def counts_of(ids: torch.Tensor) -> torch.Tensor:
     return torch.bincount(ids.reshape(-1), minlength=E)
 
 
-def padded_m_indices(counts: torch.Tensor, block_m: int) -> torch.Tensor:
-    """Per-expert rows padded to block_m (-1), then -1 up to the worst-case capacity the host must size the
-    grid for without knowing the counts: T*k rows + (block_m - 1) padding per possibly-active expert."""
-    total = int(counts.sum())
-    cap = math.ceil((total + min(E, total) * (block_m - 1)) / block_m) * block_m
-    ids = []
-    for e, c in enumerate(counts.tolist()):
-        ids += [e] * c + [-1] * ((-c) % block_m)
-    ids += [-1] * (cap - len(ids))
-    return torch.tensor(ids, dtype=torch.int64)
+def padded_m_indices(ids: torch.Tensor, block_m: int) -> torch.Tensor:
+    """m_indices of the per-expert padded layout ops.fp8_moe_experts builds (ops.fp8_moe.moe_padded_layout:
+    rows of each expert padded to block_m with -1, then -1 up to the static worst-case capacity)."""
+    return fp8_moe.moe_padded_layout(ids, E, block_m)[0].long()
 
 
 @dataclass
@@ -143,8 +139,8 @@ def moe_rows(ts=(1, 2, 4, 8, 16, 32, 64, 128, 256)) -> list[dict]:
         ids_sorted = torch.sort(route(t).reshape(-1)).values
         for gemm, (n, k) in (("gate_up", (2 * INTER, HIDDEN)), ("down", (HIDDEN, INTER))):
             cases = {
-                "padded": (moe_contiguous(padded_m_indices(counts, bm), n, k),
-                           moe_contiguous(padded_m_indices(counts, bm), n, k, zero_fill=True)),
+                "padded": (moe_contiguous(padded_m_indices(route(t), bm), n, k),
+                           moe_contiguous(padded_m_indices(route(t), bm), n, k, zero_fill=True)),
                 "masked": (moe_masked(counts, t, n, k), moe_masked(counts, t, n, k, zero_fill=True)),
                 "unaligned": (moe_contiguous(ids_sorted, n, k), None),
             }

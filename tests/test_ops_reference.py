@@ -346,6 +346,29 @@ def test_moe_experts_orchestration_equals_per_expert_loop():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+
+@pytest.mark.parametrize("align", [1, 4, 128])
+def test_moe_padded_layout(align, seed):
+    """The per-expert padded layout (ops.fp8_moe docstring): static size, each expert's pairs contiguous in
+    pair order from an aligned start, -1 padding, ids outside [0, E) dropped, counts on the device."""
+    e, t, k = 7, 11, 3
+    ids = torch.stack([torch.randperm(e)[:k] for _ in range(t)]).int()
+    ids[0, 0], ids[3, 2] = -1, e + 2
+    mi, rp, counts = fp8_moe.moe_padded_layout(ids, e, align)
+    assert mi.numel() == rp.numel() == fp8_moe.moe_capacity(t * k, e, align)
+    flat = ids.reshape(-1).long()
+    assert counts.tolist() == [int((flat == x).sum()) for x in range(e)]
+    start = 0
+    for x in range(e):
+        pairs = (flat == x).nonzero().squeeze(-1)
+        n = pairs.numel()
+        assert mi[start:start + n].tolist() == [x] * n and rp[start:start + n].tolist() == pairs.tolist()
+        pad = -(-n // align) * align
+        assert (mi[start + n:start + pad] == -1).all() and (rp[start + n:start + pad] == t * k).all()
+        start += pad
+    assert (mi[start:] == -1).all() and (rp[start:] == t * k).all()
+    assert fp8_moe.moe_capacity(8, 256, 128) == 1024 and fp8_moe.moe_capacity(2048, 256, 128) == 34560
+
 # ---------------------------------------------------------------- dispatch
 def test_dispatch_forced_backend_errors_and_env(monkeypatch):
     with pytest.raises(ValueError, match="backend='nope'"):

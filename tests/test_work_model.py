@@ -73,3 +73,21 @@ def test_cuda_prefill_gathers_each_key_chunk_once_per_64_heads():
     assert narrow["bytes"] == 4 * wide["bytes"]
     one = wm.mla_prefill_cuda(4096, h=16)
     assert one["bytes"] <= 1.01 * one["ideal_bytes"]
+
+
+def test_moe_layout_alignment_fits_every_kernel_tile():
+    """ops.fp8_moe_experts pads each expert's rows to MOE_BLOCK_M: a multiple of every shipped grouped-GEMM
+    BLOCK_M (Triton configs; CUDA kBM 64 on sm80, 128 on sm90), so no tile spans two experts and each tile
+    runs one K loop; the work model's `padded` rows are that layout (one tile K loop per expert tile)."""
+    import re
+
+    from deepseek_v32_plugin.ops import fp8_moe
+    root = os.path.join(os.path.dirname(__file__), "..", "csrc", "fp8_moe")
+    cuda_bm = [int(re.search(r"constexpr int kBM = (\d+)", open(os.path.join(root, f)).read()).group(1))
+               for f in ("sm80/fp8_grouped_gemm_sm80.cu", "sm90/config.h")]
+    triton_bm = [c["BLOCK_M"] for c in wm.tk_moe.GEMM_CONFIGS.values()]
+    assert cuda_bm == [64, 128] and all(fp8_moe.MOE_BLOCK_M % bm == 0 for bm in cuda_bm + triton_bm)
+    ids = wm.route(64)
+    m_indices = wm.padded_m_indices(ids, fp8_moe.MOE_BLOCK_M)
+    w = wm.moe_contiguous(m_indices, 4096, 7168)
+    assert w.tiles == w.ideal_tiles and m_indices.numel() == fp8_moe.moe_capacity(64 * 8, 256, fp8_moe.MOE_BLOCK_M)

@@ -276,3 +276,24 @@ def test_config_override_env(monkeypatch):
     monkeypatch.setenv("DSV32_MLA_ATTN_CONFIG", '{"BLOCK_X": 1}')
     with pytest.raises(ValueError, match="unknown keys"):
         sm.attn_config((9, 0))
+
+
+# ------------------------------------------------------------------ routed experts on the padded layout
+
+@pytest.mark.parametrize("t", [1, 5, 40])
+def test_moe_experts_padded_layout_matches_reference(triton_device, seed, t, nan_out):
+    """ops.fp8_moe_experts with the Triton GEMMs runs on the per-expert padded layout (rows padded to
+    MOE_BLOCK_M, -1 padding left unwritten: NaN here) and equals the independent per-expert reference;
+    ids outside [0, E) are skipped."""
+    e, d, inter, k = 8, 256, 128, 4
+    w13, s13 = _weights(e, 2 * inter, d, triton_device)
+    w2, s2 = _weights(e, d, inter, triton_device)
+    x = torch.randn(t, d, device=triton_device)
+    ids = torch.stack([torch.randperm(e)[:k] for _ in range(t)]).int().to(triton_device)
+    ids[0, k - 1] = -1
+    wts = torch.rand(t, k, device=triton_device)
+    assert ops.moe_align_m(torch.device(triton_device), "triton") == ops.MOE_BLOCK_M
+    got = ops.fp8_moe_experts(x, w13, s13, w2, s2, wts, ids, backend="triton")
+    want = naive.naive_fp8_moe_experts(x, w13, s13, w2, s2, wts, ids)
+    assert got.isfinite().all()
+    _close(got, want)

@@ -39,6 +39,7 @@ from sglang.srt.utils import set_weight_attrs
 
 from ...checkpoint import MLP_PROJS, mtp_prefixes
 from ...config import V32Config
+from ...host_sync import SYNC_CHECK, decode_step_guard
 from .. import common
 from ..common import create_fp8_moe_weights
 from ...model import YarnRope
@@ -272,7 +273,10 @@ class DeepseekV32ForCausalLM(nn.Module):
     @torch.no_grad()
     def forward(self, input_ids, positions, forward_batch, input_embeds=None, get_embedding: bool = False,
                 pp_proxy_tensors=None):
-        hidden = self.model(input_ids, positions, forward_batch, input_embeds)
+        # DSV32_SYNC_CHECK / _REPORT: decode steps run in host_sync.SyncGuard (seq_lens_cpu: SGLang's host copy)
+        with decode_step_guard(SYNC_CHECK and forward_batch.forward_mode.is_decode(), f"sglang T={input_ids.shape[0]}",
+                               host=[t for t in (forward_batch.seq_lens_cpu,) if t is not None]):
+            hidden = self.model(input_ids, positions, forward_batch, input_embeds)
         return self.logits_processor(input_ids, hidden, self.lm_head, forward_batch)
 
     def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]):

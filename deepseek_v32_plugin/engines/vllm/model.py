@@ -44,6 +44,7 @@ from deepseek_v32_plugin.checkpoint import MLP_PROJS, mtp_prefixes
 from deepseek_v32_plugin.config import ARCHITECTURE, V32Config
 from deepseek_v32_plugin.engines import common
 from deepseek_v32_plugin.model import dsa
+from deepseek_v32_plugin.host_sync import SYNC_CHECK, decode_step_guard
 from deepseek_v32_plugin.model.indexer import indexer_head_weights, indexer_rope_qk
 from deepseek_v32_plugin.model.mla import absorb_query, expand_latent_output, split_kv_b
 from deepseek_v32_plugin.model.rope import YarnRope
@@ -288,6 +289,12 @@ class DeepseekV32ForCausalLM(nn.Module):
 
     def forward(self, input_ids, positions, intermediate_tensors: Optional[IntermediateTensors] = None,
                 inputs_embeds=None, **kwargs):
+        if SYNC_CHECK:   # DSV32_SYNC_CHECK / _REPORT: decode steps (no prefill rows) run in host_sync.SyncGuard
+            md = get_forward_context().attn_metadata
+            md = md[0] if isinstance(md, list) else md
+            plan = next((m for m in (md or {}).values() if isinstance(m, dsa.DSAPlan)), None)
+            with decode_step_guard(plan is not None and not plan.ragged_spans, f"vllm T={input_ids.shape[0]}"):
+                return self.model(input_ids, positions, inputs_embeds)
         return self.model(input_ids, positions, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor):

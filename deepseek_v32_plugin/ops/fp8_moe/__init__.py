@@ -18,18 +18,28 @@ Scales as in ops.fp8_quant: activations 1x128 fp32 (ue8m0 powers of two), weight
       -> [T, D] = sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]); ids outside [0, E) (e.g. -1, or
       experts on another EP rank) are skipped. Activations are FP8-quantized per 1x128 before each GEMM,
       as on the GPU. Built from the three primitives above, so every backend shares the orchestration.
+  Per-expert padded layout (what fp8_moe_experts feeds the contiguous GEMM; moe_padded_layout builds it on the
+      device, no host sync): M = moe_capacity(T*k, E, A) rows, a static bound (T*k + min(E, T*k)*(A-1), rounded
+      up to A); expert e owns rows [start_e, start_e + ceil(n_e/A)*A) with start_e = sum_{e'<e} ceil(n_e'/A)*A,
+      its n_e (token, slot) pairs first in pair order, then m_indices = -1 padding; -1 rows after the last
+      expert. n_e stays on the device; the grid is sized for M (static given T, k, E, A). A = moe_align_m:
+      MOE_BLOCK_M (128, the kernels' largest BLOCK_M, so no tile spans two experts and every tile runs one
+      K loop) on the kernel backends, 1 for the torch reference (it loops over experts itself).
 References: naive.py (naive_<op>; naive_fp8_moe_experts is an independent per-expert loop).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
-from .._dispatch import check_tensor, register_ops, resolve
+from .._dispatch import check_tensor, register_ops, requested_backend, resolve
 from ..fp8_quant import FP8_DTYPE, GROUP, fp8_quant_act
 
 register_ops("fp8_moe", ["fp8_grouped_gemm_nt_contiguous", "fp8_grouped_gemm_nt_masked",
                          "silu_and_mul_fp8_quant"])
 _FLOAT = (torch.float32, torch.bfloat16, torch.float16)
+MOE_BLOCK_M = 128
 
 
 def _check_b(b, b_scale, k):
@@ -71,6 +81,46 @@ def silu_and_mul_fp8_quant(x, *, backend=None):
     return resolve("silu_and_mul_fp8_quant", x.device, backend)(x)
 
 
+def moe_align_m(device: torch.device, backend=None) -> int:
+    """Rows per expert in the padded layout: the grouped-GEMM kernels' largest BLOCK_M (128: sm_90 Triton and
+    CUDA tiles; the 64-row sm_80/89 tiles divide it), so no tile spans two experts. 1 (no padding) when the
+    plain-PyTorch reference serves the GEMMs: it loops over experts and needs no alignment."""
+    b = requested_backend("fp8_grouped_gemm_nt_contiguous", backend)
+    if b is None:
+        cpu_triton = device.type != "cuda" and os.environ.get("DSV32_CPU_TRITON", "0") == "1"
+        b = "torch" if device.type != "cuda" and not cpu_triton else "auto"
+    return 1 if b == "torch" else MOE_BLOCK_M
+
+
+def moe_capacity(num_pairs: int, num_experts: int, align_m: int) -> int:
+    """Rows of the padded layout for num_pairs (token, slot) pairs: a static bound (no counts needed),
+    sum_e ceil(n_e / align) * align <= num_pairs + min(E, num_pairs) * (align - 1), rounded up to align."""
+    rows = num_pairs + min(num_experts, num_pairs) * (align_m - 1)
+    return -(-rows // align_m) * align_m
+
+
+def moe_padded_layout(topk_ids: torch.Tensor, num_experts: int, align_m: int):
+    """Per-expert padded layout of the (token, slot) pairs of topk_ids [T, k], built on the device with static
+    shapes (no host sync). Returns (m_indices [M] int32, row_pair [M] int64, counts [E] int32) with
+    M = moe_capacity(T*k, E, align_m): expert e owns rows [start_e, start_e + ceil(n_e / align) * align), its
+    n_e pairs first (in pair order), then -1 padding; -1 rows after the last expert up to M. row_pair[r] is
+    the flattened pair index t*k + j of row r (T*k on padding rows); ids outside [0, E) get no row."""
+    t, k = topk_ids.shape
+    n, e, dev = t * k, num_experts, topk_ids.device
+    cap = moe_capacity(n, e, align_m)
+    ids = topk_ids.reshape(-1).long()
+    key = torch.where((ids >= 0) & (ids < e), ids, e)                 # invalid pairs: bucket E, sorted last
+    skey, order = torch.sort(key, stable=True)
+    counts = torch.zeros(e + 1, dtype=torch.long, device=dev).scatter_add_(0, key, torch.ones_like(key))
+    padded = (counts[:e] + (align_m - 1)) // align_m * align_m
+    start = torch.cat([torch.cumsum(padded, 0) - padded, padded.new_full((1,), cap)])   # bucket E -> row cap
+    rank = torch.arange(n, device=dev) - (torch.cumsum(counts, 0) - counts)[skey]      # index within its expert
+    dest = torch.where(skey < e, start[skey] + rank, cap)             # row cap (dropped below) takes invalid pairs
+    m_indices = torch.full((cap + 1,), -1, dtype=torch.int32, device=dev).scatter_(0, dest, skey.int())[:cap]
+    row_pair = torch.full((cap + 1,), n, dtype=torch.long, device=dev).scatter_(0, dest, order)[:cap]
+    return m_indices, row_pair, counts[:e].int()
+
+
 def fp8_moe_experts(x, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, *, backend=None):
     """Routed-expert compute; see module docstring. Returns [T, D] in x.dtype."""
     check_tensor("x", x, dtype=_FLOAT, dims=2)
@@ -83,21 +133,17 @@ def fp8_moe_experts(x, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, *, 
     check_tensor("topk_weights", topk_weights, dtype=torch.float32, shape=tuple(topk_ids.shape))
     if topk_ids.shape[0] != t:
         raise ValueError(f"topk_ids has {topk_ids.shape[0]} rows for {t} tokens")
-    # Orchestration (shared by all backends): sort (token, slot) pairs by expert, run the two grouped
-    # GEMMs on contiguous rows, scatter-add weighted results back.
-    ids = topk_ids.reshape(-1).long()
-    valid = (ids >= 0) & (ids < e)
-    pair = valid.nonzero().squeeze(-1)
-    out = torch.zeros(t, d, dtype=torch.float32, device=x.device)
-    if pair.numel() == 0:
-        return out.to(x.dtype)
-    order = torch.argsort(ids[pair], stable=True)
-    pair = pair[order]
-    tok = pair // topk_ids.shape[1]
-    m_indices = ids[pair].int()
+    # Orchestration (shared by all backends, no host sync, static shapes): the per-expert padded layout,
+    # the two grouped GEMMs over it, and a scatter-add of the weighted rows (padding rows into a spare row T).
+    m_indices, row_pair, _ = moe_padded_layout(topk_ids, e, moe_align_m(x.device, backend))
+    k = topk_ids.shape[1]
+    tok = row_pair // k                                              # T on padding rows
     x_fp8, x_scale = fp8_quant_act(x, backend=backend)
-    h = fp8_grouped_gemm_nt_contiguous(x_fp8[tok], x_scale[tok], w13, w13_scale, m_indices, backend=backend)
+    src = tok.clamp(max=max(t - 1, 0))                               # padding rows read any row (never used)
+    h = fp8_grouped_gemm_nt_contiguous(x_fp8[src], x_scale[src], w13, w13_scale, m_indices, backend=backend)
     h_fp8, h_scale = silu_and_mul_fp8_quant(h, backend=backend)
     y = fp8_grouped_gemm_nt_contiguous(h_fp8, h_scale, w2, w2_scale, m_indices, backend=backend)
-    out.index_add_(0, tok, y.float() * topk_weights.reshape(-1)[pair, None])
-    return out.to(x.dtype)
+    wts = torch.cat([topk_weights.reshape(-1), topk_weights.new_zeros(1)])[row_pair]
+    out = torch.zeros(t + 1, d, dtype=torch.float32, device=x.device)
+    out.index_add_(0, tok, y.float() * wts[:, None])     # padding rows (unwritten, any value) land in row T
+    return out[:t].to(x.dtype)
