@@ -13,7 +13,7 @@ collection, its interface predicates) or binds our calls against its signatures:
   block-size   vLLM's Platform picks our 64-token pages whatever its default; others are refused
   query-lens   the backends refuse device/host query-length mismatches (adaptive verification)
   cache-layers MRV2's get_kv_cache_spec on our cache layers (also as draft layers) -> our specs
-  metadata     CommonAttentionMetadata still has the fields the builder reads
+  metadata     CommonAttentionMetadata has the fields the builder reads; MRV2 rebuilds draft metadata per step
   model        vLLM's interface predicates accept our model classes
   mtp-calls    MRV2's draft forward / compute_logits calls bind to our MTP model (no spec_step_idx)
 """
@@ -56,7 +56,7 @@ def _vllm_config():
 def _accepts(sig: inspect.Signature, args: int, kwargs: set[str]) -> str | None:
     """None if a call with `args` positionals and these keyword names binds to sig, else the reason."""
     try:
-        sig.bind_partial(*([None] * args), **{k: None for k in kwargs})
+        sig.bind(*([None] * args), **{k: None for k in kwargs})
     except TypeError as e:
         return str(e)
     return None
@@ -289,7 +289,13 @@ def metadata():
     why = _accepts(inspect.signature(AttentionMetadataBuilder._init_reorder_batch_threshold), 2,
                    {"supports_spec_as_decode"})
     assert why is None, f"_init_reorder_batch_threshold: {why}"
-    return f"fields {sorted(need)}"
+    # MRV2's multi-step drafting updates draft decode metadata in place only where the builder says so,
+    # else it rebuilds it every step (spec_decode/speculator.py _configure_decode_metadata_update)
+    from deepseek_v32_plugin.engines.vllm.backend import DSV32MetadataBuilder
+    in_place = getattr(DSV32MetadataBuilder, "supports_draft_decode_metadata_update", False)
+    assert not in_place or "update_draft_decode_metadata" in vars(DSV32MetadataBuilder), \
+        "supports_draft_decode_metadata_update without an update_draft_decode_metadata"
+    return f"fields {sorted(need)}; draft metadata {'updated in place' if in_place else 'rebuilt per step'}"
 
 
 @check
@@ -309,22 +315,22 @@ def _mrv2_draft_calls():
     import vllm
     root = os.path.join(os.path.dirname(vllm.__file__), "v1", "worker", "gpu", "spec_decode")
     fwd, logits = [], []
-    for dirpath, _, files in os.walk(root):
-        for fn in files:
-            if not fn.endswith(".py") or "mtp" not in dirpath + fn and "target_dependent" not in dirpath \
-                    and fn != "speculator.py":
-                continue
-            path = os.path.join(dirpath, fn)
-            tree = ast.parse(open(path).read())
-            where = lambda n: f"{os.path.relpath(path, os.path.dirname(vllm.__file__))}:{n.lineno}"  # noqa: E731
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "model_inputs"
-                                                        for t in node.targets) \
-                        and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None) == "dict":
-                    fwd.append((where(node), 0, {k.arg for k in node.value.keywords}))
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                        and node.func.attr == "compute_logits" and ast.unparse(node.func.value) == "self.model":
-                    logits.append((where(node), len(node.args), {k.arg for k in node.keywords if k.arg}))
+    # method "mtp": MTPSpeculator (mtp/) < TargetDependentARSpeculator (target_dependent_ar/) < speculator.py
+    paths = [os.path.join(root, "speculator.py")] + [os.path.join(root, d, f) for d in ("mtp", "target_dependent_ar")
+                                                     if os.path.isdir(os.path.join(root, d))
+                                                     for f in sorted(os.listdir(os.path.join(root, d)))
+                                                     if f.endswith(".py")]
+    for path in paths:
+        tree = ast.parse(open(path).read())
+        where = lambda n: f"{os.path.relpath(path, os.path.dirname(vllm.__file__))}:{n.lineno}"  # noqa: E731
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "model_inputs"
+                                                    for t in node.targets) \
+                    and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None) == "dict":
+                fwd.append((where(node), 0, {k.arg for k in node.value.keywords}))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr == "compute_logits" and ast.unparse(node.func.value) == "self.model":
+                logits.append((where(node), len(node.args), {k.arg for k in node.keywords if k.arg}))
     return fwd, logits
 
 
