@@ -19,6 +19,9 @@ def engine_env(tp: int = 1) -> dict:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     else:
         env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i % max(1, os.cpu_count() or 1)) for i in range(tp))
+        # engine_run.py asks the workers which model runner they built (a function sent through collective_rpc);
+        # an engine core in its own process sends it pickled only with this
+        env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     return env
 
 
