@@ -7,7 +7,8 @@ Prints one line per check and exits 1 if any fails. Nothing is mocked: every che
 own code on our classes (its registries, its Platform block-size choice, its model runner v2 cache-spec
 collection, its interface predicates) or binds our calls against its signatures:
   imports      our adapter modules import against this vLLM
-  register     vLLM's plugin loader finds register(), which fills its ModelRegistry, quantization registry and config-hook map
+  register     vLLM's plugin loader finds register(), which fills vLLM's ModelRegistry, quantization registry
+               and config-hook map
   calls        every call our adapter makes to a vLLM callable binds to that callable's signature here
   overrides    each method we override accepts what the vLLM base passes; no abstract method is left
   block-size   vLLM's Platform picks our 64-token pages whatever its default; others are refused
@@ -93,7 +94,8 @@ def register():
         assert got == (mod, name), f"{arch} -> {got}, want {(mod, name)}"
     assert QUANT_NAME in QUANTIZATION_METHODS and get_quantization_config(QUANT_NAME) is DSV32QuantConfig
     assert getattr(MODELS_CONFIG_MAP[ARCHITECTURE], "_dsv32", False), "config hook not wrapped"
-    return f"entry point in {DEFAULT_PLUGINS_GROUP}; {ARCHITECTURE}, {MTP_ARCHITECTURE}, quantization {QUANT_NAME!r}, config hook"
+    return (f"entry point in {DEFAULT_PLUGINS_GROUP}; {ARCHITECTURE}, {MTP_ARCHITECTURE}, quantization "
+            f"{QUANT_NAME!r}, config hook")
 
 
 def _vllm_imports(tree: ast.Module) -> dict[str, str]:

@@ -22,7 +22,7 @@ def release_sources(version: str) -> str:
     if not os.path.exists(done):
         wheels = os.path.join(root, "wheels")
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"vllm=={version}", "-d", wheels],
-                       check=True, timeout=1200)
+                       check=True, timeout=840)   # within pytest-timeout (900 s)
         whl = next(os.path.join(wheels, f) for f in os.listdir(wheels) if f.startswith(f"vllm-{version}-"))
         with zipfile.ZipFile(whl) as z:   # the Python sources and the dist-info (vLLM reads its own version)
             z.extractall(src, [n for n in z.namelist() if n.endswith(".py") or ".dist-info/" in n])
