@@ -6,6 +6,8 @@
 #   bash scripts/test.sh sweep           # opt-in: engine comparisons over 20 seeds, failure rates (<= 30 min)
 #   bash scripts/test.sh mutation        # opt-in: plant known bugs, check the suites catch them (~20 min)
 #   bash scripts/test.sh memory          # opt-in: a 4K prompt (index_topk 2048) per engine under a 6 GB RSS cap
+#   bash scripts/test.sh vllm-mrv2       # opt-in: the vLLM suite under vLLM's model runner v2 (~N min)
+#   bash scripts/test.sh vllm-compat     # opt-in: the vLLM adapter against vLLM 0.33 / 0.34 (downloads ~600 MB)
 # CI's stages run at one fixed seed (DSV32_TEST_SEED, default 0): the same commit gives the same verdict.
 # Exit status is non-zero if any stage fails; "no tests collected" (pytest exit 5) counts as a failure.
 set -uo pipefail
@@ -78,7 +80,15 @@ for stage in "${STAGES[@]}"; do
       run_stage sglang-env bash scripts/env_sglang.sh
       run_stage memory python3 scripts/long_prompt_memory.py --cap-gb "${DSV32_MEMORY_CAP_GB:-6}"
       ;;
-    *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation, memory)"; exit 2 ;;
+    vllm-mrv2)   # opt-in: model runner v2 on CPU; its Triton kernels run under Triton's interpreter
+      run_stage vllm-mrv2-env bash scripts/env_vllm_mrv2.sh
+      VLLM_USE_V2_MODEL_RUNNER=1 TRITON_INTERPRET=1 run_stage vllm-mrv2 pytest_in "$VENVS/vllm-mrv2" integration_tests/vllm
+      ;;
+    vllm-compat)   # opt-in: scripts/vllm_compat.py against the sources of vLLM 0.33 / 0.34 (GPU users' versions)
+      run_stage vllm-env bash scripts/env_vllm.sh
+      run_stage vllm-compat pytest_in "$VENVS/vllm" integration_tests/vllm_compat
+      ;;
+    *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation, memory, vllm-mrv2, vllm-compat)"; exit 2 ;;
   esac
 done
 

@@ -3,7 +3,7 @@
   python engine_run.py JOB.json  ->  stdout line "RESULT {...}"
 JOB: {"model": dir, "engine": {LLM kwargs}, "requests": [{"prompt_token_ids": [...], "prompt_logprobs": bool (default true)}, ...],
       "max_tokens": int, "batch": "together" | "single"}
-Results: {"requests": [...], "metrics": {spec-decode counters}}; per request: generated token ids, the prompt logprob of each actual prompt token (None at 0),
+Results: {"requests": [...], "metrics": {spec-decode counters}, "runner": the model runner's module}; per request: generated token ids, the prompt logprob of each actual prompt token (None at 0),
 the logprob of each generated token, and num_cached_tokens (prefix-cache hit size).
 """
 import json
@@ -22,6 +22,7 @@ def main(path: str) -> None:
     if job.get("capture_mtp"):
         _capture_first_mtp_step(job["capture_mtp"])
     llm = LLM(model=job["model"], enforce_eager=True, seed=0, disable_log_stats=False, **job["engine"])
+    runner = llm.collective_rpc(_model_runner_module)[0]
     # vLLM skips prefix-cache lookups for requests asking for prompt logprobs: make them per request
     sps = [SamplingParams(max_tokens=job.get("max_tokens", 8), temperature=0.0, detokenize=False, logprobs=0,
                           ignore_eos=job.get("ignore_eos", False),
@@ -49,7 +50,12 @@ def main(path: str) -> None:
         import torch
         from deepseek_v32_plugin.engines.vllm import backend
         torch.save(backend.CAPTURE.batches, job["capture_metadata"])
-    print("RESULT " + json.dumps({"requests": res, "metrics": metrics}), flush=True)
+    print("RESULT " + json.dumps({"requests": res, "metrics": metrics, "runner": runner}), flush=True)
+
+
+def _model_runner_module(worker) -> str:
+    """Which vLLM model runner the worker built: V1 (v1/worker/cpu_model_runner) or v2 (v1/worker/cpu/)."""
+    return type(worker.model_runner).__module__
 
 
 def _capture_metadata(path: str) -> None:

@@ -19,6 +19,9 @@ def engine_env(tp: int = 1) -> dict:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     else:
         env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i % max(1, os.cpu_count() or 1)) for i in range(tp))
+        # engine_run.py asks the workers which model runner they built (a function sent through collective_rpc);
+        # an engine core in its own process sends it pickled only with this
+        env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     return env
 
 
@@ -36,7 +39,16 @@ def run_engine(tmp_path, model: str, engine: dict, requests: list, max_tokens: i
     if p.returncode != 0 or not lines:
         raise AssertionError(f"engine run failed (rc={p.returncode}):\n{p.stderr[-6000:]}")
     res = json.loads(lines[-1][len("RESULT "):])
+    assert res["runner"] == expected_model_runner(), (res["runner"], expected_model_runner())
     return res if full else res["requests"]
+
+
+def expected_model_runner() -> str:
+    """The CPU model runner every engine run must use: v2 under VLLM_USE_V2_MODEL_RUNNER=1 (the opt-in
+    vllm-mrv2 stage, whose venv has Triton for MRV2's kernels), else V1 (the default vllm venv has no Triton)."""
+    if os.environ.get("VLLM_USE_V2_MODEL_RUNNER") == "1":
+        return "vllm.v1.worker.cpu.model_runner"
+    return "vllm.v1.worker.cpu_model_runner"
 
 
 # (median, mean, max) of |dlogprob| per prompt position; see check_against_reference. Each bound is >= 3x the

@@ -105,6 +105,23 @@ class DSV32SparseMLABackend(AttentionBackend):
     def get_supported_kernel_block_sizes(kv_cache_spec=None):
         return [PAGE_SIZE]
 
+    # vLLM's platforms pick the KV block size from these (Platform.update_block_size_for_backend; 0.34's
+    # default is 64 on GPU and 128 on CPU, and the base accepts any multiple of a kernel size): our caches
+    # are laid out in exactly PAGE_SIZE-token pages (CacheLayer specs, the builder's check).
+    @classmethod
+    def supports_block_size(cls, block_size) -> bool:
+        return block_size is None or block_size == PAGE_SIZE
+
+    @classmethod
+    def get_preferred_block_size(cls, default_block_size: int) -> int:
+        return PAGE_SIZE
+
+    # The builder plans from the host's query_start_loc (dsa.plan: decode/prefill split, per-row positions);
+    # vLLM's adaptive verification trims drafts on the device only, so the plan would be wrong.
+    @classmethod
+    def supports_device_cpu_query_lens_mismatch(cls) -> bool:
+        return False
+
     @classmethod
     def get_supported_head_sizes(cls) -> list[int]:
         return list(cls.HEAD_SIZES)

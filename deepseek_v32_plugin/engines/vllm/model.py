@@ -61,6 +61,10 @@ logger = init_logger("vllm.plugins.deepseek_v32")   # under "vllm": printed by v
 class CacheLayer(nn.Module, AttentionLayerBase):
     """A paged cache vLLM's KV-cache manager allocates (its own spec) in the same block table as the
     other cache of the layer; `kv_cache` is bound to [num_pages, PAGE_SIZE, bytes-or-width]."""
+    # Read by vLLM's model runner v2 on every cache layer (v1/worker/gpu/attn_utils.py); vLLM 0.34 declares
+    # both on AttentionLayerBase, 0.32 only the first. The speculator sets is_draft_layer on the MTP's layers.
+    is_draft_layer: bool = False
+    kv_sharing_target_layer_name: Optional[str] = None   # each layer owns its cache
 
     def __init__(self, prefix: str, head_size: int, dtype: torch.dtype, backend, role: SparseCacheRole,
                  cache_dtype_str: Optional[str] = None):
