@@ -22,6 +22,7 @@ No math here.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Optional
 
@@ -31,6 +32,7 @@ from ...model import dsa
 from ...ops import PAGE_SIZE, indexer, sparse_mla
 
 BACKEND_NAME = "dsv32_sparse"
+GRAPH_LOG_ENV = "DSV32_SGLANG_GRAPH_LOG"
 
 
 def _make_backend_class():
@@ -62,6 +64,9 @@ def _make_backend_class():
             self.capacity_pages = -(-self.req_to_token.shape[1] // PAGE_SIZE)
             self._graph_bufs: Optional[dict] = None
             self._graph_plans: dict = {}   # (batch size, rows per request) -> plan over _graph_bufs
+            # test hook: append (event, batch size, rows per request, buffer addresses) of every graph capture
+            # and every batch planned on a captured plan to this file (integration_tests/sglang)
+            self._graph_log = os.environ.get(GRAPH_LOG_ENV) or None
 
         # ---- per batch -------------------------------------------------------------------------
         def init_forward_metadata(self, forward_batch):
@@ -72,7 +77,11 @@ def _make_backend_class():
             t, bs = fb.positions.shape[0], fb.batch_size
             q = self._uniform_rows(mode, t, bs)
             if q:   # decode / draft decode / target verify: the capturable plan, no host syncs
-                plan = self._graph_plans.get((bs, q)) or self._uniform_plan(bs, q, fb.out_cache_loc)
+                plan = self._graph_plans.get((bs, q))
+                if plan is None:
+                    plan = self._uniform_plan(bs, q, fb.out_cache_loc)
+                elif self._graph_log:
+                    self._log_graph("plan", plan)
                 self._fill_uniform(plan, fb.req_pool_indices, fb.positions, fb.out_cache_loc)
                 return
             dev = fb.seq_lens.device
@@ -111,52 +120,30 @@ def _make_backend_class():
         # so filling it is device work alone -- no .item()/.tolist() -- and a captured graph replays it
         # on persistent buffers (init_cuda_graph_state / init_cpu_graph_state) for any context length.
         @staticmethod
-        def _uniform_rows(mode, t: int, bs: int) -> int:
-            """Rows per request when the batch takes the uniform plan, else 0."""
-            if not (mode.is_decode() or mode.is_target_verify()) or bs == 0 or t == 0 or t % bs:
+        def _uniform_rows(mode, t: int, bs: int, graph: bool = False) -> int:
+            """Rows per request when the batch takes the uniform plan, else 0. Graphs also: EAGLE draft extend,
+            captured with speculative_num_draft_tokens consecutive rows per request (its eager batches after
+            a prefill are ragged: planned the general way)."""
+            uniform_mode = mode.is_decode() or mode.is_target_verify() or (graph and mode.is_draft_extend_v2())
+            if not uniform_mode or bs == 0 or t == 0 or t % bs:
                 return 0
             q = t // bs
             return q if q <= indexer.PAGED_MAX_NEXT_N else 0
 
         def _uniform_plan(self, bs: int, q: int, slot_mapping, bufs: Optional[dict] = None) -> dsa.DSAPlan:
-            """A plan over bufs (persistent, sized for the largest captured batch) or fresh tensors."""
-            t, pages = bs * q, self.capacity_pages
             if bufs is None:
-                bufs = self._uniform_buffers(bs, t)
-            pad = self.capacity_pages * PAGE_SIZE
-            return dsa.DSAPlan(num_tokens=t, seq_lens=bufs["seq_lens"][:bs],
-                               block_table=bufs["block_table"][:bs], slot_mapping=slot_mapping,
-                               positions=bufs["positions"][:t], row_block_table=bufs["row_block_table"][:t],
-                               paged=[dsa.PagedGroup(0, bs, 0, t, q, pad)])
-
-        def _uniform_buffers(self, bs: int, t: int) -> dict:
-            dev, pages = self.device, self.capacity_pages
-            return {"seq_lens": torch.ones(bs, dtype=torch.int32, device=dev),
-                    "block_table": torch.zeros(bs, pages, dtype=torch.int32, device=dev),
-                    "positions": torch.zeros(t, dtype=torch.int64, device=dev),
-                    "row_block_table": torch.zeros(t, pages, dtype=torch.int32, device=dev)}
+                bufs = uniform_buffers(bs, bs * q, self.capacity_pages, self.device)
+            return uniform_plan(bufs, bs, q, slot_mapping)
 
         def _fill_uniform(self, plan: dsa.DSAPlan, req_pool_indices, positions, out_cache_loc) -> None:
-            """Write this batch into the plan's tensors, in place, with device ops only (graph-recordable)."""
-            g = plan.paged[0]
-            bs, q, t = g.req_hi, g.q, plan.num_tokens
-            pos = plan.positions
-            pos.copy_(positions[:t])
-            if self.step_offset:
-                pos.add_(self.step_offset)
-            plan.seq_lens.copy_(pos.view(bs, q)[:, -1] + 1)
-            # page p of a request = req_to_token[req, 64 p] // 64 (its slots are page-aligned)
-            plan.block_table.copy_(self.req_to_token[:, ::PAGE_SIZE][req_pool_indices[:bs].long()]
-                                   .div(PAGE_SIZE, rounding_mode="floor"))
-            plan.row_block_table.view(bs, q, -1).copy_(plan.block_table[:, None, :].expand(bs, q, -1))
-            plan.slot_mapping = out_cache_loc
-            self.row_req = torch.arange(t, device=pos.device) // q
+            fill_uniform(plan, self.req_to_token, req_pool_indices, positions, out_cache_loc, self.step_offset)
+            self.row_req = torch.arange(plan.num_tokens, device=plan.positions.device) // plan.paged[0].q
             self.forward_metadata = plan
 
         # ---- graph capture hooks: SGLang's CUDA-graph runners and its CPUGraphRunner ----------------
         def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
             """Persistent metadata buffers; every captured batch size plans on views of them."""
-            self._graph_bufs = self._uniform_buffers(max_bs, max_num_tokens)
+            self._graph_bufs = uniform_buffers(max_bs, max_num_tokens, self.capacity_pages, self.device)
             self._graph_plans = {}
 
         init_cpu_graph_state = init_cuda_graph_state
@@ -167,13 +154,21 @@ def _make_backend_class():
         get_cpu_graph_seq_len_fill_value = get_cuda_graph_seq_len_fill_value
 
         def _capture_plan(self, mode, bs: int, t: int, out_cache_loc) -> dsa.DSAPlan:
-            q = self._uniform_rows(mode, t, bs)
+            q = self._uniform_rows(mode, t, bs, graph=True)
             if not q:
                 raise NotImplementedError(f"{BACKEND_NAME}: cannot capture a {mode} batch of {t} rows for {bs} "
                                           f"requests (graphs: uniform batches of <= {indexer.PAGED_MAX_NEXT_N} "
                                           "rows per request)")
             plan = self._graph_plans[(bs, q)] = self._uniform_plan(bs, q, out_cache_loc, self._graph_bufs)
+            if self._graph_log:
+                self._log_graph("capture", plan)
             return plan
+
+        def _log_graph(self, event: str, plan: dsa.DSAPlan) -> None:
+            g = plan.paged[0]
+            ptrs = [t.data_ptr() for t in (plan.seq_lens, plan.block_table, plan.positions, plan.row_block_table)]
+            with open(self._graph_log, "a") as f:
+                f.write(json.dumps([event, g.req_hi, g.q, ptrs]) + "\n")
 
         def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
             """CUDA graphs, outside the graph: pick (capture: make) the persistent plan of this batch size."""
@@ -181,7 +176,7 @@ def _make_backend_class():
             bs, t = fb.batch_size, fb.positions.shape[0]
             if in_capture:
                 self._capture_plan(fb.forward_mode, bs, t, fb.out_cache_loc)
-            self.forward_metadata = self._graph_plans[(bs, self._uniform_rows(fb.forward_mode, t, bs))]
+            self.forward_metadata = self._graph_plans[(bs, self._uniform_rows(fb.forward_mode, t, bs, graph=True))]
 
         def init_forward_metadata_in_graph(self, forward_batch):
             """CUDA graphs, recorded into the graph: refill the plan from the runner's input buffers."""
@@ -258,6 +253,44 @@ def _make_backend_class():
         forward_decode = forward_extend
 
     return DSV32SparseAttnBackend
+
+
+# ---- the uniform plan (decode, draft decode, target verify), free of SGLang imports for unit tests ----------
+def uniform_buffers(bs: int, t: int, capacity_pages: int, device) -> dict:
+    """Metadata tensors for up to bs requests / t rows (persistent when made once for graph capture)."""
+    return {"seq_lens": torch.ones(bs, dtype=torch.int32, device=device),
+            "block_table": torch.zeros(bs, capacity_pages, dtype=torch.int32, device=device),
+            "positions": torch.zeros(t, dtype=torch.int64, device=device),
+            "row_block_table": torch.zeros(t, capacity_pages, dtype=torch.int32, device=device)}
+
+
+def uniform_plan(bufs: dict, bs: int, q: int, slot_mapping) -> dsa.DSAPlan:
+    """bs requests of q rows each (their last q tokens), on views of bufs: one paged group whose indexer reads
+    up to the capacity of the block table, so the shapes depend on (bs, q) only."""
+    t = bs * q
+    capacity = bufs["block_table"].shape[1] * PAGE_SIZE
+    return dsa.DSAPlan(num_tokens=t, seq_lens=bufs["seq_lens"][:bs], block_table=bufs["block_table"][:bs],
+                       slot_mapping=slot_mapping, positions=bufs["positions"][:t],
+                       row_block_table=bufs["row_block_table"][:t], paged=[dsa.PagedGroup(0, bs, 0, t, q, capacity)])
+
+
+def fill_uniform(plan: dsa.DSAPlan, req_to_token, req_pool_indices, positions, out_cache_loc,
+                 step_offset: int = 0) -> None:
+    """Write a batch into the plan's tensors in place, by device ops only (graph-recordable, no host sync):
+    positions (+ the draft step's offset), seq_lens = last row + 1, block table of each request (its slots
+    are page-aligned: page p = req_to_token[req, 64 p] // 64) and of each row."""
+    g = plan.paged[0]
+    bs, q, t = g.req_hi, g.q, plan.num_tokens
+    pos = plan.positions
+    pos.copy_(positions[:t])
+    if step_offset:
+        pos.add_(step_offset)
+    plan.seq_lens.copy_(pos.view(bs, q)[:, -1] + 1)
+    pages = plan.block_table.shape[1]
+    plan.block_table.copy_(req_to_token[:, ::PAGE_SIZE][req_pool_indices[:bs].long(), :pages]
+                           .div(PAGE_SIZE, rounding_mode="floor"))
+    plan.row_block_table.view(bs, q, -1).copy_(plan.block_table[:, None, :].expand(bs, q, -1))
+    plan.slot_mapping = out_cache_loc
 
 
 class DSV32MultiStepDraftBackend:

@@ -159,10 +159,20 @@ def _declare_no_prefill_graphs(server_args) -> None:
         return   # no HF config to key on
     if model_config_of(server_args).hf_config.architectures[0] != ARCH or not _our_backend_chosen(server_args):
         return
-    if view.cuda_graph_config.prefill.backend == Backend.DISABLED:
-        return
-    declare_resolution(server_args, "deepseek_v32_plugin",
-                       cuda_graph_config=with_phase(view.cuda_graph_config, Phase.PREFILL, backend=Backend.DISABLED))
+    from ...ops.indexer import PAGED_MAX_NEXT_N
+
+    graphs = view.cuda_graph_config
+    if graphs.prefill.backend != Backend.DISABLED:
+        graphs = with_phase(graphs, Phase.PREFILL, backend=Backend.DISABLED)
+    # captured verify / draft-extend batches take the paged indexer, which serves <= PAGED_MAX_NEXT_N rows
+    # per request; longer drafts run eagerly (the general plan)
+    draft_tokens = getattr(view, "speculative_num_draft_tokens", None)
+    if draft_tokens and int(draft_tokens) > PAGED_MAX_NEXT_N and graphs.decode.backend != Backend.DISABLED:
+        logger.warning("speculative_num_draft_tokens=%s > %d: the %s backend captures no decode graphs",
+                       draft_tokens, PAGED_MAX_NEXT_N, BACKEND_NAME)
+        graphs = with_phase(graphs, Phase.DECODE, backend=Backend.DISABLED)
+    if graphs is not view.cuda_graph_config:
+        declare_resolution(server_args, "deepseek_v32_plugin", cuda_graph_config=graphs)
 
 
 def _around_get_last_loc(original, req_to_token, req_pool_indices, prefix_lens):
