@@ -5,6 +5,7 @@
 #   bash scripts/test.sh unit vllm       # chosen stages only
 #   bash scripts/test.sh sweep           # opt-in: engine comparisons over 20 seeds, failure rates (<= 30 min)
 #   bash scripts/test.sh mutation        # opt-in: plant known bugs, check the suites catch them (~20 min)
+#   bash scripts/test.sh sglang-graphs   # opt-in: SGLang's CPUGraphRunner with inductor compiling our model (~8 min)
 # CI's stages run at one fixed seed (DSV32_TEST_SEED, default 0): the same commit gives the same verdict.
 # Exit status is non-zero if any stage fails; "no tests collected" (pytest exit 5) counts as a failure.
 set -uo pipefail
@@ -72,7 +73,12 @@ for stage in "${STAGES[@]}"; do
       run_stage sglang-env bash scripts/env_sglang.sh
       run_stage mutation python3 scripts/mutation_check.py
       ;;
-    *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation)"; exit 2 ;;
+    sglang-graphs)   # opt-in: the default sglang stage runs these tests with torch.compile disabled
+      run_stage sglang-env bash scripts/env_sglang.sh
+      DSV32_SGLANG_INDUCTOR=1 run_stage sglang-graphs pytest_in "$VENVS/sglang" \
+        integration_tests/sglang/test_sglang_cpu_graph.py
+      ;;
+    *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation, sglang-graphs)"; exit 2 ;;
   esac
 done
 
