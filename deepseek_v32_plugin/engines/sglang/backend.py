@@ -17,7 +17,10 @@ ForwardBatch into query_start_loc / context lengths / block table / out_cache_lo
 engine-neutral `model.dsa.plan` (requests with <= 4 rows take the paged indexer kernel, the others one
 batched ragged call). Per layer the model calls `dsa_forward`, which runs `dsa.select` (write the index
 keys, score, top-k, slots) and `dsa.attend` (write the latent rows, sparse MLA) on this layer's caches.
-No math here.
+Decode, draft decode and target verify batches (uniform: q <= 4 rows per request) skip the host plan: a plan
+whose shapes depend on (batch size, q) only, filled in place by device ops -- no host syncs -- is what
+eager steps and SGLang's graph runners (CUDA graphs, and the CPUGraphRunner of --enable-torch-compile)
+capture and replay; see NOTES.md "Graph capture". No math here.
 """
 from __future__ import annotations
 
@@ -173,15 +176,18 @@ def _make_backend_class():
         def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
             """CUDA graphs, outside the graph: pick (capture: make) the persistent plan of this batch size."""
             fb = forward_batch
-            bs, t = fb.batch_size, fb.positions.shape[0]
             if in_capture:
-                self._capture_plan(fb.forward_mode, bs, t, fb.out_cache_loc)
-            self.forward_metadata = self._graph_plans[(bs, self._uniform_rows(fb.forward_mode, t, bs, graph=True))]
+                self._capture_plan(fb.forward_mode, fb.batch_size, fb.positions.shape[0], fb.out_cache_loc)
+            self.forward_metadata = self._graph_plan_of(fb)
 
         def init_forward_metadata_in_graph(self, forward_batch):
             """CUDA graphs, recorded into the graph: refill the plan from the runner's input buffers."""
             fb = forward_batch
-            self._fill_uniform(self.forward_metadata, fb.req_pool_indices, fb.positions, fb.out_cache_loc)
+            self._fill_uniform(self._graph_plan_of(fb), fb.req_pool_indices, fb.positions, fb.out_cache_loc)
+
+        def _graph_plan_of(self, fb) -> dsa.DSAPlan:
+            bs, t = fb.batch_size, fb.positions.shape[0]
+            return self._graph_plans[(bs, self._uniform_rows(fb.forward_mode, t, bs, graph=True))]
 
         def init_forward_metadata_capture_cpu_graph(self, bs, num_tokens, req_pool_indices, seq_lens,
                                                     out_cache_loc, encoder_lens, forward_mode, spec_info):
