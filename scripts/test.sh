@@ -5,7 +5,7 @@
 #   bash scripts/test.sh unit vllm       # chosen stages only
 #   bash scripts/test.sh sweep           # opt-in: engine comparisons over 20 seeds, failure rates (<= 30 min)
 #   bash scripts/test.sh mutation        # opt-in: plant known bugs, check the suites catch them (~20 min)
-#   bash scripts/test.sh sglang-graphs   # opt-in: SGLang's CPUGraphRunner with inductor compiling our model (~8 min)
+#   bash scripts/test.sh sglang-graphs   # opt-in: SGLang's CPUGraphRunner with inductor compiling our model (~6 min)
 # CI's stages run at one fixed seed (DSV32_TEST_SEED, default 0): the same commit gives the same verdict.
 # Exit status is non-zero if any stage fails; "no tests collected" (pytest exit 5) counts as a failure.
 set -uo pipefail
