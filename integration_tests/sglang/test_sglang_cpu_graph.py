@@ -9,7 +9,8 @@ uniform plan), refilled in place by device ops -- the same code its CUDA-graph h
 
 Default CI: TORCH_COMPILE_DISABLE=1, so the runner's capture/replay protocol and our persistent plan run
 in the real engine while the forward stays eager (~3 min on a loaded 2-core machine). Inductor compiles the
-tiny model in ~4.5 min per batch size there: DSV32_SGLANG_INDUCTOR=1 runs these tests compiled (`bash scripts/test.sh sglang-graphs`).
+tiny model in ~4.5 min per batch size there: DSV32_SGLANG_INDUCTOR=1 runs these tests compiled
+(`bash scripts/test.sh sglang-graphs`).
 Oracle: greedy tokens equal the bf16 reference up to its first near-tie (conftest.check_greedy_against), the
 bound of the other decode checks.
 """
