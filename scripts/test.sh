@@ -8,6 +8,7 @@
 #   bash scripts/test.sh memory          # opt-in: a 4K prompt (index_topk 2048) per engine under a 6 GB RSS cap
 #   bash scripts/test.sh vllm-mrv2       # opt-in: the vLLM suite under vLLM's model runner v2 (~N min)
 #   bash scripts/test.sh vllm-compat     # opt-in: the vLLM adapter against vLLM 0.33 / 0.34 (downloads ~600 MB)
+#   bash scripts/test.sh sglang-graphs   # opt-in: SGLang's CPUGraphRunner with inductor compiling our model (~6 min)
 # CI's stages run at one fixed seed (DSV32_TEST_SEED, default 0): the same commit gives the same verdict.
 # Exit status is non-zero if any stage fails; "no tests collected" (pytest exit 5) counts as a failure.
 set -uo pipefail
@@ -88,7 +89,12 @@ for stage in "${STAGES[@]}"; do
       run_stage vllm-env bash scripts/env_vllm.sh
       run_stage vllm-compat pytest_in "$VENVS/vllm" integration_tests/vllm_compat
       ;;
-    *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation, memory, vllm-mrv2, vllm-compat)"; exit 2 ;;
+    sglang-graphs)   # opt-in: the default sglang stage runs these tests with torch.compile disabled
+      run_stage sglang-env bash scripts/env_sglang.sh
+      DSV32_SGLANG_INDUCTOR=1 run_stage sglang-graphs pytest_in "$VENVS/sglang" \
+        integration_tests/sglang/test_sglang_cpu_graph.py
+      ;;
+    *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation, memory, vllm-mrv2, vllm-compat, sglang-graphs)"; exit 2 ;;
   esac
 done
 

@@ -9,8 +9,9 @@ and TP workers, detokenizer), before it builds ServerArgs. It:
      (SGLang would force its "dsa" backend, which needs Hopper/Blackwell kernels);
   4. around SGLang's model-specific server-argument pass: on a torch without CUDA answers its CUDA
      capability probes (torch.cuda.get_device_capability, called unconditionally) with (0, 0), and turns
-     CUDA graphs off while our backend serves V3.2 (it has no capture path yet);
-  5. fills the gaps of SGLang's EAGLE path for our backend and for CPU (hooks.py, cpu_spec_ops.py).
+     prefill CUDA graphs off while our backend serves V3.2 (it captures decode-like batches only);
+  5. fills the gaps of SGLang's EAGLE path for our backend and for CPU (hooks.py, cpu_spec_ops.py), and
+     lets SGLang's CPUGraphRunner start without sgl_kernel's compiled CPU ops.
 SGLang itself keeps choosing, from the architecture name, the MLA attention arch, 64-token pages and its
 ``DSATokenToKVPool`` (latent cache + index-key cache), which our backend uses as they are.
 """
@@ -50,3 +51,4 @@ def register() -> None:
     hooks.register_model_adjustments_hook()
     hooks.register_draft_backend_hook()
     hooks.register_cpu_speculative_fixes()
+    hooks.register_cpu_graph_fixes()

@@ -17,11 +17,15 @@ ForwardBatch into query_start_loc / context lengths / block table / out_cache_lo
 engine-neutral `model.dsa.plan` (requests with <= 4 rows take the paged indexer kernel, the others one
 batched ragged call). Per layer the model calls `dsa_forward`, which runs `dsa.select` (write the index
 keys, score, top-k, slots) and `dsa.attend` (write the latent rows, sparse MLA) on this layer's caches.
-No math here.
+Decode, draft decode and target verify batches (uniform: q <= 4 rows per request) skip the host plan: a plan
+whose shapes depend on (batch size, q) only, filled in place by device ops -- no host syncs -- is what
+eager steps and SGLang's graph runners (CUDA graphs, and the CPUGraphRunner of --enable-torch-compile)
+capture and replay; see NOTES.md "Graph capture". No math here.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Optional
 
@@ -31,6 +35,7 @@ from ...model import dsa
 from ...ops import PAGE_SIZE, indexer, sparse_mla
 
 BACKEND_NAME = "dsv32_sparse"
+GRAPH_LOG_ENV = "DSV32_SGLANG_GRAPH_LOG"
 
 
 def _make_backend_class():
@@ -58,6 +63,13 @@ def _make_backend_class():
             self.topk = model_runner.model_config.hf_config.index_topk
             self.forward_metadata: Optional[dsa.DSAPlan] = None
             self.row_req: Optional[torch.Tensor] = None
+            # decode-like batches index up to the cache capacity: static shapes for graphs, no host syncs
+            self.capacity_pages = -(-self.req_to_token.shape[1] // PAGE_SIZE)
+            self._graph_bufs: Optional[dict] = None
+            self._graph_plans: dict = {}   # (batch size, rows per request) -> plan over _graph_bufs
+            # test hook: append (event, batch size, rows per request, buffer addresses) of every graph capture
+            # and every batch planned on a captured plan to this file (integration_tests/sglang)
+            self._graph_log = os.environ.get(GRAPH_LOG_ENV) or None
 
         # ---- per batch -------------------------------------------------------------------------
         def init_forward_metadata(self, forward_batch):
@@ -65,9 +77,17 @@ def _make_backend_class():
             mode = fb.forward_mode
             if not (mode.is_decode() or mode.is_extend() or mode.is_idle() or mode.is_draft_extend_v2()):
                 raise NotImplementedError(f"{BACKEND_NAME}: forward mode {mode} is not supported")
+            t, bs = fb.positions.shape[0], fb.batch_size
+            q = self._uniform_rows(mode, t, bs)
+            if q:   # decode / draft decode / target verify: the capturable plan, no host syncs
+                plan = self._graph_plans.get((bs, q))
+                if plan is None:
+                    plan = self._uniform_plan(bs, q, fb.out_cache_loc)
+                elif self._graph_log:
+                    self._log_graph("plan", plan)
+                self._fill_uniform(plan, fb.req_pool_indices, fb.positions, fb.out_cache_loc)
+                return
             dev = fb.seq_lens.device
-            bs = fb.batch_size
-            t = fb.positions.shape[0]
             # Every query row attends causally to its own request's tokens 0..position (all already in the
             # cache, this batch's written first), whatever the mode: prefill chunks, radix hits, decode, and
             # the speculative modes (target verify of a draft chain, draft extend, draft decode steps).
@@ -95,6 +115,87 @@ def _make_backend_class():
             if not torch.equal(md.positions, pos):   # rows that are not their requests' last tokens: all ragged
                 md = dsa.plan(qsl, kv_list, block_table, fb.out_cache_loc, self.topk, 0, positions=pos)
             self.forward_metadata = md
+
+        # ---- uniform batches (decode, draft decode, target verify): one path for eager and graphs --
+        # Every request has q <= PAGED_MAX_NEXT_N rows, its last q tokens (decode: 1 at seq_len - 1; a chain
+        # verify: q consecutive; draft decode step i: + i). The plan's shapes depend on (bs, q) only: the
+        # indexer reads up to the cache capacity (the pool's req_to_token width, rows past seq_len masked),
+        # so filling it is device work alone -- no .item()/.tolist() -- and a captured graph replays it
+        # on persistent buffers (init_cuda_graph_state / init_cpu_graph_state) for any context length.
+        @staticmethod
+        def _uniform_rows(mode, t: int, bs: int, graph: bool = False) -> int:
+            """Rows per request when the batch takes the uniform plan, else 0. Graphs also: EAGLE draft extend,
+            captured with speculative_num_draft_tokens consecutive rows per request (its eager batches after
+            a prefill are ragged: planned the general way)."""
+            uniform_mode = mode.is_decode() or mode.is_target_verify() or (graph and mode.is_draft_extend_v2())
+            if not uniform_mode or bs == 0 or t == 0 or t % bs:
+                return 0
+            q = t // bs
+            return q if q <= indexer.PAGED_MAX_NEXT_N else 0
+
+        def _uniform_plan(self, bs: int, q: int, slot_mapping, bufs: Optional[dict] = None) -> dsa.DSAPlan:
+            if bufs is None:
+                bufs = uniform_buffers(bs, bs * q, self.capacity_pages, self.device)
+            return uniform_plan(bufs, bs, q, slot_mapping)
+
+        def _fill_uniform(self, plan: dsa.DSAPlan, req_pool_indices, positions, out_cache_loc) -> None:
+            fill_uniform(plan, self.req_to_token, req_pool_indices, positions, out_cache_loc, self.step_offset)
+            self.row_req = torch.arange(plan.num_tokens, device=plan.positions.device) // plan.paged[0].q
+            self.forward_metadata = plan
+
+        # ---- graph capture hooks: SGLang's CUDA-graph runners and its CPUGraphRunner ----------------
+        def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
+            """Persistent metadata buffers; every captured batch size plans on views of them."""
+            self._graph_bufs = uniform_buffers(max_bs, max_num_tokens, self.capacity_pages, self.device)
+            self._graph_plans = {}
+
+        init_cpu_graph_state = init_cuda_graph_state
+
+        def get_cuda_graph_seq_len_fill_value(self):
+            return 1   # padded rows: one token at position 0 of the reserved request 0 (slot 0)
+
+        get_cpu_graph_seq_len_fill_value = get_cuda_graph_seq_len_fill_value
+
+        def _capture_plan(self, mode, bs: int, t: int, out_cache_loc) -> dsa.DSAPlan:
+            q = self._uniform_rows(mode, t, bs, graph=True)
+            if not q:
+                raise NotImplementedError(f"{BACKEND_NAME}: cannot capture a {mode} batch of {t} rows for {bs} "
+                                          f"requests (graphs: uniform batches of <= {indexer.PAGED_MAX_NEXT_N} "
+                                          "rows per request)")
+            plan = self._graph_plans[(bs, q)] = self._uniform_plan(bs, q, out_cache_loc, self._graph_bufs)
+            if self._graph_log:
+                self._log_graph("capture", plan)
+            return plan
+
+        def _log_graph(self, event: str, plan: dsa.DSAPlan) -> None:
+            g = plan.paged[0]
+            ptrs = [t.data_ptr() for t in (plan.seq_lens, plan.block_table, plan.positions, plan.row_block_table)]
+            with open(self._graph_log, "a") as f:
+                f.write(json.dumps([event, g.req_hi, g.q, ptrs]) + "\n")
+
+        def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
+            """CUDA graphs, outside the graph: pick (capture: make) the persistent plan of this batch size."""
+            fb = forward_batch
+            if in_capture:
+                self._capture_plan(fb.forward_mode, fb.batch_size, fb.positions.shape[0], fb.out_cache_loc)
+            self.forward_metadata = self._graph_plan_of(fb)
+
+        def init_forward_metadata_in_graph(self, forward_batch):
+            """CUDA graphs, recorded into the graph: refill the plan from the runner's input buffers."""
+            fb = forward_batch
+            self._fill_uniform(self._graph_plan_of(fb), fb.req_pool_indices, fb.positions, fb.out_cache_loc)
+
+        def _graph_plan_of(self, fb) -> dsa.DSAPlan:
+            bs, t = fb.batch_size, fb.positions.shape[0]
+            return self._graph_plans[(bs, self._uniform_rows(fb.forward_mode, t, bs, graph=True))]
+
+        def init_forward_metadata_capture_cpu_graph(self, bs, num_tokens, req_pool_indices, seq_lens,
+                                                    out_cache_loc, encoder_lens, forward_mode, spec_info):
+            """CPUGraphRunner (decode only, one row per request): its replays call init_forward_metadata,
+            which refills this plan in place for batches of a captured size."""
+            plan = self._capture_plan(forward_mode, bs, num_tokens, out_cache_loc)
+            # the runner passes no positions: a decode row sits at seq_len - 1 (SGLang's clamp_position)
+            self._fill_uniform(plan, req_pool_indices, (seq_lens[:bs].long() - 1).clamp_min(0), out_cache_loc)
 
         @staticmethod
         def _rows_per_request(fb, t: int, bs: int) -> list:
@@ -160,6 +261,44 @@ def _make_backend_class():
     return DSV32SparseAttnBackend
 
 
+# ---- the uniform plan (decode, draft decode, target verify), free of SGLang imports for unit tests ----------
+def uniform_buffers(bs: int, t: int, capacity_pages: int, device) -> dict:
+    """Metadata tensors for up to bs requests / t rows (persistent when made once for graph capture)."""
+    return {"seq_lens": torch.ones(bs, dtype=torch.int32, device=device),
+            "block_table": torch.zeros(bs, capacity_pages, dtype=torch.int32, device=device),
+            "positions": torch.zeros(t, dtype=torch.int64, device=device),
+            "row_block_table": torch.zeros(t, capacity_pages, dtype=torch.int32, device=device)}
+
+
+def uniform_plan(bufs: dict, bs: int, q: int, slot_mapping) -> dsa.DSAPlan:
+    """bs requests of q rows each (their last q tokens), on views of bufs: one paged group whose indexer reads
+    up to the capacity of the block table, so the shapes depend on (bs, q) only."""
+    t = bs * q
+    capacity = bufs["block_table"].shape[1] * PAGE_SIZE
+    return dsa.DSAPlan(num_tokens=t, seq_lens=bufs["seq_lens"][:bs], block_table=bufs["block_table"][:bs],
+                       slot_mapping=slot_mapping, positions=bufs["positions"][:t],
+                       row_block_table=bufs["row_block_table"][:t], paged=[dsa.PagedGroup(0, bs, 0, t, q, capacity)])
+
+
+def fill_uniform(plan: dsa.DSAPlan, req_to_token, req_pool_indices, positions, out_cache_loc,
+                 step_offset: int = 0) -> None:
+    """Write a batch into the plan's tensors in place, by device ops only (graph-recordable, no host sync):
+    positions (+ the draft step's offset), seq_lens = last row + 1, block table of each request (its slots
+    are page-aligned: page p = req_to_token[req, 64 p] // 64) and of each row."""
+    g = plan.paged[0]
+    bs, q, t = g.req_hi, g.q, plan.num_tokens
+    pos = plan.positions
+    pos.copy_(positions[:t])
+    if step_offset:
+        pos.add_(step_offset)
+    plan.seq_lens.copy_(pos.view(bs, q)[:, -1] + 1)
+    pages = plan.block_table.shape[1]
+    plan.block_table.copy_(req_to_token[:, ::PAGE_SIZE][req_pool_indices[:bs].long(), :pages]
+                           .div(PAGE_SIZE, rounding_mode="floor"))
+    plan.row_block_table.view(bs, q, -1).copy_(plan.block_table[:, None, :].expand(bs, q, -1))
+    plan.slot_mapping = out_cache_loc
+
+
 class DSV32MultiStepDraftBackend:
     """SGLang's multi-step draft container (EAGLE draft decode, speculative_num_steps > 1): one backend per
     inner step. The EAGLE worker initialises all of them once per draft round, from the first step's
@@ -174,6 +313,19 @@ class DSV32MultiStepDraftBackend:
     def init_forward_metadata(self, forward_batch):
         for backend in self.attn_backends:
             backend.init_forward_metadata(forward_batch)
+
+    # SGLang's EAGLE draft CUDA-graph runner: each step's backend keeps its own persistent plan
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
+        for backend in self.attn_backends:
+            backend.init_cuda_graph_state(max_bs, max_num_tokens)
+
+    def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
+        for backend in self.attn_backends:
+            backend.init_forward_metadata_out_graph(forward_batch, in_capture)
+
+    def init_forward_metadata_in_graph(self, forward_batch):
+        for backend in self.attn_backends:
+            backend.init_forward_metadata_in_graph(forward_batch)
 
 
 _BACKEND_CLS = None

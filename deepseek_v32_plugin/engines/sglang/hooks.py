@@ -9,7 +9,7 @@ Everything SGLang keys on the string "DeepseekV32ForCausalLM" and what we do abo
     (overrides.py _dsa_kv_cache_dtype_default, _dsa_split_backend_resolution) call
     torch.cuda.get_device_capability() on any non-NPU/XPU platform, which raises on a CPU torch: on a torch
     without CUDA we run that hook with the probe answering (0, 0) (-> bf16 KV cache, as SGLang picks below sm100),
-    and after it declare CUDA graphs off while our backend serves V3.2 (it has no capture path yet).
+    and after it declare prefill CUDA graphs off while our backend serves V3.2 (it captures decode only).
 Speculative decoding (EAGLE/NEXTN with the MTP layer, see mtp.py): our backend is added to the draft-backend
 tables of speculative/draft_utils.py; on a torch without CUDA, mem_cache/allocation.get_last_loc (which picks
 a Triton kernel by backend name) is routed to its torch twin.
@@ -138,15 +138,16 @@ def _around_model_adjustments(original, server_args, *args, **kwargs):
     else:
         with _cpu_capability_probe():
             out = original(server_args, *args, **kwargs)
-    _declare_no_cuda_graphs(server_args)
+    _declare_no_prefill_graphs(server_args)
     return out
 
 
-def _declare_no_cuda_graphs(server_args) -> None:
-    """Our backend has no CUDA-graph capture path yet, and SGLang captures by default on a GPU. Model
-    overrides may not declare graph settings (the publish gate refuses them), so they are declared here, in
-    the model-adjustment pass: the legacy flag and, since cuda_graph_config was already parsed from it, both
-    phases of cuda_graph_config (as SGLang's own model_hook does for models that cannot be captured)."""
+def _declare_no_prefill_graphs(server_args) -> None:
+    """Our backend captures decode-like batches (decode, draft decode, target verify: see backend.py) but has
+    no prefill capture path, and SGLang turns breakable prefill graphs on by default on CUDA. Model overrides
+    may not declare graph settings (the publish gate refuses them), so the prefill phase of
+    cuda_graph_config is declared off here, in the model-adjustment pass (as SGLang's own model_hook does
+    for models that cannot be captured); decode graphs stay as SGLang and the user set them."""
     from sglang.srt.arg_groups.model_override_base import model_config_of, resolving_view
     from sglang.srt.arg_groups.overrides import declare_resolution
     from sglang.srt.connector import ConnectorType
@@ -158,11 +159,20 @@ def _declare_no_cuda_graphs(server_args) -> None:
         return   # no HF config to key on
     if model_config_of(server_args).hf_config.architectures[0] != ARCH or not _our_backend_chosen(server_args):
         return
-    src = "deepseek_v32_plugin"
-    declare_resolution(server_args, src, disable_cuda_graph=True)
-    graphs = with_phase(view.cuda_graph_config, Phase.DECODE, backend=Backend.DISABLED)
-    declare_resolution(server_args, src, cuda_graph_config=with_phase(graphs, Phase.PREFILL,
-                                                                      backend=Backend.DISABLED))
+    from ...ops.indexer import PAGED_MAX_NEXT_N
+
+    graphs = view.cuda_graph_config
+    if graphs.prefill.backend != Backend.DISABLED:
+        graphs = with_phase(graphs, Phase.PREFILL, backend=Backend.DISABLED)
+    # captured verify / draft-extend batches take the paged indexer, which serves <= PAGED_MAX_NEXT_N rows
+    # per request; longer drafts run eagerly (the general plan)
+    draft_tokens = getattr(view, "speculative_num_draft_tokens", None)
+    if draft_tokens and int(draft_tokens) > PAGED_MAX_NEXT_N and graphs.decode.backend != Backend.DISABLED:
+        logger.warning("speculative_num_draft_tokens=%s > %d: the %s backend captures no decode graphs",
+                       draft_tokens, PAGED_MAX_NEXT_N, BACKEND_NAME)
+        graphs = with_phase(graphs, Phase.DECODE, backend=Backend.DISABLED)
+    if graphs is not view.cuda_graph_config:
+        declare_resolution(server_args, "deepseek_v32_plugin", cuda_graph_config=graphs)
 
 
 def _around_get_last_loc(original, req_to_token, req_pool_indices, prefix_lens):
@@ -181,9 +191,29 @@ def register_cpu_speculative_fixes() -> None:
     HookRegistry.register("sglang.srt.mem_cache.allocation.get_last_loc", _around_get_last_loc, HookType.AROUND)
 
 
+def _around_register_fake_ops(original, *args, **kwargs):
+    # CPUGraphRunner gives sgl_kernel's compiled CPU ops fake kernels for torch.compile; our CPU stand-in for
+    # sgl_kernel defines no torch ops (our model calls none of them), so there is nothing to register
+    import sgl_kernel
+
+    if getattr(sgl_kernel, "DSV32_CPU_STUB", False):
+        return None
+    return original(*args, **kwargs)
+
+
+def register_cpu_graph_fixes() -> None:
+    """On a torch without CUDA, let SGLang's CPUGraphRunner (--enable-torch-compile) start without sgl_kernel."""
+    if torch.cuda.is_available():
+        return
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register("sglang.srt.model_executor.cpu_graph_runner.register_fake_ops", _around_register_fake_ops,
+                          HookType.AROUND)
+
+
 def register_model_adjustments_hook() -> None:
     """Around SGLang's model-specific server-argument pass: answer its CUDA capability probes on a torch
-    without CUDA, and turn CUDA graphs off when our backend serves V3.2."""
+    without CUDA, and turn prefill CUDA graphs off when our backend serves V3.2 (decode graphs stay on)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     HookRegistry.register("sglang.srt.arg_groups.model_hook.handle_model_specific_adjustments",

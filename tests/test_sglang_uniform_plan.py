@@ -1,0 +1,109 @@
+"""The SGLang backend's uniform plan (engines/sglang/backend.py: decode, draft decode and target verify, eager
+or graph-captured) against the context-sized plan of model/dsa.py that those batches took before:
+  - select/attend give the same slots and the same output, bit for bit (capacity-wide indexer rows);
+  - one plan refilled in place for new batch contents (what a graph replay does) keeps its buffers and
+    equals a fresh context-sized plan of the new batch;
+  - filling it runs no host-syncing aten op (a planted .item() is caught)."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from deepseek_v32_plugin.engines.sglang.backend import fill_uniform, uniform_buffers, uniform_plan
+from deepseek_v32_plugin.model import dsa
+from deepseek_v32_plugin.ops import PAGE_SIZE, indexer, sparse_mla
+
+TOPK, H_I, H = 16, 4, 2
+POOL_REQS, CAPACITY_PAGES = 6, 4        # req_to_token [6, 256]: 4 pages of context per request
+SYNCING = {"_local_scalar_dense", "item", "nonzero", "masked_select", "unique", "_unique2", "equal"}
+
+
+class _NoSync(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in SYNCING or (name == "index" and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else []))):
+            raise AssertionError(f"host-syncing op {name}")
+        return func(*args, **(kwargs or {}))
+
+
+def _pool(g):
+    """SGLang's req_to_token: each request's slots page-aligned, its pages scattered over the pool."""
+    pages = torch.randperm(POOL_REQS * CAPACITY_PAGES, generator=g).view(POOL_REQS, CAPACITY_PAGES)
+    pos = torch.arange(CAPACITY_PAGES * PAGE_SIZE)
+    return (pages[:, pos // PAGE_SIZE] * PAGE_SIZE + pos % PAGE_SIZE).int(), POOL_REQS * CAPACITY_PAGES
+
+
+def _batch(req_to_token, reqs, seqs, q):
+    """Rows of each request: its last q tokens (context seqs incl. them)."""
+    positions = torch.cat([torch.arange(s - q, s) for s in seqs])
+    req = torch.tensor(reqs).repeat_interleave(q)
+    return torch.tensor(reqs), positions, req_to_token[req, positions].long()
+
+
+def _context_plan(req_to_token, reqs, seqs, q, slots):
+    """What these batches planned on before: dsa.plan over context-sized block tables (host metadata)."""
+    pages = -(-max(seqs) // PAGE_SIZE)
+    table = (req_to_token[torch.tensor(reqs)][:, ::PAGE_SIZE][:, :pages] // PAGE_SIZE).int()
+    qsl = [q * i for i in range(len(seqs) + 1)]
+    return dsa.plan(qsl, seqs, table, slots, TOPK, indexer.PAGED_MAX_NEXT_N)
+
+
+def _step(plan, caches, g, t):
+    icache, mcache = (c.clone() for c in caches)
+    k = torch.randn(t, 128, generator=g)
+    q_fp8, q_scale = indexer.indexer_quant(torch.randn(t, H_I, 128, generator=g))
+    w = (torch.randn(t, H_I, generator=g) * q_scale).float()
+    slots = dsa.select(plan, k, q_fp8, w, icache, TOPK)
+    q576 = torch.randn(t, H, sparse_mla.HEAD_576, generator=g).bfloat16()
+    kv_c, k_pe = torch.randn(t, 512, generator=g).bfloat16(), torch.randn(t, 64, generator=g).bfloat16()
+    out = dsa.attend(plan, q576, kv_c, k_pe, mcache, slots, 0.1, 512)
+    return slots, out, icache, mcache
+
+
+def _caches(g, pages):
+    every = torch.arange(pages * PAGE_SIZE)
+    icache = torch.zeros(pages, PAGE_SIZE, indexer.BYTES_PER_TOKEN, dtype=torch.uint8)
+    indexer.indexer_k_quant_and_cache(torch.randn(len(every), 128, generator=g), icache, every)
+    mcache = torch.zeros(pages, PAGE_SIZE, sparse_mla.HEAD_576, dtype=torch.bfloat16)
+    sparse_mla.mla_cache_write(torch.randn(len(every), 512, generator=g).bfloat16(),
+                               torch.randn(len(every), 64, generator=g).bfloat16(), mcache, every)
+    return icache, mcache
+
+
+@pytest.mark.parametrize("q", [1, 3], ids=["decode", "verify"])
+def test_uniform_plan_equals_context_plan_and_refills_in_place(seed, q):
+    g = torch.Generator().manual_seed(seed)
+    req_to_token, pool_pages = _pool(g)
+    caches = _caches(g, pool_pages)
+    bs = 3
+    bufs = uniform_buffers(bs, bs * q, CAPACITY_PAGES, "cpu")   # as init_cuda/cpu_graph_state: once
+    plan = None
+    # contexts below and above top-k and across pages; then the same plan refilled with new contents
+    for reqs, seqs in (([4, 0, 2], [9, 70, 150]), ([1, 5, 3], [200, 12, 65])):
+        req_pool_indices, positions, slots = _batch(req_to_token, reqs, seqs, q)
+        if plan is None:
+            plan = uniform_plan(bufs, bs, q, slots)
+            ptrs = [t.data_ptr() for t in (plan.seq_lens, plan.block_table, plan.positions, plan.row_block_table)]
+        with _NoSync():
+            fill_uniform(plan, req_to_token, req_pool_indices, positions, slots)
+        assert [t.data_ptr() for t in (plan.seq_lens, plan.block_table, plan.positions,
+                                       plan.row_block_table)] == ptrs
+        want = _context_plan(req_to_token, reqs, seqs, q, slots)
+        assert torch.equal(plan.positions, want.positions)
+        step_seed = int(torch.randint(1 << 30, (1,), generator=g))
+        got = _step(plan, caches, torch.Generator().manual_seed(step_seed), bs * q)
+        ref = _step(want, caches, torch.Generator().manual_seed(step_seed), bs * q)
+        for a, b in zip(got, ref):   # slots, attention output, both caches: bit for bit
+            assert torch.equal(a, b)
+
+
+def test_draft_step_offset_and_detector():
+    g = torch.Generator().manual_seed(0)
+    req_to_token, _ = _pool(g)
+    req_pool_indices, positions, slots = _batch(req_to_token, [2, 3], [40, 100], 1)
+    plan = uniform_plan(uniform_buffers(2, 2, CAPACITY_PAGES, "cpu"), 2, 1, slots)
+    fill_uniform(plan, req_to_token, req_pool_indices, positions, slots, step_offset=2)
+    assert plan.positions.tolist() == [41, 101] and plan.seq_lens.tolist() == [42, 102]
+    with pytest.raises(AssertionError, match="host-syncing"):
+        with _NoSync():
+            plan.seq_lens.max().item()   # a planted sync is caught
