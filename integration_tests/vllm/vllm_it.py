@@ -24,8 +24,9 @@ def engine_env(world: int = 1) -> dict:
 
 
 def run_engine(tmp_path, model: str, engine: dict, requests: list, max_tokens: int = 8, batch: str = "together",
-               timeout: int = 420, full: bool = False, **job_extra):
-    """-> per-request results (or, with full=True, {"requests": [...], "metrics": {...}})."""
+               timeout: int = 420, full: bool = False, log: bool = False, **job_extra):
+    """-> per-request results (or, with full=True, {"requests": [...], "metrics": {...}}); with log=True,
+    (results, the engine's stdout: vLLM's log lines)."""
     world = engine.get("tensor_parallel_size", 1) * engine.get("pipeline_parallel_size", 1)
     engine = dict(engine, distributed_executor_backend="uni" if world == 1 else "mp")
     job = tmp_path / f"job{len(list(tmp_path.iterdir()))}.json"
@@ -37,7 +38,8 @@ def run_engine(tmp_path, model: str, engine: dict, requests: list, max_tokens: i
     if p.returncode != 0 or not lines:
         raise AssertionError(f"engine run failed (rc={p.returncode}):\n{p.stderr[-6000:]}")
     res = json.loads(lines[-1][len("RESULT "):])
-    return res if full else res["requests"]
+    res = res if full else res["requests"]
+    return (res, p.stdout) if log else res
 
 
 # (median, mean, max) of |dlogprob| per prompt position; see check_against_reference. Each bound is >= 3x the
