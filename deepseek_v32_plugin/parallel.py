@@ -65,14 +65,15 @@ def sglang_layout(tp: int = 1, pp: int = 1, dp: int = 1, ep: int = 1, dp_attenti
     return Layout(attn_tp=attn_tp, pp=pp, moe_tp=tp // ep, moe_ep=ep, replicas=dp, flags=flags)
 
 
-def stage_layers(num_layers: int, pp: int) -> list:
-    """Decoder layers per pipeline stage, as vLLM's get_pp_indices splits them (distributed/utils.py:126): an
-    even split, the remainder one each to the stages before the last, from the second-to-last backwards."""
+def stage_layers(num_layers: int, pp: int, engine: str = "vllm") -> list:
+    """Decoder layers per pipeline stage, as the engine splits them: an even split, the remainder one layer
+    each to the stages before the last, from the second-to-last backwards (vLLM get_pp_indices,
+    distributed/utils.py:126) or to the last stages (SGLang get_pp_indices, srt/distributed/utils.py:110)."""
     if pp < 1 or num_layers < pp:
         raise LayoutError(f"pipeline stages={pp}: num_hidden_layers={num_layers} cannot give every stage a layer")
     parts = [num_layers // pp] * pp
-    for i in range(2, num_layers % pp + 2):
-        parts[-i] += 1
+    for i in range(num_layers % pp):
+        parts[-2 - i if engine == "vllm" else -1 - i] += 1
     return parts
 
 

@@ -114,7 +114,7 @@ def cache_bytes_per_token_layer(kv_cache: str) -> int:
 
 def weight_bytes_per_gpu(cfg: V32Config, lay: Layout, engine: str, mtp: bool = True) -> list:
     """Per pipeline stage: the weight bytes one GPU of that stage holds."""
-    parts = stage_layers(cfg.num_hidden_layers, lay.pp)
+    parts = stage_layers(cfg.num_hidden_layers, lay.pp, engine)
     bounds, lo = [], 0
     for n in parts:
         bounds.append((lo, lo + n))
@@ -135,7 +135,7 @@ def make_plan(lay: Layout, engine: str, gpu_bytes: int, *, kv_cache: str = "fp8"
     usable = int(gpu_bytes * frac) - reserve_bytes
     per_layer = cache_bytes_per_token_layer(kv_cache)
     plan = Plan(engine, lay, gpu_bytes, frac, usable, kv_cache)
-    layers = stage_layers(cfg.num_hidden_layers, lay.pp)
+    layers = stage_layers(cfg.num_hidden_layers, lay.pp, engine)
     for s, (w, n) in enumerate(zip(weight_bytes_per_gpu(cfg, lay, engine, mtp), layers)):
         n += int(mtp and s == lay.pp - 1) * cfg.num_nextn_predict_layers
         st = StagePlan(n, w, n * per_layer)

@@ -64,6 +64,8 @@ def test_pipeline_stages_split_layers_as_vllm_does():
     assert stage_layers(61, 4) == [15, 15, 16, 15]
     assert stage_layers(61, 3) == [20, 21, 20]
     assert stage_layers(2, 2) == [1, 1]
+    # SGLang's get_pp_indices: remainder to the last stages
+    assert stage_layers(61, 2, "sglang") == [30, 31] and stage_layers(61, 4, "sglang") == [15, 15, 15, 16]
     with pytest.raises(LayoutError, match="num_hidden_layers=2"):
         stage_layers(2, 3)
     stages = weight_bytes_per_gpu(FULL, vllm_layout(pp=2), "vllm")

@@ -1,18 +1,22 @@
 """Expert and pipeline parallel on SGLang's CPU engine against the bf16 reference (as test_sglang_tp2.py):
   ep2: tp_size=2, ep_size=2: SGLang's FusedMoE gives each rank 4 of the tiny model's 8 experts; our FP8 MoE
        method computes the local ones
-  pp2: pp_size=2
-and unservable layouts refused at launch naming the flag."""
+  pp2: pp_size=2: layers split over two stages (PPMissingLayer elsewhere), hidden states handed over as
+       PPProxyTensors
+"""
 import os
 import statistics
 
 import pytest
 
-from conftest import ENGINE_KW, check_greedy_against, prompt_ids, record_stat, reference_input_logprobs
+from conftest import (ENGINE_KW, LOGPROB_TOL_BF16, check_greedy_against, prompt_ids, record_stat,
+                      reference_input_logprobs)
 from test_sglang_tp2 import TP_MEDIAN_TOL
 
 
-def _serve_and_check(ckpt, ref_bf16, name, **kw):
+def _serve_and_check(ckpt, ref_bf16, name, max_tol=None, **kw):
+    """Input logprobs vs the bf16 reference: median within the TP bound (test_sglang_tp2.py: partial sums
+    reduced across ranks in bf16); with max_tol (no cross-rank reduction), every position within it."""
     import sglang
     os.environ.setdefault("SGLANG_CPU_OMP_THREADS_BIND", "0|1")
     eng = sglang.Engine(model_path=ckpt, **kw, **ENGINE_KW)
@@ -26,6 +30,7 @@ def _serve_and_check(ckpt, ref_bf16, name, **kw):
             med = statistics.median(errs)
             record_stat(f"sglang:{name}:len{n}", {"median": TP_MEDIAN_TOL}, median=med, max=max(errs))
             assert med <= TP_MEDIAN_TOL, f"{name} len {n}: median |logprob - bf16 reference| = {med}"
+            assert max_tol is None or max(errs) <= max_tol, f"{name} len {n}: max |dlogprob| = {max(errs)}"
             check_greedy_against(ref_bf16, ids, out["output_ids"], info=(name, n))
     finally:
         eng.shutdown()
@@ -36,4 +41,5 @@ def test_expert_parallel_2_matches_reference(tiny_ckpt, ref_bf16):
 
 
 def test_pipeline_parallel_2_matches_reference(tiny_ckpt, ref_bf16):
-    _serve_and_check(tiny_ckpt, ref_bf16, "pp2", pp_size=2)
+    # each stage runs its layers as one process would: the single-process bound of the bf16 suite
+    _serve_and_check(tiny_ckpt, ref_bf16, "pp2", max_tol=LOGPROB_TOL_BF16, pp_size=2)
