@@ -5,6 +5,7 @@
 #   bash scripts/test.sh unit vllm       # chosen stages only
 #   bash scripts/test.sh sweep           # opt-in: engine comparisons over 20 seeds, failure rates (<= 30 min)
 #   bash scripts/test.sh mutation        # opt-in: plant known bugs, check the suites catch them (~20 min)
+#   bash scripts/test.sh parallel        # opt-in: the parallel matrix (PP/EP per engine, two nodes on 127.0.0.1)
 # CI's stages run at one fixed seed (DSV32_TEST_SEED, default 0): the same commit gives the same verdict.
 # Exit status is non-zero if any stage fails; "no tests collected" (pytest exit 5) counts as a failure.
 set -uo pipefail
@@ -72,7 +73,14 @@ for stage in "${STAGES[@]}"; do
       run_stage sglang-env bash scripts/env_sglang.sh
       run_stage mutation python3 scripts/mutation_check.py
       ;;
-    *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation)"; exit 2 ;;
+    parallel)   # opt-in: every parallel layout that runs on CPU (README "Parallel layouts"), ~10 min
+      run_stage vllm-env bash scripts/env_vllm.sh
+      run_stage sglang-env bash scripts/env_sglang.sh
+      DSV32_PARALLEL_MATRIX=1 run_stage parallel-vllm pytest_in "$VENVS/vllm" integration_tests/vllm/test_vllm_parallel.py \
+        integration_tests/vllm/test_vllm_multinode.py "integration_tests/vllm/test_bad_input.py::test_unservable_parallel_layout"
+      DSV32_PARALLEL_MATRIX=1 run_stage parallel-sglang pytest_in "$VENVS/sglang" integration_tests/sglang/test_sglang_parallel.py
+      ;;
+    *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation, parallel)"; exit 2 ;;
   esac
 done
 
