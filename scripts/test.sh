@@ -78,7 +78,8 @@ for stage in "${STAGES[@]}"; do
       run_stage sglang-env bash scripts/env_sglang.sh
       DSV32_PARALLEL_MATRIX=1 run_stage parallel-vllm pytest_in "$VENVS/vllm" integration_tests/vllm/test_vllm_parallel.py \
         integration_tests/vllm/test_vllm_multinode.py "integration_tests/vllm/test_bad_input.py::test_unservable_parallel_layout"
-      DSV32_PARALLEL_MATRIX=1 run_stage parallel-sglang pytest_in "$VENVS/sglang" integration_tests/sglang/test_sglang_parallel.py
+      DSV32_PARALLEL_MATRIX=1 run_stage parallel-sglang pytest_in "$VENVS/sglang" integration_tests/sglang/test_sglang_parallel.py \
+        integration_tests/sglang/test_sglang_multinode.py
       ;;
     *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation, parallel)"; exit 2 ;;
   esac
