@@ -43,3 +43,17 @@ def test_expert_parallel_2_matches_reference(tiny_ckpt, ref_bf16):
 def test_pipeline_parallel_2_matches_reference(tiny_ckpt, ref_bf16):
     # each stage runs its layers as one process would: the single-process bound of the bf16 suite
     _serve_and_check(tiny_ckpt, ref_bf16, "pp2", max_tol=LOGPROB_TOL_BF16, pp_size=2)
+
+
+@pytest.mark.parametrize("kw, flag", [
+    (dict(pp_size=3), "--pp-size=3: num_hidden_layers=2"),
+    # tiny: the shared expert's 256 columns over 4 ranks = 64, not a 128-wide FP8 block
+    (dict(tp_size=4), "--tp-size=4"),
+], ids=["pp3-two-layers", "tp4-fp8-block"])
+def test_unservable_parallel_layout_refused_at_launch(tiny_ckpt, kw, flag):
+    """Refused while SGLang resolves its server args (our model override, engines/sglang/hooks.py), before any
+    scheduler process starts."""
+    import sglang
+    with pytest.raises(ValueError, match="cannot serve this parallel layout") as e:
+        sglang.Engine(model_path=tiny_ckpt, **kw, **ENGINE_KW)
+    assert flag in str(e.value), str(e.value)
