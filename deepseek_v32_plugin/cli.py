@@ -90,7 +90,7 @@ def _print_plan(args, plans, chosen, nodes, gpu_bytes) -> None:
     kv = {"vllm": {"fp8": ["--kv-cache-dtype fp8_ds_mla"], "bf16": []},
           "sglang": {"fp8": ["--kv-cache-dtype fp8_e4m3"], "bf16": []}}[args.engine][args.kv_cache]
     if args.engine == "vllm":
-        base = ["python -m vllm.entrypoints.openai.api_server --model /path/to/DeepSeek-V3.2"]
+        base = ["vllm serve /path/to/DeepSeek-V3.2"]   # `vllm serve`: --headless is a serve-command feature
     else:
         base = ["python -m sglang.launch_server --model-path /path/to/DeepSeek-V3.2"]
     print(f"\nrecommended: {name}: {plan.total_tokens:,} context tokens in all "
