@@ -51,3 +51,14 @@ def test_checkpoint_without_indexer_weights(tiny_ckpt, tmp_path):
 def test_unservable_block_size(tiny_ckpt, tmp_path):
     err = _start_fails(tmp_path, tiny_ckpt, dict(ENGINE, block_size=16))
     assert "block_size=16" in err and "64-token pages" in err, err[-2000:]
+
+
+@pytest.mark.parametrize("engine, flag", [
+    (dict(pipeline_parallel_size=3), "--pipeline-parallel-size=3: num_hidden_layers=2"),
+    # tiny: moe_intermediate_size 256 over 4 ranks = 64 columns, not a 128-wide FP8 block
+    (dict(tensor_parallel_size=4), "--tensor-parallel-size=4"),
+], ids=["pp3-two-layers", "tp4-fp8-block"])
+def test_unservable_parallel_layout(tiny_ckpt, tmp_path, engine, flag):
+    """Refused when vLLM builds its config (parallel.check_layout), before any worker starts."""
+    err = _start_fails(tmp_path, tiny_ckpt, dict(ENGINE, **engine))
+    assert "cannot serve this parallel layout" in err and flag in err, err[-2000:]

@@ -12,13 +12,14 @@ from it_common import NEAR_TIE, check_greedy, record_stat, reference_logprobs  #
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def engine_env(tp: int = 1) -> dict:
+def engine_env(world: int = 1) -> dict:
+    """`world`: worker processes of one engine (tensor x pipeline parallel), one OMP core binding each."""
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONUNBUFFERED="1")
-    if tp == 1:
+    if world == 1:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     else:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i % max(1, os.cpu_count() or 1)) for i in range(tp))
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i % max(1, os.cpu_count() or 1)) for i in range(world))
         # engine_run.py asks the workers which model runner they built (a function sent through collective_rpc);
         # an engine core in its own process sends it pickled only with this
         env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
@@ -26,21 +27,23 @@ def engine_env(tp: int = 1) -> dict:
 
 
 def run_engine(tmp_path, model: str, engine: dict, requests: list, max_tokens: int = 8, batch: str = "together",
-               timeout: int = 420, full: bool = False, **job_extra):
-    """-> per-request results (or, with full=True, {"requests": [...], "metrics": {...}})."""
-    tp = engine.get("tensor_parallel_size", 1)
-    engine = dict(engine, distributed_executor_backend="uni" if tp == 1 else "mp")
+               timeout: int = 420, full: bool = False, log: bool = False, **job_extra):
+    """-> per-request results (or, with full=True, {"requests": [...], "metrics": {...}}); with log=True,
+    (results, the engine's stdout: vLLM's log lines)."""
+    world = engine.get("tensor_parallel_size", 1) * engine.get("pipeline_parallel_size", 1)
+    engine = dict(engine, distributed_executor_backend="uni" if world == 1 else "mp")
     job = tmp_path / f"job{len(list(tmp_path.iterdir()))}.json"
     job.write_text(json.dumps({"model": model, "engine": engine, "requests": requests, "max_tokens": max_tokens,
                                "batch": batch, **job_extra}))
-    p = subprocess.run([sys.executable, os.path.join(HERE, "engine_run.py"), str(job)], env=engine_env(tp),
+    p = subprocess.run([sys.executable, os.path.join(HERE, "engine_run.py"), str(job)], env=engine_env(world),
                        capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode != 0 or not lines:
         raise AssertionError(f"engine run failed (rc={p.returncode}):\n{p.stderr[-6000:]}")
     res = json.loads(lines[-1][len("RESULT "):])
     assert res["runner"] == expected_model_runner(), (res["runner"], expected_model_runner())
-    return res if full else res["requests"]
+    res = res if full else res["requests"]
+    return (res, p.stdout) if log else res
 
 
 def expected_model_runner() -> str:

@@ -79,6 +79,12 @@ def _check_servable_with_our_backend(server_args, cfg) -> None:
     if getattr(server_args, "enable_dp_attention", False):
         raise ValueError(f"enable_dp_attention: the {BACKEND_NAME} attention backend does not support DP attention "
                          "yet (its padded batches); use tensor parallelism (--tp) instead")
+    from deepseek_v32_plugin.parallel import LayoutError, check_layout, sglang_layout
+    g = lambda name: int(getattr(server_args, name, 1) or 1)   # noqa: E731
+    try:   # heads, pipeline stages, FP8 expert blocks per rank (parallel.check_layout)
+        check_layout(cfg, sglang_layout(tp=g("tp_size"), pp=g("pp_size"), dp=g("dp_size"), ep=g("ep_size")))
+    except LayoutError as e:
+        raise ValueError(f"deepseek_v32_plugin cannot serve this parallel layout: {e}") from None
 
 
 def _our_backend_chosen(server_args) -> bool:

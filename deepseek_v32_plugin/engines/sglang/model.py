@@ -31,7 +31,9 @@ from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
 from sglang.srt.layers.moe.topk import TopK
 from sglang.srt.layers.quantization.base_config import FusedMoEMethodBase
 from sglang.srt.layers.radix_attention import RadixAttention
+from sglang.srt.layers.utils import PPMissingLayer
 from sglang.srt.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+from sglang.srt.model_executor.forward_batch_info import PPProxyTensors
 from sglang.srt.model_executor.forward_context import get_attn_backend
 from sglang.srt.model_loader.weight_utils import default_weight_loader
 from sglang.srt.runtime_context import get_model, get_parallel
@@ -228,18 +230,41 @@ class DecoderLayer(nn.Module):
 
 
 class DeepseekV32Model(nn.Module):
+    """Pipeline parallel: this stage builds layers [start_layer, end_layer) (SGLang's get_pp_indices),
+    PPMissingLayer elsewhere; the embedding on the first stage, the final norm on the last; hidden states
+    cross stages as PPProxyTensors({"hidden_states"})."""
+
     def __init__(self, cfg: V32Config, prefix: str = "model"):
         super().__init__()
+        from sglang.srt.distributed import get_pp_indices
         rope = YarnRope(cfg)
-        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, prefix=f"{prefix}.embed_tokens")
+        self.pp = get_parallel().pp_group
+        self.start_layer, self.end_layer = get_pp_indices(cfg.num_hidden_layers, self.pp.rank_in_group,
+                                                          self.pp.world_size)
+        self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, prefix=f"{prefix}.embed_tokens")
+                             if self.pp.is_first_rank else PPMissingLayer())
         self.layers = nn.ModuleList([DecoderLayer(cfg, i, f"{prefix}.layers.{i}", rope)
+                                     if self.start_layer <= i < self.end_layer else PPMissingLayer()
                                      for i in range(cfg.num_hidden_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps) if self.pp.is_last_rank else PPMissingLayer()
 
-    def forward(self, input_ids, positions, forward_batch, input_embeds=None):
-        x = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
-        for layer in self.layers:
+    def owns(self, name: str) -> bool:
+        """Whether checkpoint tensor `name` lives on this pipeline stage."""
+        if name.startswith("model.layers."):
+            return self.start_layer <= int(name.split(".")[2]) < self.end_layer
+        if name.startswith("model.embed_tokens."):
+            return self.pp.is_first_rank
+        return self.pp.is_last_rank   # model.norm, lm_head
+
+    def forward(self, input_ids, positions, forward_batch, input_embeds=None, pp_proxy_tensors=None):
+        if self.pp.is_first_rank:
+            x = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
+        else:
+            x = pp_proxy_tensors["hidden_states"]
+        for layer in self.layers[self.start_layer: self.end_layer]:
             x = layer(positions, x, forward_batch)
+        if not self.pp.is_last_rank:
+            return PPProxyTensors({"hidden_states": x})
         return self.norm(x)
 
 
@@ -267,7 +292,10 @@ class DeepseekV32ForCausalLM(nn.Module):
         # FP8 is handled by us (dequantized dense linears, FP8 experts): SGLang's FP8 config is not used.
         self.quant_config = None
         self.model = DeepseekV32Model(self.cfg)
-        self.lm_head = ParallelLMHead(self.cfg.vocab_size, self.cfg.hidden_size, prefix="lm_head")
+        self.lm_head = (ParallelLMHead(self.cfg.vocab_size, self.cfg.hidden_size, prefix="lm_head")
+                        if self.model.pp.is_last_rank else PPMissingLayer())
+        # SGLang sizes this stage's KV pool from these (model_runner_components/layer_setup.py)
+        self.start_layer, self.end_layer = self.model.start_layer, self.model.end_layer
         self.logits_processor = LogitsProcessor(config)
 
     @torch.no_grad()
@@ -276,18 +304,21 @@ class DeepseekV32ForCausalLM(nn.Module):
         # DSV32_SYNC_CHECK / _REPORT: decode steps run in host_sync.SyncGuard (seq_lens_cpu: SGLang's host copy)
         with decode_step_guard(SYNC_CHECK and forward_batch.forward_mode.is_decode(), f"sglang T={input_ids.shape[0]}",
                                host=[t for t in (forward_batch.seq_lens_cpu,) if t is not None]):
-            hidden = self.model(input_ids, positions, forward_batch, input_embeds)
+            hidden = self.model(input_ids, positions, forward_batch, input_embeds, pp_proxy_tensors)
+        if not self.model.pp.is_last_rank:
+            return hidden
         return self.logits_processor(input_ids, hidden, self.lm_head, forward_batch)
 
     def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]):
         mtp = mtp_prefixes(self.cfg)   # the MTP layer belongs to the draft model (NextN)
-        loaded = load_v32_weights(self, weights, self.cfg, rename=lambda name: None if name.startswith(mtp) else name)
+        loaded = load_v32_weights(self, weights, self.cfg, rename=lambda name: None if name.startswith(mtp) or
+                                  not self.model.owns(name) else name)
         self._check_loaded(loaded)
         self.post_load_weights()
 
     def post_load_weights(self):
         """Also called by SGLang's loaders that bypass load_weights (dummy, remote, sharded state)."""
-        for layer in self.model.layers:
+        for layer in self.model.layers[self.model.start_layer: self.model.end_layer]:
             layer.self_attn.post_load_weights()
 
     # SGLang's EAGLE worker hands these to the draft model (mtp.py)

@@ -6,6 +6,7 @@ converted and validated by V32Config.from_hf."""
 from __future__ import annotations
 
 from deepseek_v32_plugin.config import V32Config
+from deepseek_v32_plugin.parallel import LayoutError, check_layout, vllm_layout
 from deepseek_v32_plugin.ops import PAGE_SIZE
 
 FP8_CACHE_DTYPES = ("fp8", "fp8_e4m3", "fp8_ds_mla")
@@ -31,3 +32,9 @@ def check_servable(cfg: V32Config, vllm_config) -> None:
     if cc.cache_dtype not in FP8_CACHE_DTYPES + BF16_CACHE_DTYPES:
         raise ValueError(f"deepseek_v32_plugin: kv_cache_dtype={cc.cache_dtype!r} is not served; use 'auto' / "
                          f"'bfloat16' (576 x bf16 latent rows) or 'fp8_ds_mla' (656 B rows)")
+    pc = vllm_config.parallel_config
+    try:   # the parallel layout: heads, pipeline stages, FP8 expert blocks per rank (parallel.check_layout)
+        check_layout(cfg, vllm_layout(tp=pc.tensor_parallel_size, pp=pc.pipeline_parallel_size,
+                                      dp=pc.data_parallel_size, ep=bool(pc.enable_expert_parallel)))
+    except LayoutError as e:
+        raise ValueError(f"deepseek_v32_plugin cannot serve this parallel layout: {e}") from None

@@ -9,6 +9,9 @@ Module names follow the checkpoint (`prefix=` = checkpoint key), so an unchanged
   lm_head. The MTP layer (model.layers.{num_hidden_layers}) belongs to mtp.py.
 Tensor parallelism: attention heads are split (q_b_proj / kv_b_proj column-parallel, o_proj row-parallel);
 the latent and indexer caches and the indexer are replicated per rank (one latent row per token, MQA).
+Pipeline parallelism (SupportsPP): each stage builds its layers (vLLM's make_layers: PPMissingLayer elsewhere),
+the embedding on the first stage, the final norm and lm_head on the last; the hidden states cross stages as
+IntermediateTensors({"hidden_states"}) (no separate residual: our layers add theirs in place).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from torch import nn
 
 from vllm.compilation.decorators import support_torch_compile  # noqa: F401  (eager: see DSV32Model)
 from vllm.config import VllmConfig, get_current_vllm_config
-from vllm.distributed import get_tensor_model_parallel_world_size
+from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
 from vllm.forward_context import get_forward_context
 from vllm.logger import init_logger
 from vllm.model_executor.layers.activation import SiluAndMul
@@ -37,6 +40,10 @@ from vllm.model_executor.layers.linear import (
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.interfaces import SupportsPP
+from vllm.model_executor.models.utils import (PPMissingLayer, is_pp_missing_parameter,
+                                              make_empty_intermediate_tensors_factory, make_layers)
+from vllm.platforms import current_platform
 from vllm.sequence import IntermediateTensors
 from vllm.v1.kv_cache_interface import MLAAttentionSpec, SparseCacheRole
 
@@ -259,20 +266,33 @@ class DSV32Model(nn.Module):
             raise ValueError(f"deepseek_v32_plugin cannot serve this model: {why}")
         self.cfg = cfg
         self.quant_config = make_quant_config(vllm_config.quant_config)
-        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, prefix=f"{prefix}.embed_tokens")
-        self.layers = nn.ModuleList([DecoderLayer(cfg, vllm_config, self.quant_config, i, f"{prefix}.layers.{i}")
-                                     for i in range(cfg.num_hidden_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        pp = get_pp_group()
+        self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, prefix=f"{prefix}.embed_tokens")
+                             if pp.is_first_rank else PPMissingLayer())
+        self.start_layer, self.end_layer, self.layers = make_layers(
+            cfg.num_hidden_layers,
+            lambda prefix: DecoderLayer(cfg, vllm_config, self.quant_config, int(prefix.rsplit(".", 1)[1]), prefix),
+            prefix=f"{prefix}.layers")
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps) if pp.is_last_rank else PPMissingLayer()
         self.rope = YarnRope(cfg)
+        self.make_empty_intermediate_tensors = make_empty_intermediate_tensors_factory(["hidden_states"],
+                                                                                       cfg.hidden_size)
 
-    def forward(self, input_ids, positions, inputs_embeds=None):
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        for layer in self.layers:
+    def forward(self, input_ids, positions, intermediate_tensors: Optional[IntermediateTensors] = None,
+                inputs_embeds=None):
+        pp = get_pp_group()
+        if pp.is_first_rank:
+            x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        else:
+            x = intermediate_tensors["hidden_states"]
+        for layer in self.layers[self.start_layer: self.end_layer]:
             x = layer(positions, x, self.rope)
+        if not pp.is_last_rank:
+            return IntermediateTensors({"hidden_states": x})
         return self.norm(x)
 
 
-class DeepseekV32ForCausalLM(nn.Module):
+class DeepseekV32ForCausalLM(nn.Module, SupportsPP):
     """Registered by deepseek_v32_plugin.engines.vllm.register() under the checkpoint's architecture name."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
@@ -281,7 +301,12 @@ class DeepseekV32ForCausalLM(nn.Module):
         self.model = DSV32Model(vllm_config=vllm_config, prefix="model")
         cfg = self.model.cfg
         self.config = vllm_config.model_config.hf_config
-        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, prefix="lm_head")
+        self.lm_head = (ParallelLMHead(cfg.vocab_size, cfg.hidden_size, prefix="lm_head")
+                        if get_pp_group().is_last_rank else PPMissingLayer())
+        self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
+        if vllm_config.parallel_config.pipeline_parallel_size > 1 and current_platform.is_cpu():
+            from .cpu_pp import ensure_pp_receive_buffer
+            ensure_pp_receive_buffer()
         self.logits_processor = LogitsProcessor(cfg.vocab_size)
         logger.info("deepseek_v32_plugin: serving %s (%d layers, index_topk %d) with our sparse-MLA backend, "
                     "lightning indexer and FP8 experts; latent cache %s, %d-token pages",
@@ -298,8 +323,8 @@ class DeepseekV32ForCausalLM(nn.Module):
             md = md[0] if isinstance(md, list) else md
             plan = next((m for m in (md or {}).values() if isinstance(m, dsa.DSAPlan)), None)
             with decode_step_guard(plan is not None and not plan.ragged_spans, f"vllm T={input_ids.shape[0]}"):
-                return self.model(input_ids, positions, inputs_embeds)
-        return self.model(input_ids, positions, inputs_embeds)
+                return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
+        return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor):
         return self.logits_processor(self.lm_head, hidden_states)
@@ -307,7 +332,10 @@ class DeepseekV32ForCausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         cfg = self.model.cfg
         mtp = mtp_prefixes(cfg)
-        loaded = load_v32_weights(self, ((n, w) for n, w in weights if not n.startswith(mtp)), cfg.n_routed_experts)
+        # pipeline parallel: this stage loads only its own layers (and embedding / norm + lm_head)
+        loaded = load_v32_weights(self, ((n, w) for n, w in weights
+                                         if not n.startswith(mtp) and not is_pp_missing_parameter(n, self)),
+                                  cfg.n_routed_experts)
         check_indexer_weights(self, loaded)
         finish_loading(self)
         return loaded
