@@ -74,3 +74,43 @@ def test_plan_select_attend_equal_per_request_formulation():
 
     moved = p.map_tensors(lambda x: x.clone())
     assert torch.equal(dsa.select(moved, k, q_fp8, w, icache0.clone(), TOPK), got)
+
+
+def test_short_contexts_attend_over_their_real_length():
+    """Issue 15: a batch whose contexts all fit in top-k gets slots as wide as its longest context (not
+    index_topk), topk_length = position + 1 per row, and the same attention as the full-width plan
+    (fixed shapes for CUDA graphs) and as the reference over index_topk-wide -1-padded rows."""
+    g = torch.Generator().manual_seed(1)
+    topk = 256
+    qlens, seqs = [1, 1, 30], [9, 64, 65]     # two decodes and a prefill, all <= topk; page edge at 64
+    table = torch.arange(6).int().view(3, 2)
+    qsl = [0, 1, 2, 32]
+    positions = torch.cat([torch.arange(s - q, s) for q, s in zip(qlens, seqs)])
+    req = torch.repeat_interleave(torch.arange(3), torch.tensor(qlens))
+    slot_mapping = table[req, positions // PAGE_SIZE].long() * PAGE_SIZE + positions % PAGE_SIZE
+    p = dsa.plan(qsl, seqs, table, slot_mapping, topk, decode_threshold=4)
+    pf = dsa.plan(qsl, seqs, table, slot_mapping, topk, decode_threshold=4, full_width=True)
+    assert p.width == 65 and pf.width == topk
+    assert torch.equal(p.topk_length, (positions + 1).int())
+    icache = torch.zeros(6, PAGE_SIZE, indexer.BYTES_PER_TOKEN, dtype=torch.uint8)
+    k = torch.randn(32, 128, generator=g)
+    q_fp8, q_scale = indexer.indexer_quant(torch.randn(32, 4, 128, generator=g))
+    w = q_scale.float()
+    slots = dsa.select(p, k, q_fp8, w, icache, topk)
+    slots_full = dsa.select(pf, k, q_fp8, w, icache.clone(), topk)
+    assert slots.shape == (32, 65) and slots_full.shape == (32, topk)
+    assert torch.equal(slots, slots_full[:, :65]) and (slots_full[:, 65:] == -1).all()
+    assert icache.view(-1)[: 6 * PAGE_SIZE * 128].any()          # the index keys are still written
+    for r in range(32):
+        n = int(p.topk_length[r])
+        assert (slots[r, :n] >= 0).all() and (slots[r, n:] == -1).all()
+
+    mcache = torch.randn(6, PAGE_SIZE, sparse_mla.HEAD_576, generator=g).bfloat16()
+    q576 = torch.randn(32, 2, sparse_mla.HEAD_576, generator=g)
+    kv_c, k_pe = torch.randn(32, 512, generator=g), torch.randn(32, 64, generator=g)
+    m_full = mcache.clone()
+    out = dsa.attend(p, q576, kv_c, k_pe, mcache, slots, 0.1, 512)
+    out_full = dsa.attend(pf, q576, kv_c, k_pe, m_full, slots_full, 0.1, 512)
+    ref, _ = sparse_mla.naive.naive_sparse_mla_decode(q576[None], m_full, slots_full[None], 0.1)
+    torch.testing.assert_close(out, out_full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, ref[0], rtol=1e-5, atol=1e-5)

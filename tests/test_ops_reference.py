@@ -362,7 +362,8 @@ def test_dispatch_auto_on_cpu_tries_triton_only_when_asked(monkeypatch):
     monkeypatch.delenv("DSV32_BACKEND", raising=False)
     monkeypatch.delenv("DSV32_CPU_TRITON", raising=False)
     monkeypatch.setattr(_dispatch, "_cache", {})
-    assert resolve("indexer_topk", torch.device("cpu")).__name__ == "naive_indexer_topk"
+    from deepseek_v32_plugin.ops.indexer import blocked
+    assert resolve("indexer_topk", torch.device("cpu")) is blocked.indexer_topk   # the torch backend's blocked op
     monkeypatch.setattr(_dispatch, "_cache", {})
     monkeypatch.setenv("DSV32_CPU_TRITON", "1")   # (TRITON_INTERPRET=1 is set by conftest on CPU)
     fn = resolve("indexer_topk", torch.device("cpu"))

@@ -212,12 +212,13 @@ def mla_cache_gather(kv_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tenso
 def _sparse_mla_attn_kernel(
     q_ptr, stride_q_t, stride_q_h,
     kv_ptr, kv_scale_ptr, kv_rope_ptr, stride_kv_row, n_rows,
-    idx_ptr, stride_idx_t, topk, split_len,
+    idx_ptr, stride_idx_t, topk, split_len, len_ptr,
     o_ptr, stride_o_t, stride_o_s, stride_o_h,
     lse_ptr, stride_l_t, stride_l_s,
     H, qk_scale_log2,
     BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
     KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr, DOT_FP16: tl.constexpr, DV_SPLIT: tl.constexpr,
+    HAS_LEN: tl.constexpr,
 ):
     DOT_DTYPE: tl.constexpr = tl.float16 if DOT_FP16 else tl.bfloat16
     i_t = tl.program_id(0).to(tl.int64)
@@ -245,7 +246,10 @@ def _sparse_mla_attn_kernel(
     b_acc3 = tl.zeros([BLOCK_H, 128], dtype=tl.float32)
 
     start = i_s * split_len
-    end = tl.minimum(start + split_len, topk)
+    n_keys = topk
+    if HAS_LEN:   # the row's real length: entries past it are never loaded (ops.sparse_mla: topk_length)
+        n_keys = tl.minimum(tl.maximum(tl.load(len_ptr + i_t), 0), topk)
+    end = tl.minimum(start + split_len, n_keys)
     p_idx = idx_ptr + i_t * stride_idx_t
     for t0 in range(start, end, BLOCK_T):
         o_t = t0 + tl.arange(0, BLOCK_T)
@@ -353,8 +357,9 @@ def plan_splits(n_tokens: int, n_hblocks: int, topk: int, block_t: int, device: 
 
 
 def _sparse_mla(q3: torch.Tensor, kv_rows, kv_fp8: bool, native: bool, stride_kv_row: int, n_rows: int,
-                idx2: torch.Tensor, sm_scale: float, kv_dtype: torch.dtype):
-    """q3 [T, H, 576], idx2 [T, topk] -> out [T, H, 512] q.dtype, lse [T, H] fp32."""
+                idx2: torch.Tensor, sm_scale: float, kv_dtype: torch.dtype, lens=None):
+    """q3 [T, H, 576], idx2 [T, topk], lens [T] int32 or None -> out [T, H, 512] q.dtype, lse [T, H] fp32.
+    A split past its row's length exits at once (empty: lse -inf, merged away by the combine)."""
     T, H, _ = q3.shape
     topk = idx2.shape[1]
     dev = q3.device
@@ -388,10 +393,11 @@ def _sparse_mla(q3: torch.Tensor, kv_rows, kv_fp8: bool, native: bool, stride_kv
     _sparse_mla_attn_kernel[(T, n_hb * dv_split, splits)](
         q3, q3.stride(0), q3.stride(1),
         vals, scales, rope, stride_kv_row, n_rows,
-        idx2, idx2.stride(0), topk, split_len,
+        idx2, idx2.stride(0), topk, split_len, idx2 if lens is None else lens,
         o_buf, *so, l_buf, *sl,
         H, float(sm_scale) * LOG2E,
-        BLOCK_H=block_h, BLOCK_T=block_t, KV_FP8=kv_fp8, FP8_NATIVE=native, DOT_FP16=dot_fp16, DV_SPLIT=dv_split, **cfg)
+        BLOCK_H=block_h, BLOCK_T=block_t, KV_FP8=kv_fp8, FP8_NATIVE=native, DOT_FP16=dot_fp16, DV_SPLIT=dv_split,
+        HAS_LEN=lens is not None, **cfg)
     if splits > 1:
         _combine_kernel[(T, H)](o_buf, l_buf, out, lse, H, splits,
                                 BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=128, num_warps=4)
@@ -404,10 +410,21 @@ def _check_q(q: torch.Tensor) -> torch.Tensor:
     return q
 
 
+def _lens(topk_length, n: int):
+    if topk_length is None:
+        return None
+    require_device("topk_length", topk_length)
+    if topk_length.dtype != torch.int32 or topk_length.numel() != n:
+        raise ValueError(f"topk_length must be int32 with {n} entries, got {topk_length.dtype} "
+                         f"{list(topk_length.shape)}")
+    return topk_length.reshape(n).contiguous()
+
+
 def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Tensor, sm_scale: float,
-                      d_v: int = KV_LORA):
+                      d_v: int = KV_LORA, topk_length=None):
     """q [b, s_q, h, 576], kv_cache paged (bf16 [P, 64, 576] or fp8_ds_mla uint8 [P, 64, 656]),
-    indices [b, s_q, topk] int32 slots (-1 skipped) -> out [b, s_q, h, 512] q.dtype, lse [b, s_q, h] fp32."""
+    indices [b, s_q, topk] int32 slots (-1 skipped), topk_length [b, s_q] int32 or None (entries read per row)
+    -> out [b, s_q, h, 512] q.dtype, lse [b, s_q, h] fp32."""
     for name, t in (("q", q), ("kv_cache", kv_cache), ("indices", indices)):
         require_device(name, t)
     if d_v != KV_LORA:
@@ -425,20 +442,22 @@ def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Te
     if idx2.stride(-1) != 1:
         idx2 = idx2.contiguous()
     n_rows = kv_cache.shape[0] * kv_cache.shape[1]
+    lens = _lens(topk_length, b * s_q)
     if kv_cache.dtype == torch.uint8:
         native = native_fp8(kv_cache.device)
         views = _fp8_views(kv_cache)
-        out, lse = _sparse_mla(q3, views, True, native, FP8_ROW, n_rows, idx2, sm_scale, torch.bfloat16)
+        out, lse = _sparse_mla(q3, views, True, native, FP8_ROW, n_rows, idx2, sm_scale, torch.bfloat16, lens)
     else:
         rows = kv_cache.view(-1, HEAD_576)
         out, lse = _sparse_mla(q3, (rows, rows, rows), False, False, HEAD_576, n_rows, idx2, sm_scale,
-                               kv_cache.dtype)
+                               kv_cache.dtype, lens)
     return out.reshape(b, s_q, h, KV_LORA), lse.reshape(b, s_q, h)
 
 
 def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, sm_scale: float,
-                       d_v: int = KV_LORA):
-    """q [s_q, h, 576], kv [s_kv, 1, 576], indices [s_q, 1, topk] int32 rows of kv (-1 skipped)
+                       d_v: int = KV_LORA, topk_length=None):
+    """q [s_q, h, 576], kv [s_kv, 1, 576], indices [s_q, 1, topk] int32 rows of kv (-1 skipped), topk_length
+    [s_q] int32 or None
     -> out [s_q, h, 512] q.dtype, lse [s_q, h] fp32."""
     for name, t in (("q", q), ("kv", kv), ("indices", indices)):
         require_device(name, t)
@@ -461,7 +480,7 @@ def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor,
     if idx2.stride(-1) != 1:
         idx2 = idx2.contiguous()
     return _sparse_mla(q3, (rows, rows, rows), False, False, rows.stride(0), rows.shape[0], idx2, sm_scale,
-                       kv.dtype)
+                       kv.dtype, _lens(topk_length, s_q))
 
 
 def flops_sparse_mla(b: int, s_q: int, h: int, topk: int) -> float:

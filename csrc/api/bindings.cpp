@@ -54,6 +54,14 @@ int32_t* err_ptr(const std::optional<at::Tensor>& err) {
   return err->data_ptr<int32_t>();
 }
 
+// Optional per-row lengths (sparse MLA topk_length): int32 [rows] on the op's device, or none (all entries).
+const int32_t* lengths_ptr(const std::optional<at::Tensor>& lens, int64_t rows) {
+  if (!lens.has_value()) return nullptr;
+  check_i32(*lens, "topk_length");
+  TORCH_CHECK(lens->numel() == rows, "topk_length must hold one int32 per query row (", rows, "), got ", lens->numel());
+  return lens->data_ptr<int32_t>();
+}
+
 // The sm_90a kernels run on compute capability 9.x when built; env DSV32_CUDA_<WHAT>=sm80 forces mma.sync.
 bool use_sm90(bool built, const char* env) {
   const char* force = std::getenv(env);
@@ -128,6 +136,7 @@ at::Tensor indexer_topk(const at::Tensor& logits, int64_t topk, const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor> sparse_mla_decode(const at::Tensor& q, const at::Tensor& kv_cache,
                                                      const at::Tensor& indices, double sm_scale,
+                                                     const std::optional<at::Tensor>& topk_length,
                                                      const std::optional<at::Tensor>& err) {
   check_cuda(q, "q");
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && q.dim() == 4 && q.size(3) == 576, "q must be [b, s_q, h, 576] bf16");
@@ -137,13 +146,14 @@ std::tuple<at::Tensor, at::Tensor> sparse_mla_decode(const at::Tensor& q, const 
               "kv_cache must be [pages, 64, 656] uint8 (fp8_ds_mla) or [pages, 64, 576] bf16");
   check_i32(indices, "indices");
   const int64_t b = q.size(0), s_q = q.size(1), h = q.size(2), topk = indices.size(2);
+  const int32_t* lens = lengths_ptr(topk_length, b * s_q);
   const at::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({b, s_q, h, 512}, q.options());
   auto lse = at::empty({b, s_q, h}, q.options().dtype(at::kFloat));
   auto launch = use_sm90(sparse_mla_decode_sm90_built(), "DSV32_CUDA_MLA") ? launch_sparse_mla_decode_sm90
                                                                         : launch_sparse_mla_decode;
   const int64_t n_slots = kv_cache.numel() / kv_cache.size(-1);
-  DSV32_CHECK_LAUNCH(launch(q.data_ptr(), kv_cache.data_ptr(), fp8, indices.data_ptr<int32_t>(),
+  DSV32_CHECK_LAUNCH(launch(q.data_ptr(), kv_cache.data_ptr(), fp8, indices.data_ptr<int32_t>(), lens,
                                               out.data_ptr(), lse.data_ptr<float>(), int(b * s_q), int(h), int(topk),
                                               float(sm_scale), n_slots, err_ptr(err), at::cuda::getCurrentCUDAStream()),
                      "sparse_mla_decode");
@@ -151,7 +161,8 @@ std::tuple<at::Tensor, at::Tensor> sparse_mla_decode(const at::Tensor& q, const 
 }
 
 std::tuple<at::Tensor, at::Tensor> sparse_mla_prefill(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& indices,
-                                                      double sm_scale, const std::optional<at::Tensor>& err) {
+                                                      double sm_scale, const std::optional<at::Tensor>& topk_length,
+                                                      const std::optional<at::Tensor>& err) {
   check_cuda(q, "q");
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && q.dim() == 3 && q.size(2) == 576, "q must be [s_q, h, 576] bf16");
   check_cuda(kv, "kv");
@@ -161,10 +172,11 @@ std::tuple<at::Tensor, at::Tensor> sparse_mla_prefill(const at::Tensor& q, const
   TORCH_CHECK(indices.dim() == 3 && indices.size(0) == q.size(0) && indices.size(1) == 1,
               "indices must be [s_q, 1, topk] int32");
   const int64_t s_q = q.size(0), h = q.size(1), topk = indices.size(2);
+  const int32_t* lens = lengths_ptr(topk_length, s_q);
   const at::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({s_q, h, 512}, q.options());
   auto lse = at::empty({s_q, h}, q.options().dtype(at::kFloat));
-  DSV32_CHECK_LAUNCH(launch_sparse_mla_prefill(q.data_ptr(), kv.data_ptr(), indices.data_ptr<int32_t>(), out.data_ptr(),
+  DSV32_CHECK_LAUNCH(launch_sparse_mla_prefill(q.data_ptr(), kv.data_ptr(), indices.data_ptr<int32_t>(), lens, out.data_ptr(),
                                                lse.data_ptr<float>(), int(s_q), int(h), int(topk), float(sm_scale),
                                                kv.size(0), err_ptr(err), at::cuda::getCurrentCUDAStream()),
                      "sparse_mla_prefill");
@@ -383,8 +395,8 @@ TORCH_LIBRARY(dsv32, m) {
         "Tensor block_table, int max_context_len, Tensor(b!)? err=None) -> Tensor");
   m.def("fp8_indexer_logits(Tensor q_fp8, Tensor k_fp8, Tensor k_scale, Tensor weights, Tensor ks, Tensor ke) -> Tensor");
   m.def("indexer_topk(Tensor logits, int topk, Tensor ks, Tensor ke) -> Tensor");
-  m.def("sparse_mla_decode(Tensor q, Tensor kv_cache, Tensor indices, float sm_scale, Tensor(b!)? err=None) -> (Tensor, Tensor)");
-  m.def("sparse_mla_prefill(Tensor q, Tensor kv, Tensor indices, float sm_scale, Tensor(b!)? err=None) -> (Tensor, Tensor)");
+  m.def("sparse_mla_decode(Tensor q, Tensor kv_cache, Tensor indices, float sm_scale, Tensor? topk_length=None, Tensor(b!)? err=None) -> (Tensor, Tensor)");
+  m.def("sparse_mla_prefill(Tensor q, Tensor kv, Tensor indices, float sm_scale, Tensor? topk_length=None, Tensor(b!)? err=None) -> (Tensor, Tensor)");
   m.def("fp8_grouped_gemm_nt_contiguous(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor m_indices, "
         "ScalarType out_dtype) -> Tensor");
   m.def("fp8_grouped_gemm_nt_masked(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor masked_m, "

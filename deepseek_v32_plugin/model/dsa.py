@@ -8,6 +8,14 @@
   select(...)  per layer: write the new index keys, score, top-k, map positions to latent-cache slots;
   attend(...)  per layer: write the new latent rows, sparse MLA over the selected slots.
 
+Attending over what is really there: a row at position p selects min(p + 1, index_topk) keys (all of its
+context when that fits in top-k, else exactly index_topk), so the plan carries that count per row
+(`topk_length`, on the device) and sparse MLA reads only those entries (ops.sparse_mla: topk_length). The
+slot tensors are `width` = min(index_topk, longest context in the batch) wide (a host int from host
+metadata): a batch of short contexts never builds, gathers or scores index_topk-wide rows. An engine that
+replays captured CUDA graphs needs fixed shapes: plan(full_width=True) keeps width = index_topk, and the
+kernels still stop at each row's topk_length (no host sync either way).
+
 Engine adapters only translate their own batch metadata into plan()'s arguments and call select/attend
 with their caches (vLLM: engines/vllm/backend.py + model.py; the vLLM-free GPU replay of captured plans:
 integration_tests/vllm/replay_metadata.py). The reference model (model/reference.py) does not call this:
@@ -59,6 +67,8 @@ class DSAPlan:
     ragged: Optional[RaggedBatch] = None             # the prefill rows that are scored, batched
     dense_rows: Optional[torch.Tensor] = None        # [Td] int64: prefill rows whose context fits in index_topk
     ragged_spans: list = field(default_factory=list)  # [(tok_lo, tok_hi, seq_len)] of every prefill request
+    width: int = 0                    # columns of select()'s slots: min(topk, max seq_len), or topk (full_width)
+    topk_length: Optional[torch.Tensor] = None       # [T] int32 keys each row selects: min(position + 1, topk)
 
     def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "DSAPlan":
         """The same plan with fn applied to every tensor (e.g. moved to another device)."""
@@ -68,18 +78,20 @@ class DSAPlan:
         return dataclasses.replace(
             self, seq_lens=fn(self.seq_lens), block_table=fn(self.block_table), slot_mapping=fn(self.slot_mapping),
             positions=fn(self.positions), row_block_table=fn(self.row_block_table), ragged=ragged,
-            dense_rows=None if self.dense_rows is None else fn(self.dense_rows))
+            dense_rows=None if self.dense_rows is None else fn(self.dense_rows),
+            topk_length=None if self.topk_length is None else fn(self.topk_length))
 
 
 def plan(query_start_loc: Sequence[int], seq_lens: Sequence[int], block_table: torch.Tensor,
          slot_mapping: torch.Tensor, topk: int, decode_threshold: int,
-         positions: Optional[torch.Tensor] = None) -> DSAPlan:
+         positions: Optional[torch.Tensor] = None, full_width: bool = False) -> DSAPlan:
     """Host-side plan of one batch. query_start_loc [R+1] and seq_lens [R] (context incl. this step) are host
     ints; block_table [>=R, P] int32 and slot_mapping [>=T] are on the device. Rows of request r are its last
     query tokens: position = seq_len - query_len + i (prefill, chunks, prefix hits, decode, MTP verify).
     Consecutive requests with the same query length q in (0, decode_threshold] form one paged group.
     positions [T]: rows that are not their requests' last tokens (an engine mode that says so); each row
-    still sees keys 0..position of its request; pass decode_threshold=0 (the paged kernel assumes last tokens)."""
+    still sees keys 0..position of its request; pass decode_threshold=0 (the paged kernel assumes last tokens).
+    full_width: slots stay index_topk wide (fixed shapes for CUDA-graph replay; see the module docstring)."""
     qsl = [int(v) for v in query_start_loc]
     seq = [int(v) for v in seq_lens]
     r = len(seq)
@@ -124,28 +136,33 @@ def plan(query_start_loc: Sequence[int], seq_lens: Sequence[int], block_table: t
         ragged = RaggedBatch(to_dev(torch.cat(rows)), kv_slots, to_dev(torch.cat(ks).int()),
                              to_dev(torch.cat(ke).int()))
     dense_rows = to_dev(torch.cat([torch.arange(lo, hi) for lo, hi in dense])) if dense else None
+    width = topk if full_width else min(topk, max(seq, default=0))
+    topk_length = to_dev((pos + 1).clamp(max=topk).to(torch.int32))
     return DSAPlan(num_tokens=t, seq_lens=to_dev(torch.tensor(seq, dtype=torch.int32)), block_table=block_table,
                    slot_mapping=slot_mapping[:t], positions=to_dev(pos), row_block_table=block_table[to_dev(req_of)],
-                   paged=paged, ragged=ragged, dense_rows=dense_rows, ragged_spans=spans)
+                   paged=paged, ragged=ragged, dense_rows=dense_rows, ragged_spans=spans, width=width,
+                   topk_length=topk_length)
 
 
 def select(p: DSAPlan, k: torch.Tensor, q_fp8: torch.Tensor, weights: torch.Tensor, index_cache: torch.Tensor,
            topk: int, write: bool = True) -> torch.Tensor:
     """Lightning indexer over the paged key cache: write the new keys, score, top-k, map to cache slots.
     k [T, 128] (normed, roped), q_fp8 [T, H, 128] e4m3, weights [T, H] fp32 (q scale folded in),
-    index_cache [pages, 64, 132] uint8 -> slots [T, topk] int32 in the latent cache (-1 = none).
+    index_cache [pages, 64, 132] uint8 -> slots [T, p.width] int32 in the latent cache (-1 = none; row r's
+    first p.topk_length[r] entries are its selection, ascending positions).
     write=False: the new keys are already in the cache (an engine that saved them itself)."""
     t = p.num_tokens
     if write:
         indexer.indexer_k_quant_and_cache(k, index_cache, p.slot_mapping)
-    pos_idx = torch.full((t, topk), -1, dtype=torch.int32, device=k.device)
+    width = p.width
+    pos_idx = torch.full((t, width), -1, dtype=torch.int32, device=k.device)
     if p.dense_rows is not None:   # every past token is selected: top-k is the identity
-        pos_idx[p.dense_rows] = all_positions(p.positions[p.dense_rows], topk)
+        pos_idx[p.dense_rows] = all_positions(p.positions[p.dense_rows], width)
     ke = (p.positions + 1).to(torch.int32)
     for g in p.paged:
         rows = slice(g.tok_lo, g.tok_hi)
         if g.max_context <= topk:   # every past token is selected
-            pos_idx[rows] = all_positions(p.positions[rows], topk)
+            pos_idx[rows] = all_positions(p.positions[rows], width)
             continue
         b = g.req_hi - g.req_lo
         logits = indexer.fp8_paged_indexer_logits(
@@ -170,9 +187,11 @@ def all_positions(positions: torch.Tensor, topk: int) -> torch.Tensor:
 def attend(p: DSAPlan, q576: torch.Tensor, kv_c: torch.Tensor, k_pe: torch.Tensor, latent_cache: torch.Tensor,
            slots: torch.Tensor, scale: float, kv_lora_rank: int, write: bool = True) -> torch.Tensor:
     """Write each new row's latent (kv_c [T, 512] | k_pe [T, 64]; unless write=False), then sparse MLA of
-    q576 [T, h, 576] (absorbed nope | roped pe) over slots [T, topk] -> [T, h, kv_lora_rank]."""
+    q576 [T, h, 576] (absorbed nope | roped pe) over slots [T, width], each row over its first topk_length
+    entries -> [T, h, kv_lora_rank]."""
     if write:
         sparse_mla.mla_cache_write(kv_c, k_pe, latent_cache, p.slot_mapping)
+    lens = None if p.topk_length is None else p.topk_length[None]
     out, _ = sparse_mla.sparse_mla_decode(q576[None].contiguous(), latent_cache, slots[None].contiguous(), scale,
-                                          kv_lora_rank)
+                                          kv_lora_rank, lens)
     return out[0]

@@ -237,11 +237,11 @@ def _register_fakes() -> None:
         return logits.new_empty((logits.shape[0], topk), dtype=torch.int32)
 
     @fake("sparse_mla_decode")
-    def _(q, kv_cache, indices, sm_scale, err=None):
+    def _(q, kv_cache, indices, sm_scale, topk_length=None, err=None):
         return (q.new_empty((*q.shape[:3], 512)), q.new_empty(q.shape[:3], dtype=torch.float32))
 
     @fake("sparse_mla_prefill")
-    def _(q, kv, indices, sm_scale, err=None):
+    def _(q, kv, indices, sm_scale, topk_length=None, err=None):
         return (q.new_empty((*q.shape[:2], 512)), q.new_empty(q.shape[:2], dtype=torch.float32))
 
     @fake("fp8_grouped_gemm_nt_contiguous")
@@ -354,16 +354,20 @@ def _latent_cache_supported(kv_cache) -> None:
                           f"not {kv_cache.dtype}")
 
 
-def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512):
+def _lens(topk_length):
+    return None if topk_length is None else _i32(topk_length.reshape(-1))
+
+
+def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512, topk_length=None):
     _latent_cache_supported(kv_cache)
     err = _err_flag(q.device)
     out, lse = torch.ops.dsv32.sparse_mla_decode(q.to(torch.bfloat16).contiguous(), kv_cache,
-                                                 _i32(indices), float(sm_scale), err)
+                                                 _i32(indices), float(sm_scale), _lens(topk_length), err)
     raise_bounds("sparse_mla_decode", err)
     return out.to(q.dtype), lse
 
 
-def sparse_mla_prefill(q, kv, indices, sm_scale, d_v=512):
+def sparse_mla_prefill(q, kv, indices, sm_scale, d_v=512, topk_length=None):
     """q [s_q, h, 576] (read as bf16), kv [s_kv, 1, 576] bf16, indices [s_q, 1, topk] int rows of kv (-1 none)
     -> (out [s_q, h, 512] q.dtype, lse [s_q, h] fp32). Reaches the auto dispatch only once verified on a GPU
     (_dispatch.CUDA_OPT_IN); backend="cuda" / DSV32_BACKEND_SPARSE_MLA_PREFILL=cuda select it."""
@@ -379,7 +383,7 @@ def sparse_mla_prefill(q, kv, indices, sm_scale, d_v=512):
         raise Unsupported(f"the CUDA sparse MLA prefill computes d_v = 512, not {d_v}")
     err = _err_flag(q.device)
     out, lse = torch.ops.dsv32.sparse_mla_prefill(q.to(torch.bfloat16).contiguous(), kv.contiguous(),
-                                                  _i32(indices), float(sm_scale), err)
+                                                  _i32(indices), float(sm_scale), _lens(topk_length), err)
     raise_bounds("sparse_mla_prefill", err)
     return out.to(q.dtype), lse
 

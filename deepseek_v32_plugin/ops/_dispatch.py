@@ -2,7 +2,8 @@
 
 Each op family's `__init__.py` validates its inputs, then calls `resolve(op, device)` to get the
 implementation. Implementations share the exact signature of the `naive_*` reference:
-  - torch:  deepseek_v32_plugin.ops.<family>.naive.naive_<op>
+  - torch:  deepseek_v32_plugin.ops.<family>.blocked.<op> where the family has one (the reference's math in
+            bounded blocks: what the engines run on CPU), else deepseek_v32_plugin.ops.<family>.naive.naive_<op>
   - triton: deepseek_v32_plugin.triton_kernels.<family>.<op>
   - cuda:   deepseek_v32_plugin.ops._cuda.<op>   (JIT-built torch extension from csrc/)
 
@@ -17,6 +18,7 @@ when a backend cannot load (not built, wrong GPU), and per call when a kernel la
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import warnings
 from typing import Callable, Optional
@@ -52,6 +54,10 @@ def register_ops(family: str, ops: list[str]) -> None:
 def _load(op: str, backend: str) -> Callable:
     family = _FAMILY_OF[op]
     if backend == "torch":
+        name = f"deepseek_v32_plugin.ops.{family}.blocked"
+        fn = getattr(importlib.import_module(name), op, None) if importlib.util.find_spec(name) else None
+        if fn is not None:
+            return fn
         mod = importlib.import_module(f"deepseek_v32_plugin.ops.{family}.naive")
         return getattr(mod, f"naive_{op}")
     modname = (f"deepseek_v32_plugin.triton_kernels.{family}" if backend == "triton"

@@ -41,10 +41,10 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
                "kv_ptr": "*u8" if fp8 else "*bf16", "kv_scale_ptr": "*fp32" if fp8 else "*bf16",
                "kv_rope_ptr": "*bf16", "stride_kv_row": "i32", "n_rows": "i32",
                "idx_ptr": "*i32", "stride_idx_t": "i32", "topk": "i32", "split_len": "i32",
-               "o_ptr": "*bf16", "stride_o_t": "i32", "stride_o_s": "i32", "stride_o_h": "i32",
+               "len_ptr": "*i32", "o_ptr": "*bf16", "stride_o_t": "i32", "stride_o_s": "i32", "stride_o_h": "i32",
                "lse_ptr": "*fp32", "stride_l_t": "i32", "stride_l_s": "i32", "H": "i32", "qk_scale_log2": "fp32"}
         out.append((dict(module=MOD_A, kernel="_sparse_mla_attn_kernel", signature=sig,
-                         constexprs=dict(c, KV_FP8=fp8, FP8_NATIVE=fp8 and native, DOT_FP16=False),
+                         constexprs=dict(c, KV_FP8=fp8, FP8_NATIVE=fp8 and native, DOT_FP16=False, HAS_LEN=True),
                          aligned=["stride_q_t", "stride_q_h", "stride_kv_row", "stride_idx_t", "stride_o_t",
                                   "stride_o_s", "stride_o_h"],
                          num_warps=nw, num_stages=ns,

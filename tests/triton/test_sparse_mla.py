@@ -176,6 +176,39 @@ def test_decode_split_topk_combine(triton_device, seed, fp8, monkeypatch, attn_a
     _check(out, lse, ref_out, ref_lse)
 
 
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_decode_topk_length(triton_device, seed, fp8, monkeypatch):
+    """Per-row lengths below / at / above a page and a block, 0, = topk and > topk; the entries past each
+    row's length are garbage slots the kernel must never read (a -1 inside the length is still skipped).
+    Three splits of 64: rows ending inside, at and before a split (splits past the length exit at once)."""
+    monkeypatch.setattr(tk, "plan_splits", lambda *a: 3)
+    dev = triton_device
+    pages, topk = 4, 192
+    cache = _cache(fp8, pages, dev)
+    lens = torch.tensor([[0, 1, 63, 64], [65, 130, 192, 500]], dtype=torch.int32, device=dev)
+    q = torch.randn(2, 4, 16, 576, device=dev).bfloat16()
+    idx = torch.randint(0, pages * PAGE, (2, 4, topk), dtype=torch.int32, device=dev)
+    idx[1, 1, 10] = -1
+    out, lse = ops.sparse_mla_decode(q, cache, idx, SCALE, topk_length=lens, backend="triton")
+    masked = torch.where(torch.arange(topk, device=dev)[None, None, :] < lens[..., None], idx, -1)
+    ref_out, ref_lse = naive.naive_sparse_mla_decode(q, cache, masked, SCALE)
+    _check(out, lse, ref_out, ref_lse)
+    assert (out[0, 0] == 0).all() and (lse[0, 0] == float("-inf")).all()
+
+
+def test_prefill_topk_length(triton_device, seed):
+    dev = triton_device
+    s_kv, topk = 100, 96
+    q = torch.randn(5, 16, 576, device=dev).bfloat16()
+    kv = torch.randn(s_kv, 1, 576, device=dev).bfloat16()
+    idx = torch.randint(0, s_kv, (5, 1, topk), dtype=torch.int32, device=dev)
+    lens = torch.tensor([0, 1, 64, 95, 96], dtype=torch.int32, device=dev)
+    out, lse = ops.sparse_mla_prefill(q, kv, idx, SCALE, topk_length=lens, backend="triton")
+    masked = torch.where(torch.arange(topk, device=dev)[None, None, :] < lens[:, None, None], idx, -1)
+    ref_out, ref_lse = naive.naive_sparse_mla_prefill(q, kv, masked, SCALE)
+    _check(out, lse, ref_out, ref_lse)
+
+
 def test_plan_splits():
     dev = torch.device("cpu")
     assert tk.plan_splits(256, 2, 2048, 64, dev) == 1            # b=128, s_q=2, h=128: enough programs

@@ -83,7 +83,7 @@ __device__ __forceinline__ void gather_chunk(DecodeSmem& sm, const uint8_t* __re
 template <bool kFp8>
 __global__ void __launch_bounds__(kThreads) sparse_mla_decode_kernel(
     const __nv_bfloat16* __restrict__ q, const uint8_t* __restrict__ cache, const int32_t* __restrict__ indices,
-    __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int heads, int topk, float scale_log2,
+    const int32_t* __restrict__ topk_length, __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int heads, int topk, float scale_log2,
     int64_t n_slots, int32_t* err) {
   extern __shared__ __align__(16) uint8_t smem_raw[];
   DecodeSmem& sm = *reinterpret_cast<DecodeSmem*>(smem_raw);
@@ -110,9 +110,11 @@ __global__ void __launch_bounds__(kThreads) sparse_mla_decode_kernel(
   float m_run = -INFINITY, l_run = 0.f;
 
   const int32_t* idx_row = indices + int64_t(row) * topk;
-  for (int k0 = 0; k0 < topk; k0 += kKeysPerChunk) {
+  // entries past the row's length are never read (ops.sparse_mla topk_length; nullptr: all topk)
+  const int n_keys = topk_length ? min(max(topk_length[row], 0), topk) : topk;
+  for (int k0 = 0; k0 < n_keys; k0 += kKeysPerChunk) {
     if (tid < kKeysPerChunk) {
-      int32_t slot = (k0 + tid < topk) ? idx_row[k0 + tid] : -1;
+      int32_t slot = (k0 + tid < n_keys) ? idx_row[k0 + tid] : -1;
       if (slot >= n_slots) {  // a slot past the cache: masked like -1 (never an illegal address)
         if (blockIdx.x % n_hblocks == 0) report_oob(err, kOobIndices, slot);
         slot = -1;
@@ -228,7 +230,7 @@ __global__ void __launch_bounds__(kThreads) sparse_mla_decode_kernel(
 }  // namespace sm80
 
 cudaError_t launch_sparse_mla_decode(const void* q, const void* kv_cache, bool fp8_cache, const int32_t* indices,
-                                     void* out, float* lse, int rows, int heads, int topk, float sm_scale,
+                                     const int32_t* topk_length, void* out, float* lse, int rows, int heads, int topk, float sm_scale,
                                      int64_t n_slots, int32_t* err, cudaStream_t stream) {
   if (rows == 0 || heads == 0) return cudaSuccess;
   const int smem = sizeof(sm80::DecodeSmem);
@@ -242,7 +244,7 @@ cudaError_t launch_sparse_mla_decode(const void* q, const void* kv_cache, bool f
   auto kernel = fp8_cache ? sm80::sparse_mla_decode_kernel<true> : sm80::sparse_mla_decode_kernel<false>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
-  kernel<<<grid, sm80::kThreads, smem, stream>>>(qp, cp, indices, op, lse, heads, topk, scale_log2, n_slots,
+  kernel<<<grid, sm80::kThreads, smem, stream>>>(qp, cp, indices, topk_length, op, lse, heads, topk, scale_log2, n_slots,
                                                   err);
   return cudaGetLastError();
 }

@@ -41,7 +41,7 @@ static_assert(sizeof(PrefillSmem<1>) == 59776 && sizeof(PrefillSmem<2>) == 82048
 template <int G>
 __global__ void __launch_bounds__(128 * G, 1) sparse_mla_prefill_kernel(
     const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kv, const int32_t* __restrict__ indices,
-    __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int heads, int topk, float scale_log2, int64_t s_kv,
+    const int32_t* __restrict__ topk_length, __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int heads, int topk, float scale_log2, int64_t s_kv,
     int32_t* err) {
   constexpr int kHeads = 16 * G, kThr = 128 * G;
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -68,10 +68,12 @@ __global__ void __launch_bounds__(128 * G, 1) sparse_mla_prefill_kernel(
   float m_run = -INFINITY, l_run = 0.f;
 
   const int32_t* idx_row = indices + int64_t(row) * topk;
-  for (int k0 = 0; k0 < topk; k0 += kPfKeys) {
+  // entries past the row's length are never read (ops.sparse_mla topk_length; nullptr: all topk)
+  const int n_keys = topk_length ? min(max(topk_length[row], 0), topk) : topk;
+  for (int k0 = 0; k0 < n_keys; k0 += kPfKeys) {
     int32_t slot = -1;
     if (tid < kPfKeys) {
-      slot = (k0 + tid < topk) ? idx_row[k0 + tid] : -1;
+      slot = (k0 + tid < n_keys) ? idx_row[k0 + tid] : -1;
       if (slot >= s_kv) {  // a row past kv: masked like -1 (never an illegal address)
         if (blockIdx.x % n_hblocks == 0) report_oob(err, kOobIndices, slot);
         slot = -1;
@@ -192,7 +194,7 @@ __global__ void __launch_bounds__(128 * G, 1) sparse_mla_prefill_kernel(
 }
 
 template <int G>
-cudaError_t launch_prefill(const void* q, const void* kv, const int32_t* indices, void* out, float* lse, int rows,
+cudaError_t launch_prefill(const void* q, const void* kv, const int32_t* indices, const int32_t* topk_length, void* out, float* lse, int rows,
                            int heads, int topk, float sm_scale, int64_t s_kv, int32_t* err, cudaStream_t stream) {
   const int smem = sizeof(PrefillSmem<G>);
   const int64_t ctas = int64_t((heads + 16 * G - 1) / (16 * G)) * rows;
@@ -200,7 +202,7 @@ cudaError_t launch_prefill(const void* q, const void* kv, const int32_t* indices
   cudaError_t e = cudaFuncSetAttribute(sparse_mla_prefill_kernel<G>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
   sparse_mla_prefill_kernel<G><<<dim3(unsigned(ctas)), 128 * G, smem, stream>>>(
-      static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(kv), indices,
+      static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(kv), indices, topk_length,
       static_cast<__nv_bfloat16*>(out), lse, heads, topk, sm_scale * 1.4426950408889634f, s_kv, err);
   return cudaGetLastError();
 }
@@ -214,7 +216,8 @@ int sparse_mla_prefill_heads_per_cta(int heads, int smem_optin) {
   return 64;
 }
 
-cudaError_t launch_sparse_mla_prefill(const void* q, const void* kv, const int32_t* indices, void* out, float* lse,
+cudaError_t launch_sparse_mla_prefill(const void* q, const void* kv, const int32_t* indices, const int32_t* topk_length,
+                                      void* out, float* lse,
                                       int rows, int heads, int topk, float sm_scale, int64_t s_kv, int32_t* err,
                                       cudaStream_t stream) {
   if (rows == 0 || heads == 0) return cudaSuccess;
@@ -223,9 +226,9 @@ cudaError_t launch_sparse_mla_prefill(const void* q, const void* kv, const int32
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   if (e != cudaSuccess) return e;
   switch (sparse_mla_prefill_heads_per_cta(heads, optin)) {
-    case 16: return sm80::launch_prefill<1>(q, kv, indices, out, lse, rows, heads, topk, sm_scale, s_kv, err, stream);
-    case 32: return sm80::launch_prefill<2>(q, kv, indices, out, lse, rows, heads, topk, sm_scale, s_kv, err, stream);
-    default: return sm80::launch_prefill<4>(q, kv, indices, out, lse, rows, heads, topk, sm_scale, s_kv, err, stream);
+    case 16: return sm80::launch_prefill<1>(q, kv, indices, topk_length, out, lse, rows, heads, topk, sm_scale, s_kv, err, stream);
+    case 32: return sm80::launch_prefill<2>(q, kv, indices, topk_length, out, lse, rows, heads, topk, sm_scale, s_kv, err, stream);
+    default: return sm80::launch_prefill<4>(q, kv, indices, topk_length, out, lse, rows, heads, topk, sm_scale, s_kv, err, stream);
   }
 }
 

@@ -85,7 +85,7 @@ __device__ __forceinline__ void gather(Smem& s, const uint8_t* __restrict__ cach
 template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1) sparse_mla_decode_kernel(
     const bf16* __restrict__ q, const uint8_t* __restrict__ cache, const int32_t* __restrict__ indices,
-    bf16* __restrict__ out, float* __restrict__ lse, int heads, int topk, float scale_log2,
+    const int32_t* __restrict__ topk_length, bf16* __restrict__ out, float* __restrict__ lse, int heads, int topk, float scale_log2,
     int64_t n_slots, int32_t* err) {
 #if defined(DSV32_SM90A_DEVICE)
   Smem& s = smem();
@@ -125,9 +125,11 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_decode_kernel(
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
 
   const int32_t* idx_row = indices + int64_t(row) * topk;
-  for (int k0 = 0; k0 < topk; k0 += kKeys) {
+  // entries past the row's length are never read (ops.sparse_mla topk_length; nullptr: all topk)
+  const int n_keys = topk_length ? min(max(topk_length[row], 0), topk) : topk;
+  for (int k0 = 0; k0 < n_keys; k0 += kKeys) {
     if (tid < kKeys) {
-      int32_t slot = (k0 + tid < topk) ? idx_row[k0 + tid] : -1;
+      int32_t slot = (k0 + tid < n_keys) ? idx_row[k0 + tid] : -1;
       if (slot >= n_slots) {  // a slot past the cache: masked like -1 (never an illegal address)
         if (blockIdx.x % n_hblocks == 0) report_oob(err, kOobIndices, slot);
         slot = -1;
@@ -241,7 +243,7 @@ bool sparse_mla_decode_sm90_built() {
 }
 
 cudaError_t launch_sparse_mla_decode_sm90(const void* q, const void* kv_cache, bool fp8_cache, const int32_t* indices,
-                                          void* out, float* lse, int rows, int heads, int topk, float sm_scale,
+                                          const int32_t* topk_length, void* out, float* lse, int rows, int heads, int topk, float sm_scale,
                                           int64_t n_slots, int32_t* err, cudaStream_t stream) {
   if (!sparse_mla_decode_sm90_built()) return cudaErrorInvalidDeviceFunction;
   if (rows == 0 || heads == 0) return cudaSuccess;
@@ -254,7 +256,7 @@ cudaError_t launch_sparse_mla_decode_sm90(const void* q, const void* kv_cache, b
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
   kernel<<<grid, sm90::mla_decode::kThreads, smem, stream>>>(static_cast<const sm90::mla_decode::bf16*>(q), static_cast<const uint8_t*>(kv_cache),
-                                                 indices, static_cast<sm90::mla_decode::bf16*>(out), lse, heads, topk, scale_log2,
+                                                 indices, topk_length, static_cast<sm90::mla_decode::bf16*>(out), lse, heads, topk, scale_log2,
                                                  n_slots, err);
   return cudaGetLastError();
 }

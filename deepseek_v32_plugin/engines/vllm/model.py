@@ -110,7 +110,7 @@ class Indexer(nn.Module):
                                   SparseCacheRole.INDEXER)
 
     def forward(self, x, qr, positions, rope: YarnRope, md: dsa.DSAPlan) -> torch.Tensor:
-        """-> top-k latent-cache slots [T, index_topk] int32 (-1 = none)."""
+        """-> top-k latent-cache slots [T, md.width] int32 (-1 = none; dsa.select)."""
         cfg, n = self.cfg, x.shape[0]
         q = self.wq_b(qr)[0].view(n, cfg.index_n_heads, cfg.index_head_dim)
         q, k = indexer_rope_qk(q, self.k_norm(self.wk(x)[0]), positions, rope, cfg)

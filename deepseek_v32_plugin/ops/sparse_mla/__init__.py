@@ -8,15 +8,22 @@ Latent cache, 64-token pages, one 576-wide row per token (512 compressed kv afte
                  bytes 528..655  64 x bf16 rope key (not quantized)
 Slot = page * 64 + offset. Slots < 0 in a slot_mapping are skipped.
 
-sparse_mla_decode(q [b, s_q, h, 576] bf16, kv_cache, indices [b, s_q, topk] int32 slots, sm_scale, d_v=512)
-  -> out [b, s_q, h, 512] bf16, lse [b, s_q, h] fp32
-sparse_mla_prefill(q [s_q, h, 576] bf16, kv [s_kv, 1, 576] bf16, indices [s_q, 1, topk] int32 rows of kv, ...)
-  -> out [s_q, h, 512] bf16, lse [s_q, h] fp32
+sparse_mla_decode(q [b, s_q, h, 576] bf16, kv_cache, indices [b, s_q, topk] int32 slots, sm_scale, d_v=512,
+                  topk_length=None | [b, s_q] int32)  -> out [b, s_q, h, 512] bf16, lse [b, s_q, h] fp32
+sparse_mla_prefill(q [s_q, h, 576] bf16, kv [s_kv, 1, 576] bf16, indices [s_q, 1, topk] int32 rows of kv, ...,
+                   topk_length=None | [s_q] int32)  -> out [s_q, h, 512] bf16, lse [s_q, h] fp32
 Semantics, per query row and head: scores_k = sm_scale * q . kv[idx_k] over valid idx_k (>= 0);
   out = softmax(scores) @ kv[idx, :512]; lse = natural-log logsumexp(scores).
   Index -1 means "no key" (skipped); a row with no valid index gives out = 0 and lse = -inf.
   Causality is the caller's job: the indexer's top-k only ever selects positions <= the query's.
-References: naive.py (naive_<op>).
+topk_length (the one dense/sparse mechanism, decided per row on the device): row r uses only its first
+  topk_length[r] entries; entries at k >= topk_length[r] are never read (they may hold anything, e.g. -1
+  padding or stale slots) and count as -1. The DSA step passes min(position + 1, index_topk): a row whose
+  context fits in top-k attends over its real context (its entries are positions 0..p, ascending), so every
+  backend's loop stops there and no kernel touches a -1 tail; nothing is synced to the host, so decode stays
+  capturable in CUDA graphs with [T, topk]-wide index buffers. None = every entry is read (-1 still skipped).
+  Values < 0 act as 0, values > topk as topk.
+References: naive.py (naive_<op>); the torch backend runs blocked.py (the same math in bounded row blocks).
 """
 from __future__ import annotations
 
@@ -55,7 +62,13 @@ def mla_cache_gather(kv_cache, slots, *, backend=None) -> torch.Tensor:
     return resolve("mla_cache_gather", kv_cache.device, backend)(kv_cache, slots)
 
 
-def sparse_mla_decode(q, kv_cache, indices, sm_scale: float, d_v: int = KV_LORA, *, backend=None):
+def _check_topk_length(topk_length, shape) -> None:
+    if topk_length is not None:
+        check_tensor("topk_length", topk_length, dtype=torch.int32, shape=shape)
+
+
+def sparse_mla_decode(q, kv_cache, indices, sm_scale: float, d_v: int = KV_LORA, topk_length=None, *,
+                      backend=None):
     """See module docstring. Returns (out [b, s_q, h, d_v] q.dtype, lse [b, s_q, h] fp32)."""
     check_tensor("q", q, dtype=_FLOAT, dims=4)
     b, s_q, h, d = q.shape
@@ -67,10 +80,11 @@ def sparse_mla_decode(q, kv_cache, indices, sm_scale: float, d_v: int = KV_LORA,
         raise ValueError(f"indices shape {list(indices.shape)} must start with [b={b}, s_q={s_q}]")
     if d_v != KV_LORA:
         raise ValueError(f"d_v={d_v}: only {KV_LORA} is supported")
-    return resolve("sparse_mla_decode", q.device, backend)(q, kv_cache, indices, float(sm_scale), d_v)
+    _check_topk_length(topk_length, (b, s_q))
+    return resolve("sparse_mla_decode", q.device, backend)(q, kv_cache, indices, float(sm_scale), d_v, topk_length)
 
 
-def sparse_mla_prefill(q, kv, indices, sm_scale: float, d_v: int = KV_LORA, *, backend=None):
+def sparse_mla_prefill(q, kv, indices, sm_scale: float, d_v: int = KV_LORA, topk_length=None, *, backend=None):
     """See module docstring. Returns (out [s_q, h, d_v] q.dtype, lse [s_q, h] fp32)."""
     check_tensor("q", q, dtype=_FLOAT, dims=3)
     s_q, h, d = q.shape
@@ -82,4 +96,5 @@ def sparse_mla_prefill(q, kv, indices, sm_scale: float, d_v: int = KV_LORA, *, b
         raise ValueError(f"indices shape {list(indices.shape)} must be [s_q={s_q}, 1, topk]")
     if d_v != KV_LORA:
         raise ValueError(f"d_v={d_v}: only {KV_LORA} is supported")
-    return resolve("sparse_mla_prefill", q.device, backend)(q, kv, indices, float(sm_scale), d_v)
+    _check_topk_length(topk_length, (s_q,))
+    return resolve("sparse_mla_prefill", q.device, backend)(q, kv, indices, float(sm_scale), d_v, topk_length)

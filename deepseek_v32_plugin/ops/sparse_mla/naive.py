@@ -60,15 +60,25 @@ def _attend(q: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor, sm_scale: fl
     return out, lse
 
 
-def naive_sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=KV_LORA):
-    kv = naive_mla_cache_gather(kv_cache, indices)                          # [b, s_q, topk, 576]
-    out, lse = _attend(q, kv, indices >= 0, sm_scale, d_v)
+def valid_entries(indices: torch.Tensor, topk_length) -> torch.Tensor:
+    """indices [..., topk] -> bool [..., topk]: >= 0 and, with topk_length [...], before the row's length."""
+    valid = indices >= 0
+    if topk_length is not None:
+        ar = torch.arange(indices.shape[-1], device=indices.device)
+        valid &= ar < topk_length[..., None].long()
+    return valid
+
+
+def naive_sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=KV_LORA, topk_length=None):
+    valid = valid_entries(indices, topk_length)
+    kv = naive_mla_cache_gather(kv_cache, torch.where(valid, indices, -1))  # [b, s_q, topk, 576]
+    out, lse = _attend(q, kv, valid, sm_scale, d_v)
     return out.to(q.dtype), lse
 
 
-def naive_sparse_mla_prefill(q, kv, indices, sm_scale, d_v=KV_LORA):
+def naive_sparse_mla_prefill(q, kv, indices, sm_scale, d_v=KV_LORA, topk_length=None):
     idx = indices[:, 0, :].long()                                           # [s_q, topk]
-    valid = idx >= 0
+    valid = valid_entries(idx, topk_length)
     rows = kv.reshape(kv.shape[0], -1).float()[idx.clamp_min(0)] * valid[..., None]
     out, lse = _attend(q, rows, valid, sm_scale, d_v)
     return out.to(q.dtype), lse

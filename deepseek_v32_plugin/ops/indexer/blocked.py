@@ -1,0 +1,89 @@
+"""The torch backend of the indexer's hot ops: the reference's math (naive.py) in bounded blocks.
+
+No full-size dequantized copy of a cache and no [S, H, N] intermediate: keys are converted from e4m3 one
+block at a time, right before their dot products, and each block's working set stays within BLOCK_BYTES.
+The paged logits take every request of the batch at once (no Python loop over requests), one block of
+context positions at a time, reading each key's 132 bytes once per step. Block bounds come from host
+metadata when the inputs are on the CPU (no device sync); elsewhere they span the whole range.
+"""
+from __future__ import annotations
+
+import torch
+
+from .naive import HEAD_DIM, PAGE, naive_indexer_cache_gather
+
+BLOCK_BYTES = 64 << 20   # fp32 working set of one block ([rows, heads, keys] dot products)
+KEY_BLOCK = 1024         # keys per block of the ragged logits
+
+
+def _host_range(lo: torch.Tensor, hi: torch.Tensor, n: int) -> tuple[int, int]:
+    if lo.device.type != "cpu" or lo.numel() == 0:
+        return 0, n
+    return max(0, int(lo.min())), min(n, int(hi.max()))
+
+
+def fp8_indexer_logits(q_fp8, k_fp8, k_scale, weights, ks, ke):
+    s, h, _ = q_fp8.shape
+    n = k_fp8.shape[0]
+    out = torch.full((s, n), float("-inf"), device=q_fp8.device)
+    kb = min(KEY_BLOCK, max(n, 1))
+    rows = max(1, BLOCK_BYTES // (4 * h * kb))
+    cols = torch.arange(n, device=q_fp8.device)
+    for r0 in range(0, s, rows):
+        r1 = min(s, r0 + rows)
+        qf, w = q_fp8[r0:r1].float(), weights[r0:r1].float()
+        lo, hi = _host_range(ks[r0:r1], ke[r0:r1], n)
+        for c0 in range(lo, hi, kb):
+            c1 = min(hi, c0 + kb)
+            dots = torch.einsum("shd,nd->shn", qf, k_fp8[c0:c1].float()).relu_()
+            out[r0:r1, c0:c1] = torch.einsum("shn,sh->sn", dots, w) * k_scale[c0:c1].float()[None, :]
+        valid = (cols[None, :] >= ks[r0:r1, None].long()) & (cols[None, :] < ke[r0:r1, None].long())
+        out[r0:r1].masked_fill_(~valid, float("-inf"))
+    return out
+
+
+def fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table, max_context_len):
+    b, next_n, h, _ = q_fp8.shape
+    dev = q_fp8.device
+    out = torch.full((b, next_n, max_context_len), float("-inf"), device=dev)
+    if b == 0 or max_context_len == 0:
+        return out.view(b * next_n, max_context_len)
+    qf = q_fp8.float()
+    w = weights.float().view(b, next_n, h)
+    # row (i, j) sees positions < context_lens[i] - next_n + j + 1
+    ke = context_lens.long()[:, None] - next_n + 1 + torch.arange(next_n, device=dev)[None, :]   # [b, next_n]
+    per_pos = 4 * b * next_n * h + 4 * b * HEAD_DIM               # dots + converted keys per position
+    cb = max(PAGE, (BLOCK_BYTES // per_pos) // PAGE * PAGE)
+    pages = kv_cache.shape[0]
+    for c0 in range(0, max_context_len, cb):
+        c1 = min(max_context_len, c0 + cb)
+        pos = torch.arange(c0, c1, device=dev)
+        blk = block_table[:, pos // PAGE].long().clamp(0, pages - 1)   # [b, C]; pages past a context: masked
+        k_fp8, k_scale = naive_indexer_cache_gather(kv_cache, (blk * PAGE + pos % PAGE).reshape(-1))
+        kf = k_fp8.float().view(b, c1 - c0, HEAD_DIM)
+        dots = torch.einsum("bjhd,bcd->bjhc", qf, kf).relu_()
+        logits = torch.einsum("bjhc,bjh->bjc", dots, w) * k_scale.view(b, 1, c1 - c0)
+        out[:, :, c0:c1] = logits.masked_fill(pos[None, None, :] >= ke[:, :, None], float("-inf"))
+    return out.view(b * next_n, max_context_len)
+
+
+def indexer_topk(logits, topk, ks, ke):
+    """As naive_indexer_topk (top min(topk, ke-ks) of [ks, ke), relative, descending, -1 padded), with
+    torch.topk over bounded row blocks instead of two full argsorts."""
+    r, n = logits.shape
+    k = min(topk, n)
+    out = torch.full((r, topk), -1, dtype=torch.int32, device=logits.device)
+    rows = max(1, BLOCK_BYTES // (12 * max(n, 1)))
+    cols = torch.arange(n, device=logits.device)
+    for r0 in range(0, r, rows):
+        r1 = min(r, r0 + rows)
+        s, e = ks[r0:r1].long(), ke[r0:r1].long()
+        valid = (cols[None, :] >= s[:, None]) & (cols[None, :] < e[:, None])
+        # outside the window ranks below every inside score, -inf ones included
+        key = torch.where(valid, logits[r0:r1].float(), float("-inf"))
+        key = torch.where(valid & (key == float("-inf")), torch.finfo(torch.float32).min, key)
+        idx = torch.topk(key, k, dim=-1, sorted=True).indices
+        count = (e - s).clamp(min=0, max=topk)
+        keep = torch.arange(k, device=logits.device)[None, :] < count[:, None]
+        out[r0:r1, :k] = torch.where(keep, idx - s[:, None], -1).int()
+    return out

@@ -1,0 +1,133 @@
+"""The torch backend the engines run on CPU (ops/<family>/blocked.py) against the naive references, with
+blocks forced small so every op runs over many blocks, and topk_length semantics (issue 15: attend over
+what is really there). Small shapes; the seed comes from the test id (conftest)."""
+import pytest
+import torch
+
+from deepseek_v32_plugin.model.indexer import ascending
+from deepseek_v32_plugin.ops import indexer, sparse_mla
+from deepseek_v32_plugin.ops.indexer import blocked as ix_blocked
+from deepseek_v32_plugin.ops.indexer import naive as ix_naive
+from deepseek_v32_plugin.ops.sparse_mla import blocked as mla_blocked
+from deepseek_v32_plugin.ops.sparse_mla import naive as mla_naive
+
+I32 = torch.int32
+
+
+@pytest.fixture(params=["one_block", "tiny_blocks"])
+def blocks(request, monkeypatch):
+    if request.param == "tiny_blocks":   # a few rows / keys per block: block edges everywhere
+        monkeypatch.setattr(mla_blocked, "BLOCK_BYTES", 40_000)
+        monkeypatch.setattr(ix_blocked, "BLOCK_BYTES", 60_000)
+        monkeypatch.setattr(ix_blocked, "KEY_BLOCK", 48)
+    return request.param
+
+
+def _mla_cache(fmt, pages):
+    if fmt == "bf16":
+        return torch.randn(pages, 64, 576).bfloat16()
+    cache = torch.zeros(pages, 64, 656, dtype=torch.uint8)
+    mla_naive.naive_mla_cache_write(torch.randn(pages * 64, 512), torch.randn(pages * 64, 64), cache,
+                                    torch.arange(pages * 64))
+    return cache
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8"])
+def test_sparse_mla_decode_topk_length(seed, blocks, fmt):
+    """Rows of length 0, below / at / above a page, = topk and > topk (clamped); the entries past each row's
+    length hold garbage slots (never read) and -1 inside the length is still skipped."""
+    pages, topk, h = 4, 80, 3
+    cache = _mla_cache(fmt, pages)
+    lens = torch.tensor([[0, 1, 63, 64], [65, 80, 200, 17]], dtype=I32)
+    b, s_q = lens.shape
+    idx = torch.randint(0, pages * 64, (b, s_q, topk), dtype=I32)
+    idx[1, 3, 5] = -1
+    q = torch.randn(b, s_q, h, 576).bfloat16()
+    masked = torch.where(torch.arange(topk)[None, None, :] < lens[..., None], idx, -1)
+    want = mla_naive.naive_sparse_mla_decode(q, cache, masked, 0.07)
+    ref = mla_naive.naive_sparse_mla_decode(q, cache, idx, 0.07, topk_length=lens)
+    got = sparse_mla.sparse_mla_decode(q, cache, idx, 0.07, topk_length=lens, backend="torch")
+    for a, w in ((ref, want), (got, want)):   # same math; the reductions may span another width: fp32 ulps
+        torch.testing.assert_close(a[0].float(), w[0].float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a[1], w[1], rtol=1e-6, atol=1e-6)
+    assert (got[0][0, 0] == 0).all() and torch.isinf(got[1][0, 0]).all()
+
+
+def test_sparse_mla_decode_blocked_equals_naive_without_lengths(seed, blocks):
+    cache = _mla_cache("bf16", 3)
+    idx = torch.randint(-1, 3 * 64, (2, 5, 33), dtype=I32)
+    q = torch.randn(2, 5, 4, 576).bfloat16()
+    got = sparse_mla.sparse_mla_decode(q, cache, idx, 0.1, backend="torch")
+    want = mla_naive.naive_sparse_mla_decode(q, cache, idx, 0.1)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_sparse_mla_prefill_topk_length(seed, blocks):
+    s_kv, s_q, h, topk = 150, 9, 4, 70
+    kv = torch.randn(s_kv, 1, 576).bfloat16()
+    idx = torch.randint(-1, s_kv, (s_q, 1, topk), dtype=I32)
+    lens = torch.tensor([0, 1, 5, 64, 65, 69, 70, 90, 33], dtype=I32)
+    q = torch.randn(s_q, h, 576).bfloat16()
+    masked = torch.where(torch.arange(topk)[None, None, :] < lens[:, None, None], idx, -1)
+    want = mla_naive.naive_sparse_mla_prefill(q, kv, masked, 0.1)
+    for be in ("torch", None):
+        got = (sparse_mla.sparse_mla_prefill(q, kv, idx, 0.1, topk_length=lens, backend=be) if be else
+               mla_naive.naive_sparse_mla_prefill(q, kv, idx, 0.1, topk_length=lens))
+        torch.testing.assert_close(got[0].float(), want[0].float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
+
+
+def test_topk_length_is_checked():
+    cache = torch.zeros(1, 64, 576, dtype=torch.bfloat16)
+    q, idx = torch.randn(1, 2, 2, 576), torch.zeros(1, 2, 4, dtype=I32)
+    with pytest.raises(ValueError, match="topk_length has shape"):
+        sparse_mla.sparse_mla_decode(q, cache, idx, 0.1, topk_length=torch.zeros(2, dtype=I32))
+    with pytest.raises(TypeError, match="topk_length.dtype"):
+        sparse_mla.sparse_mla_decode(q, cache, idx, 0.1, topk_length=torch.zeros(1, 2, dtype=torch.long))
+
+
+def _index_cache(pages):
+    cache = torch.zeros(pages, 64, indexer.BYTES_PER_TOKEN, dtype=torch.uint8)
+    ix_naive.naive_indexer_k_quant_and_cache(torch.randn(pages * 64, 128), cache, torch.arange(pages * 64))
+    return cache
+
+
+def test_ragged_logits_blocked_equal_naive(seed, blocks):
+    s, h, n = 11, 8, 200
+    q_fp8, _ = ix_naive.naive_indexer_quant(torch.randn(s, h, 128))
+    k_fp8, k_scale = ix_naive.naive_indexer_quant(torch.randn(n, 128))
+    w = torch.randn(s, h)
+    ks = torch.tensor([0, 0, 5, 64, 100, 100, 100, 150, 0, 199, 7], dtype=I32)
+    ke = torch.tensor([1, 64, 70, 65, 200, 101, 100, 200, 200, 200, 7], dtype=I32)
+    got = indexer.fp8_indexer_logits(q_fp8, k_fp8, k_scale, w, ks, ke, backend="torch")
+    want = ix_naive.naive_fp8_indexer_logits(q_fp8, k_fp8, k_scale, w, ks, ke)
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("next_n", [1, 2])
+def test_paged_logits_blocked_equal_naive(seed, blocks, next_n):
+    pages, b, h = 9, 3, 4
+    cache = _index_cache(pages)
+    table = torch.randperm(pages).int().view(b, 3)
+    table[0, 2] = -1                        # past request 0's context: never read
+    ctx = torch.tensor([64 + next_n, 3 * 64, next_n], dtype=I32)
+    q_fp8, _ = ix_naive.naive_indexer_quant(torch.randn(b, next_n, h, 128))
+    w = torch.randn(b * next_n, h)
+    got = indexer.fp8_paged_indexer_logits(q_fp8, cache, w, ctx, table, 3 * 64, backend="torch")
+    want = ix_naive.naive_fp8_paged_indexer_logits(q_fp8, cache, w, ctx, table.clamp_min(0), 3 * 64)
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_topk_blocked_selects_what_naive_selects(seed, blocks):
+    r, n, topk = 7, 130, 32
+    logits = torch.randn(r, n)
+    logits[2, 40:50] = float("-inf")        # -inf inside a window that must take some of them
+    ks = torch.tensor([0, 0, 40, 10, 0, 100, 5], dtype=I32)
+    ke = torch.tensor([130, 20, 60, 42, 0, 130, 5 + 32], dtype=I32)
+    got = indexer.indexer_topk(logits, topk, ks, ke, backend="torch")
+    want = ix_naive.naive_indexer_topk(logits, topk, ks, ke)
+    # distinct finite scores: one answer (the -inf ties of row 2 are all taken, in any order)
+    assert torch.equal(ascending(got), ascending(want))
+    assert torch.equal(got[[0, 1, 3, 4, 5, 6]], want[[0, 1, 3, 4, 5, 6]])
