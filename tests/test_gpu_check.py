@@ -45,7 +45,9 @@ def test_dry_run_all_phases(tmp_path):
     assert rows[0]["kind"] == "meta" and rows[0]["dry_run"] is True
     assert rows[-1]["kind"] == "end" and rows[-1]["status"] == "pass"
     done = {r["phase"]: r["status"] for r in rows if r["kind"] == "phase" and r["status"] != "start"}
-    assert done == {"build": "done", "ops": "done", "model": "done", "timing": "done"}, done
+    assert done == {"build": "done", "ops": "done", "model": "done", "timing": "done", "context": "done"}, done
+    assert any(r["kind"] == "context" and r["status"] == "pass" for r in rows)             # DSA == dense there
+    assert {r["backend"] for r in rows if r["kind"] == "context" and r.get("ms")} == {"ours", "dense"}
     # every op of the dispatch registry was checked on Triton and passed; CUDA reported as skipped
     from deepseek_v32_plugin.ops import _dispatch
     checked = {r["op"] for r in rows if r["kind"] == "check" and r["backend"] == "triton" and r["status"] == "pass"}
@@ -57,6 +59,7 @@ def test_dry_run_all_phases(tmp_path):
     assert any(r["kind"] == "model" and r["status"] == "pass" for r in rows)
     md = (tmp_path / "RESULTS.md").read_text()
     assert "## (b) ops vs the PyTorch reference" in md and "## (d) timings" in md and "finished: pass" in md
+    assert "## (e) context curve" in md
     readme = tmp_path / "README.md"
     shutil.copy(os.path.join(ROOT, "README.md"), readme)
     results.main([str(tmp_path / "gpu_check.jsonl"), "--readme", str(readme), "--md", str(tmp_path / "R2.md")])

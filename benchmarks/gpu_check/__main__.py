@@ -18,8 +18,11 @@ Phases, in order of value, each with a wall-clock budget (seconds; a phase past 
   (b) 67 cases x (cuda [+ forced sm80] + triton) = 175 checks, dominated by ~40 Triton JIT compiles
   at ~1-2 s; (c) 3.2 GB of weights generated on the GPU + 2 presets x 2 cache formats x 3 backends;
   (d) 7 anchors x 3 backends, ~0.3 s of replays each + compiles + the torch references (~1-3 s each).
-Later work may append optional phases (e) to PHASES with their own budgets (e.g. a decode-step graph replay,
-a context-length curve); they run after (d) and are cut the same way.
+  (e) context 120 s  the engine-neutral decode step, DSA on our kernels vs dense MLA, contexts 2K..128K
+                     (context_check.py; benchmarks/context_curve on CPU): ~10 s to generate the real-width
+                     weights + fill 128K of cache, then 5 contexts x 2 paths x 22 eager steps
+Later work may append optional phases (f) to PHASES with their own budgets (e.g. a decode-step graph replay);
+they run after (e) and are cut the same way.
 
 Results: <out>/gpu_check.jsonl (every row appended + fsync'd when it exists), <out>/RESULTS.md rendered
 after each phase. Render again / update the README: python benchmarks/gpu_check/results.py FILE --md ... --readme README.md
@@ -41,8 +44,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-PHASES = [("build", 150.0), ("ops", 120.0), ("model", 90.0), ("timing", 120.0)]
-DRY_BUDGETS = {"build": 20.0, "ops": 45.0, "model": 40.0, "timing": 20.0}
+PHASES = [("build", 150.0), ("ops", 120.0), ("model", 90.0), ("timing", 120.0), ("context", 120.0)]
+DRY_BUDGETS = {"build": 20.0, "ops": 45.0, "model": 40.0, "timing": 20.0, "context": 30.0}
 
 
 class PhaseCut(BaseException):
@@ -138,10 +141,12 @@ def main(argv=None) -> int:
             budgets_s={p: budgets[p] for p in chosen}, seed=args.seed)
 
     import build
+    import context_check
     import model_check
     import ops_check
     import timing
-    runners = {"build": build.run, "ops": ops_check.run, "model": model_check.run, "timing": timing.run}
+    runners = {"build": build.run, "ops": ops_check.run, "model": model_check.run, "timing": timing.run,
+               "context": context_check.run}
     signal.signal(signal.SIGALRM, _on_alarm)
     rc = 0
     if "build" not in chosen:     # the later phases need to know what is there
