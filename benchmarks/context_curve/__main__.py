@@ -32,15 +32,17 @@ def parse(argv=None):
     ap.add_argument("--phases", default=",".join(PHASES))
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--engines", default=",".join(ENGINES))
-    ap.add_argument("--decode-contexts", default="512,1024,2048,4096,8192,16384,32768")
-    ap.add_argument("--prefill-contexts", default="512,1024,2048,4096,8192")
+    ap.add_argument("--decode-contexts", default=None, help="default 512,...,32768 (--quick: 128,512)")
+    ap.add_argument("--prefill-contexts", default=None, help="default 512,...,8192 (--quick: 128,512)")
     ap.add_argument("--reps", type=int, default=10, help="repetitions per cell (decode steps / requests)")
     ap.add_argument("--decode-tokens", type=int, default=8, help="decode steps timed per engine request")
     ap.add_argument("--chunk", type=int, default=1024, help="engines' prefill chunk (max batched tokens)")
     ap.add_argument("--budget-s", type=float, default=1800.0, help="total wall-clock budget of decode + engines")
     ap.add_argument("--decode-share", type=float, default=0.3, help="share of the budget for the decode phase")
     ap.add_argument("--rss-cap-gb", type=float, default=7.0, help="an engine process tree above this is killed")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads of the decode phase (0: all cores)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch / OpenMP threads of every measured process (0: all cores); 1 is steadier on a "
+                         "shared machine")
     ap.add_argument("--ckpt-dir", default="/tmp/context-curve-ckpt")
     ap.add_argument("--venvs", default=os.environ.get("DSV32_VENVS") or os.path.join(ROOT, ".venvs"))
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks"))
@@ -49,8 +51,9 @@ def parse(argv=None):
                     help="plumbing check: tiny contexts, 2 repetitions, topk2048 only, index_topk 256")
     a = ap.parse_args(argv)
     if a.quick:
-        a.models, a.decode_contexts, a.prefill_contexts = "topk2048", "128,512", "128,512"
-        a.reps, a.decode_tokens, a.budget_s = 2, 3, min(a.budget_s, 300)
+        a.models, a.reps, a.decode_tokens, a.budget_s = "topk2048", 2, 3, min(a.budget_s, 300)
+    a.decode_contexts = a.decode_contexts or ("128,512" if a.quick else "512,1024,2048,4096,8192,16384,32768")
+    a.prefill_contexts = a.prefill_contexts or ("128,512" if a.quick else "512,1024,2048,4096,8192")
     a.phases, a.models, a.engines = a.phases.split(","), a.models.split(","), [e for e in a.engines.split(",") if e]
     a.decode_contexts, a.prefill_contexts = _ints(a.decode_contexts), _ints(a.prefill_contexts)
     return a
@@ -219,9 +222,10 @@ def run_capped(cmd: list, env: dict, cap_bytes: int, timeout_s: float, on_line) 
     return {"rc": proc.returncode, "peak_rss": peak, "killed": killed, "stderr_tail": tail}
 
 
-def engine_env(engine: str, variant: str) -> dict:
+def engine_env(engine: str, variant: str, threads: int) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
-               VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
+               VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", OMP_NUM_THREADS=str(threads))
+    env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"    # vLLM's CPU worker would pin and size its own pool
     env.pop("PYTHONPATH", None)
     if variant == "dense":
         env["VLLM_PLUGINS"] = ""               # vLLM: no plugin at all
@@ -252,7 +256,7 @@ def phase_engines(args, res, budget_s: float) -> None:
                 res.add(**base, **json.loads(body), skipped=True)
             elif tag == "LOADED":
                 res.add(**{**base, "kind": "engine_load"}, **json.loads(body))
-        out = run_capped([py, os.path.join(HERE, "engine_worker.py"), path], engine_env(engine, variant),
+        out = run_capped([py, os.path.join(HERE, "engine_worker.py"), path], engine_env(engine, variant, args.threads),
                          int(args.rss_cap_gb * 2 ** 30), max(share, 30.0) + 120, on_line)
         os.remove(path)
         res.add(**{**base, "kind": "engine_run"}, rc=out["rc"], peak_rss=out["peak_rss"], killed=out["killed"],
@@ -271,6 +275,7 @@ def main(argv=None) -> int:
     res = Results(path, fresh)
     import torch
     threads = args.threads or os.cpu_count() or 1
+    args.threads = threads
     torch.set_num_threads(threads)
     if fresh:
         res.add(kind="meta", date=f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
