@@ -196,6 +196,54 @@ def _engine_table(c: Curve, model: str, engine: str) -> list:
     return out + [""]
 
 
+README_BEGIN, README_END = "<!-- context-curve:begin -->", "<!-- context-curve:end -->"
+
+
+def readme_block(c: Curve, png_rel: str) -> str:
+    """The README's summary: one row per (model, context), engine-neutral decode + vLLM, with predictions."""
+    m = c.meta
+    lines = [README_BEGIN,
+             f"Measured {m.get('date', '?')} (git {m.get('git', '?')}) on {m.get('machine', '?')}, "
+             f"{m.get('cores', '?')} cores, {m.get('args', {}).get('threads', '?')} thread(s) per process, load average "
+             f"{m.get('load_start', '?')} at the start and {c.end.get('load_end', '?')} at the end (other jobs "
+             f"running: upper bounds). Medians of >= {m.get('args', {}).get('reps', '?')} repetitions, "
+             "spreads in `benchmarks/CONTEXT_CURVE.md`; `pred` = the work model's roofline ratio ours / dense on "
+             "this machine's measured ceilings; `~v*` = extrapolated by the work model (time budget), not measured.",
+             "", "| model | context | decode ms ours / dense (engine-neutral) | ours/dense | pred | vLLM prefill "
+             "tok/s ours / dense | time ours/dense | pred |", "|---|---|---|---|---|---|---|---|---|"]
+    for model in c.cfgs:
+        cells, ec = c.decode_cells(model), c.engine_cells(model, "vllm")
+        cal = {v: c.calib(cells, model, v, "decode") for v in ("ours", "dense")}
+        for ctx in sorted({k[0] for k in cells} | {k[0] for k in ec}):
+            val = {}
+            for v in ("ours", "dense"):
+                ms = cells.get((ctx, v))
+                val[v] = (_med(ms), _fmt(_med(ms))) if ms else \
+                    ((cal[v] * c.roof_ms(model, ctx, v), f"~{_fmt(cal[v] * c.roof_ms(model, ctx, v))}*")
+                     if cal[v] and (ctx, v) in cells else (None, "-"))
+            r = val["ours"][0] / val["dense"][0] if val["ours"][0] and val["dense"][0] else None
+            pred = c.roof_ms(model, ctx, "ours") / c.roof_ms(model, ctx, "dense")
+            o, d = ec.get((ctx, "ours")), ec.get((ctx, "dense"))
+            tps = lambda cc: _fmt(ctx / _med(cc["ttft"]), 0) if cc else "-"   # noqa: E731
+            tr = _med(o["ttft"]) / _med(d["ttft"]) if o and d else None
+            pp = c.roof_ms(model, ctx, "ours", "prefill") / c.roof_ms(model, ctx, "dense", "prefill")
+            lines.append(f"| {model} | {ctx} | {val['ours'][1]} / {val['dense'][1]} | {_fmt(r, 2)} | {pred:.2f} | "
+                         f"{tps(o)} / {tps(d)} | {_fmt(tr, 2)} | {pp:.2f} |")
+    lines += ["", f"![DSA vs dense against context]({png_rel})", README_END]
+    return "\n".join(lines)
+
+
+def update_readme(readme: str, block: str) -> None:
+    with open(readme) as f:
+        text = f.read()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{readme}: no {README_BEGIN} ... {README_END} markers")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    with open(readme, "w") as f:
+        f.write(head + block + tail)
+
+
 def plot(c: Curve, png: str) -> str:
     try:
         import matplotlib
@@ -269,5 +317,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("jsonl")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--readme", default=None, help="also rewrite the README's context-curve block")
     a = ap.parse_args()
     write(a.jsonl, a.out or os.path.dirname(os.path.abspath(a.jsonl)))
+    if a.readme:
+        update_readme(a.readme, readme_block(Curve(load(a.jsonl)), "benchmarks/context_curve.png"))
