@@ -1,5 +1,6 @@
 """model/dsa.py (the engines' shared DSA step) against a plain per-request formulation over the same caches:
 decode groups, MTP-verify groups, prefill chunks with earlier context, short prompts, all in one batch."""
+import pytest
 import torch
 
 from deepseek_v32_plugin.model import dsa
@@ -51,6 +52,11 @@ def test_plan_select_attend_equal_per_request_formulation():
 
     p = dsa.plan(qsl, seqs, table, slot_mapping, TOPK, decode_threshold=3)
     assert [(gr.q, gr.req_hi - gr.req_lo) for gr in p.paged] == [(1, 2), (3, 2)]
+    assert p.needs_scores
+    with pytest.raises(ValueError, match="q_fp8 and weights are required"):
+        dsa.select(p, torch.zeros(qsl[-1], 128), None, None, torch.zeros(1, PAGE_SIZE, 132, dtype=torch.uint8), TOPK)
+    # prefill rows whose own context fits in top-k take the identity selection, in longer requests too
+    assert set(p.dense_rows.tolist()) == {qsl[4] + i for i in range(16)}
     assert torch.equal(p.positions, positions)
     ic1, ic2 = icache0.clone(), icache0.clone()
     got = dsa.select(p, k, q_fp8, w, ic1, TOPK)
@@ -91,12 +97,13 @@ def test_short_contexts_attend_over_their_real_length():
     p = dsa.plan(qsl, seqs, table, slot_mapping, topk, decode_threshold=4)
     pf = dsa.plan(qsl, seqs, table, slot_mapping, topk, decode_threshold=4, full_width=True)
     assert p.width == 65 and pf.width == topk
+    assert not p.needs_scores and not pf.needs_scores   # adapters skip the indexer's q / weights projections
     assert torch.equal(p.topk_length, (positions + 1).int())
     icache = torch.zeros(6, PAGE_SIZE, indexer.BYTES_PER_TOKEN, dtype=torch.uint8)
     k = torch.randn(32, 128, generator=g)
     q_fp8, q_scale = indexer.indexer_quant(torch.randn(32, 4, 128, generator=g))
     w = q_scale.float()
-    slots = dsa.select(p, k, q_fp8, w, icache, topk)
+    slots = dsa.select(p, k, None, None, icache, topk)
     slots_full = dsa.select(pf, k, q_fp8, w, icache.clone(), topk)
     assert slots.shape == (32, 65) and slots_full.shape == (32, topk)
     assert torch.equal(slots, slots_full[:, :65]) and (slots_full[:, 65:] == -1).all()

@@ -3,8 +3,8 @@
   plan(...)    once per batch, from host-side metadata only: positions, each row's block table, which rows
                take the paged indexer kernel (decode / MTP verify: equal short query lengths), which the
                ragged one (prefill chunks, prefix hits: all of them batched into one call over their
-               requests' keys, concatenated), and which need no scoring (context <= index_topk: every past
-               token is selected);
+               requests' keys, concatenated), and which need no scoring (a prefill row whose own context,
+               position + 1, is <= index_topk: every past token is selected, even in a longer request);
   select(...)  per layer: write the new index keys, score, top-k, map positions to latent-cache slots;
   attend(...)  per layer: write the new latent rows, sparse MLA over the selected slots.
 
@@ -49,7 +49,7 @@ class PagedGroup:
 @dataclass
 class RaggedBatch:
     """Every prefill row that needs scoring, all requests at once: keys of those requests concatenated."""
-    rows: torch.Tensor       # [Tr] int64: the batch rows scored here
+    rows: torch.Tensor       # [Tr] int64: the batch rows scored here (position >= index_topk)
     kv_slots: torch.Tensor   # [N] int64: index-cache slots of the requests' keys 0..seq_len-1, concatenated
     ks: torch.Tensor         # [Tr] int32: first key of the row's request in kv_slots
     ke: torch.Tensor         # [Tr] int32: ks + position + 1 (causal)
@@ -65,9 +65,11 @@ class DSAPlan:
     row_block_table: torch.Tensor     # [T, max_pages] int32: block table of each row's request
     paged: list = field(default_factory=list)        # list[PagedGroup]
     ragged: Optional[RaggedBatch] = None             # the prefill rows that are scored, batched
-    dense_rows: Optional[torch.Tensor] = None        # [Td] int64: prefill rows whose context fits in index_topk
+    dense_rows: Optional[torch.Tensor] = None        # [Td] int64: prefill rows whose own context (position + 1)
+                                                     # fits in index_topk, also in requests longer than it
     ragged_spans: list = field(default_factory=list)  # [(tok_lo, tok_hi, seq_len)] of every prefill request
     width: int = 0                    # columns of select()'s slots: min(topk, max seq_len), or topk (full_width)
+    needs_scores: bool = True         # some row is scored by the indexer; False: select() needs only the keys
     topk_length: Optional[torch.Tensor] = None       # [T] int32 keys each row selects: min(position + 1, topk)
 
     def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "DSAPlan":
@@ -118,16 +120,20 @@ def plan(query_start_loc: Sequence[int], seq_lens: Sequence[int], block_table: t
             continue
         if q > 0:
             spans.append((qsl[i], qsl[i + 1], seq[i]))
-            (dense.append((qsl[i], qsl[i + 1])) if seq[i] <= topk else ragged_reqs.append(i))
+            rows = torch.arange(qsl[i], qsl[i + 1])
+            fits = pos[rows] < topk          # rows whose own context fits in top-k need no scoring
+            dense.append(rows[fits])
+            if not bool(fits.all()):
+                ragged_reqs.append((i, rows[~fits]))
         i += 1
     to_dev = lambda x: x.to(device)  # noqa: E731
     ragged = None
     if ragged_reqs:
         rows, ks, ke, kv_req, kv_pos, off = [], [], [], [], [], 0
-        for i in ragged_reqs:
-            rows.append(torch.arange(qsl[i], qsl[i + 1]))
-            ks.append(torch.full((qlens[i],), off, dtype=torch.int64))
-            ke.append(off + pos[qsl[i]: qsl[i + 1]] + 1)
+        for i, scored in ragged_reqs:
+            rows.append(scored)
+            ks.append(torch.full((len(scored),), off, dtype=torch.int64))
+            ke.append(off + pos[scored] + 1)
             kv_req.append(torch.full((seq[i],), i, dtype=torch.int64))
             kv_pos.append(torch.arange(seq[i]))
             off += seq[i]
@@ -135,13 +141,15 @@ def plan(query_start_loc: Sequence[int], seq_lens: Sequence[int], block_table: t
         kv_slots = block_table[kv_req, kv_pos // PAGE_SIZE].long() * PAGE_SIZE + kv_pos % PAGE_SIZE
         ragged = RaggedBatch(to_dev(torch.cat(rows)), kv_slots, to_dev(torch.cat(ks).int()),
                              to_dev(torch.cat(ke).int()))
-    dense_rows = to_dev(torch.cat([torch.arange(lo, hi) for lo, hi in dense])) if dense else None
+    dense = torch.cat(dense) if dense else torch.empty(0, dtype=torch.int64)
+    dense_rows = to_dev(dense) if len(dense) else None
     width = topk if full_width else min(topk, max(seq, default=0))
+    needs_scores = ragged is not None or any(g.max_context > topk for g in paged)
     topk_length = to_dev((pos + 1).clamp(max=topk).to(torch.int32))
     return DSAPlan(num_tokens=t, seq_lens=to_dev(torch.tensor(seq, dtype=torch.int32)), block_table=block_table,
                    slot_mapping=slot_mapping[:t], positions=to_dev(pos), row_block_table=block_table[to_dev(req_of)],
                    paged=paged, ragged=ragged, dense_rows=dense_rows, ragged_spans=spans, width=width,
-                   topk_length=topk_length)
+                   topk_length=topk_length, needs_scores=needs_scores)
 
 
 def select(p: DSAPlan, k: torch.Tensor, q_fp8: torch.Tensor, weights: torch.Tensor, index_cache: torch.Tensor,
@@ -150,8 +158,12 @@ def select(p: DSAPlan, k: torch.Tensor, q_fp8: torch.Tensor, weights: torch.Tens
     k [T, 128] (normed, roped), q_fp8 [T, H, 128] e4m3, weights [T, H] fp32 (q scale folded in),
     index_cache [pages, 64, 132] uint8 -> slots [T, p.width] int32 in the latent cache (-1 = none; row r's
     first p.topk_length[r] entries are its selection, ascending positions).
-    write=False: the new keys are already in the cache (an engine that saved them itself)."""
+    write=False: the new keys are already in the cache (an engine that saved them itself).
+    When not p.needs_scores (every row's context fits in top-k) q_fp8 and weights may be None: adapters skip
+    the indexer's query and head-weight projections then (only the keys are written)."""
     t = p.num_tokens
+    if p.needs_scores and (q_fp8 is None or weights is None):
+        raise ValueError("dsa.select: this batch has rows the indexer scores; q_fp8 and weights are required")
     if write:
         indexer.indexer_k_quant_and_cache(k, index_cache, p.slot_mapping)
     width = p.width

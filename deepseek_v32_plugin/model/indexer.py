@@ -2,6 +2,8 @@
 (each engine computes the wq_b / wk / weights_proj projections with its own layers, then calls these)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -9,26 +11,29 @@ from ..config import V32Config
 from .rope import YarnRope
 
 
-def indexer_rope_qk(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, rope: YarnRope, cfg: V32Config):
+def indexer_rope_qk(q: Optional[torch.Tensor], k: torch.Tensor, positions: torch.Tensor, rope: YarnRope,
+                    cfg: V32Config):
     """q [T, H, 128] = wq_b(qr), k [T, 128] = k_norm(wk(x)) -> both with rope on their first
-    qk_rope_head_dim dims, half-split (non-interleaved, unlike MLA's interleaved rope)."""
+    qk_rope_head_dim dims, half-split (non-interleaved, unlike MLA's interleaved rope). q None: keys only."""
     r = cfg.qk_rope_head_dim
-    q = torch.cat([rope.apply(q[..., :r], positions, interleaved=False), q[..., r:]], dim=-1)
+    if q is not None:
+        q = torch.cat([rope.apply(q[..., :r], positions, interleaved=False), q[..., r:]], dim=-1)
     k = torch.cat([rope.apply(k[:, :r], positions, interleaved=False), k[:, r:]], dim=-1)
     return q, k
 
 
 def indexer_qk(x: torch.Tensor, qr: torch.Tensor, positions: torch.Tensor, rope: YarnRope, cfg: V32Config,
                wq_b: torch.Tensor, wk: torch.Tensor, k_norm_weight: torch.Tensor, k_norm_bias: torch.Tensor,
-               weights_proj: torch.Tensor):
+               weights_proj: torch.Tensor, with_q: bool = True):
     """The indexer's projections from plain weight tensors (the reference model; the SGLang adapter, whose
     layers hold the same tensors): x [T, D], qr [T, q_lora] -> q [T, H, 128], k [T, 128] (k_norm in fp32,
-    both roped), weights_proj(x) [T, H] fp32."""
-    q = (qr @ wq_b.t()).view(x.shape[0], cfg.index_n_heads, cfg.index_head_dim)
+    both roped), weights_proj(x) [T, H] fp32. with_q=False: (None, k, None), for a batch nothing is scored in
+    (dsa.DSAPlan.needs_scores)."""
+    q = (qr @ wq_b.t()).view(x.shape[0], cfg.index_n_heads, cfg.index_head_dim) if with_q else None
     k = F.layer_norm((x @ wk.t()).float(), (cfg.index_head_dim,), k_norm_weight.float(), k_norm_bias.float(),
                      eps=1e-6).to(x.dtype)
     q, k = indexer_rope_qk(q, k, positions, rope, cfg)
-    return q, k, x.float() @ weights_proj.float().t()
+    return q, k, (x.float() @ weights_proj.float().t() if with_q else None)
 
 
 def indexer_head_weights(weights_proj_out: torch.Tensor, q_scale: torch.Tensor, cfg: V32Config) -> torch.Tensor:

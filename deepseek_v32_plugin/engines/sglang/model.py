@@ -190,10 +190,13 @@ class MLAAttention(nn.Module):
         k_pe = self.rope.apply(kv[:, cfg.kv_lora_rank:], positions, interleaved=True)
 
         w = self.indexer
+        md = get_attn_backend().forward_metadata   # a batch whose rows all fit in top-k is not scored
         iq, ik, head_w = indexer_qk(x, qr, positions, self.rope, cfg, w.wq_b.weight, w.wk.weight, w.k_norm.weight,
-                                    w.k_norm.bias, w.weights_proj.weight)
-        q_fp8, q_scale = indexer.indexer_quant(iq)
-        weights = indexer_head_weights(head_w, q_scale, cfg)
+                                    w.k_norm.bias, w.weights_proj.weight, with_q=md is None or md.needs_scores)
+        q_fp8 = weights = None
+        if iq is not None:
+            q_fp8, q_scale = indexer.indexer_quant(iq)
+            weights = indexer_head_weights(head_w, q_scale, cfg)
 
         q576 = absorb_query(q_nope, q_pe, self.w_uk)
         # the forward context's attention backend (what RadixAttention would call) is ours, dsv32_sparse: it

@@ -112,10 +112,13 @@ class Indexer(nn.Module):
     def forward(self, x, qr, positions, rope: YarnRope, md: dsa.DSAPlan) -> torch.Tensor:
         """-> top-k latent-cache slots [T, md.width] int32 (-1 = none; dsa.select)."""
         cfg, n = self.cfg, x.shape[0]
-        q = self.wq_b(qr)[0].view(n, cfg.index_n_heads, cfg.index_head_dim)
+        # a batch whose rows all fit in top-k is not scored: only the keys are computed and written
+        q = self.wq_b(qr)[0].view(n, cfg.index_n_heads, cfg.index_head_dim) if md.needs_scores else None
         q, k = indexer_rope_qk(q, self.k_norm(self.wk(x)[0]), positions, rope, cfg)
-        q_fp8, q_scale = indexer.indexer_quant(q)
-        weights = indexer_head_weights(self.weights_proj(x)[0], q_scale, cfg)
+        q_fp8 = weights = None
+        if q is not None:
+            q_fp8, q_scale = indexer.indexer_quant(q)
+            weights = indexer_head_weights(self.weights_proj(x)[0], q_scale, cfg)
         return dsa.select(md, k, q_fp8, weights, self.k_cache.kv_cache, cfg.index_topk)
 
 

@@ -1,9 +1,13 @@
 """The torch backend of sparse MLA: the reference's math (naive._attend) in blocks of query rows.
 
-Each block gathers (and, for fp8_ds_mla, dequantizes) only its rows' entries up to the block's longest
-topk_length, so memory is bounded by BLOCK_BYTES whatever the number of rows, and a row whose context is
-shorter than top-k costs its context, not top-k. Per row the arithmetic is the reference's (same gather,
-same einsums, same masking), so results do not depend on the blocking.
+Each block reads only its rows' entries up to the block's longest topk_length (a row whose context is
+shorter than top-k costs its context, not top-k), and its working set stays within BLOCK_BYTES whatever the
+number of rows. Rows of one block usually share most keys (a prefill chunk's rows select from the same
+context; below top-k they select all of it): the block gathers (and, for fp8_ds_mla, dequantizes) the union of
+its keys once and attends with two GEMMs over it, a per-row mask keeping each row to its own selection --
+the cost of dense attention over that context. Blocks whose rows share little (decode rows of different
+requests) or that select a key twice gather per row instead. Same scores, masking and softmax as the
+reference; only the fp32 summation order differs (a few ulps).
 """
 from __future__ import annotations
 
@@ -12,10 +16,14 @@ import torch
 from .naive import HEAD_576, KV_LORA, _attend, naive_mla_cache_gather, valid_entries
 
 BLOCK_BYTES = 64 << 20   # fp32 working set of one block: gathered rows + scores / probabilities
+SHARED_MAX = 2           # shared-key path while the block's union of keys is <= SHARED_MAX x its width
 
 
-def _rows_per_block(width: int, heads: int) -> int:
-    per_row = 4 * width * (2 * HEAD_576 + 4 * heads)   # gathered rows (+ masked copy) and ~4 [h, width] buffers
+def _rows_per_block(width: int, heads: int, per_row_gather: bool = False) -> int:
+    # per row: ~4 fp32 [h, keys] buffers (scores, mask fill, exp, p; keys <= SHARED_MAX x width on the shared
+    # path) + int64 index bookkeeping, and with per-row gathers its own [width, 576] fp32 rows (+ masked copy)
+    keys = width if per_row_gather else SHARED_MAX * width
+    per_row = 16 * keys * heads + 32 * width + (8 * width * HEAD_576 if per_row_gather else 0)
     return max(1, BLOCK_BYTES // max(per_row, 1))
 
 
@@ -32,6 +40,21 @@ def _blocks(n: int, idx: torch.Tensor, lens, heads: int):
         yield lo, hi, max(width, 0)
 
 
+def _shared(q, sel, valid, w, sm_scale, d_v, gather):
+    """Attention of a block over the union of its keys, or None when the rows share too little / repeat a key.
+    CPU only: the union's size is data-dependent (a host sync, and no CUDA-graph capture, on a GPU)."""
+    if sel.device.type != "cpu":
+        return None
+    uniq, inv = torch.unique(sel, return_inverse=True)            # sorted; -1 (if any) first
+    if uniq.numel() > SHARED_MAX * max(w, 1) + 1:
+        return None
+    mask = torch.zeros(sel.shape[0], uniq.numel(), dtype=torch.bool, device=sel.device)
+    mask.scatter_(1, inv.view(sel.shape[0], -1), valid)          # invalid entries all map to -1: False
+    if not torch.equal(mask.sum(1), valid.sum(1)):                # a key selected twice counts twice
+        return None
+    return _attend(q, gather(uniq), mask, sm_scale, d_v)          # kv [U, 576] shared by the block's rows
+
+
 def _run(q3, idx2, lens, sm_scale, d_v, gather):
     n, h, _ = q3.shape
     out = torch.empty(n, h, d_v, dtype=q3.dtype, device=q3.device)
@@ -39,8 +62,16 @@ def _run(q3, idx2, lens, sm_scale, d_v, gather):
     for lo, hi, w in _blocks(n, idx2, lens, h):
         idx = idx2[lo:hi, :w]
         valid = valid_entries(idx, None if lens is None else lens[lo:hi])
-        o, l = _attend(q3[lo:hi], gather(torch.where(valid, idx, -1)), valid, sm_scale, d_v)
-        out[lo:hi], lse[lo:hi] = o.to(q3.dtype), l
+        sel = torch.where(valid, idx, -1)
+        res = _shared(q3[lo:hi], sel, valid, w, sm_scale, d_v, gather)
+        if res is not None:
+            out[lo:hi], lse[lo:hi] = res[0].to(q3.dtype), res[1]
+            continue
+        step = _rows_per_block(max(w, 1), h, per_row_gather=True)
+        for r0 in range(lo, hi, step):        # per-row gathers, in sub-blocks that fit BLOCK_BYTES
+            r1 = min(hi, r0 + step)
+            o, l = _attend(q3[r0:r1], gather(sel[r0 - lo:r1 - lo]), valid[r0 - lo:r1 - lo], sm_scale, d_v)
+            out[r0:r1], lse[r0:r1] = o.to(q3.dtype), l
     return out, lse
 
 
@@ -55,6 +86,6 @@ def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=KV_LORA, topk_length=N
 def sparse_mla_prefill(q, kv, indices, sm_scale, d_v=KV_LORA, topk_length=None):
     rows = kv.reshape(kv.shape[0], -1)
 
-    def gather(idx):   # as naive_sparse_mla_prefill: fp32 rows of kv, zeros where idx is -1
+    def gather(idx):   # as naive_sparse_mla_prefill: fp32 rows of kv [..., 576], zeros where idx is -1
         return rows[idx.long().clamp_min(0)].float() * (idx >= 0)[..., None]
     return _run(q, indices[:, 0, :], topk_length, sm_scale, d_v, gather)
