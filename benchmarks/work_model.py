@@ -338,13 +338,17 @@ class ModelWork:
         return max(2 * self.macs / flops, self.bytes / bandwidth)
 
 
-def _proj_params(cfg, indexer: bool) -> tuple:
-    """(attention projection params per layer, MLP params run per token per layer (list by layer))."""
+def _proj_params(cfg, indexer: bool, scored: bool = True) -> tuple:
+    """(attention projection params per layer, MLP params run per token per layer (list by layer)).
+    indexer: the key projection wk (always written); scored: also wq_b and weights_proj (skipped by the
+    adapters for a batch nothing is scored in, dsa.DSAPlan.needs_scores)."""
     d, h = cfg.hidden_size, cfg.num_attention_heads
     attn = (d * cfg.q_lora_rank + cfg.q_lora_rank * h * cfg.qk_head_dim + d * cfg.mla_cache_dim
             + cfg.kv_lora_rank * h * (cfg.qk_nope_head_dim + cfg.v_head_dim) + h * cfg.v_head_dim * d)
     if indexer:
-        attn += cfg.q_lora_rank * cfg.index_n_heads * cfg.index_head_dim + d * cfg.index_head_dim + d * cfg.index_n_heads
+        attn += d * cfg.index_head_dim
+        if scored:
+            attn += cfg.q_lora_rank * cfg.index_n_heads * cfg.index_head_dim + d * cfg.index_n_heads
     mlp = []
     for i in range(cfg.num_hidden_layers):
         if cfg.is_moe_layer(i):
@@ -370,7 +374,7 @@ def decode_work(cfg, context: int, variant: str, cache_row_bytes: int = 2 * 576,
     for a decode step of a batch; for one token only the active ones are read, which MoE kernels do)."""
     ours = variant == "ours"
     h, lat = cfg.num_attention_heads, cfg.mla_cache_dim + cfg.kv_lora_rank   # q.k over 576, p.v over 512
-    attn_p, mlp = _proj_params(cfg, ours)
+    attn_p, mlp = _proj_params(cfg, ours, scored=context > cfg.index_topk)
     keys = (cfg.index_topk if padded else min(context, cfg.index_topk)) if ours else context
     per_layer = attn_p + h * cfg.qk_nope_head_dim * cfg.kv_lora_rank + h * cfg.kv_lora_rank * cfg.v_head_dim
     per_layer += h * lat * keys
@@ -387,19 +391,20 @@ def prefill_work(cfg, n: int, variant: str, cache_row_bytes: int = 2 * 576, wbyt
                  padded: bool = False) -> ModelWork:
     """Prefill of an n-token prompt from position 0 (chunking does not change the count) of the whole model.
     ours: absorbed sparse MLA, row i over min(i + 1, index_topk) keys (index_topk if padded), indexer scoring
-    of every causal key when n > index_topk; dense: the engines' non-absorbed MLA prefill."""
+    of the causal keys of rows i >= index_topk only (rows that fit take every key: dsa.plan); dense: the
+    engines' non-absorbed MLA prefill."""
     ours = variant == "ours"
     h, t = cfg.num_attention_heads, cfg.index_topk
-    attn_p, mlp = _proj_params(cfg, ours)
+    attn_p, mlp = _proj_params(cfg, ours, scored=n > t)
     causal = n * (n + 1) // 2
+    scored_keys = causal - t * (t + 1) // 2 if n > t else 0     # rows at positions >= t, each over position + 1
     if ours:
         keys = n * t if padded else (causal if n <= t else t * (t + 1) // 2 + (n - t) * t)
         per_layer = n * (attn_p + h * cfg.qk_nope_head_dim * cfg.kv_lora_rank
                          + h * cfg.kv_lora_rank * cfg.v_head_dim) + h * (cfg.mla_cache_dim + cfg.kv_lora_rank) * keys
         cache = keys * cache_row_bytes
-        if n > t:
-            per_layer += cfg.index_n_heads * cfg.index_head_dim * causal
-            cache += causal * (cfg.index_head_dim + 4 + 8)
+        per_layer += cfg.index_n_heads * cfg.index_head_dim * scored_keys
+        cache += scored_keys * (cfg.index_head_dim + 4 + 8)
     else:
         per_layer = n * attn_p + h * causal * (cfg.qk_head_dim + cfg.v_head_dim)
         cache = n * cache_row_bytes

@@ -67,12 +67,19 @@ def test_work_model_curves():
     assert o[3] - o[2] == 12 * t * per_key
     assert o[3] < d[3] / 5                                          # 32K: DSA's promise at real width
     # at context <= index_topk DSA is dense attention + the indexer's projections only
-    assert o[0] - d[0] == cfg.num_hidden_layers * (cfg.q_lora_rank * cfg.index_n_heads * cfg.index_head_dim
-                                                   + cfg.hidden_size * (cfg.index_head_dim + cfg.index_n_heads))
+    # (the key projection only: no query-side indexer work when nothing is scored, DSAPlan.needs_scores)
+    assert o[0] - d[0] == cfg.num_hidden_layers * cfg.hidden_size * cfg.index_head_dim
     padded = wm.decode_work(cfg, t // 2, "ours", padded=True).macs
     assert padded == pytest.approx(wm.decode_work(cfg, t, "ours").macs)
-    p = [wm.prefill_work(cfg, n, "ours").macs for n in (t, 2 * t)]
-    assert p[1] > 2 * p[0]                                           # scoring of every causal key kicks in
+    p = [wm.prefill_work(cfg, n, "ours").macs for n in (t, t + 1)]
+    proj = cfg.q_lora_rank * cfg.index_n_heads * cfg.index_head_dim + cfg.hidden_size * cfg.index_n_heads
+    row = cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim) * cfg.kv_lora_rank
+    # one more row: its projections and attention over t keys, the query projections of every row, and
+    # scoring of that one row's t + 1 keys
+    assert p[1] - p[0] == pytest.approx(
+        cfg.num_hidden_layers * (wm._proj_params(cfg, True, scored=False)[0] + row + cfg.num_attention_heads * 1088 * t
+                                 + (t + 1) * proj + cfg.index_n_heads * cfg.index_head_dim * (t + 1))
+        + sum(wm._proj_params(cfg, True)[1]) + cfg.hidden_size * cfg.vocab_size)
 
 
 def test_rss_watchdog_kills_a_tree_over_its_cap():

@@ -2,9 +2,9 @@
 (random latent rows through `mla_cache_write`, random index keys through `indexer_k_quant_and_cache`), then one
 decode step of the whole model (embedding, every layer, head) is timed at a fixed context, repeatedly.
 
-  ours   the DSA step the engine adapters run (model/dsa.py: plan -> select -> attend): indexer projections,
-         key write, paged indexer logits + top-k when the context exceeds index_topk, sparse MLA over the
-         selected slots. Every op goes through deepseek_v32_plugin.ops' dispatch (CPU: the references; GPU:
+  ours   the DSA step the engine adapters run (model/dsa.py: plan -> select -> attend): the indexer's key
+         (always written) and, when the context exceeds index_topk, its query projections, paged logits and
+         top-k; sparse MLA over the selected slots (each row reads its topk_length entries). Every op goes through deepseek_v32_plugin.ops' dispatch (CPU: the references; GPU:
          our CUDA / Triton kernels).
   dense  the same weights and projections without the indexer, then dense MLA over every cached key in the
          absorbed form the engines' MLA decode uses (q576 . K^T over the latent rows, softmax, . V = the
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from deepseek_v32_plugin.model import ReferenceModel, absorb_query, expand_latent_output, indexer_head_weights, rms_norm
 from deepseek_v32_plugin.model import dsa
+from deepseek_v32_plugin.model.indexer import indexer_qk
 from deepseek_v32_plugin.ops import PAGE_SIZE, indexer, sparse_mla
 
 FILL_CHUNK = 4096
@@ -76,11 +77,14 @@ class DecodeBench:
             kv_c = rms_norm(kv[:, :cfg.kv_lora_rank], a.kv_a_norm, cfg.rms_norm_eps)
             k_pe = a.rope.apply(kv[:, cfg.kv_lora_rank:], pos, interleaved=True)
             q576 = absorb_query(q[..., :cfg.qk_nope_head_dim], q_pe, a.w_uk)
-            if variant == "ours":
-                iq, ik, head_w = a.indexer_qk(xn, qr, pos)
-                q_fp8, q_scale = indexer.indexer_quant(iq)
-                slots = dsa.select(p, ik, q_fp8, indexer_head_weights(head_w, q_scale, cfg), self.cache.index[i],
-                                   cfg.index_topk)
+            if variant == "ours":   # as the adapters do: no query-side indexer work when nothing is scored
+                iq, ik, head_w = indexer_qk(xn, qr, pos, a.rope, cfg, a.idx_wq_b, a.idx_wk, a.idx_k_norm_w,
+                                            a.idx_k_norm_b, a.idx_weights_proj, with_q=p.needs_scores)
+                q_fp8 = weights = None
+                if p.needs_scores:
+                    q_fp8, q_scale = indexer.indexer_quant(iq)
+                    weights = indexer_head_weights(head_w, q_scale, cfg)
+                slots = dsa.select(p, ik, q_fp8, weights, self.cache.index[i], cfg.index_topk)
                 out_lat = dsa.attend(p, q576, kv_c, k_pe, self.cache.mla[i], slots, cfg.softmax_scale,
                                      cfg.kv_lora_rank)
             else:
