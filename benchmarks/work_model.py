@@ -315,6 +315,100 @@ def mla_prefill_cuda(s_q: int, h: int = 128, topk: int = 2048, heads_per_cta: in
                 ideal_bytes=valid * 1152)
 
 
+# ------------------------------------------------- whole-model cost against context (benchmarks/context_curve)
+# Per forward of the whole model (every layer + head), for a V32Config: MACs and bytes of DSA (ours) and of
+# the engines' dense MLA on the same weights. Counted, not replayed: each matmul's MACs, and the bytes a step
+# must read (weights once, cache rows read, indexer keys read, logits written + read by top-k). Decode is the
+# absorbed (MQA) form both engines use; dense prefill is the engines' non-absorbed form (kv_b up-projection of
+# the keys, then 192-dim q.k and 128-dim p.v per head). "ours" is what DSA's math costs (each row attends over
+# min(context, index_topk) keys; scoring skipped for requests whose context fits in index_topk, as dsa.plan
+# does); padded=True counts index_topk rows per query whatever the context (sparse MLA over -1 padding).
+
+@dataclass
+class ModelWork:
+    macs: float
+    bytes: float
+
+    def seconds(self, flops: float, bandwidth: float) -> float:
+        """Roofline time on a machine with `flops` FLOP/s (2 per MAC) and `bandwidth` B/s."""
+        return max(2 * self.macs / flops, self.bytes / bandwidth)
+
+
+def _proj_params(cfg, indexer: bool, scored: bool = True) -> tuple:
+    """(attention projection params per layer, MLP params run per token per layer (list by layer)).
+    indexer: the key projection wk (always written); scored: also wq_b and weights_proj (skipped by the
+    adapters for a batch nothing is scored in, dsa.DSAPlan.needs_scores)."""
+    d, h = cfg.hidden_size, cfg.num_attention_heads
+    attn = (d * cfg.q_lora_rank + cfg.q_lora_rank * h * cfg.qk_head_dim + d * cfg.mla_cache_dim
+            + cfg.kv_lora_rank * h * (cfg.qk_nope_head_dim + cfg.v_head_dim) + h * cfg.v_head_dim * d)
+    if indexer:
+        attn += d * cfg.index_head_dim
+        if scored:
+            attn += cfg.q_lora_rank * cfg.index_n_heads * cfg.index_head_dim + d * cfg.index_n_heads
+    mlp = []
+    for i in range(cfg.num_hidden_layers):
+        if cfg.is_moe_layer(i):
+            mlp.append(3 * d * cfg.moe_intermediate_size * (cfg.num_experts_per_tok + cfg.n_shared_experts)
+                       + d * cfg.n_routed_experts)
+        else:
+            mlp.append(3 * d * cfg.intermediate_size)
+    return attn, mlp
+
+
+def _weight_bytes(cfg, indexer: bool, wbytes: int) -> float:
+    d = cfg.hidden_size
+    attn, _ = _proj_params(cfg, indexer)
+    mlp = sum(3 * d * (cfg.moe_intermediate_size * (cfg.n_routed_experts + cfg.n_shared_experts))
+              if cfg.is_moe_layer(i) else 3 * d * cfg.intermediate_size for i in range(cfg.num_hidden_layers))
+    return wbytes * (cfg.num_hidden_layers * attn + mlp + d * cfg.vocab_size)
+
+
+def decode_work(cfg, context: int, variant: str, cache_row_bytes: int = 2 * 576, wbytes: int = 2,
+                padded: bool = False) -> ModelWork:
+    """One decode step (1 new token, `context` keys including itself) of the whole model. variant: 'ours'
+    (DSA) or 'dense' (MLA over every key). Weight bytes count every weight once (routed experts: all of them
+    for a decode step of a batch; for one token only the active ones are read, which MoE kernels do)."""
+    ours = variant == "ours"
+    h, lat = cfg.num_attention_heads, cfg.mla_cache_dim + cfg.kv_lora_rank   # q.k over 576, p.v over 512
+    attn_p, mlp = _proj_params(cfg, ours, scored=context > cfg.index_topk)
+    keys = (cfg.index_topk if padded else min(context, cfg.index_topk)) if ours else context
+    per_layer = attn_p + h * cfg.qk_nope_head_dim * cfg.kv_lora_rank + h * cfg.kv_lora_rank * cfg.v_head_dim
+    per_layer += h * lat * keys
+    cache = keys * cache_row_bytes
+    if ours and context > cfg.index_topk:     # scoring every key + top-k over the logits
+        per_layer += cfg.index_n_heads * cfg.index_head_dim * context
+        cache += context * (cfg.index_head_dim + 4) + 2 * 4 * context
+    layers = cfg.num_hidden_layers
+    macs = layers * per_layer + sum(mlp) + cfg.hidden_size * cfg.vocab_size
+    return ModelWork(macs, _weight_bytes(cfg, ours, wbytes) + layers * cache)
+
+
+def prefill_work(cfg, n: int, variant: str, cache_row_bytes: int = 2 * 576, wbytes: int = 2,
+                 padded: bool = False) -> ModelWork:
+    """Prefill of an n-token prompt from position 0 (chunking does not change the count) of the whole model.
+    ours: absorbed sparse MLA, row i over min(i + 1, index_topk) keys (index_topk if padded), indexer scoring
+    of the causal keys of rows i >= index_topk only (rows that fit take every key: dsa.plan); dense: the
+    engines' non-absorbed MLA prefill."""
+    ours = variant == "ours"
+    h, t = cfg.num_attention_heads, cfg.index_topk
+    attn_p, mlp = _proj_params(cfg, ours, scored=n > t)
+    causal = n * (n + 1) // 2
+    scored_keys = causal - t * (t + 1) // 2 if n > t else 0     # rows at positions >= t, each over position + 1
+    if ours:
+        keys = n * t if padded else (causal if n <= t else t * (t + 1) // 2 + (n - t) * t)
+        per_layer = n * (attn_p + h * cfg.qk_nope_head_dim * cfg.kv_lora_rank
+                         + h * cfg.kv_lora_rank * cfg.v_head_dim) + h * (cfg.mla_cache_dim + cfg.kv_lora_rank) * keys
+        cache = keys * cache_row_bytes
+        per_layer += cfg.index_n_heads * cfg.index_head_dim * scored_keys
+        cache += scored_keys * (cfg.index_head_dim + 4 + 8)
+    else:
+        per_layer = n * attn_p + h * causal * (cfg.qk_head_dim + cfg.v_head_dim)
+        cache = n * cache_row_bytes
+    layers = cfg.num_hidden_layers
+    macs = layers * per_layer + n * (sum(mlp) + cfg.hidden_size * cfg.vocab_size)
+    return ModelWork(macs, _weight_bytes(cfg, ours, wbytes) + layers * cache)
+
+
 # ------------------------------------------------------------------------------------------ table
 
 def _mb(x):

@@ -135,11 +135,12 @@ def cmd_plan(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
     p = argparse.ArgumentParser(prog="deepseek-v32", description="DeepSeek-V3.2 plugin tools")
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("make-checkpoint", help="write a random-weight checkpoint in the exact HF V3.2 format")
     m.add_argument("out", help="output directory (created)")
-    m.add_argument("--preset", default="tiny", choices=["tiny", "bench", "full"])
+    m.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     m.add_argument("--max-shard-mb", type=float, default=None, help="shard size limit (default: total/4)")

@@ -263,6 +263,19 @@ PRESETS: dict[str, dict] = {
                  num_key_value_heads=4, intermediate_size=512, moe_intermediate_size=256, n_routed_experts=8,
                  num_experts_per_tok=2, n_group=4, topk_group=2, first_k_dense_replace=1, q_lora_rank=256,
                  index_n_heads=8, index_topk=32, max_position_embeddings=4096),
+    # benchmarks/context_curve (issue 15): the tiny widths with the real indexer (64 heads, index_topk 2048),
+    # 3 layers (1 dense + 2 MoE of 8 experts), no MTP; 163840 positions so the cost curve reaches 32K+.
+    "topk2048": dict(_REAL, vocab_size=1024, hidden_size=256, num_hidden_layers=3, num_attention_heads=4,
+                     num_key_value_heads=4, intermediate_size=512, moe_intermediate_size=256, n_routed_experts=8,
+                     num_experts_per_tok=2, n_group=4, topk_group=2, first_k_dense_replace=1, q_lora_rank=256,
+                     num_nextn_predict_layers=0),
+    # benchmarks/context_curve: the real attention widths (128 heads, q_lora 1536, kv_lora 512, qk 128+64,
+    # v 128, indexer 64 x 128, index_topk 2048) around a narrow residual stream (hidden 1024), 2 dense-MLP
+    # layers (intermediate 2048), vocab 1024, no MTP: 185M parameters, 188 MB as FP8, 370 MB as bf16, so an
+    # engine serves it in a few GB while attention + indexer cost per token is the real model's per layer.
+    "real-width": dict(_REAL, vocab_size=1024, hidden_size=1024, num_hidden_layers=2, intermediate_size=2048,
+                       first_k_dense_replace=2, n_routed_experts=8, num_experts_per_tok=2, n_group=4,
+                       topk_group=2, moe_intermediate_size=256, num_nextn_predict_layers=0),
 }
 
 

@@ -174,6 +174,61 @@ def edit_checkpoint(out_dir: str, edits: dict) -> None:
         os.chmod(path, 0o644)
 
 
-__all__ = ["write_conditioned_checkpoint", "write_draftable_checkpoint", "scale_weights", "edit_checkpoint",
+DENSE_ARCHITECTURE = "DeepseekV3ForCausalLM"
+
+
+def write_dense_baseline(src_dir: str, out_dir: str, overwrite: bool = False) -> str:
+    """The engines' dense baseline of a V3.2 checkpoint (benchmarks/context_curve): the same weights as a bf16
+    `DeepseekV3ForCausalLM` (architecture / model_type deepseek_v3) without the indexer, so vLLM / SGLang serve
+    it with their own dense MLA and no plugin. FP8 weights are dequantized (weight x 128x128 block scale,
+    exact in fp32, then rounded to bf16); indexer tensors, `weight_scale_inv`s, the MTP layer and the
+    quantization_config / index_* config fields are dropped; the tokenizer files are copied. Returns out_dir."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from .checkpoint import INDEX_FILE, iter_checkpoint, validate_checkpoint
+    from .ops.fp8_quant import fp8_dequant_weight
+
+    cfg, plan = validate_checkpoint(src_dir, include_mtp=False)
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} is not empty (pass overwrite=True to write into it)")
+    os.makedirs(out_dir, exist_ok=True)
+    keep = lambda n: ".indexer." not in n  # noqa: E731
+    weight_map, total = {}, 0
+    for k, (shard, names) in enumerate(plan.items()):
+        raw = dict(iter_checkpoint(src_dir, include_mtp=False, names=lambda n, names=set(names): n in names))
+        out = {}
+        for name, t in raw.items():
+            if not keep(name) or name.endswith("_scale_inv"):
+                continue
+            if t.dtype == torch.float8_e4m3fn:
+                t = fp8_dequant_weight(t, raw[scale_inv_name(name)], torch.float32, name)
+            out[name] = t.to(torch.bfloat16).contiguous() if t.is_floating_point() else t.contiguous()
+        fname = f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors"
+        save_file(out, os.path.join(out_dir, fname), metadata={"format": "pt"})
+        weight_map.update({n: fname for n in out})
+        total += sum(t.numel() * t.element_size() for t in out.values())
+    with open(os.path.join(src_dir, "config.json")) as f:
+        conf = json.load(f)
+    for key in [k for k in conf if k.startswith("index_")] + ["quantization_config"]:
+        conf.pop(key, None)
+    conf.update(architectures=[DENSE_ARCHITECTURE], model_type="deepseek_v3", num_nextn_predict_layers=0,
+                torch_dtype="bfloat16")
+    for name, obj in (("config.json", conf),
+                      (INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})):
+        with open(os.path.join(out_dir, name), "w") as f:
+            json.dump(obj, f, indent=2)
+    for name in os.listdir(src_dir):   # tokenizer + generation config
+        if not name.endswith(".safetensors") and name not in ("config.json", INDEX_FILE):
+            src = os.path.join(src_dir, name)
+            if os.path.isfile(src):
+                shutil.copy(src, os.path.join(out_dir, name))
+    return out_dir
+
+
+__all__ = ["write_dense_baseline", "DENSE_ARCHITECTURE", "write_conditioned_checkpoint", "write_draftable_checkpoint", "scale_weights", "edit_checkpoint",
            "residual_output_weights", "DEFAULT_ALPHA", "DEFAULT_MLP_ALPHA",
            "DEFAULT_BETA"]

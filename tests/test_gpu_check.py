@@ -103,3 +103,19 @@ def test_phase_over_budget_is_cut(tmp_path):
     ends = {r["phase"]: r["status"] for r in rows if r["kind"] == "phase" and r["status"] != "start"}
     assert ends == {"ops": "cut", "timing": "done"}
     assert rows[-1]["kind"] == "end"
+
+
+def test_dry_run_context_phase(tmp_path):
+    """The opt-in phase (e): the decode step of the engine-neutral model, DSA vs dense, timed per context;
+    its logits equal dense's where every key is selected (context <= index_topk)."""
+    p = _run(tmp_path, "--phases", "context")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = results.load(str(tmp_path / "gpu_check.jsonl"))
+    done = {r["phase"]: r["status"] for r in rows if r["kind"] == "phase" and r["status"] != "start"}
+    assert done == {"context": "done"}, done
+    cx = [r for r in rows if r["kind"] == "context"]
+    assert [r["status"] for r in cx if r.get("err") is not None] == ["pass"] and cx[0]["err"] > 0.999
+    timed = {(r["shape"], r["backend"]) for r in cx if r.get("ms")}
+    assert timed == {(f"context {c}", v) for c in (16, 96) for v in ("ours", "dense")}   # 96 > index_topk 32
+    assert all(r["macs"] > 0 and r["bytes"] > 0 for r in cx if r.get("ms"))
+    assert "## (e) context curve" in (tmp_path / "RESULTS.md").read_text()

@@ -18,8 +18,12 @@ Phases, in order of value, each with a wall-clock budget (seconds; a phase past 
   (b) 67 cases x (cuda [+ forced sm80] + triton) = 175 checks, dominated by ~40 Triton JIT compiles
   at ~1-2 s; (c) 3.2 GB of weights generated on the GPU + 2 presets x 2 cache formats x 3 backends;
   (d) 7 anchors x 3 backends, ~0.3 s of replays each + compiles + the torch references (~1-3 s each).
-Later work may append optional phases (e) to PHASES with their own budgets (e.g. a decode-step graph replay,
-a context-length curve); they run after (d) and are cut the same way.
+  (e) context  90 s  opt-in (--phases ...,context): the engine-neutral decode step, DSA on our kernels vs
+                     dense MLA, contexts 2K..128K (context_check.py; benchmarks/context_curve on CPU): seconds
+                     to generate the real-width weights + fill 128K of cache, Triton JIT of the new shapes,
+                     then 5 contexts x 2 paths x 22 eager steps
+Later work may append optional phases (f) to PHASES with their own budgets (e.g. a decode-step graph replay);
+they run after (e) and are cut the same way.
 
 Results: <out>/gpu_check.jsonl (every row appended + fsync'd when it exists), <out>/RESULTS.md rendered
 after each phase. Render again / update the README: python benchmarks/gpu_check/results.py FILE --md ... --readme README.md
@@ -41,8 +45,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-PHASES = [("build", 150.0), ("ops", 120.0), ("model", 90.0), ("timing", 120.0)]
-DRY_BUDGETS = {"build": 20.0, "ops": 45.0, "model": 40.0, "timing": 20.0}
+PHASES = [("build", 150.0), ("ops", 120.0), ("model", 90.0), ("timing", 120.0), ("context", 90.0)]
+OPTIONAL = {"context"}     # run only when named in --phases: the default run stays within 480 s
+DRY_BUDGETS = {"build": 20.0, "ops": 45.0, "model": 40.0, "timing": 20.0, "context": 30.0}
 
 
 class PhaseCut(BaseException):
@@ -101,7 +106,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes, CUDA skipped")
     ap.add_argument("--out", default=os.environ.get("OUT") or os.path.join(ROOT, "benchmarks", "results", "latest"))
-    ap.add_argument("--phases", default="", help="comma-separated subset of " + ",".join(p for p, _ in PHASES))
+    ap.add_argument("--phases", default="", help="comma-separated subset of " + ",".join(p for p, _ in PHASES)
+                    + " (default: all but the optional " + ",".join(sorted(OPTIONAL)) + ")")
     ap.add_argument("--budget", default="", help="per-phase budget overrides, e.g. ops=60,timing=200")
     ap.add_argument("--seed", type=int, default=20261122)
     args = ap.parse_args(argv)
@@ -122,7 +128,7 @@ def main(argv=None) -> int:
     for kv in filter(None, args.budget.split(",")):
         k, v = kv.split("=")
         budgets[k.strip()] = float(v)
-    chosen = [p for p, _ in PHASES if not args.phases or p in args.phases.split(",")]
+    chosen = [p for p, _ in PHASES if (p in args.phases.split(",") if args.phases else p not in OPTIONAL)]
 
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "gpu_check.jsonl")
@@ -138,10 +144,12 @@ def main(argv=None) -> int:
             budgets_s={p: budgets[p] for p in chosen}, seed=args.seed)
 
     import build
+    import context_check
     import model_check
     import ops_check
     import timing
-    runners = {"build": build.run, "ops": ops_check.run, "model": model_check.run, "timing": timing.run}
+    runners = {"build": build.run, "ops": ops_check.run, "model": model_check.run, "timing": timing.run,
+               "context": context_check.run}
     signal.signal(signal.SIGALRM, _on_alarm)
     rc = 0
     if "build" not in chosen:     # the later phases need to know what is there

@@ -134,7 +134,7 @@ def summary(rows: list[dict]) -> dict:
     """Counts per phase/status and the code paths that ran, for the status lines."""
     out: dict = {}
     for r in rows:
-        if r.get("kind") in ("check", "model", "time", "build"):
+        if r.get("kind") in ("check", "model", "time", "build", "context"):
             c = out.setdefault(r["phase"], {})
             st = r.get("status", "?")
             if r.get("kind") == "time" and st == "pass" and r.get("check") == "fail":
@@ -201,6 +201,19 @@ def render_markdown(rows: list[dict], source: str = "") -> str:
                           _num(r.get("pct_roof"), "{:.0f}%"), _num(r.get("x_ref"), "{:.2f}x"),
                           f"{r.get('check', '-')} ({_num(r.get('err'))})", r.get("anchor", ""),
                           "; ".join(x for x in (r.get("method"), r.get("reason")) if x)[:200]] for r in t])
+    cx = [r for r in rows if r.get("kind") == "context"]
+    if cx:
+        lines += ["", "## (e) context curve: decode step, DSA on our kernels vs dense MLA", "",
+                  "Eager decode step of the whole engine-neutral model (device sync, launch overhead included); "
+                  "ms = median [q1-q3]; pred = the work model's roofline ratio ours / dense (ceilings of (d)).", ""]
+        lines += _table(["what", "shape", "path", "status", "ms", "ours/dense", "pred", "GMAC", "MB", "note"],
+                        [[f"{r.get('op')} [{r.get('backend')}]", r.get("shape"), r.get("path", ""), r.get("status"),
+                          f"{_num(r.get('ms'), '{:.3f}')} [{_num(r.get('ms_q1'), '{:.3f}')}-"
+                          f"{_num(r.get('ms_q3'), '{:.3f}')}]" if r.get("ms") is not None else _num(r.get("err")),
+                          _num(r.get("ratio"), "{:.2f}"), _num(r.get("pred"), "{:.2f}"),
+                          _num(r["macs"] / 1e9 if r.get("macs") else None, "{:.2f}"),
+                          _num(r["bytes"] / 1e6 if r.get("bytes") else None, "{:.1f}"),
+                          (r.get("reason") or "")[:200]] for r in cx])
     return "\n".join(lines) + "\n"
 
 
@@ -213,7 +226,7 @@ def render_status(rows: list[dict], source: str = "") -> list[str]:
             f"git {m.get('git', '?')}" + (f", results `{source}`" if source else "") + ":")
     out = [head]
     names = {"build": "(a) build", "ops": "(b) ops vs reference", "model": "(c) model on kernels",
-             "timing": "(d) timings"}
+             "timing": "(d) timings", "context": "(e) context curve"}
     for ph, c in s.items():
         paths = ", ".join(sorted(c.pop("paths", set())))
         counts = ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
