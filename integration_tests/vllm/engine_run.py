@@ -21,7 +21,8 @@ def main(path: str) -> None:
         _capture_metadata(job["capture_metadata"])
     if job.get("capture_mtp"):
         _capture_first_mtp_step(job["capture_mtp"])
-    llm = LLM(model=job["model"], enforce_eager=True, seed=0, disable_log_stats=False, **job["engine"])
+    # eager unless the job asks for vLLM's compilation ("enforce_eager": false)
+    llm = LLM(model=job["model"], seed=0, disable_log_stats=False, **{"enforce_eager": True, **job["engine"]})
     # vLLM skips prefix-cache lookups for requests asking for prompt logprobs: make them per request
     sps = [SamplingParams(max_tokens=job.get("max_tokens", 8), temperature=0.0, detokenize=False, logprobs=0,
                           ignore_eos=job.get("ignore_eos", False),

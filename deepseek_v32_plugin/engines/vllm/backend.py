@@ -39,7 +39,9 @@ DEFAULT_DECODE_THRESHOLD = 1
 
 
 class DSV32MetadataBuilder(AttentionMetadataBuilder[DSAPlan]):
-    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.NEVER
+    # Full CUDA graphs for uniform batches (decode, MTP verify: every request has the same query length
+    # <= decode_threshold); mixed batches run our attention op eagerly between piecewise graphs (dsa_op.py).
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_BATCH
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
@@ -52,21 +54,88 @@ class DSV32MetadataBuilder(AttentionMetadataBuilder[DSAPlan]):
         self.topk = vllm_config.model_config.hf_config.index_topk
         # decodes (and MTP verifications) first: they batch into one paged indexer call
         self._init_reorder_batch_threshold(self.decode_threshold, supports_spec_as_decode=True)
+        # With full CUDA graphs, uniform batches get a plan whose tensors are persistent buffers (filled in
+        # place each step) and whose host-side shape depends only on (requests, query length): what a graph
+        # captured on one batch reads when replayed on another. Elsewhere (CPU, eager, piecewise) every
+        # batch gets its exact host-side plan.
+        self.persistent = vllm_config.compilation_config.cudagraph_mode.has_full_cudagraphs()
+        self.max_reqs = vllm_config.scheduler_config.max_num_seqs
+        self.max_model_len = vllm_config.model_config.max_model_len
+        self._bufs = None
+        self._plans: dict = {}
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> DSAPlan:
         m, r = common_attn_metadata, common_attn_metadata.num_reqs
-        md = dsa.plan(m.query_start_loc_cpu[: r + 1].tolist(), m.seq_lens[:r].cpu().tolist(), m.block_table_tensor,
-                      m.slot_mapping, self.topk, self.decode_threshold)
+        q = self.uniform_query_len(m) if self.persistent else 0
+        if q:
+            md = self.graph_plan(m, q)
+        else:
+            md = dsa.plan(m.query_start_loc_cpu[: r + 1].tolist(), m.seq_lens[:r].cpu().tolist(),
+                          m.block_table_tensor, m.slot_mapping, self.topk, self.decode_threshold)
         if CAPTURE is not None:
             CAPTURE(md)
         return md
 
+    def uniform_query_len(self, m: CommonAttentionMetadata) -> int:
+        """q when every request of the batch has query length q <= decode_threshold (vLLM's CUDA-graph
+        padding adds requests of length 0 after them, and their q rows each), else 0. Host data only."""
+        qsl = m.query_start_loc_cpu[: m.num_reqs + 1]
+        qlens = (qsl[1:] - qsl[:-1]).tolist()
+        q = qlens[0] if qlens else 0
+        real = sum(1 for v in qlens if v)
+        if not 0 < q <= self.decode_threshold or any(v != q for v in qlens[:real]) or any(qlens[real:]) \
+                or m.num_actual_tokens != m.num_reqs * q or m.num_reqs > self.max_reqs:
+            return 0
+        return q
+
+    def graph_plan(self, m: CommonAttentionMetadata, q: int) -> DSAPlan:
+        """The plan of a uniform batch of R = num_reqs requests x q rows, in persistent buffers: seq_lens,
+        block table, slot mapping, positions (seq_len - q + i, -1 for padding requests) and each row's block
+        table are copied in place (no allocation, no host sync); the paged group reads keys up to
+        max_model_len (padding requests: seq_len 0, slot -1, nothing selected). One DSAPlan object per
+        (R, q): the same tensors every step."""
+        r, t, bt = m.num_reqs, m.num_actual_tokens, m.block_table_tensor
+        b = self._buffers(bt)
+        if bt.shape[1] != b["block_table"].shape[1]:
+            raise ValueError(f"block_table_tensor width {bt.shape[1]} != {b['block_table'].shape[1]} at the first "
+                             f"graph batch: the persistent buffers assume one width")
+        b["seq_lens"][:r].copy_(m.seq_lens[:r])
+        b["block_table"][:r].copy_(bt[:r])
+        n = min(t, m.slot_mapping.shape[0])
+        b["slot_mapping"][:n].copy_(m.slot_mapping[:n])
+        b["slot_mapping"][n:t].fill_(-1)
+        pos = b["positions"][:t].view(r, q)
+        torch.add(b["seq_lens"][:r, None], b["offsets"][self.decode_threshold - q:], out=pos)
+        pos.clamp_min_(-1)
+        b["row_block_table"][:t].view(r, q, -1).copy_(b["block_table"][:r, None, :].expand(r, q, -1))
+        md = self._plans.get((r, q))
+        if md is None:
+            max_ctx = min(self.max_model_len, bt.shape[1] * PAGE_SIZE)
+            md = self._plans[(r, q)] = DSAPlan(
+                num_tokens=t, seq_lens=b["seq_lens"][:r], block_table=b["block_table"][:r],
+                slot_mapping=b["slot_mapping"][:t], positions=b["positions"][:t],
+                row_block_table=b["row_block_table"][:t], paged=[dsa.PagedGroup(0, r, 0, t, q, max_ctx)])
+        return md
+
+    def _buffers(self, bt: torch.Tensor) -> dict:
+        if self._bufs is None:   # sized once, at the first (capture) batch: max_num_seqs x decode_threshold rows
+            rows, w, dev = self.max_reqs * self.decode_threshold, bt.shape[1], bt.device
+            self._bufs = dict(
+                seq_lens=torch.zeros(self.max_reqs, dtype=torch.int32, device=dev),
+                block_table=torch.zeros(self.max_reqs, w, dtype=torch.int32, device=dev),
+                slot_mapping=torch.full((rows,), -1, dtype=torch.int64, device=dev),
+                positions=torch.zeros(rows, dtype=torch.int64, device=dev),
+                row_block_table=torch.zeros(rows, w, dtype=torch.int32, device=dev),
+                # offsets[threshold - q + i] = i - q: position of row i of a request, relative to its seq_len
+                offsets=torch.arange(-self.decode_threshold, 0, device=dev))
+        return self._bufs
+
 
 class _SharedPlanBuilder(AttentionMetadataBuilder[None]):
     """The indexer cache's group: same batch, same block table as the latent cache's, whose plan the model
-    uses for both; nothing to build here."""
-    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.NEVER
+    uses for both; nothing to build here (so nothing that a CUDA graph could not replay)."""
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.ALWAYS
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)

@@ -31,3 +31,23 @@ def check_servable(cfg: V32Config, vllm_config) -> None:
     if cc.cache_dtype not in FP8_CACHE_DTYPES + BF16_CACHE_DTYPES:
         raise ValueError(f"deepseek_v32_plugin: kv_cache_dtype={cc.cache_dtype!r} is not served; use 'auto' / "
                          f"'bfloat16' (576 x bf16 latent rows) or 'fp8_ds_mla' (656 B rows)")
+
+
+# The DSA step's torch custom op (dsa_op.py); named here so the config hook needs no model code.
+DSA_OP = "dsv32_vllm::dsa_attention"
+
+
+def add_splitting_op(vllm_config) -> None:
+    """Make our DSA op a splitting op of vLLM's piecewise compilation, like vLLM's own attention ops: mixed
+    batches (prefill chunks, decodes) run it eagerly with their host-side plan; only uniform batches have a
+    plan a full CUDA graph can replay (backend.py). Called before vLLM fills its default list
+    (VllmConfig.__post_init__: the model config hook runs before set_splitting_ops_for_v1)."""
+    from vllm.config import CompilationMode
+
+    cc = vllm_config.compilation_config
+    if cc.mode != CompilationMode.VLLM_COMPILE:
+        return
+    ops = list(cc._attention_ops) if cc.splitting_ops is None else list(cc.splitting_ops)
+    if DSA_OP not in ops:
+        ops.append(DSA_OP)
+    cc.splitting_ops = ops
