@@ -43,6 +43,9 @@ def main(path: str) -> None:
         res.append({"token_ids": list(c.token_ids), "prompt_logprobs": plp, "logprobs": glp,
                     "num_cached_tokens": o.num_cached_tokens or 0})
     metrics = {}
+    from torch._dynamo.utils import counters   # what dynamo traced in this (in-process) engine
+    metrics["dynamo_graphs"] = counters["stats"]["unique_graphs"]
+    metrics["dynamo_graph_breaks"] = sum(counters["graph_break"].values())
     for m in llm.get_metrics():
         if m.name.startswith("vllm:spec_decode_num_") and hasattr(m, "value"):
             metrics[m.name] = m.value

@@ -133,3 +133,21 @@ def test_without_full_graphs_the_plan_is_the_eager_one(tiny_ckpt, seed):
     md = builder.build(0, m)
     assert builder._bufs is None and md.num_tokens == 4
     assert md.paged[0].max_context == int(m.seq_lens.max())
+
+
+@pytest.mark.parametrize("user_ops", [None, ["vllm::unified_attention_with_output"]], ids=["default", "user-list"])
+def test_dsa_op_is_a_piecewise_splitting_op(user_ops):
+    """The config hook's add_splitting_op, then vLLM's own set_splitting_ops_for_v1 (what VllmConfig runs
+    after the hook): our op is among the splitting ops, beside vLLM's defaults or the user's list."""
+    from types import SimpleNamespace
+
+    from vllm.config import CompilationConfig, CompilationMode
+
+    from deepseek_v32_plugin.engines.vllm.checks import DSA_OP, add_splitting_op
+    cc = CompilationConfig(mode=CompilationMode.VLLM_COMPILE, splitting_ops=user_ops)
+    add_splitting_op(SimpleNamespace(compilation_config=cc))
+    cc.set_splitting_ops_for_v1(all2all_backend="naive")
+    assert DSA_OP in cc.splitting_ops
+    want = user_ops or CompilationConfig._attention_ops
+    assert all(op in cc.splitting_ops for op in want)
+    assert DSA_OP not in CompilationConfig._attention_ops   # other models in the process are untouched

@@ -40,14 +40,16 @@ DSA_OP = "dsv32_vllm::dsa_attention"
 def add_splitting_op(vllm_config) -> None:
     """Make our DSA op a splitting op of vLLM's piecewise compilation, like vLLM's own attention ops: mixed
     batches (prefill chunks, decodes) run it eagerly with their host-side plan; only uniform batches have a
-    plan a full CUDA graph can replay (backend.py). Called before vLLM fills its default list
-    (VllmConfig.__post_init__: the model config hook runs before set_splitting_ops_for_v1)."""
+    plan a full CUDA graph can replay (backend.py). Runs from the model config hook, before vLLM fills its
+    default list (VllmConfig.__post_init__ -> CompilationConfig.set_splitting_ops_for_v1): we extend the
+    attention-op list that default is made from, so vLLM's own additions to it still happen."""
     from vllm.config import CompilationMode
 
     cc = vllm_config.compilation_config
-    if cc.mode != CompilationMode.VLLM_COMPILE:
+    if cc.mode not in (None, CompilationMode.VLLM_COMPILE):   # None: vLLM picks its default mode later
         return
-    ops = list(cc._attention_ops) if cc.splitting_ops is None else list(cc.splitting_ops)
-    if DSA_OP not in ops:
-        ops.append(DSA_OP)
-    cc.splitting_ops = ops
+    if cc.splitting_ops is not None:   # the user's list
+        if DSA_OP not in cc.splitting_ops:
+            cc.splitting_ops.append(DSA_OP)
+    elif DSA_OP not in cc._attention_ops:   # an instance attribute over the class-level list
+        object.__setattr__(cc, "_attention_ops", [*type(cc)._attention_ops, DSA_OP])

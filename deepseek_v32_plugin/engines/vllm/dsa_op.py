@@ -3,15 +3,20 @@
 it takes the layer's name, reads the step's plan (attention metadata) and the caches from vLLM's forward
 context, and writes its output into `out`. So:
   - dynamo traces the model around it (the plan holds host-side structure that must not be traced);
-  - it is a splitting op of vLLM's piecewise compilation (register() adds it to `splitting_ops`): mixed
-    batches run it eagerly between captured pieces, with the host-side plan of that batch;
+  - mixed batches (prefill chunks with decodes) run it eagerly, with that batch's host-side plan, between
+    captured parts: vLLM 0.32 serves DeepseekV32ForCausalLM with "breakable" CUDA graphs by default
+    (config/vllm.py DEFAULT_BREAKABLE_CUDAGRAPH_ARCHITECTURES; compilation mode NONE), whose capture
+    breaks at ops wrapped by eager_break_during_capture, as this one is; with VLLM_USE_BREAKABLE_CUDAGRAPH=0
+    vLLM compiles the model (support_torch_compile) and this op is a splitting op of its piecewise graphs
+    (checks.add_splitting_op, from the config hook);
   - in a FULL CUDA graph (uniform decode / MTP-verify batches) it is captured with the rest of the step,
-    reading the builder's persistent buffers (backend.py, DSV32MetadataBuilder._graph_plan).
+    reading the builder's persistent buffers (backend.py, DSV32MetadataBuilder.graph_plan).
 """
 from __future__ import annotations
 
 import torch
 
+from vllm.compilation.breakable_cudagraph import eager_break_during_capture
 from vllm.forward_context import get_forward_context
 
 from deepseek_v32_plugin.model import dsa
@@ -30,6 +35,7 @@ def step_plan(layer_name: str):
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=("out",))
+@eager_break_during_capture   # a no-op unless vLLM enabled breakable CUDA graphs (decided before model import)
 def dsa_attention(q576: torch.Tensor, kv_c: torch.Tensor, k_pe: torch.Tensor, k: torch.Tensor,
                   q_fp8: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, latent_layer: str,
                   index_layer: str, topk: int, scale: float) -> None:
