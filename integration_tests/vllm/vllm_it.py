@@ -23,14 +23,15 @@ def engine_env(tp: int = 1) -> dict:
 
 
 def run_engine(tmp_path, model: str, engine: dict, requests: list, max_tokens: int = 8, batch: str = "together",
-               timeout: int = 420, full: bool = False, **job_extra):
-    """-> per-request results (or, with full=True, {"requests": [...], "metrics": {...}})."""
+               timeout: int = 420, full: bool = False, env: dict = None, **job_extra):
+    """-> per-request results (or, with full=True, {"requests": [...], "metrics": {...}}). env: extra
+    environment variables of the engine process."""
     tp = engine.get("tensor_parallel_size", 1)
     engine = dict(engine, distributed_executor_backend="uni" if tp == 1 else "mp")
     job = tmp_path / f"job{len(list(tmp_path.iterdir()))}.json"
     job.write_text(json.dumps({"model": model, "engine": engine, "requests": requests, "max_tokens": max_tokens,
                                "batch": batch, **job_extra}))
-    p = subprocess.run([sys.executable, os.path.join(HERE, "engine_run.py"), str(job)], env=engine_env(tp),
+    p = subprocess.run([sys.executable, os.path.join(HERE, "engine_run.py"), str(job)], env={**engine_env(tp), **(env or {})},
                        capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode != 0 or not lines:
