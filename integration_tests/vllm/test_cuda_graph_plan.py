@@ -93,7 +93,7 @@ def _step(md, x, topk):
 
 def _ptrs(md):
     return [md.seq_lens.data_ptr(), md.block_table.data_ptr(), md.slot_mapping.data_ptr(),
-            md.positions.data_ptr(), md.row_block_table.data_ptr()]
+            md.positions.data_ptr(), md.row_block_table.data_ptr(), md.paged[0].max_context]
 
 
 @pytest.mark.parametrize("spec_tokens", [0, 2], ids=["decode", "mtp-verify"])

