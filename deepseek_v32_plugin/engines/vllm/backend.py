@@ -12,6 +12,10 @@ The builder hands vLLM's `CommonAttentionMetadata` (query_start_loc, seq_lens, b
 does nothing), with decode_threshold = 1 + num_speculative_tokens: decodes and MTP verifications take the
 paged indexer kernel, prefill chunks (prefix hits and earlier chunks read back from the cache) are batched
 into one ragged call.
+
+CUDA graphs (UNIFORM_BATCH): with full graphs on, uniform batches (decode, MTP verify, plus vLLM's padding
+requests) get a plan in persistent buffers refilled in place (model/dsa_graph.py), so a graph captured on one
+batch replays on another; mixed batches keep the exact plan and run the DSA op eagerly (dsa_op.py).
 """
 from __future__ import annotations
 
