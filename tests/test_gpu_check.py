@@ -45,7 +45,7 @@ def test_dry_run_all_phases(tmp_path):
     assert rows[0]["kind"] == "meta" and rows[0]["dry_run"] is True
     assert rows[-1]["kind"] == "end" and rows[-1]["status"] == "pass"
     done = {r["phase"]: r["status"] for r in rows if r["kind"] == "phase" and r["status"] != "start"}
-    assert done == {"build": "done", "ops": "done", "model": "done", "timing": "done"}, done
+    assert done == {"build": "done", "ops": "done", "model": "done", "timing": "done", "graph": "done"}, done
     # every op of the dispatch registry was checked on Triton and passed; CUDA reported as skipped
     from deepseek_v32_plugin.ops import _dispatch
     checked = {r["op"] for r in rows if r["kind"] == "check" and r["backend"] == "triton" and r["status"] == "pass"}
@@ -55,8 +55,11 @@ def test_dry_run_all_phases(tmp_path):
     timed = [r for r in rows if r["kind"] == "time" and r["backend"] == "triton"]
     assert len(timed) == 7 and all(r["check"] == "pass" for r in timed)
     assert any(r["kind"] == "model" and r["status"] == "pass" for r in rows)
+    graph = [r for r in rows if r["kind"] == "graph"]   # decode + MTP verify: captured plan on new contents == eager
+    assert len(graph) == 2 and all(r["status"] == "pass" and r["exact"] for r in graph), graph
     md = (tmp_path / "RESULTS.md").read_text()
     assert "## (b) ops vs the PyTorch reference" in md and "## (d) timings" in md and "finished: pass" in md
+    assert "## (e) decode step in a CUDA graph vs eager" in md
     readme = tmp_path / "README.md"
     shutil.copy(os.path.join(ROOT, "README.md"), readme)
     results.main([str(tmp_path / "gpu_check.jsonl"), "--readme", str(readme), "--md", str(tmp_path / "R2.md")])

@@ -82,7 +82,7 @@ def test_uniform_plan_equals_context_plan_and_refills_in_place(seed, q):
     for reqs, seqs in (([4, 0, 2], [9, 70, 150]), ([1, 5, 3], [200, 12, 65])):
         req_pool_indices, positions, slots = _batch(req_to_token, reqs, seqs, q)
         if plan is None:
-            plan = uniform_plan(bufs, bs, q, slots)
+            plan = uniform_plan(bufs, bs, q, slots, TOPK)
             ptrs = [t.data_ptr() for t in (plan.seq_lens, plan.block_table, plan.positions, plan.row_block_table)]
         with _NoSync():
             fill_uniform(plan, req_to_token, req_pool_indices, positions, slots)
@@ -101,7 +101,7 @@ def test_draft_step_offset_and_detector():
     g = torch.Generator().manual_seed(0)
     req_to_token, _ = _pool(g)
     req_pool_indices, positions, slots = _batch(req_to_token, [2, 3], [40, 100], 1)
-    plan = uniform_plan(uniform_buffers(2, 2, CAPACITY_PAGES, "cpu"), 2, 1, slots)
+    plan = uniform_plan(uniform_buffers(2, 2, CAPACITY_PAGES, "cpu"), 2, 1, slots, TOPK)
     fill_uniform(plan, req_to_token, req_pool_indices, positions, slots, step_offset=2)
     assert plan.positions.tolist() == [41, 101] and plan.seq_lens.tolist() == [42, 102]
     with pytest.raises(AssertionError, match="host-syncing"):

@@ -10,20 +10,23 @@ Phases, in order of value, each with a wall-clock budget (seconds; a phase past 
   (c) model    90 s  the reference model on our kernels vs on the references: tiny + a real-width preset
   (d) timing  120 s  one row per anchor shape x (CUDA, Triton, torch), CUDA graphs + L2 flush, each
                      timed output checked, beside the anchors and the measured ceilings
-  = 480 s (8 min) on one H100. Estimates (README "GPU check"): (a) nvcc on this repo's CPU machine: the
+  (e) graph    60 s  one decode step's op sequence (decode, MTP verify) captured in a CUDA graph on a
+                     persistent-buffer plan, replayed on another batch vs eager on its own plan; both timed
+  = 540 s (9 min) on one H100. Estimates (README "GPU check"): (a) nvcc on this repo's CPU machine: the
   sm_90a CuTe GEMM 31 s, sm_90a indexer 17 s, sm_90a MLA 14 s, sm80 GEMM 10 s, the rest 2-3 s each
   (84 s serial; ninja runs them in parallel on 16 cores, so ~40-60 s with bindings.cpp) + margin;
   Triton (tests/triton/test_compile_*.py, sm_90a, this machine): the shipped MLA+MoE configs 17 s, the
   indexer's 18 s, ~1-2 s per kernel variant;
   (b) 67 cases x (cuda [+ forced sm80] + triton) = 175 checks, dominated by ~40 Triton JIT compiles
   at ~1-2 s; (c) 3.2 GB of weights generated on the GPU + 2 presets x 2 cache formats x 3 backends;
-  (d) 7 anchors x 3 backends, ~0.3 s of replays each + compiles + the torch references (~1-3 s each).
-  (e) context  90 s  opt-in (--phases ...,context): the engine-neutral decode step, DSA on our kernels vs
+  (d) 7 anchors x 3 backends, ~0.3 s of replays each + compiles + the torch references (~1-3 s each);
+  (e) 2 cases: 340 MB of caches filled, 2 warm-ups + a capture + 20 timed steps each,
+  Triton JITs shared with (b) (graph_check.py);
+  (f) context  90 s  opt-in (--phases ...,context): the engine-neutral decode step, DSA on our kernels vs
                      dense MLA, contexts 2K..128K (context_check.py; benchmarks/context_curve on CPU): seconds
                      to generate the real-width weights + fill 128K of cache, Triton JIT of the new shapes,
                      then 5 contexts x 2 paths x 22 eager steps
-Later work may append optional phases (f) to PHASES with their own budgets (e.g. a decode-step graph replay);
-they run after (e) and are cut the same way.
+Later work may append optional phases (g) to PHASES with their own budgets; they run after (f) and are cut the same way.
 
 Results: <out>/gpu_check.jsonl (every row appended + fsync'd when it exists), <out>/RESULTS.md rendered
 after each phase. Render again / update the README: python benchmarks/gpu_check/results.py FILE --md ... --readme README.md
@@ -45,9 +48,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-PHASES = [("build", 150.0), ("ops", 120.0), ("model", 90.0), ("timing", 120.0), ("context", 90.0)]
-OPTIONAL = {"context"}     # run only when named in --phases: the default run stays within 480 s
-DRY_BUDGETS = {"build": 20.0, "ops": 45.0, "model": 40.0, "timing": 20.0, "context": 30.0}
+PHASES = [("build", 150.0), ("ops", 120.0), ("model", 90.0), ("timing", 120.0), ("graph", 60.0),
+          ("context", 90.0)]
+OPTIONAL = {"context"}     # run only when named in --phases: the default run stays within 540 s
+DRY_BUDGETS = {"build": 20.0, "ops": 45.0, "model": 40.0, "timing": 20.0, "graph": 20.0, "context": 30.0}
 
 
 class PhaseCut(BaseException):
@@ -145,11 +149,12 @@ def main(argv=None) -> int:
 
     import build
     import context_check
+    import graph_check
     import model_check
     import ops_check
     import timing
     runners = {"build": build.run, "ops": ops_check.run, "model": model_check.run, "timing": timing.run,
-               "context": context_check.run}
+               "graph": graph_check.run, "context": context_check.run}
     signal.signal(signal.SIGALRM, _on_alarm)
     rc = 0
     if "build" not in chosen:     # the later phases need to know what is there

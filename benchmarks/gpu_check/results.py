@@ -134,7 +134,7 @@ def summary(rows: list[dict]) -> dict:
     """Counts per phase/status and the code paths that ran, for the status lines."""
     out: dict = {}
     for r in rows:
-        if r.get("kind") in ("check", "model", "time", "build", "context"):
+        if r.get("kind") in ("check", "model", "time", "build", "graph", "context"):
             c = out.setdefault(r["phase"], {})
             st = r.get("status", "?")
             if r.get("kind") == "time" and st == "pass" and r.get("check") == "fail":
@@ -201,9 +201,20 @@ def render_markdown(rows: list[dict], source: str = "") -> str:
                           _num(r.get("pct_roof"), "{:.0f}%"), _num(r.get("x_ref"), "{:.2f}x"),
                           f"{r.get('check', '-')} ({_num(r.get('err'))})", r.get("anchor", ""),
                           "; ".join(x for x in (r.get("method"), r.get("reason")) if x)[:200]] for r in t])
+    gr = [r for r in rows if r.get("kind") == "graph"]
+    if gr:
+        lines += ["", "## (e) decode step in a CUDA graph vs eager", "",
+                  "The step captured on one batch's persistent-buffer plan, replayed on another batch; eager = "
+                  "that batch's own host-side plan + launches; graph = buffer refill + one replay.", ""]
+        lines += _table(["step", "shape", "status", "slot overlap", "max |dout|", "bit-exact", "eager us", "graph us",
+                         "x graph", "note"],
+                        [[r.get("op"), r.get("shape", ""), r.get("status"), _num(r.get("overlap")), _num(r.get("err")),
+                          r.get("exact", "-"), _num(r.get("us_eager"), "{:.1f}"), _num(r.get("us_graph"), "{:.1f}"),
+                          _num(r.get("x_graph"), "{:.2f}x"),
+                          "; ".join(x for x in (r.get("method"), r.get("reason")) if x)[:200]] for r in gr])
     cx = [r for r in rows if r.get("kind") == "context"]
     if cx:
-        lines += ["", "## (e) context curve: decode step, DSA on our kernels vs dense MLA", "",
+        lines += ["", "## (f) context curve: decode step, DSA on our kernels vs dense MLA", "",
                   "Eager decode step of the whole engine-neutral model (device sync, launch overhead included); "
                   "ms = median [q1-q3]; pred = the work model's roofline ratio ours / dense (ceilings of (d)).", ""]
         lines += _table(["what", "shape", "path", "status", "ms", "ours/dense", "pred", "GMAC", "MB", "note"],
@@ -226,7 +237,7 @@ def render_status(rows: list[dict], source: str = "") -> list[str]:
             f"git {m.get('git', '?')}" + (f", results `{source}`" if source else "") + ":")
     out = [head]
     names = {"build": "(a) build", "ops": "(b) ops vs reference", "model": "(c) model on kernels",
-             "timing": "(d) timings", "context": "(e) context curve"}
+             "timing": "(d) timings", "graph": "(e) decode step graph", "context": "(f) context curve"}
     for ph, c in s.items():
         paths = ", ".join(sorted(c.pop("paths", set())))
         counts = ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
@@ -251,6 +262,10 @@ def render_status(rows: list[dict], source: str = "") -> list[str]:
             parts.append(f"{r['backend']}/{r.get('path')} {r['us']:.1f} us{rate}"
                          + ("" if r.get("check", "pass") == "pass" else " (WRONG OUTPUT)"))
         out.append(f"  - {op} {shape}: " + "; ".join(parts) + (f" [anchor: {anchor}]" if anchor else ""))
+    for r in rows:
+        if r.get("kind") == "graph" and r.get("us_graph") is not None:
+            out.append(f"  - {r['op']} {r.get('shape', '')}: eager {r['us_eager']:.1f} us, graph {r['us_graph']:.1f} us"
+                       f" ({r['status']}, slot overlap {r.get('overlap', 0):.3f}, max |dout| {r.get('err', 0):.2g})")
     fails = [r for r in rows if r.get("status") in ("fail", "error") or r.get("check") == "fail"]
     for r in fails[:12]:
         out.append(f"  - FAIL {r.get('phase')}: {r.get('op')} {r.get('shape', '')} [{r.get('backend', '')}/"

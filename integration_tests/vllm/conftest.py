@@ -14,6 +14,19 @@ for _p in (HERE, os.path.dirname(HERE)):   # --import-mode=importlib: make vllm_
 from it_common import SEED, pytest_runtest_makereport, write_tiny_checkpoint  # noqa: E402,F401 (the hook is used by pytest)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "inductor: opt-in (DSV32_INDUCTOR=1, scripts/test.sh compile): vLLM "
+                                       "compiles our model with inductor on CPU (minutes of C++ builds)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("DSV32_INDUCTOR", "0") != "1":
+        skip = pytest.mark.skip(reason="opt-in: DSV32_INDUCTOR=1 (scripts/test.sh compile)")
+        for item in items:
+            if "inductor" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def seed():
     """This run's checkpoint seed (it_common.SEED), for tests that write their own checkpoint."""

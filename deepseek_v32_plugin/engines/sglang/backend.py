@@ -31,7 +31,7 @@ from typing import Optional
 
 import torch
 
-from ...model import dsa
+from ...model import dsa, dsa_graph
 from ...ops import PAGE_SIZE, indexer, sparse_mla
 
 BACKEND_NAME = "dsv32_sparse"
@@ -136,7 +136,7 @@ def _make_backend_class():
         def _uniform_plan(self, bs: int, q: int, slot_mapping, bufs: Optional[dict] = None) -> dsa.DSAPlan:
             if bufs is None:
                 bufs = uniform_buffers(bs, bs * q, self.capacity_pages, self.device)
-            return uniform_plan(bufs, bs, q, slot_mapping)
+            return uniform_plan(bufs, bs, q, slot_mapping, self.topk)
 
         def _fill_uniform(self, plan: dsa.DSAPlan, req_pool_indices, positions, out_cache_loc) -> None:
             fill_uniform(plan, self.req_to_token, req_pool_indices, positions, out_cache_loc, self.step_offset)
@@ -267,17 +267,18 @@ def uniform_buffers(bs: int, t: int, capacity_pages: int, device) -> dict:
     return {"seq_lens": torch.ones(bs, dtype=torch.int32, device=device),
             "block_table": torch.zeros(bs, capacity_pages, dtype=torch.int32, device=device),
             "positions": torch.zeros(t, dtype=torch.int64, device=device),
-            "row_block_table": torch.zeros(t, capacity_pages, dtype=torch.int32, device=device)}
+            "row_block_table": torch.zeros(t, capacity_pages, dtype=torch.int32, device=device),
+            "topk_length": torch.zeros(t, dtype=torch.int32, device=device)}
 
 
-def uniform_plan(bufs: dict, bs: int, q: int, slot_mapping) -> dsa.DSAPlan:
+def uniform_plan(bufs: dict, bs: int, q: int, slot_mapping, topk: int) -> dsa.DSAPlan:
     """bs requests of q rows each (their last q tokens), on views of bufs: one paged group whose indexer reads
-    up to the capacity of the block table, so the shapes depend on (bs, q) only."""
+    up to the capacity of the block table, so the shapes depend on (bs, q) only (model/dsa_graph.py)."""
     t = bs * q
-    capacity = bufs["block_table"].shape[1] * PAGE_SIZE
-    return dsa.DSAPlan(num_tokens=t, seq_lens=bufs["seq_lens"][:bs], block_table=bufs["block_table"][:bs],
-                       slot_mapping=slot_mapping, positions=bufs["positions"][:t],
-                       row_block_table=bufs["row_block_table"][:t], paged=[dsa.PagedGroup(0, bs, 0, t, q, capacity)])
+    return dsa_graph.uniform_plan(bs, q, bufs["block_table"].shape[1] * PAGE_SIZE, topk,
+                                  seq_lens=bufs["seq_lens"][:bs], block_table=bufs["block_table"][:bs],
+                                  slot_mapping=slot_mapping, positions=bufs["positions"][:t],
+                                  row_block_table=bufs["row_block_table"][:t], topk_length=bufs["topk_length"][:t])
 
 
 def fill_uniform(plan: dsa.DSAPlan, req_to_token, req_pool_indices, positions, out_cache_loc,
@@ -296,6 +297,7 @@ def fill_uniform(plan: dsa.DSAPlan, req_to_token, req_pool_indices, positions, o
     plan.block_table.copy_(req_to_token[:, ::PAGE_SIZE][req_pool_indices[:bs].long(), :pages]
                            .div(PAGE_SIZE, rounding_mode="floor"))
     plan.row_block_table.view(bs, q, -1).copy_(plan.block_table[:, None, :].expand(bs, q, -1))
+    dsa_graph.fill_topk_length(plan, plan.width)
     plan.slot_mapping = out_cache_loc
 
 

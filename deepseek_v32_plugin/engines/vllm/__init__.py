@@ -58,9 +58,10 @@ def _wrap_config_hook() -> None:
         def verify_and_update_config(vllm_config) -> None:
             from deepseek_v32_plugin.config import V32Config
 
-            from .checks import check_servable
+            from .checks import add_splitting_op, check_servable
             cfg = V32Config.from_hf(vllm_config.model_config.hf_config)   # raises ConfigError naming the field
             check_servable(cfg, vllm_config)
+            add_splitting_op(vllm_config)
             builtin.verify_and_update_config(vllm_config)
 
     model_configs.MODELS_CONFIG_MAP[ARCH] = DSV32VerifyAndUpdateConfig

@@ -38,3 +38,25 @@ def check_servable(cfg: V32Config, vllm_config) -> None:
                                       dp=pc.data_parallel_size, ep=bool(pc.enable_expert_parallel)))
     except LayoutError as e:
         raise ValueError(f"deepseek_v32_plugin cannot serve this parallel layout: {e}") from None
+
+
+# The DSA step's torch custom op (dsa_op.py); named here so the config hook needs no model code.
+DSA_OP = "dsv32_vllm::dsa_attention"
+
+
+def add_splitting_op(vllm_config) -> None:
+    """Make our DSA op a splitting op of vLLM's piecewise compilation, like vLLM's own attention ops: mixed
+    batches (prefill chunks, decodes) run it eagerly with their host-side plan; only uniform batches have a
+    plan a full CUDA graph can replay (backend.py). Runs from the model config hook, before vLLM fills its
+    default list (VllmConfig.__post_init__ -> CompilationConfig.set_splitting_ops_for_v1): we extend the
+    attention-op list that default is made from, so vLLM's own additions to it still happen."""
+    from vllm.config import CompilationMode
+
+    cc = vllm_config.compilation_config
+    if cc.mode not in (None, CompilationMode.VLLM_COMPILE):   # None: vLLM picks its default mode later
+        return
+    if cc.splitting_ops is not None:   # the user's list
+        if DSA_OP not in cc.splitting_ops:
+            cc.splitting_ops.append(DSA_OP)
+    elif DSA_OP not in cc._attention_ops:   # an instance attribute over the class-level list
+        object.__setattr__(cc, "_attention_ops", [*type(cc)._attention_ops, DSA_OP])

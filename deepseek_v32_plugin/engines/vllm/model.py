@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from vllm.compilation.decorators import support_torch_compile  # noqa: F401  (eager: see DSV32Model)
+from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig, get_current_vllm_config
 from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
 from vllm.forward_context import get_forward_context
@@ -55,10 +55,11 @@ from deepseek_v32_plugin.host_sync import SYNC_CHECK, decode_step_guard
 from deepseek_v32_plugin.model.indexer import indexer_head_weights, indexer_rope_qk
 from deepseek_v32_plugin.model.mla import absorb_query, expand_latent_output, split_kv_b
 from deepseek_v32_plugin.model.rope import YarnRope
-from deepseek_v32_plugin.ops import PAGE_SIZE, indexer
+from deepseek_v32_plugin.ops import PAGE_SIZE, custom_ops
 from deepseek_v32_plugin.ops.indexer import BYTES_PER_TOKEN
 from deepseek_v32_plugin.ops.sparse_mla import FP8_BYTES, HEAD_576
 
+from . import dsa_op  # noqa: F401  (registers torch.ops.dsv32_vllm.dsa_attention)
 from .backend import DSV32IndexerBackend, DSV32SparseMLABackend
 from .checks import BF16_CACHE_DTYPES, FP8_CACHE_DTYPES, is_supported
 from .quant_config import make_quant_config
@@ -98,15 +99,6 @@ class CacheLayer(nn.Module, AttentionLayerBase):
         raise RuntimeError("CacheLayer is storage only")
 
 
-def _metadata(layer_name: str):
-    md = get_forward_context().attn_metadata
-    if md is None:
-        return None
-    if isinstance(md, list):
-        md = md[0]
-    return md.get(layer_name)
-
-
 class Indexer(nn.Module):
     def __init__(self, cfg: V32Config, cache_config, prefix: str):
         super().__init__()
@@ -121,17 +113,13 @@ class Indexer(nn.Module):
         self.k_cache = CacheLayer(f"{prefix}.k_cache", BYTES_PER_TOKEN, torch.uint8, DSV32IndexerBackend,
                                   SparseCacheRole.INDEXER)
 
-    def forward(self, x, qr, positions, rope: YarnRope, md: dsa.DSAPlan) -> torch.Tensor:
-        """-> top-k latent-cache slots [T, md.width] int32 (-1 = none; dsa.select)."""
+    def forward(self, x, qr, positions, rope: YarnRope):
+        """-> what dsa.select scores with: k [T, 128] (normed, roped), q_fp8 [T, H, 128] e4m3, weights [T, H] fp32."""
         cfg, n = self.cfg, x.shape[0]
-        # a batch whose rows all fit in top-k is not scored: only the keys are computed and written
-        q = self.wq_b(qr)[0].view(n, cfg.index_n_heads, cfg.index_head_dim) if md.needs_scores else None
+        q = self.wq_b(qr)[0].view(n, cfg.index_n_heads, cfg.index_head_dim)
         q, k = indexer_rope_qk(q, self.k_norm(self.wk(x)[0]), positions, rope, cfg)
-        q_fp8 = weights = None
-        if q is not None:
-            q_fp8, q_scale = indexer.indexer_quant(q)
-            weights = indexer_head_weights(self.weights_proj(x)[0], q_scale, cfg)
-        return dsa.select(md, k, q_fp8, weights, self.k_cache.kv_cache, cfg.index_topk)
+        q_fp8, q_scale = custom_ops.indexer_quant(q)
+        return k, q_fp8, indexer_head_weights(self.weights_proj(x)[0], q_scale, cfg)
 
 
 class MLAAttention(nn.Module):
@@ -172,24 +160,22 @@ class MLAAttention(nn.Module):
                              f"(576 x bf16 latent rows) or 'fp8_ds_mla' (656 B rows)")
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, rope: YarnRope) -> torch.Tensor:
+        # Traceable by dynamo on every row; the DSA step itself (caches, the step's plan) is one opaque op
+        # (dsa_op.py) that uses the plan's first num_tokens rows (the rest is padding).
         cfg, h = self.cfg, self.num_heads
-        md = _metadata(self.attn.layer_name)   # the step's DSA plan, shared by the indexer cache
         n = x.shape[0]
         qr = self.q_a_layernorm(self.q_a_proj(x)[0])
         q = self.q_b_proj(qr)[0].view(n, h, cfg.qk_head_dim)
         kv = self.kv_a_proj_with_mqa(x)[0]
+        q_nope, q_pe = q[:, :, : cfg.qk_nope_head_dim], q[:, :, cfg.qk_nope_head_dim:]
+        kv_c = self.kv_a_layernorm(kv[:, : cfg.kv_lora_rank].contiguous())
+        k_pe = rope.apply(kv[:, cfg.kv_lora_rank:], positions, interleaved=True)
+        q_pe = rope.apply(q_pe, positions, interleaved=True)
+        k, q_fp8, weights = self.indexer(x, qr, positions, rope)
+        q576 = absorb_query(q_nope, q_pe, self.w_uk)
         out_lat = torch.zeros(n, h, cfg.kv_lora_rank, dtype=x.dtype, device=x.device)
-        if md is not None:   # None: profiling / dummy runs without a cache
-            t = md.num_tokens
-            pos = positions[:t]
-            q_nope, q_pe = q[:t, :, : cfg.qk_nope_head_dim], q[:t, :, cfg.qk_nope_head_dim:]
-            kv_c = self.kv_a_layernorm(kv[:t, : cfg.kv_lora_rank].contiguous())
-            k_pe = rope.apply(kv[:t, cfg.kv_lora_rank:], pos, interleaved=True)
-            q_pe = rope.apply(q_pe, pos, interleaved=True)
-            slots = self.indexer(x[:t], qr[:t], pos, rope, md)
-            q576 = absorb_query(q_nope, q_pe, self.w_uk)
-            out_lat[:t] = dsa.attend(md, q576, kv_c, k_pe, self.attn.kv_cache, slots, cfg.softmax_scale,
-                                     cfg.kv_lora_rank).to(x.dtype)
+        torch.ops.dsv32_vllm.dsa_attention(q576, kv_c, k_pe, k, q_fp8, weights, out_lat, self.attn.layer_name,
+                                           self.indexer.k_cache.layer_name, cfg.index_topk, cfg.softmax_scale)
         out = expand_latent_output(out_lat, self.w_uv).reshape(n, h * cfg.v_head_dim)
         return self.o_proj(out)[0]
 
@@ -256,8 +242,10 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+# Compiled under vLLM's compilation mode (dynamo; on CUDA piecewise + full CUDA graphs): our kernels are
+# opaque custom ops (ops/custom_ops.py) and the DSA step is a splitting op (dsa_op.py).
+@support_torch_compile(dynamic_arg_dims={"input_ids": 0, "positions": 0, "intermediate_tensors": 0, "inputs_embeds": 0})
 class DSV32Model(nn.Module):
-    # Eager on purpose: vLLM's CPU path would otherwise trace with Dynamo; our ops dispatch per call.
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
         cfg = V32Config.from_hf(vllm_config.model_config.hf_config)

@@ -8,7 +8,7 @@ from vllm.model_executor.layers.fused_moe.routed_experts import FusedMoeWeightSc
 from vllm.model_executor.utils import set_weight_attrs
 
 from deepseek_v32_plugin.engines.common import create_fp8_moe_weights
-from deepseek_v32_plugin.ops import fp8_moe
+from deepseek_v32_plugin.ops import custom_ops
 
 
 class DSV32Fp8MoEMethod(FusedMoEMethodBase):
@@ -28,5 +28,5 @@ class DSV32Fp8MoEMethod(FusedMoEMethodBase):
         expert_map = getattr(layer, "expert_map", None)
         if expert_map is not None:   # expert parallel: global -> local ids, -1 for other ranks' experts
             ids = expert_map[topk_ids.long()]
-        return fp8_moe.fp8_moe_experts(x, layer.w13_weight, layer.w13_weight_scale_inv, layer.w2_weight,
-                                       layer.w2_weight_scale_inv, topk_weights.float(), ids.int())
+        return custom_ops.fp8_moe_experts(x, layer.w13_weight, layer.w13_weight_scale_inv, layer.w2_weight,
+                                          layer.w2_weight_scale_inv, topk_weights.float(), ids.int())
