@@ -121,4 +121,4 @@ def test_dry_run_context_phase(tmp_path):
     timed = {(r["shape"], r["backend"]) for r in cx if r.get("ms")}
     assert timed == {(f"context {c}", v) for c in (16, 96) for v in ("ours", "dense")}   # 96 > index_topk 32
     assert all(r["macs"] > 0 and r["bytes"] > 0 for r in cx if r.get("ms"))
-    assert "## (e) context curve" in (tmp_path / "RESULTS.md").read_text()
+    assert "## (f) context curve" in (tmp_path / "RESULTS.md").read_text()

@@ -134,7 +134,8 @@ def _case(ctx, c: dict, q: int) -> None:
     step.set_caches(*before)
     n = real * q
     host_seq = seq_b[:real].tolist()
-    eager = dsa.plan([i * q for i in range(real + 1)], host_seq, table_b[:real], slots_b[:n], topk, 2)
+    eager = dsa.plan([i * q for i in range(real + 1)], host_seq, table_b[:real], slots_b[:n], topk, 2,
+                     full_width=True)
     step.sel.zero_()
     step.out.zero_()
     step.run(eager)
@@ -151,7 +152,8 @@ def _case(ctx, c: dict, q: int) -> None:
     reps = 10 if dev == "cuda" else 1
 
     def eager_step():
-        p = dsa.plan([i * q for i in range(real + 1)], seq_b[:real].tolist(), table_b[:real], slots_b[:n], topk, 2)
+        p = dsa.plan([i * q for i in range(real + 1)], seq_b[:real].tolist(), table_b[:real], slots_b[:n], topk, 2,
+                     full_width=True)
         step.run(p)
 
     def graph_step():
