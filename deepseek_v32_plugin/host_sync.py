@@ -57,17 +57,31 @@ class HostSyncError(RuntimeError):
     pass
 
 
+_FILE_KIND: dict = {}   # co_filename -> None (skip: torch, this module, Triton's interpreter) / kind / "other"
+
+
+def _file_kind(filename: str):
+    k = _FILE_KIND.get(filename)
+    if k is None and filename not in _FILE_KIND:
+        fn = os.path.abspath(filename)
+        if fn.startswith(_SKIP) or "triton" + os.sep + "runtime" + os.sep + "interpreter" in fn:
+            k = None
+        elif fn.startswith(_PKG):
+            k = ("reference" if os.path.basename(fn) == "naive.py" else "plugin",
+                 os.path.relpath(fn, os.path.dirname(_PKG)))
+        else:
+            k = ("other", fn)
+        _FILE_KIND[filename] = k
+    return k
+
+
 def _issuer() -> tuple[str, str]:
     """(kind, 'file:line in func') of the innermost frame outside torch / this module / Triton's interpreter."""
     f = sys._getframe(2)
     while f is not None:
-        fn = os.path.abspath(f.f_code.co_filename)
-        if not fn.startswith(_SKIP) and "triton" + os.sep + "runtime" + os.sep + "interpreter" not in fn:
-            where = f"{os.path.relpath(fn, os.path.dirname(_PKG)) if fn.startswith(_PKG) else fn}:{f.f_lineno} " \
-                    f"in {f.f_code.co_name}"
-            if fn.startswith(_PKG):
-                return ("reference" if os.path.basename(fn) == "naive.py" else "plugin"), where
-            return "other", where
+        k = _file_kind(f.f_code.co_filename)
+        if k is not None:
+            return k[0], f"{k[1]}:{f.f_lineno} in {f.f_code.co_name}"
         f = f.f_back
     return "other", "?"
 
@@ -76,7 +90,7 @@ def _layer_kind() -> str:
     """'moe' / 'dense' inside an adapter's DecoderLayer.forward (by its mlp's class), else 'model'."""
     f = sys._getframe(2)
     while f is not None:
-        if f.f_code.co_name == "forward" and f.f_code.co_filename.startswith(_PKG):
+        if f.f_code.co_name == "forward" and (_file_kind(f.f_code.co_filename) or ("",))[0] == "plugin":
             me = f.f_locals.get("self")
             if type(me).__name__ == "DecoderLayer":
                 return "moe" if type(getattr(me, "mlp", None)).__name__ == "MoE" else "dense"
