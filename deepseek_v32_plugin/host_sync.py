@@ -13,7 +13,7 @@ cost nothing, so CPU tests cannot time them; they can see them:
 An op counts as issued by the code of the innermost stack frame outside torch (and outside Triton's
 interpreter): plugin code outside the `naive.py` references is "plugin" (a sync there fails), a `naive.py`
 frame is "reference" (the plain-PyTorch references loop and sync by design), anything else (the engine's
-own CPU paths, tests) is "other". Tensors the engine hands over as host copies (e.g. SGLang's
+own CPU paths, tests, module-level code run at import) is "other". Tensors the engine hands over as host copies (e.g. SGLang's
 `seq_lens_cpu`) can be declared with `host=[...]`: ops on them, and on what is computed from them alone, are
 host work, not syncs. Kernel launches: every aten op that computes (not views, allocations or metadata) plus
 every Triton launch (`g.launches`, by kernel name). `DSV32_SYNC_CHECK=1` (raise) or `DSV32_SYNC_REPORT=PATH`
@@ -81,7 +81,9 @@ def _issuer() -> tuple[str, str]:
     while f is not None:
         k = _file_kind(f.f_code.co_filename)
         if k is not None:
-            return k[0], f"{k[1]}:{f.f_lineno} in {f.f_code.co_name}"
+            # module-level code runs once, at import (e.g. a constant computed with torch): not a step's work
+            kind = "other" if f.f_code.co_name == "<module>" else k[0]
+            return kind, f"{k[1]}:{f.f_lineno} in {f.f_code.co_name}"
         f = f.f_back
     return "other", "?"
 
