@@ -13,7 +13,7 @@ cost nothing, so CPU tests cannot time them; they can see them:
 An op counts as issued by the code of the innermost stack frame outside torch (and outside Triton's
 interpreter): plugin code outside the `naive.py` references is "plugin" (a sync there fails), a `naive.py`
 frame is "reference" (the plain-PyTorch references loop and sync by design), anything else (the engine's
-own CPU paths, tests) is "other". Tensors the engine hands over as host copies (e.g. SGLang's
+own CPU paths, tests, module-level code run at import) is "other". Tensors the engine hands over as host copies (e.g. SGLang's
 `seq_lens_cpu`) can be declared with `host=[...]`: ops on them, and on what is computed from them alone, are
 host work, not syncs. Kernel launches: every aten op that computes (not views, allocations or metadata) plus
 every Triton launch (`g.launches`, by kernel name). `DSV32_SYNC_CHECK=1` (raise) or `DSV32_SYNC_REPORT=PATH`
@@ -57,17 +57,33 @@ class HostSyncError(RuntimeError):
     pass
 
 
+_FILE_KIND: dict = {}   # co_filename -> None (skip: torch, this module, Triton's interpreter) / kind / "other"
+
+
+def _file_kind(filename: str):
+    k = _FILE_KIND.get(filename)
+    if k is None and filename not in _FILE_KIND:
+        fn = os.path.abspath(filename)
+        if fn.startswith(_SKIP) or "triton" + os.sep + "runtime" + os.sep + "interpreter" in fn:
+            k = None
+        elif fn.startswith(_PKG):
+            k = ("reference" if os.path.basename(fn) == "naive.py" else "plugin",
+                 os.path.relpath(fn, os.path.dirname(_PKG)))
+        else:
+            k = ("other", fn)
+        _FILE_KIND[filename] = k
+    return k
+
+
 def _issuer() -> tuple[str, str]:
     """(kind, 'file:line in func') of the innermost frame outside torch / this module / Triton's interpreter."""
     f = sys._getframe(2)
     while f is not None:
-        fn = os.path.abspath(f.f_code.co_filename)
-        if not fn.startswith(_SKIP) and "triton" + os.sep + "runtime" + os.sep + "interpreter" not in fn:
-            where = f"{os.path.relpath(fn, os.path.dirname(_PKG)) if fn.startswith(_PKG) else fn}:{f.f_lineno} " \
-                    f"in {f.f_code.co_name}"
-            if fn.startswith(_PKG):
-                return ("reference" if os.path.basename(fn) == "naive.py" else "plugin"), where
-            return "other", where
+        k = _file_kind(f.f_code.co_filename)
+        if k is not None:
+            # module-level code runs once, at import (e.g. a constant computed with torch): not a step's work
+            kind = "other" if f.f_code.co_name == "<module>" else k[0]
+            return kind, f"{k[1]}:{f.f_lineno} in {f.f_code.co_name}"
         f = f.f_back
     return "other", "?"
 
@@ -76,7 +92,7 @@ def _layer_kind() -> str:
     """'moe' / 'dense' inside an adapter's DecoderLayer.forward (by its mlp's class), else 'model'."""
     f = sys._getframe(2)
     while f is not None:
-        if f.f_code.co_name == "forward" and f.f_code.co_filename.startswith(_PKG):
+        if f.f_code.co_name == "forward" and (_file_kind(f.f_code.co_filename) or ("",))[0] == "plugin":
             me = f.f_locals.get("self")
             if type(me).__name__ == "DecoderLayer":
                 return "moe" if type(getattr(me, "mlp", None)).__name__ == "MoE" else "dense"

@@ -2,7 +2,8 @@
 
   python engine_run.py JOB.json  ->  stdout line "RESULT {...}"
 JOB: {"model": dir, "engine": {LLM kwargs}, "requests": [{"prompt_token_ids": [...], "prompt_logprobs": bool (default true)}, ...],
-      "max_tokens": int, "batch": "together" | "single"}
+      "max_tokens": int, "batch": "together" | "single", "sync_report": path (optional: DSV32_SYNC_REPORT, the
+      plugin's host-sync check of every decode forward, one JSON line per step; deepseek_v32_plugin/host_sync.py)}
 Results: {"requests": [...], "metrics": {spec-decode counters}, "runner": the model runner's module}; per request: generated token ids, the prompt logprob of each actual prompt token (None at 0),
 the logprob of each generated token, and num_cached_tokens (prefix-cache hit size).
 """
@@ -15,6 +16,8 @@ def main(path: str) -> None:
     job = json.load(open(path))
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if job.get("sync_report"):   # read when the plugin is imported (below, by vLLM's plugin loading)
+        os.environ["DSV32_SYNC_REPORT"] = job["sync_report"]
     from vllm import LLM, SamplingParams
 
     if job.get("capture_metadata"):

@@ -280,7 +280,7 @@ def test_config_override_env(monkeypatch):
 
 # ------------------------------------------------------------------ routed experts on the padded layout
 
-@pytest.mark.parametrize("t", [1, 5, 40])
+@pytest.mark.parametrize("t", [1, 5])
 def test_moe_experts_padded_layout_matches_reference(triton_device, seed, t, nan_out):
     """ops.fp8_moe_experts with the Triton GEMMs runs on the per-expert padded layout (rows padded to
     MOE_BLOCK_M, -1 padding left unwritten: NaN here) and equals the independent per-expert reference;
