@@ -5,8 +5,8 @@
 #   bash scripts/test.sh unit vllm       # chosen stages only
 #   bash scripts/test.sh sweep           # opt-in: engine comparisons over 20 seeds, failure rates (<= 30 min)
 #   bash scripts/test.sh mutation        # opt-in: plant known bugs, check the suites catch them (~20 min)
-#   bash scripts/test.sh vllm-mrv2       # opt-in: the vLLM suite under vLLM's model runner v2 (~N min)
-#   bash scripts/test.sh vllm-compat     # opt-in: the vLLM adapter against vLLM 0.33 / 0.34 (downloads ~600 MB)
+#   bash scripts/test.sh vllm-mrv2       # opt-in: the vLLM suite under vLLM's model runner v2 (~6 CPU-min)
+#   bash scripts/test.sh vllm-compat     # opt-in: the vLLM adapter against vLLM 0.33 / 0.34 (~1 min + ~600 MB download once)
 # CI's stages run at one fixed seed (DSV32_TEST_SEED, default 0): the same commit gives the same verdict.
 # Exit status is non-zero if any stage fails; "no tests collected" (pytest exit 5) counts as a failure.
 set -uo pipefail
