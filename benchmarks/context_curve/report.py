@@ -221,7 +221,7 @@ def readme_block(c: Curve, png_rel: str) -> str:
              "spreads in `benchmarks/CONTEXT_CURVE.md`; `pred` = the work model's roofline ratio ours / dense on "
              "this machine's measured ceilings; `~v*` = extrapolated by the work model (time budget), not measured.",
              "", "| model | context | decode ms ours / dense (engine-neutral) | ours/dense | pred | vLLM prefill "
-             "tok/s ours / dense | time ours/dense | pred |", "|---|---|---|---|---|---|---|---|---|"]
+             "tok/s ours / dense | time ours/dense | pred |", "|---|---|---|---|---|---|---|---|"]
     for model in c.cfgs:
         cells, ec = c.decode_cells(model), c.engine_cells(model, "vllm")
         cal = {v: c.calib(cells, model, v, "decode") for v in ("ours", "dense")}
