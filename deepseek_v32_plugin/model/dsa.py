@@ -68,7 +68,7 @@ class DSAPlan:
     dense_rows: Optional[torch.Tensor] = None        # [Td] int64: prefill rows whose own context (position + 1)
                                                      # fits in index_topk, also in requests longer than it
     ragged_spans: list = field(default_factory=list)  # [(tok_lo, tok_hi, seq_len)] of every prefill request
-    width: int = 0                    # columns of select()'s slots: min(topk, max seq_len), or topk (full_width)
+    width: Optional[int] = None       # columns of select()'s slots: min(topk, max seq_len); None: topk
     needs_scores: bool = True         # some row is scored by the indexer; False: select() needs only the keys
     topk_length: Optional[torch.Tensor] = None       # [T] int32 keys each row selects: min(position + 1, topk)
 
@@ -166,7 +166,7 @@ def select(p: DSAPlan, k: torch.Tensor, q_fp8: torch.Tensor, weights: torch.Tens
         raise ValueError("dsa.select: this batch has rows the indexer scores; q_fp8 and weights are required")
     if write:
         indexer.indexer_k_quant_and_cache(k, index_cache, p.slot_mapping)
-    width = p.width
+    width = topk if p.width is None else p.width
     pos_idx = torch.full((t, width), -1, dtype=torch.int32, device=k.device)
     if p.dense_rows is not None:   # every past token is selected: top-k is the identity
         pos_idx[p.dense_rows] = all_positions(p.positions[p.dense_rows], width)

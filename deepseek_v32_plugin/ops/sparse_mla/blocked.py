@@ -43,7 +43,7 @@ def _blocks(n: int, idx: torch.Tensor, lens, heads: int):
 def _shared(q, sel, valid, w, sm_scale, d_v, gather):
     """Attention of a block over the union of its keys, or None when the rows share too little / repeat a key.
     CPU only: the union's size is data-dependent (a host sync, and no CUDA-graph capture, on a GPU)."""
-    if sel.device.type != "cpu":
+    if sel.device.type != "cpu" or sel.shape[0] == 1:   # one row (a decode step): nothing to share
         return None
     uniq, inv = torch.unique(sel, return_inverse=True)            # sorted; -1 (if any) first
     if uniq.numel() > SHARED_MAX * max(w, 1) + 1:
