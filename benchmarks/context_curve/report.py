@@ -121,8 +121,9 @@ def markdown(c: Curve) -> str:
              "context exceeds index_topk) and dense (every key; non-absorbed prefill as the engines run it). "
              "`pred` = roofline time ratio ours / dense; `x roof` = measured / roofline time. `~v*` = not "
              "measured (time budget): the work model's roofline at that context x the `x roof` of the same path "
-             "at its largest measured context -- an extrapolation, not a measurement. Spreads: median [min-max] "
-             "(repetitions).", ""]
+             "at its largest measured context (engine prefill: the same with prefill times) -- an extrapolation, "
+             "not a measurement. Spreads: median [min-max] (repetitions). An engine run cut by its time limit "
+             "keeps the repetitions it finished (n in parentheses).", ""]
     for model in c.cfgs:
         lines += [f"## {model}", "", _model_desc(c, model) + ".", ""]
         lines += _decode_table(c, model)
@@ -183,14 +184,24 @@ def _engine_table(c: Curve, model: str, engine: str) -> list:
         out.append("- not measured (time budget): " + ", ".join(f"{v} {ctx}" for ctx, v in skipped))
     out += ["", "| prompt | prefill tok/s ours | dense | time ours/dense | pred | decode ms/token ours | dense | "
             "ours/dense | pred |", "|---|---|---|---|---|---|---|---|---|"]
+    # prefill seconds / roofline at the largest prompt measured, per variant: extrapolates the skipped prompts
+    cal = {}
+    for (ctx, v), cc in sorted(cells.items()):
+        cal[v] = _med(cc["ttft"]) * 1e3 / c.roof_ms(model, ctx, v, "prefill")
     for ctx in sorted({k[0] for k in cells} | {k[0] for k in skipped}):
         o, d = cells.get((ctx, "ours")), cells.get((ctx, "dense"))
-        tps = lambda cc: _spread([ctx / t for t in cc["ttft"]], 0) if cc else "-"   # noqa: E731
+
+        def tps(cc, v, ctx=ctx):
+            if cc:
+                return _spread([ctx / t for t in cc["ttft"]], 0)
+            if v in cal:   # not measured: the work model's prefill time x the path's measured/roofline factor
+                return f"~{_fmt(ctx / (cal[v] * c.roof_ms(model, ctx, v, 'prefill') / 1e3), 0)}*"
+            return "-"
         tr = _med(o["ttft"]) / _med(d["ttft"]) if o and d else None
         dr = _med(o["decode"]) / _med(d["decode"]) if o and d else None
         pp = c.roof_ms(model, ctx, "ours", "prefill") / c.roof_ms(model, ctx, "dense", "prefill")
         pd = c.roof_ms(model, ctx, "ours") / c.roof_ms(model, ctx, "dense")
-        out.append(f"| {ctx} | {tps(o)} | {tps(d)} | {_fmt(tr, 2)} | {pp:.2f} | "
+        out.append(f"| {ctx} | {tps(o, 'ours')} | {tps(d, 'dense')} | {_fmt(tr, 2)} | {pp:.2f} | "
                    f"{_spread(o['decode']) if o else '-'} | {_spread(d['decode']) if d else '-'} | {_fmt(dr, 2)} | "
                    f"{pd:.2f} |")
     return out + [""]
@@ -210,7 +221,7 @@ def readme_block(c: Curve, png_rel: str) -> str:
              "spreads in `benchmarks/CONTEXT_CURVE.md`; `pred` = the work model's roofline ratio ours / dense on "
              "this machine's measured ceilings; `~v*` = extrapolated by the work model (time budget), not measured.",
              "", "| model | context | decode ms ours / dense (engine-neutral) | ours/dense | pred | vLLM prefill "
-             "tok/s ours / dense | time ours/dense | pred |", "|---|---|---|---|---|---|---|---|---|"]
+             "tok/s ours / dense | time ours/dense | pred |", "|---|---|---|---|---|---|---|---|"]
     for model in c.cfgs:
         cells, ec = c.decode_cells(model), c.engine_cells(model, "vllm")
         cal = {v: c.calib(cells, model, v, "decode") for v in ("ours", "dense")}
