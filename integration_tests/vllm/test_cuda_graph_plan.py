@@ -57,7 +57,9 @@ def _batch(g, q: int, real: int, padded: int, topk: int):
     table = torch.zeros(padded, width, dtype=torch.int32)
     pages = torch.randperm(PAGES, generator=g)
     for r in range(real):                 # pages of different requests may repeat: fine for a read-only check
-        table[r] = pages[torch.randint(0, PAGES, (width,), generator=g)].int()
+        # distinct pages within a request (as vLLM allocates them): a repeated page would give equal keys, i.e.
+        # tied indexer logits, whose top-k order is up to the kernel and the logits' width
+        table[r] = pages[torch.randperm(PAGES, generator=g)[:width]].int()
     slots = []
     for r in range(real):
         p = torch.arange(seq[r] - q, seq[r])
