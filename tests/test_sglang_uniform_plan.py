@@ -89,6 +89,14 @@ def test_uniform_plan_equals_context_plan_and_refills_in_place(seed, q):
         assert [t.data_ptr() for t in (plan.seq_lens, plan.block_table, plan.positions,
                                        plan.row_block_table)] == ptrs
         want = _context_plan(req_to_token, reqs, seqs, q, slots)
+        if q == 1:   # an eager decode batch read up to a bound of its lengths (backend._eager_bound), tightest
+            bounded = uniform_plan(uniform_buffers(bs, bs * q, CAPACITY_PAGES, "cpu"), bs, q, slots, TOPK,
+                                   -(-max(seqs) // PAGE_SIZE) * PAGE_SIZE)
+            fill_uniform(bounded, req_to_token, req_pool_indices, positions, slots)
+            b_seed = int(torch.randint(1 << 30, (1,), generator=g))
+            for a, b in zip(_step(bounded, caches, torch.Generator().manual_seed(b_seed), bs),
+                            _step(want, caches, torch.Generator().manual_seed(b_seed), bs)):
+                assert torch.equal(a, b)
         assert torch.equal(plan.positions, want.positions)
         step_seed = int(torch.randint(1 << 30, (1,), generator=g))
         got = _step(plan, caches, torch.Generator().manual_seed(step_seed), bs * q)

@@ -82,7 +82,7 @@ def _make_backend_class():
             if q:   # decode / draft decode / target verify: the capturable plan, no host syncs
                 plan = self._graph_plans.get((bs, q))
                 if plan is None:
-                    plan = self._uniform_plan(bs, q, fb.out_cache_loc)
+                    plan = self._uniform_plan(bs, q, fb.out_cache_loc, max_context=self._eager_bound(fb))
                 elif self._graph_log:
                     self._log_graph("plan", plan)
                 self._fill_uniform(plan, fb.req_pool_indices, fb.positions, fb.out_cache_loc)
@@ -133,10 +133,19 @@ def _make_backend_class():
             q = t // bs
             return q if q <= indexer.PAGED_MAX_NEXT_N else 0
 
-        def _uniform_plan(self, bs: int, q: int, slot_mapping, bufs: Optional[dict] = None) -> dsa.DSAPlan:
+        def _uniform_plan(self, bs: int, q: int, slot_mapping, bufs: Optional[dict] = None,
+                          max_context: Optional[int] = None) -> dsa.DSAPlan:
             if bufs is None:
                 bufs = uniform_buffers(bs, bs * q, self.capacity_pages, self.device)
-            return uniform_plan(bufs, bs, q, slot_mapping, self.topk)
+            return uniform_plan(bufs, bs, q, slot_mapping, self.topk, max_context)
+
+        def _eager_bound(self, fb) -> Optional[int]:
+            """Eager plain decode (rows at seq_len - 1): the host int seq_lens_sum bounds every request's keys,
+            so the indexer need not read the whole capacity (equal results: the extra columns are -inf).
+            Verify / draft steps, whose rows sit past seq_len, and graphs read the capacity."""
+            if not fb.forward_mode.is_decode() or self.step_offset or not isinstance(fb.seq_lens_sum, int):
+                return None
+            return min(-(-max(fb.seq_lens_sum, 1) // PAGE_SIZE), self.capacity_pages) * PAGE_SIZE
 
         def _fill_uniform(self, plan: dsa.DSAPlan, req_pool_indices, positions, out_cache_loc) -> None:
             fill_uniform(plan, self.req_to_token, req_pool_indices, positions, out_cache_loc, self.step_offset)
@@ -271,11 +280,14 @@ def uniform_buffers(bs: int, t: int, capacity_pages: int, device) -> dict:
             "topk_length": torch.zeros(t, dtype=torch.int32, device=device)}
 
 
-def uniform_plan(bufs: dict, bs: int, q: int, slot_mapping, topk: int) -> dsa.DSAPlan:
+def uniform_plan(bufs: dict, bs: int, q: int, slot_mapping, topk: int, max_context: Optional[int] = None
+                 ) -> dsa.DSAPlan:
     """bs requests of q rows each (their last q tokens), on views of bufs: one paged group whose indexer reads
-    up to the capacity of the block table, so the shapes depend on (bs, q) only (model/dsa_graph.py)."""
+    up to the capacity of the block table (or max_context, a bound of every request's length, for an eager
+    batch), so a captured plan's shapes depend on (bs, q) only (model/dsa_graph.py)."""
     t = bs * q
-    return dsa_graph.uniform_plan(bs, q, bufs["block_table"].shape[1] * PAGE_SIZE, topk,
+    capacity = max_context or bufs["block_table"].shape[1] * PAGE_SIZE
+    return dsa_graph.uniform_plan(bs, q, capacity, topk,
                                   seq_lens=bufs["seq_lens"][:bs], block_table=bufs["block_table"][:bs],
                                   slot_mapping=slot_mapping, positions=bufs["positions"][:t],
                                   row_block_table=bufs["row_block_table"][:t], topk_length=bufs["topk_length"][:t])
