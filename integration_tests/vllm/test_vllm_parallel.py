@@ -34,8 +34,9 @@ def test_expert_parallel_2_equals_reference(tiny_ckpt, prompts, reference, tmp_p
     # TP all-reduce of per-rank expert outputs: the TP noise bound (vllm_it.LIMITS)
     log = _check(reference, tiny_ckpt, tmp_path, prompts, dict(tensor_parallel_size=2, enable_expert_parallel=True),
                  "ep2", "float32-tp")
-    # vLLM placed 4 of the tiny model's 8 experts on each rank (so our MoE method got an expert_map)
-    assert log.count("Local/global number of experts: 4/8") == 2, log[-3000:]
+    # vLLM placed 4 of the tiny model's 8 experts per rank (so our MoE method got an expert_map); vLLM logs
+    # it once per engine (info_once), not once per rank
+    assert "Local/global number of experts: 4/8" in log, log[-3000:]
 
 
 def test_pipeline_parallel_2_equals_reference(tiny_ckpt, prompts, reference, tmp_path):
