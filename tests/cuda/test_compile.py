@@ -235,7 +235,7 @@ def test_cuda_backend_reports_why_unavailable():
     import torch
     from deepseek_v32_plugin.ops import _cuda
     if torch.version.cuda and torch.cuda.is_available():
-        pytest.skip("CUDA present: covered by test_cuda_ops.py")
+        pytest.skip("CUDA present: covered by the CUDA sections of tests/triton/test_<family>.py")
     assert not _cuda.is_available()
     assert _cuda.unavailable_reason()
 

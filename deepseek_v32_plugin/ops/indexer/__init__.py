@@ -27,7 +27,7 @@ Top-k (`indexer_topk`): per row r, the min(topk, ke[r]-ks[r]) highest logits amo
 Kernel limits (past them the auto dispatch falls back to the next backend with one warning):
   Triton: indexer_topk topk <= 4096; paged logits next_n <= 4, next_n*H <= 256; logits H <= 128.
   CUDA:   indexer_topk topk <= 2048; logits and paged logits H <= 128. Out-of-range slots / positions /
-          block-table pages are masked on the device (DSV32_CUDA_CHECK_BOUNDS=1 raises; see ops/indexer/cuda.py, ops/_cuda.py).
+          block-table pages are masked on the device (DSV32_CUDA_CHECK_BOUNDS=1 raises; see ops/_cuda.py).
 References: naive.py (naive_<op>).
 """
 from __future__ import annotations
