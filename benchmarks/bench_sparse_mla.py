@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Harness, cuda_vs_triton_backends, randn_fp8, try_bench  # noqa: E402
+from harness import Harness, cuda_vs_triton_backends, try_bench  # noqa: E402
 
 from deepseek_v32_plugin.ops import sparse_mla as ops  # noqa: E402
 from deepseek_v32_plugin.ops.sparse_mla import naive  # noqa: E402

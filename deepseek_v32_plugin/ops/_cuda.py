@@ -53,8 +53,6 @@ def csrc_dir() -> str:
     return os.path.dirname(os.path.abspath(c.__file__))
 
 
-from ._dispatch import Unsupported
-
 # Kernel translation units (ATen-free, each compiles alone). An explicit list, not a glob: a stale copy
 # left in an install's build/ tree must not be compiled. tests/cuda/test_compile.py checks that it
 # names exactly the .cu files of csrc/.

@@ -2,6 +2,8 @@
 
 Interpreter-sized shapes with fresh random inputs. `fp8_path` runs each kernel twice: native fp8e4nv
 (sm_89+) and the sm_80 path that decodes/encodes e4m3 bytes with integer arithmetic.
+Every backend of the family is tested here: the Triton kernels first, then (section "CUDA backend", GPU
+only) the CUDA extension's wrappers, ops/fp8_moe/cuda.py.
 """
 import pytest
 import torch
@@ -16,8 +18,6 @@ from deepseek_v32_plugin.ops.fp8_quant.naive import (fp8_saturate_cast, naive_fp
                                                       naive_fp8_quant_act, naive_fp8_quant_weight)
 from deepseek_v32_plugin.triton_kernels import _fp8_util as fu  # noqa: E402  (must import: no silent skip)
 from deepseek_v32_plugin.triton_kernels import fp8_moe as tk  # noqa: E402
-from deepseek_v32_plugin.ops.fp8_moe import naive as moe_ref  # noqa: E402
-from deepseek_v32_plugin.ops.fp8_quant.naive import naive_fp8_quant_act, naive_fp8_quant_weight  # noqa: E402
 
 
 @pytest.fixture(params=["native", "sm80"])
@@ -336,7 +336,7 @@ def test_cuda_grouped_gemm_contiguous(cuda_ext, seed, gemm_path, layout, g, n, k
         m_indices = torch.randint(-1, g, (517,), dtype=torch.int32, device=DEV)
     m = m_indices.numel()
     a, a_scale = naive_fp8_quant_act(torch.randn(m, k, device=DEV))
-    ref = moe_ref.naive_fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, torch.float32)
+    ref = naive.naive_fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, torch.float32)
     got = cuda_ext.fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, torch.float32)
     ok = m_indices >= 0                       # padding rows are not written (no zero-fill)
     torch.testing.assert_close(got[ok], ref[ok], rtol=1e-4, atol=1e-4)
@@ -352,7 +352,7 @@ def test_cuda_grouped_gemm_masked(cuda_ext, seed, gemm_path, g, m, n, k):
     a, a_scale = naive_fp8_quant_act(torch.randn(g, m, k, device=DEV))
     masked_m = torch.randint(0, m + 1, (g,), dtype=torch.int32, device=DEV)
     masked_m[0] = 0
-    ref = moe_ref.naive_fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, torch.float32)
+    ref = naive.naive_fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, torch.float32)
     got = cuda_ext.fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, torch.float32)
     for gi in range(g):                       # rows past masked_m are not written (no zero-fill)
         torch.testing.assert_close(got[gi, :masked_m[gi]], ref[gi, :masked_m[gi]], rtol=1e-4, atol=1e-4)
@@ -370,7 +370,7 @@ def test_cuda_sm90_gemm_is_used_on_hopper(cuda_ext):
 def test_cuda_silu_and_mul_fp8_quant(cuda_ext, seed):
     x = torch.randn(45, 2 * 384, device=DEV).to(torch.bfloat16)
     q, s = cuda_ext.silu_and_mul_fp8_quant(x)
-    rq, rs = moe_ref.naive_silu_and_mul_fp8_quant(x)
+    rq, rs = naive.naive_silu_and_mul_fp8_quant(x)
     assert torch.equal(s, rs)
     # expf vs torch's silu may differ by an ulp: a rare neighbouring fp8 code, never more
     diff = (q.float() - rq.float()).abs() / rq.float().abs().clamp_min(2.0 ** -6)

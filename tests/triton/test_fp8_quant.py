@@ -2,6 +2,8 @@
 
 Both FP8 paths run: native fp8e4nv (sm_89+) and the byte path used below sm_89 (forced with
 DSV32_TRITON_FP8_BYTES=1), which encodes/decodes e4m3 with integer arithmetic.
+Every backend of the family is tested here: the Triton kernels first, then (section "CUDA backend", GPU
+only) the CUDA extension's wrappers, ops/fp8_quant/cuda.py.
 """
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ Inputs are fresh random draws (never zeros); caches start as random bytes so unw
 written slots show. Both FP8 paths run: native fp8e4nv and the sm_80 byte path (DSV32_TRITON_FP8_BYTES=1).
 Top-k: ties are implementation-defined, so selected *scores* are compared, and index sets where the
 scores are distinct.
+Every backend of the family is tested here: the Triton kernels first, then (section "CUDA backend", GPU
+only) the CUDA extension's wrappers, ops/indexer/cuda.py.
 """
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import torch
 
 from deepseek_v32_plugin.ops import indexer as ops
 from deepseek_v32_plugin.ops.indexer import naive
-from deepseek_v32_plugin.ops.indexer import naive as ix
 
 FP8 = torch.float8_e4m3fn
 D, PAGE = 128, 64
@@ -429,15 +430,15 @@ def indexer_path(request, monkeypatch):
 def _paged_cache(lens, pages_per_seq, heads_dim=128):
     b = len(lens)
     n_pages = b * pages_per_seq + 3
-    cache = torch.zeros(n_pages, ix.PAGE, ix.BYTES_PER_TOKEN, dtype=torch.uint8, device=DEV)
+    cache = torch.zeros(n_pages, naive.PAGE, naive.BYTES_PER_TOKEN, dtype=torch.uint8, device=DEV)
     table = torch.randperm(n_pages, device=DEV)[: b * pages_per_seq].view(b, pages_per_seq).int()
     for i, n in enumerate(lens):
         if n == 0:
             continue
         pos = torch.arange(n, device=DEV)
-        slots = table[i, pos // ix.PAGE].long() * ix.PAGE + pos % ix.PAGE
-        k_fp8, k_scale = ix.naive_indexer_quant(torch.randn(n, heads_dim, device=DEV))
-        ix.naive_indexer_cache_write(k_fp8, k_scale, cache, slots)
+        slots = table[i, pos // naive.PAGE].long() * naive.PAGE + pos % naive.PAGE
+        k_fp8, k_scale = naive.naive_indexer_quant(torch.randn(n, heads_dim, device=DEV))
+        naive.naive_indexer_cache_write(k_fp8, k_scale, cache, slots)
     return cache, table
 
 
@@ -446,14 +447,14 @@ def _paged_cache(lens, pages_per_seq, heads_dim=128):
 def test_cuda_paged_indexer_logits(cuda_ext, seed, indexer_path, next_n, heads):
     lens = [0, 1, 63, 64, 65, 700, 2049][:5] + [int(torch.randint(next_n, 3000, ()).item())]
     lens = [max(n, next_n) if n else 0 for n in lens]
-    pps = -(-max(lens) // ix.PAGE) + 1
+    pps = -(-max(lens) // naive.PAGE) + 1
     cache, table = _paged_cache(lens, pps)
     b = len(lens)
-    q_fp8, q_scale = ix.naive_indexer_quant(torch.randn(b, next_n, heads, 128, device=DEV))
+    q_fp8, q_scale = naive.naive_indexer_quant(torch.randn(b, next_n, heads, 128, device=DEV))
     w = torch.randn(b * next_n, heads, device=DEV) * q_scale.view(b * next_n, heads)
     ctx = torch.tensor(lens, dtype=torch.int32, device=DEV)
-    max_len = pps * ix.PAGE - 5
-    ref = ix.naive_fp8_paged_indexer_logits(q_fp8, cache, w, ctx, table, max_len)
+    max_len = pps * naive.PAGE - 5
+    ref = naive.naive_fp8_paged_indexer_logits(q_fp8, cache, w, ctx, table, max_len)
     got = cuda_ext.fp8_paged_indexer_logits(q_fp8, cache, w, ctx, table, max_len)
     _same_inf(got, ref)
     fin = torch.isfinite(ref)
@@ -464,13 +465,13 @@ def test_cuda_paged_indexer_logits(cuda_ext, seed, indexer_path, next_n, heads):
 @pytest.mark.parametrize("h", [64, 20, 128])
 def test_cuda_ragged_indexer_logits(cuda_ext, seed, indexer_path, h):
     s, n = 37, 333
-    q_fp8, q_scale = ix.naive_indexer_quant(torch.randn(s, h, 128, device=DEV))
-    k_fp8, k_scale = ix.naive_indexer_quant(torch.randn(n, 128, device=DEV))
+    q_fp8, q_scale = naive.naive_indexer_quant(torch.randn(s, h, 128, device=DEV))
+    k_fp8, k_scale = naive.naive_indexer_quant(torch.randn(n, 128, device=DEV))
     w = torch.randn(s, h, device=DEV) * q_scale
     ks = torch.randint(0, n // 2, (s,), device=DEV, dtype=torch.int32)
     ke = (ks + torch.randint(0, n // 2, (s,), device=DEV, dtype=torch.int32)).clamp_max(n)
     ke[0] = ks[0]  # empty window
-    ref = ix.naive_fp8_indexer_logits(q_fp8, k_fp8, k_scale, w, ks, ke)
+    ref = naive.naive_fp8_indexer_logits(q_fp8, k_fp8, k_scale, w, ks, ke)
     got = cuda_ext.fp8_indexer_logits(q_fp8, k_fp8, k_scale, w, ks, ke)
     _same_inf(got, ref)
     fin = torch.isfinite(ref)
@@ -490,7 +491,7 @@ def test_cuda_indexer_topk(cuda_ext, seed, n, topk):
     ke = torch.full((r,), n, device=DEV, dtype=torch.int32)
     ke[3] = ks[3] + min(topk // 2, n - int(ks[3]))                   # window shorter than topk
     ke[4] = ks[4]                                                    # empty window
-    ref = ix.naive_indexer_topk(logits, topk, ks, ke)
+    ref = naive.naive_indexer_topk(logits, topk, ks, ke)
     got = cuda_ext.indexer_topk(logits, topk, ks, ke)
     assert got.shape == ref.shape and got.dtype == torch.int32
     assert torch.equal(got < 0, ref < 0), "different counts of valid indices"
@@ -533,7 +534,7 @@ def test_cuda_indexer_topk_split_rows(cuda_ext, seed, gen):
         logits = 1.0 + torch.randint(0, 16, (r, n), device=DEV).float() * 2.0 ** -20
     ks = torch.tensor([0, 5, 0, 1000], dtype=torch.int32, device=DEV)
     ke = torch.tensor([n, n - 7, 2049, 100000], dtype=torch.int32, device=DEV)
-    _check_topk_values(cuda_ext.indexer_topk(logits, 2048, ks, ke), ix.naive_indexer_topk(logits, 2048, ks, ke),
+    _check_topk_values(cuda_ext.indexer_topk(logits, 2048, ks, ke), naive.naive_indexer_topk(logits, 2048, ks, ke),
                        logits, ks, ke)
 
 
@@ -554,7 +555,7 @@ def test_cuda_indexer_topk_split_graph_capture(cuda_ext, seed):
     logits.copy_(torch.randn_like(logits))
     graph.replay()
     torch.cuda.synchronize()
-    _check_topk_values(captured, ix.naive_indexer_topk(logits, 2048, ks, ke), logits, ks, ke)
+    _check_topk_values(captured, naive.naive_indexer_topk(logits, 2048, ks, ke), logits, ks, ke)
 
 
 @pytest.mark.gpu
@@ -586,7 +587,7 @@ def test_cuda_indexer_quant_and_cache(cuda_ext, seed):
     t = 300
     k = torch.randn(t, 128, device=DEV)
     q, s = cuda_ext.indexer_quant(k, True)
-    rq, rs = ix.naive_indexer_quant(k, True)
+    rq, rs = naive.naive_indexer_quant(k, True)
     # FWHT vs matmul summation order: scales agree, codes at most one step apart, rarely
     assert (s == rs).float().mean() > 0.99
     same_scale = (s == rs)
@@ -594,7 +595,7 @@ def test_cuda_indexer_quant_and_cache(cuda_ext, seed):
     assert ((qa - ra).abs() <= ra.abs() * 0.13 + 2.0 ** -9).all()
     assert (q.view(torch.uint8) != rq.view(torch.uint8)).float().mean() < 0.01
     q0, s0 = cuda_ext.indexer_quant(k, False)
-    r0, rs0 = ix.naive_indexer_quant(k, False)
+    r0, rs0 = naive.naive_indexer_quant(k, False)
     assert torch.equal(s0, rs0) and torch.equal(q0.view(torch.uint8), r0.view(torch.uint8))
 
     pages = 8
@@ -603,12 +604,12 @@ def test_cuda_indexer_quant_and_cache(cuda_ext, seed):
     cache = torch.zeros(pages, 64, 132, dtype=torch.uint8, device=DEV)
     cuda_ext.indexer_k_quant_and_cache(k, cache, slots)
     keep = slots >= 0
-    gk, gs = ix.naive_indexer_cache_gather(cache, slots[keep])
+    gk, gs = naive.naive_indexer_cache_gather(cache, slots[keep])
     assert torch.equal(gk.view(torch.uint8), q[keep].view(torch.uint8)) and torch.equal(gs, s[keep])
     cache2 = torch.zeros_like(cache)
     cuda_ext.indexer_cache_write(rq, rs, cache2, slots.int())
     ref = torch.zeros_like(cache)
-    ix.naive_indexer_cache_write(rq, rs, ref, slots)
+    naive.naive_indexer_cache_write(rq, rs, ref, slots)
     assert torch.equal(cache2, ref)
 
 
@@ -617,7 +618,7 @@ def test_cuda_indices_to_slots(cuda_ext, seed):
     r, kk, mp = 9, 300, 40
     table = torch.randint(0, 1000, (r, mp), dtype=torch.int32, device=DEV)
     idx = torch.randint(-1, mp * 64, (r, kk), dtype=torch.int32, device=DEV)
-    assert torch.equal(cuda_ext.indices_to_slots(idx, table, 64), ix.naive_indices_to_slots(idx, table, 64))
+    assert torch.equal(cuda_ext.indices_to_slots(idx, table, 64), naive.naive_indices_to_slots(idx, table, 64))
 
 
 @pytest.mark.gpu
@@ -627,7 +628,7 @@ def test_cuda_indexer_cache_gather(cuda_ext, seed, dtype):
     cache = torch.randint(0, 256, (pages, 64, 132), dtype=torch.uint8, device=DEV)
     slots = torch.randperm(pages * 64, device=DEV)[:t].to(dtype)
     k, s = cuda_ext.indexer_cache_gather(cache, slots)
-    rk, rs = ix.naive_indexer_cache_gather(cache, slots)
+    rk, rs = naive.naive_indexer_cache_gather(cache, slots)
     assert torch.equal(k.view(torch.uint8), rk.view(torch.uint8)) and torch.equal(s.view(torch.int32),
                                                                                    rs.view(torch.int32))
     k0, s0 = cuda_ext.indexer_cache_gather(cache, slots[:0])
@@ -646,13 +647,13 @@ def test_cuda_bound_checks_raise_in_debug_mode(cuda_ext, monkeypatch, op):
     calls = {
         "k_quant_and_cache": ("slot_mapping", lambda: cuda_ext.indexer_k_quant_and_cache(k, icache, bad)),
         "cache_write": ("slot_mapping", lambda: cuda_ext.indexer_cache_write(
-            *ix.naive_indexer_quant(k), icache, bad)),
+            *naive.naive_indexer_quant(k), icache, bad)),
         "gather": ("slots", lambda: cuda_ext.indexer_cache_gather(icache, bad)),
         "to_slots": ("indices", lambda: cuda_ext.indices_to_slots(
             torch.tensor([[5, 64 * 3]], dtype=torch.int32, device=DEV), torch.zeros(1, 2, dtype=torch.int32,
                                                                                       device=DEV), 64)),
         "paged_logits": ("block_table", lambda: cuda_ext.fp8_paged_indexer_logits(
-            ix.naive_indexer_quant(torch.randn(1, 1, 64, 128, device=DEV))[0], icache,
+            naive.naive_indexer_quant(torch.randn(1, 1, 64, 128, device=DEV))[0], icache,
             torch.randn(1, 64, device=DEV), torch.tensor([100], dtype=torch.int32, device=DEV),
             torch.tensor([[0, pages + 7]], dtype=torch.int32, device=DEV), 128)),
     }

@@ -2,6 +2,8 @@
 
 Under the interpreter (CPU) these run small shapes; every input is fresh random data. The sm_80 path
 (FP8 bytes decoded with integer arithmetic) is exercised by patching `native_fp8` to False.
+Every backend of the family is tested here: the Triton kernels first, then (section "CUDA backend", GPU
+only) the CUDA extension's wrappers, ops/sparse_mla/cuda.py.
 """
 import math
 
@@ -13,7 +15,6 @@ pytest.importorskip("triton")
 from deepseek_v32_plugin.ops import sparse_mla as ops  # noqa: E402
 from deepseek_v32_plugin.ops.sparse_mla import naive  # noqa: E402
 from deepseek_v32_plugin.triton_kernels import sparse_mla as tk  # noqa: E402  (must import: no silent skip)
-from deepseek_v32_plugin.ops.sparse_mla import naive as mla  # noqa: E402
 
 PAGE = 64
 SCALE = 576 ** -0.5
@@ -315,13 +316,13 @@ def _same_inf(a, b):
 
 
 def _mla_cache(fp8: bool, n_tokens: int):
-    pages = -(-n_tokens // mla.PAGE) + 1
+    pages = -(-n_tokens // naive.PAGE) + 1
     if fp8:
-        cache = torch.zeros(pages, mla.PAGE, mla.FP8_BYTES, dtype=torch.uint8, device=DEV)
+        cache = torch.zeros(pages, naive.PAGE, naive.FP8_BYTES, dtype=torch.uint8, device=DEV)
     else:
-        cache = torch.zeros(pages, mla.PAGE, mla.HEAD_576, dtype=torch.bfloat16, device=DEV)
-    slots = torch.randperm(pages * mla.PAGE, device=DEV)[:n_tokens]
-    mla.naive_mla_cache_write(torch.randn(n_tokens, 512, device=DEV), torch.randn(n_tokens, 64, device=DEV),
+        cache = torch.zeros(pages, naive.PAGE, naive.HEAD_576, dtype=torch.bfloat16, device=DEV)
+    slots = torch.randperm(pages * naive.PAGE, device=DEV)[:n_tokens]
+    naive.naive_mla_cache_write(torch.randn(n_tokens, 512, device=DEV), torch.randn(n_tokens, 64, device=DEV),
                               cache, slots)
     return cache, slots
 
@@ -346,7 +347,7 @@ def test_cuda_sparse_mla_decode(cuda_ext, seed, mla_path, fp8, b, s_q, h, topk):
     idx[0, 0] = -1                                   # a row with no valid key: out 0, lse -inf
     scale = 576 ** -0.5
     out, lse = cuda_ext.sparse_mla_decode(q, cache, idx, scale)
-    ref_out, ref_lse = mla.naive_sparse_mla_decode(q, cache, idx, scale)
+    ref_out, ref_lse = naive.naive_sparse_mla_decode(q, cache, idx, scale)
     assert out.dtype == torch.bfloat16 and out.shape == (b, s_q, h, 512)
     torch.testing.assert_close(out.float(), ref_out.float(), rtol=2e-2, atol=2e-2)
     _same_inf(lse, ref_lse)
@@ -370,7 +371,7 @@ def test_cuda_sparse_mla_prefill(cuda_ext, seed, s_q, h, topk, s_kv):
     idx[1, 0, 3:] = -1                                   # 3 valid keys in the first chunk only
     scale = 576 ** -0.5
     out, lse = cuda_ext.sparse_mla_prefill(q, kv, idx, scale)
-    ref_out, ref_lse = mla.naive_sparse_mla_prefill(q, kv, idx, scale)
+    ref_out, ref_lse = naive.naive_sparse_mla_prefill(q, kv, idx, scale)
     assert out.dtype == torch.bfloat16 and out.shape == (s_q, h, 512) and lse.shape == (s_q, h)
     torch.testing.assert_close(out.float(), ref_out.float(), rtol=2e-2, atol=2e-2)
     _same_inf(lse, ref_lse)
@@ -380,7 +381,7 @@ def test_cuda_sparse_mla_prefill(cuda_ext, seed, s_q, h, topk, s_kv):
     bad = idx.clone()
     bad[1, 0, 1] = s_kv + 7                              # past kv: masked like -1, never dereferenced
     out_b, _ = cuda_ext.sparse_mla_prefill(q, kv, bad, scale)
-    ref_b, _ = mla.naive_sparse_mla_prefill(q, kv, torch.where(bad >= s_kv, -1, bad), scale)
+    ref_b, _ = naive.naive_sparse_mla_prefill(q, kv, torch.where(bad >= s_kv, -1, bad), scale)
     torch.testing.assert_close(out_b.float(), ref_b.float(), rtol=2e-2, atol=2e-2)
 
 
@@ -437,7 +438,7 @@ def test_cuda_mla_cache_write_bit_exact(cuda_ext, seed, fp8, dtype):
     dt = torch.uint8 if fp8 else torch.bfloat16
     got, ref = torch.zeros(shape, dtype=dt, device=DEV), torch.zeros(shape, dtype=dt, device=DEV)
     cuda_ext.mla_cache_write(kv_c, k_pe, got, slots)
-    mla.naive_mla_cache_write(kv_c, k_pe, ref, slots)
+    naive.naive_mla_cache_write(kv_c, k_pe, ref, slots)
     assert torch.equal(got.view(torch.uint8) if not fp8 else got, ref.view(torch.uint8) if not fp8 else ref)
 
 
@@ -474,6 +475,6 @@ def test_cuda_sparse_mla_decode_rows_past_65535(cuda_ext, seed, mla_path):
     idx = slots[torch.randint(0, 256, (rows, 1, topk), device=DEV)].int()
     out, lse = cuda_ext.sparse_mla_decode(q, cache, idx, 576 ** -0.5)
     tail = slice(rows - 400, rows)  # check the rows past the old limit against the reference
-    ref_out, ref_lse = mla.naive_sparse_mla_decode(q[tail], cache, idx[tail], 576 ** -0.5)
+    ref_out, ref_lse = naive.naive_sparse_mla_decode(q[tail], cache, idx[tail], 576 ** -0.5)
     torch.testing.assert_close(out[tail].float(), ref_out.float(), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(lse[tail], ref_lse, rtol=1e-3, atol=1e-3)
