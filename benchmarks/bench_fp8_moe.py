@@ -4,6 +4,8 @@ Grouped GEMM: flops = 2 * rows * N * K over the valid rows; bytes = rows*K + G*N
 + scales. Shapes are DeepSeek-V3.2's experts (hidden 7168, moe_intermediate 2048): the gate/up GEMM
 N x K = 4096 x 7168 and the down GEMM 7168 x 2048. SiLU-and-mul + quant: bytes = 2*M*2N (bf16 in) + M*N + scales.
 Anchors (FACTS.md, H800): DeepGEMM contiguous 1214-1346 TFLOPS, masked 815-1233 TFLOPS.
+`run_cuda(h)`: the CUDA extension (ops/fp8_moe/cuda.py) vs the Triton kernel, a row per backend (run alone:
+both sweeps).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Harness  # noqa: E402
+from harness import Harness, cuda_vs_triton_backends, randn_fp8, try_bench  # noqa: E402
 
 from deepseek_v32_plugin.ops import fp8_moe as ops  # noqa: E402
 from deepseek_v32_plugin.ops.fp8_moe import naive  # noqa: E402
@@ -97,8 +99,48 @@ def run(h: Harness):
                 ref=lambda x: naive.naive_silu_and_mul_fp8_quant(x))
 
 
+# ------------------------------------------------ CUDA extension vs Triton (grouped FP8 GEMM, contiguous and masked) ----
+TAG = "bench_fp8_moe"
+
+
+def run_cuda(h, backends=None):
+    """The CUDA extension vs the Triton kernel, one row per (shape, backend) with the FACTS.md anchors
+    (H800 ~ H100 SXM); `x torch ref` against the plain-PyTorch reference."""
+    backends = cuda_vs_triton_backends(TAG) if backends is None else backends
+    if not backends:
+        return
+    from deepseek_v32_plugin.ops import fp8_moe
+    h.section("grouped FP8 GEMM (CUDA ext vs Triton)")
+    for g, m_per, n, k in [(4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168), (32, 256, 4096, 7168)]:
+        def make(g=g, m_per=m_per, n=n, k=k):
+            m = g * m_per
+            a = randn_fp8((m, k))
+            b = randn_fp8((g, n, k), 0.1)
+            return (a, torch.rand(m, k // 128, device="cuda") + 0.5, b,
+                    torch.rand(g, -(-n // 128), k // 128, device="cuda") + 0.5,
+                    torch.arange(g, device="cuda", dtype=torch.int32).repeat_interleave(m_per))
+        flops = 2.0 * g * m_per * n * k
+        nbytes = g * m_per * k + g * n * k + g * m_per * n * 2
+        for be in backends:
+            try_bench(h, TAG, f"contiguous g{g} m{m_per} n{n} k{k}", be,
+                      lambda *a, be=be: fp8_moe.fp8_grouped_gemm_nt_contiguous(*a, backend=be), make, flops=flops,
+                      bytes=nbytes, anchor="DeepGEMM contiguous 1214-1346 TFLOPS", roof="fp8")
+    for g, m, expected, n, k in [(16, 256, 128, 4096, 7168), (16, 256, 128, 7168, 2048), (32, 512, 256, 4096, 7168)]:
+        def make(g=g, m=m, expected=expected, n=n, k=k):
+            return (randn_fp8((g, m, k)), torch.rand(g, m, k // 128, device="cuda") + 0.5, randn_fp8((g, n, k), 0.1),
+                    torch.rand(g, -(-n // 128), k // 128, device="cuda") + 0.5,
+                    torch.full((g,), expected, dtype=torch.int32, device="cuda"))
+        flops = 2.0 * g * expected * n * k
+        nbytes = g * expected * k + g * n * k + g * expected * n * 2
+        for be in backends:
+            try_bench(h, TAG, f"masked g{g} m{expected}/{m} n{n} k{k}", be,
+                      lambda *a, be=be: fp8_moe.fp8_grouped_gemm_nt_masked(*a, backend=be), make, flops=flops,
+                      bytes=nbytes, anchor="DeepGEMM masked 815-1233 TFLOPS", roof="fp8")
+
+
 if __name__ == "__main__":
     harness = Harness()
     harness.section("fp8_moe")
     run(harness)
+    run_cuda(harness)
     harness.print_table()

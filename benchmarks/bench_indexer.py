@@ -5,6 +5,8 @@ Bytes/FLOPs counted up front (each input read once, each output written once):
                        flops = 2 * B * next_n * ctx * H * 128
   prefill logits       flops = 2 * H * 128 * sum_rows(ke - ks)
   top-k                bytes = R * N * 4 (target: <= 20 us at 64 x 128K, topk 2048)
+`run_cuda(h)`: the CUDA extension (ops/indexer/cuda.py) vs the Triton kernel, a row per backend (run alone:
+both sweeps).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Harness  # noqa: E402
+from harness import Harness, cuda_vs_triton_backends, randn_fp8, try_bench  # noqa: E402
 
 from deepseek_v32_plugin.ops import indexer as ops  # noqa: E402
 from deepseek_v32_plugin.ops.indexer import naive  # noqa: E402
@@ -99,8 +101,63 @@ def run(h: Harness):
     bench_quant(h)
 
 
+# ------------------------------------------------ CUDA extension vs Triton (paged / prefill logits and top-k 2048) ----
+TAG = "bench_indexer"
+
+
+def run_cuda(h, backends=None):
+    """The CUDA extension vs the Triton kernel, one row per (shape, backend) with the FACTS.md anchors
+    (H800 ~ H100 SXM); `x torch ref` against the plain-PyTorch reference."""
+    backends = cuda_vs_triton_backends(TAG) if backends is None else backends
+    if not backends:
+        return
+    from deepseek_v32_plugin.ops import indexer
+    from deepseek_v32_plugin.ops.indexer import naive as ix
+    h.section("indexer (CUDA ext vs Triton)")
+    for b, next_n, ctx in [(64, 1, 32768), (128, 2, 8192), (8, 1, 131072)]:
+        h_ = 64
+        pages = b * ctx // 64
+
+        def make(b=b, next_n=next_n, ctx=ctx, pages=pages):
+            cache = torch.randint(0, 255, (pages, 64, 132), dtype=torch.uint8, device="cuda")
+            cache.view(pages, -1)[:, 8192:].view(torch.float32).fill_(0.01)
+            table = torch.randperm(pages, device="cuda").int().view(b, ctx // 64)
+            q = randn_fp8((b, next_n, h_, 128))
+            w = torch.randn(b * next_n, h_, device="cuda")
+            lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
+            return q, cache, w, lens, table, ctx
+        flops = 2.0 * b * next_n * h_ * 128 * ctx
+        nbytes = b * ctx * 132 + b * next_n * ctx * 4
+        for be in backends:
+            try_bench(h, TAG, f"paged logits b{b} n{next_n} ctx{ctx}", be,
+                      lambda *a, be=be: indexer.fp8_paged_indexer_logits(*a, backend=be), make, flops=flops, bytes=nbytes,
+                      ref=ix.naive_fp8_paged_indexer_logits if b * ctx <= 2 ** 21 else None,
+                      anchor="DeepGEMM paged ~1.0 PFLOPS", roof="fp8")
+    for s, n in [(4096, 4096), (8192, 8192)]:
+        def make(s=s, n=n):
+            q = randn_fp8((s, 64, 128))
+            k = randn_fp8((n, 128))
+            ks_ = torch.zeros(s, dtype=torch.int32, device="cuda")
+            ke_ = torch.arange(1, s + 1, dtype=torch.int32, device="cuda") * n // s
+            return q, k, torch.rand(n, device="cuda"), torch.randn(s, 64, device="cuda"), ks_, ke_
+        for be in backends:
+            try_bench(h, TAG, f"prefill logits s{s} n{n} h64", be,
+                      lambda *a, be=be: indexer.fp8_indexer_logits(*a, backend=be), make,
+                      flops=2.0 * s * n * 64 * 128 / 2, bytes=n * 132 + s * n * 4,
+                      anchor="DeepGEMM fp8_mqa_logits ~1.1 PFLOPS (causal half counted)", roof="fp8")
+    for r, n in [(64, 9295), (4, 131072), (64, 131072), (1, 163840)]:
+        def make(r=r, n=n):
+            return (torch.randn(r, n, device="cuda"), 2048, torch.zeros(r, dtype=torch.int32, device="cuda"),
+                    torch.full((r,), n, dtype=torch.int32, device="cuda"))
+        anchor = {(64, 9295): "TRT-LLM 14.3 us", (4, 131072): "vLLM 21.8 us"}.get((r, n), "")
+        for be in backends:
+            try_bench(h, TAG, f"topk2048 r{r} n{n}", be, lambda x, k, a, b_, be=be: indexer.indexer_topk(x, k, a, b_, backend=be),
+                      make, bytes=r * n * 4, ref=lambda x, k, a, b_: torch.topk(x, k, dim=-1), anchor=anchor, roof="bw")
+
+
 if __name__ == "__main__":
     harness = Harness()
     harness.section("indexer")
     run(harness)
+    run_cuda(harness)
     harness.print_table()

@@ -5,6 +5,8 @@ FLOPs follow FlashMLA: 2 * rows * h * topk * (576 + 512) (QK over 576, PV over 5
 bound: duplicate rows across heads are read once per row), q (bf16) and out (bf16) + lse.
 Anchor (FACTS.md): FlashMLA sparse decode FP8 410 TFLOPS at b=128, s_q=2, h=128, topk=2048 (H800);
 sparse prefill 640 TFLOPS (H800).
+`run_cuda(h)`: the CUDA extension (ops/sparse_mla/cuda.py) vs the Triton kernel, a row per backend (run alone:
+both sweeps).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Harness  # noqa: E402
+from harness import Harness, cuda_vs_triton_backends, try_bench  # noqa: E402
 
 from deepseek_v32_plugin.ops import sparse_mla as ops  # noqa: E402
 from deepseek_v32_plugin.ops.sparse_mla import naive  # noqa: E402
@@ -118,8 +120,46 @@ def run(h: Harness):
                 ref=lambda c, p, cache, s: naive.naive_mla_cache_write(c, p, cache, s))
 
 
+# ------------------------------------------------ CUDA extension vs Triton (sparse MLA decode, fp8 and bf16 caches) ----
+TAG = "bench_sparse_mla"
+
+
+def run_cuda(h, backends=None):
+    """The CUDA extension vs the Triton kernel, one row per (shape, backend) with the FACTS.md anchors
+    (H800 ~ H100 SXM); `x torch ref` against the plain-PyTorch reference."""
+    backends = cuda_vs_triton_backends(TAG) if backends is None else backends
+    if not backends:
+        return
+    from deepseek_v32_plugin.ops import sparse_mla
+    from deepseek_v32_plugin.ops.sparse_mla import naive as mla
+    h.section("sparse MLA decode (CUDA ext vs Triton)")
+    for fp8 in (True, False):
+        for b, s_q, heads, topk in [(128, 2, 128, 2048), (64, 1, 128, 2048), (32, 1, 16, 2048)]:
+            tokens = 65536
+
+            def make(b=b, s_q=s_q, heads=heads, topk=topk, fp8=fp8):
+                pages = tokens // 64
+                if fp8:
+                    cache = torch.randint(0, 120, (pages, 64, 656), dtype=torch.uint8, device="cuda")
+                    cache[..., 512:528].view(torch.float32).fill_(0.01)
+                    cache[..., 528:].view(torch.bfloat16).normal_()
+                else:
+                    cache = torch.randn(pages, 64, 576, device="cuda").to(torch.bfloat16)
+                q = torch.randn(b, s_q, heads, 576, device="cuda").to(torch.bfloat16)
+                idx = torch.randint(0, tokens, (b, s_q, topk), dtype=torch.int32, device="cuda")
+                return q, cache, idx, 576 ** -0.5
+            flops = 2.0 * b * s_q * heads * topk * (576 + 512)
+            nbytes = b * s_q * topk * (656 if fp8 else 1152) + b * s_q * heads * (576 + 512) * 2
+            for be in backends:
+                try_bench(h, TAG, f"{'fp8' if fp8 else 'bf16'} b{b} sq{s_q} h{heads} k{topk}", be,
+                          lambda *a, be=be: sparse_mla.sparse_mla_decode(*a, backend=be), make, flops=flops, bytes=nbytes,
+                          ref=mla.naive_sparse_mla_decode if b * s_q <= 64 else None,
+                          anchor="FlashMLA sparse fp8 410 TFLOPS (b128 h128 sq2)" if fp8 else "", roof="bf16")
+
+
 if __name__ == "__main__":
     harness = Harness()
     harness.section("sparse_mla")
     run(harness)
+    run_cuda(harness)
     harness.print_table()

@@ -166,3 +166,34 @@ class Harness:
                 out += ["", f"### {sec}", "", "| " + " | ".join(COLS) + " |", "|" + "---|" * len(COLS)]
             out.append("| " + " | ".join(r.cells()) + " |")
         return "\n".join(out)
+
+
+# ------------------------------------------- CUDA extension vs Triton (the run_cuda sweeps of bench_<family>.py) ----
+
+def randn_fp8(shape, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(shape, device="cuda") * scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+
+
+def cuda_vs_triton_backends(tag: str) -> list[str]:
+    """["cuda", "triton"], less the ones that cannot run here (the CUDA extension's reason is printed)."""
+    from deepseek_v32_plugin.ops import _cuda
+    out = []
+    if _cuda.is_available():
+        out.append("cuda")
+    else:
+        print(f"{tag}: CUDA extension unavailable: {_cuda.unavailable_reason()}", flush=True)
+    try:
+        import deepseek_v32_plugin.triton_kernels  # noqa: F401
+        out.append("triton")
+    except Exception:
+        pass
+    return out
+
+
+def try_bench(h: "Harness", tag: str, label: str, backend: str, fn: Callable, make: Callable, **kw) -> None:
+    """h.bench one row "<label> [<backend>]"; a missing op or a failure prints and does not stop the sweep."""
+    try:
+        h.bench(f"{label} [{backend}]", fn, make, **kw)
+    except Exception as e:
+        print(f"{tag}: {label} [{backend}] failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+

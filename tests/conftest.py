@@ -96,6 +96,18 @@ def _seeded_rngs(request):
     return s
 
 
+@pytest.fixture(scope="module")
+def cuda_ext(request):
+    """The CUDA wrappers of the test module's op family (its CUDA_FAMILY: ops/<family>/cuda.py). Skips
+    without a GPU; on a CUDA machine a failed JIT build fails the test (it does not skip it)."""
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from deepseek_v32_plugin.ops import _cuda
+    assert _cuda.is_available(), f"CUDA extension unavailable on a CUDA machine: {_cuda.unavailable_reason()}"
+    return _cuda.family_module(request.module.CUDA_FAMILY)
+
+
 @pytest.fixture
 def seed(_seeded_rngs):
     """This test's seed (see seed_for): inputs are random but reproducible."""

@@ -24,7 +24,7 @@ def _backend_env(backend: str) -> dict:
     env = {"DSV32_BACKEND": backend}
     if backend == "cuda":
         for op in _dispatch._FAMILY_OF:
-            if not hasattr(_cuda, op):
+            if _cuda.get_op(op) is None:
                 env[f"DSV32_BACKEND_{op.upper()}"] = "triton"
     return env
 

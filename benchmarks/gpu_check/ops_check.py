@@ -365,7 +365,7 @@ def cases(dry: bool) -> list[Case]:
 
 def _cuda_has(op: str) -> bool:
     from deepseek_v32_plugin.ops import _cuda
-    return hasattr(_cuda, op)
+    return _cuda.get_op(op) is not None
 
 
 def run_case(ctx, case: Case, backend: str, path: str, env: Optional[dict] = None) -> None:

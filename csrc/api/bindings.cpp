@@ -2,7 +2,7 @@
 // unit that includes ATen; the kernels are reached through the plain launchers in api/*.h.
 // Shape/dtype validation of user input happens in deepseek_v32_plugin/ops/<family>/__init__.py; the
 // checks here guard the layout assumptions of the kernels (contiguity, int32 index tensors, limits).
-// Fake (meta) implementations for torch.compile are registered in deepseek_v32_plugin/ops/_cuda.py.
+// Fake (meta) implementations for torch.compile: deepseek_v32_plugin/ops/<family>/cuda.py (register_fakes).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>

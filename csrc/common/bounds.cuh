@@ -2,8 +2,9 @@
 // block-table entries). A kernel treats an out-of-range entry as invalid (-1: skipped write, masked key,
 // -1 slot, -inf logits), so a bad value never becomes an illegal address; when `err` is non-null it also
 // records the first offence: err[0] = code (below), err[1] = the offending value (clamped to int32).
-// ops/_cuda.py passes `err` only with DSV32_CUDA_CHECK_BOUNDS=1 and then raises an IndexError naming the
-// tensor (that check synchronizes, so it is a debug switch: the decode path stays sync-free without it).
+// The wrappers (ops/<family>/cuda.py, flag from ops/_cuda.py) pass `err` only with DSV32_CUDA_CHECK_BOUNDS=1
+// and then raise an IndexError naming the tensor (that check synchronizes, so it is a debug switch: the
+// decode path stays sync-free without it).
 #pragma once
 
 #include <stdint.h>

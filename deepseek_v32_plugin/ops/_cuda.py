@@ -1,8 +1,8 @@
-"""CUDA backend: the csrc/ torch extension, JIT-built on first use, its ops on the torch dispatcher.
-
-Functions here share the signatures of the `naive_*` references (ops/_dispatch.py calls them after
-`is_available()`); each calls one `torch.ops.dsv32.<op>` (usable under CUDA graphs and torch.compile:
-fake implementations are registered below).
+"""CUDA backend, shared part: the csrc/ torch extension's JIT build, availability, fake registration and
+the device-side bounds flag. The op wrappers live beside each family's API, in `ops/<family>/cuda.py`
+(FAMILIES below): they share the signatures of the `naive_*` references (ops/_dispatch.py calls them after
+`is_available()`); each calls one `torch.ops.dsv32.<op>` (usable under CUDA graphs and torch.compile: each
+family module's `register_fakes` gives its ops fake implementations, registered after the build).
 
 Build: `torch.utils.cpp_extension.load` compiles the installed sources (`deepseek_v32_plugin._csrc`:
 api/bindings.cpp + every .cu) the first time an op is needed. Only when torch has CUDA
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import importlib
 import os
 import shutil
 import threading
@@ -41,7 +42,8 @@ import torch
 
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "reason": None}
-MAX_TOPK = 2048
+# Op families with a CUDA module (deepseek_v32_plugin.ops.<family>.cuda: OP_NAMES, the wrappers, register_fakes).
+FAMILIES = ("indexer", "sparse_mla", "fp8_moe", "fp8_quant")
 
 
 # ---------------------------------------------------------------- build ----
@@ -51,20 +53,18 @@ def csrc_dir() -> str:
     return os.path.dirname(os.path.abspath(c.__file__))
 
 
-from ._dispatch import Unsupported
-
 # Kernel translation units (ATen-free, each compiles alone). An explicit list, not a glob: a stale copy
 # left in an install's build/ tree must not be compiled. tests/cuda/test_compile.py checks that it
 # names exactly the .cu files of csrc/.
 KERNEL_SOURCES = (
     "fp8_moe/sm80/fp8_grouped_gemm_sm80.cu",
     "fp8_moe/sm90/fp8_grouped_gemm_sm90.cu",
-    "fp8_quant/sm80/fp8_quant.cu",
+    "fp8_quant/fp8_quant.cu",
     "indexer/sm80/fp8_indexer_logits_sm80.cu",
-    "indexer/sm80/indexer_cache.cu",
-    "indexer/sm80/indexer_topk.cu",
+    "indexer/indexer_cache.cu",
+    "indexer/indexer_topk.cu",
     "indexer/sm90/fp8_indexer_logits_sm90.cu",
-    "sparse_mla/sm80/mla_cache.cu",
+    "sparse_mla/mla_cache.cu",
     "sparse_mla/sm80/sparse_mla_decode_sm80.cu",
     "sparse_mla/sm80/sparse_mla_prefill_sm80.cu",
     "sparse_mla/sm90/sparse_mla_decode_sm90.cu",
@@ -211,8 +211,25 @@ def unavailable_reason() -> Optional[str]:
     return _state["reason"]
 
 
+def family_module(family: str):
+    """deepseek_v32_plugin.ops.<family>.cuda: the family's CUDA wrappers."""
+    return importlib.import_module(f"deepseek_v32_plugin.ops.{family}.cuda")
+
+
+def op_families() -> dict:
+    """op name -> family, for every op a family's CUDA module serves (its OP_NAMES)."""
+    return {op: fam for fam in FAMILIES for op in family_module(fam).OP_NAMES}
+
+
+def get_op(op: str):
+    """The CUDA wrapper of `op` (from its family module), or None."""
+    fam = op_families().get(op)
+    return None if fam is None else getattr(family_module(fam), op, None)
+
+
 def _register_fakes() -> None:
-    """Meta implementations so torch.compile can trace through the ops without running them."""
+    """Meta implementations so torch.compile can trace through the ops without running them (each family
+    module's register_fakes(fake) decorates its ops' fakes)."""
     lib = torch.library
 
     def fake(name):
@@ -224,72 +241,11 @@ def _register_fakes() -> None:
             return fn
         return deco
 
-    @fake("fp8_paged_indexer_logits")
-    def _(q, kv_cache, weights, context_lens, block_table, max_context_len, err=None):
-        return q.new_empty((q.shape[0] * q.shape[1], max_context_len), dtype=torch.float32)
-
-    @fake("fp8_indexer_logits")
-    def _(q, k, k_scale, weights, ks, ke):
-        return q.new_empty((q.shape[0], k.shape[0]), dtype=torch.float32)
-
-    @fake("indexer_topk")
-    def _(logits, topk, ks, ke):
-        return logits.new_empty((logits.shape[0], topk), dtype=torch.int32)
-
-    @fake("sparse_mla_decode")
-    def _(q, kv_cache, indices, sm_scale, topk_length=None, err=None):
-        return (q.new_empty((*q.shape[:3], 512)), q.new_empty(q.shape[:3], dtype=torch.float32))
-
-    @fake("sparse_mla_prefill")
-    def _(q, kv, indices, sm_scale, topk_length=None, err=None):
-        return (q.new_empty((*q.shape[:2], 512)), q.new_empty(q.shape[:2], dtype=torch.float32))
-
-    @fake("fp8_grouped_gemm_nt_contiguous")
-    def _(a, a_scale, b, b_scale, m_indices, out_dtype):
-        return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
-
-    @fake("fp8_grouped_gemm_nt_masked")
-    def _(a, a_scale, b, b_scale, masked_m, out_dtype):
-        return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype)
-
-    @fake("fp8_quant_act")
-    def _(x, group, ue8m0):
-        return (x.new_empty(x.shape, dtype=torch.float8_e4m3fn),
-                x.new_empty((*x.shape[:-1], x.shape[-1] // group), dtype=torch.float32))
-
-    @fake("silu_and_mul_fp8_quant")
-    def _(x):
-        n = x.shape[1] // 2
-        return x.new_empty((x.shape[0], n), dtype=torch.float8_e4m3fn), x.new_empty((x.shape[0], n // 128),
-                                                                                      dtype=torch.float32)
-
-    @fake("indexer_quant")
-    def _(x, rotate):
-        return x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(x.shape[:-1], dtype=torch.float32)
-
-    @fake("indices_to_slots")
-    def _(indices, block_table, page_size, err=None):
-        return torch.empty_like(indices)
-
-    @fake("indexer_cache_gather")
-    def _(kv_cache, slots, err=None):
-        return (kv_cache.new_empty((slots.shape[0], 128), dtype=torch.float8_e4m3fn),
-                kv_cache.new_empty((slots.shape[0],), dtype=torch.float32))
-
-    for name in ("indexer_k_quant_and_cache", "indexer_cache_write", "mla_cache_write"):
-        fake(name)(lambda *args, **kwargs: None)
+    for fam in FAMILIES:
+        family_module(fam).register_fakes(fake)
 
 
-# ------------------------------------------------------------------ ops ----
-# Same positional signatures as the naive_* references.
-
-MAX_HEADS = 128                   # indexer logits: heads per query row
-OP_NAMES = (  # every op this backend serves (tests/cuda/test_backend_table.py checks the model's needs)
-    "fp8_paged_indexer_logits", "fp8_indexer_logits", "indexer_topk", "sparse_mla_decode", "sparse_mla_prefill",
-    "fp8_grouped_gemm_nt_contiguous", "fp8_grouped_gemm_nt_masked", "fp8_quant_act", "silu_and_mul_fp8_quant",
-    "indexer_quant", "indexer_k_quant_and_cache", "indexer_cache_write", "indexer_cache_gather",
-    "indices_to_slots", "mla_cache_write", "fp8_gemm_nt")
-
+# ------------------------------------------------------- shared by the family modules ----
 # Codes of csrc/common/bounds.cuh -> (tensor, what was out of range).
 BOUNDS_ERRORS = {
     1: ("slot_mapping", "a slot past the cache (slot >= pages * 64)"),
@@ -323,140 +279,3 @@ def raise_bounds(op: str, err: Optional[torch.Tensor]) -> None:
 
 def _i32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.int32).contiguous()
-
-
-def fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table, max_context_len):
-    if q_fp8.shape[2] > MAX_HEADS:
-        raise Unsupported(f"the CUDA paged indexer logits take at most {MAX_HEADS} heads, got {q_fp8.shape[2]}")
-    err = _err_flag(q_fp8.device)
-    out = torch.ops.dsv32.fp8_paged_indexer_logits(q_fp8.contiguous(), kv_cache, weights.float().contiguous(),
-                                                   _i32(context_lens), _i32(block_table), int(max_context_len), err)
-    raise_bounds("fp8_paged_indexer_logits", err)
-    return out
-
-
-def fp8_indexer_logits(q_fp8, k_fp8, k_scale, weights, ks, ke):
-    if q_fp8.shape[1] > MAX_HEADS:
-        raise Unsupported(f"the CUDA indexer logits take at most {MAX_HEADS} heads, got {q_fp8.shape[1]}")
-    return torch.ops.dsv32.fp8_indexer_logits(q_fp8.contiguous(), k_fp8.contiguous(), k_scale.float().contiguous(),
-                                              weights.float().contiguous(), _i32(ks), _i32(ke))
-
-
-def indexer_topk(logits, topk, ks, ke):
-    if topk > MAX_TOPK:  # the kernel sorts the selection in shared memory (2048 entries)
-        raise Unsupported(f"the CUDA top-k serves topk <= {MAX_TOPK}, got {topk}")
-    return torch.ops.dsv32.indexer_topk(logits.float().contiguous(), int(topk), _i32(ks), _i32(ke))
-
-
-def _latent_cache_supported(kv_cache) -> None:
-    if kv_cache.dtype not in (torch.uint8, torch.bfloat16):
-        raise Unsupported(f"the CUDA sparse MLA kernels read bf16 or fp8_ds_mla (uint8) latent caches, "
-                          f"not {kv_cache.dtype}")
-
-
-def _lens(topk_length):
-    return None if topk_length is None else _i32(topk_length.reshape(-1))
-
-
-def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512, topk_length=None):
-    _latent_cache_supported(kv_cache)
-    err = _err_flag(q.device)
-    out, lse = torch.ops.dsv32.sparse_mla_decode(q.to(torch.bfloat16).contiguous(), kv_cache,
-                                                 _i32(indices), float(sm_scale), _lens(topk_length), err)
-    raise_bounds("sparse_mla_decode", err)
-    return out.to(q.dtype), lse
-
-
-def sparse_mla_prefill(q, kv, indices, sm_scale, d_v=512, topk_length=None):
-    """q [s_q, h, 576] (read as bf16), kv [s_kv, 1, 576] bf16, indices [s_q, 1, topk] int rows of kv (-1 none)
-    -> (out [s_q, h, 512] q.dtype, lse [s_q, h] fp32). Reaches the auto dispatch only once verified on a GPU
-    (_dispatch.CUDA_OPT_IN); backend="cuda" / DSV32_BACKEND_SPARSE_MLA_PREFILL=cuda select it."""
-    if q.dim() != 3 or q.shape[-1] != 576:
-        raise ValueError(f"sparse_mla_prefill: q must be [s_q, h, 576], got {list(q.shape)}")
-    if kv.dim() != 3 or tuple(kv.shape[1:]) != (1, 576):
-        raise ValueError(f"sparse_mla_prefill: kv must be [s_kv, 1, 576], got {list(kv.shape)}")
-    if indices.dim() != 3 or tuple(indices.shape[:2]) != (q.shape[0], 1):
-        raise ValueError(f"sparse_mla_prefill: indices must be [s_q={q.shape[0]}, 1, topk], got {list(indices.shape)}")
-    if kv.dtype != torch.bfloat16:
-        raise Unsupported(f"the CUDA sparse MLA prefill reads a bf16 kv, not {kv.dtype}")
-    if d_v != 512:
-        raise Unsupported(f"the CUDA sparse MLA prefill computes d_v = 512, not {d_v}")
-    err = _err_flag(q.device)
-    out, lse = torch.ops.dsv32.sparse_mla_prefill(q.to(torch.bfloat16).contiguous(), kv.contiguous(),
-                                                  _i32(indices), float(sm_scale), _lens(topk_length), err)
-    raise_bounds("sparse_mla_prefill", err)
-    return out.to(q.dtype), lse
-
-
-def _gemm_dtype(out_dtype):
-    return torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32
-
-
-def fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, out_dtype=torch.bfloat16):
-    out = torch.ops.dsv32.fp8_grouped_gemm_nt_contiguous(a.contiguous(), a_scale.float().contiguous(),
-                                                         b.contiguous(), b_scale.float().contiguous(),
-                                                         _i32(m_indices), _gemm_dtype(out_dtype))
-    return out if out.dtype == out_dtype else out.to(out_dtype)
-
-
-def fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, out_dtype=torch.bfloat16):
-    out = torch.ops.dsv32.fp8_grouped_gemm_nt_masked(a.contiguous(), a_scale.float().contiguous(),
-                                                     b.contiguous(), b_scale.float().contiguous(),
-                                                     _i32(masked_m), _gemm_dtype(out_dtype))
-    return out if out.dtype == out_dtype else out.to(out_dtype)
-
-
-def fp8_quant_act(x, group=128, ue8m0=True):
-    if group != 128:  # the kernel is written for 128-wide groups (the only size the model uses)
-        raise Unsupported(f"the CUDA activation quantizer serves group=128, got {group}")
-    return torch.ops.dsv32.fp8_quant_act(x.contiguous(), 128, bool(ue8m0))
-
-
-def silu_and_mul_fp8_quant(x):
-    return torch.ops.dsv32.silu_and_mul_fp8_quant(x.contiguous())
-
-
-def indexer_quant(x, rotate=True):
-    return torch.ops.dsv32.indexer_quant(x.contiguous(), bool(rotate))
-
-
-def indexer_k_quant_and_cache(k, kv_cache, slot_mapping):
-    err = _err_flag(kv_cache.device)
-    torch.ops.dsv32.indexer_k_quant_and_cache(k.contiguous(), kv_cache, slot_mapping.contiguous(), err)
-    raise_bounds("indexer_k_quant_and_cache", err)
-
-
-def indexer_cache_write(k_fp8, k_scale, kv_cache, slot_mapping):
-    err = _err_flag(kv_cache.device)
-    torch.ops.dsv32.indexer_cache_write(k_fp8.contiguous(), k_scale.float().contiguous(), kv_cache,
-                                        slot_mapping.contiguous(), err)
-    raise_bounds("indexer_cache_write", err)
-
-
-def indexer_cache_gather(kv_cache, slots):
-    err = _err_flag(kv_cache.device)
-    out = torch.ops.dsv32.indexer_cache_gather(kv_cache, slots.contiguous(), err)
-    raise_bounds("indexer_cache_gather", err)
-    return out
-
-
-def indices_to_slots(indices, block_table, page_size=64):
-    err = _err_flag(indices.device)
-    out = torch.ops.dsv32.indices_to_slots(_i32(indices), _i32(block_table), int(page_size), err)
-    raise_bounds("indices_to_slots", err)
-    return out
-
-
-def mla_cache_write(kv_c, k_pe, kv_cache, slot_mapping):
-    _latent_cache_supported(kv_cache)
-    if k_pe.dtype != kv_c.dtype:  # one rounding, as in the reference
-        kv_c, k_pe = kv_c.float(), k_pe.float()
-    err = _err_flag(kv_cache.device)
-    torch.ops.dsv32.mla_cache_write(kv_c.contiguous(), k_pe.contiguous(), kv_cache, slot_mapping.contiguous(), err)
-    raise_bounds("mla_cache_write", err)
-
-
-def fp8_gemm_nt(a, a_scale, b, b_scale, out_dtype=torch.bfloat16):
-    """Dense block-scaled FP8 GEMM = the grouped kernel with one group (every row in group 0)."""
-    m_indices = torch.zeros(a.shape[0], dtype=torch.int32, device=a.device)
-    return fp8_grouped_gemm_nt_contiguous(a, a_scale, b.unsqueeze(0), b_scale.unsqueeze(0), m_indices, out_dtype)

@@ -5,7 +5,8 @@ implementation. Implementations share the exact signature of the `naive_*` refer
   - torch:  deepseek_v32_plugin.ops.<family>.blocked.<op> where the family has one (the reference's math in
             bounded blocks: what the engines run on CPU), else deepseek_v32_plugin.ops.<family>.naive.naive_<op>
   - triton: deepseek_v32_plugin.triton_kernels.<family>.<op>
-  - cuda:   deepseek_v32_plugin.ops._cuda.<op>   (JIT-built torch extension from csrc/)
+  - cuda:   deepseek_v32_plugin.ops.<family>.cuda.<op>   (JIT-built torch extension from csrc/; the build is
+            shared: ops/_cuda.py)
 
 Choice: `backend=` argument > env DSV32_BACKEND_<OP> (upper-case op name) > env DSV32_BACKEND >
 auto. Auto on a CUDA tensor tries cuda, then triton, then torch; on CPU it uses torch, or triton then
@@ -61,14 +62,15 @@ def _load(op: str, backend: str) -> Callable:
         mod = importlib.import_module(f"deepseek_v32_plugin.ops.{family}.naive")
         return getattr(mod, f"naive_{op}")
     modname = (f"deepseek_v32_plugin.triton_kernels.{family}" if backend == "triton"
-               else "deepseek_v32_plugin.ops._cuda")
+               else f"deepseek_v32_plugin.ops.{family}.cuda")
     try:
         mod = importlib.import_module(modname)
     except ImportError as e:
         raise BackendUnavailable(f"{backend} backend cannot be imported ({e})") from e
-    if backend == "cuda":
-        if not mod.is_available():
-            raise BackendUnavailable(mod.unavailable_reason())
+    if backend == "cuda":  # one extension serves every family: its build / availability is shared
+        from . import _cuda
+        if not _cuda.is_available():
+            raise BackendUnavailable(_cuda.unavailable_reason())
     fn = getattr(mod, op, None)
     if fn is None:
         raise BackendUnavailable(f"{backend} backend has no {op}")

@@ -1,4 +1,5 @@
-"""tests/cuda: compile-only checks (CPU) and GPU numerical tests of the CUDA extension."""
+"""tests/cuda: CPU checks of the CUDA extension (compile, host headers, backend table); its GPU tests are the CUDA
+sections of tests/triton/test_<family>.py."""
 import os
 import sys
 

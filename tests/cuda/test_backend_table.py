@@ -1,11 +1,13 @@
-"""Host-side checks of the CUDA backend (ops/_cuda.py) that need no GPU:
+"""Host-side checks of the CUDA backend (ops/_cuda.py: the shared build; ops/<family>/cuda.py: the wrappers)
+that need no GPU:
   - it has an implementation for every op the reference model calls (recorded by running the tiny model's
-    prefill, a chunk over a prefix hit, decode and MTP-sized steps through the dispatch);
+    prefill, a chunk over a prefix hit, decode and MTP-sized steps through the dispatch), in the family
+    module where the dispatch looks for it;
   - its wrappers raise `_dispatch.Unsupported` (-> one warning, next backend) for inputs its kernels do not
     serve, before touching the extension, instead of calling the reference themselves;
   - the bound-check flag protocol: codes of csrc/common/bounds.cuh -> IndexError naming the tensor, and no
     flag (so no sync) unless DSV32_CUDA_CHECK_BOUNDS=1.
-The kernels themselves are tested on a GPU (tests/cuda/test_cuda_ops.py).
+The kernels themselves are tested on a GPU (tests/triton/test_<family>.py, the CUDA sections).
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ import pytest
 import torch
 
 from deepseek_v32_plugin.ops import _cuda, _dispatch, fp8_moe, fp8_quant, indexer, sparse_mla
+from deepseek_v32_plugin.ops.fp8_quant import cuda as fp8_quant_cuda
+from deepseek_v32_plugin.ops.indexer import cuda as indexer_cuda
+from deepseek_v32_plugin.ops.sparse_mla import cuda as sparse_mla_cuda
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +62,27 @@ def model_ops(tmp_path_factory):
     return seen
 
 
-def test_cuda_backend_serves_every_model_op(model_ops):
+def test_cuda_backend_serves_every_model_op(model_ops, monkeypatch):
     assert {"indexer_cache_gather", "fp8_paged_indexer_logits", "fp8_indexer_logits", "sparse_mla_decode",
             "fp8_grouped_gemm_nt_contiguous"} <= model_ops
-    missing = sorted(op for op in model_ops if not callable(getattr(_cuda, op, None)))
-    assert not missing, f"ops/_cuda.py lacks {missing}: DSV32_BACKEND=cuda would fail on them"
-    assert model_ops <= set(_cuda.OP_NAMES)
-    assert all(callable(getattr(_cuda, op)) for op in _cuda.OP_NAMES)
+    missing = sorted(op for op in model_ops if not callable(_cuda.get_op(op)))
+    assert not missing, f"no ops/<family>/cuda.py has {missing}: DSV32_BACKEND=cuda would fail on them"
+    families = _cuda.op_families()
+    assert model_ops <= set(families)
+    for op, fam in families.items():
+        # each wrapper sits in the module of the family the dispatch registered the op under
+        assert _dispatch._FAMILY_OF[op] == fam, (op, fam, _dispatch._FAMILY_OF.get(op))
+        assert callable(getattr(_cuda.family_module(fam), op)), (op, fam)
+    assert sorted(families) == sorted(op for f in _cuda.FAMILIES for op in _cuda.family_module(f).OP_NAMES), \
+        "an op is listed by two family modules"
+    # the dispatch's cuda lookup (with the extension reported as loaded) returns the family module's wrapper
+    monkeypatch.setattr(_cuda, "is_available", lambda: True)
+    for op in sorted(model_ops):
+        assert _dispatch._load(op, "cuda") is _cuda.get_op(op), op
+
+
+def _family_sources() -> str:
+    return "".join(open(_cuda.family_module(f).__file__).read() for f in _cuda.FAMILIES)
 
 
 def test_cuda_ops_have_bindings_and_fakes():
@@ -71,11 +90,25 @@ def test_cuda_ops_have_bindings_and_fakes():
     src = open(os.path.join(_cuda.csrc_dir(), "api", "bindings.cpp")).read()
     defined = set(re.findall(r'm\.def\("(\w+)\(', src))
     impl = set(re.findall(r'm\.impl\("(\w+)"', src))
-    called = set(re.findall(r"torch\.ops\.dsv32\.(\w+)\(", open(_cuda.__file__).read()))
-    fakes = set(re.findall(r'@fake\("(\w+)"\)', open(_cuda.__file__).read())) | {
+    called = set(re.findall(r"torch\.ops\.dsv32\.(\w+)\(", _family_sources()))
+    assert called, "no torch.ops.dsv32 call found in the family modules"
+    fakes = set(re.findall(r'@fake\("(\w+)"\)', _family_sources())) | {
         "indexer_k_quant_and_cache", "indexer_cache_write", "mla_cache_write"}
     assert called <= defined and called <= impl, called - (defined & impl)
     assert called <= fakes, called - fakes
+
+
+def test_fakes_register_per_family():
+    """_register_fakes asks every family module for its fakes: each op a family's wrappers call gets one."""
+    names = []
+    for f in _cuda.FAMILIES:
+        mod = _cuda.family_module(f)
+        got = []
+        mod.register_fakes(lambda name, got=got: (got.append(name), lambda fn: fn)[1])
+        called = set(re.findall(r"torch\.ops\.dsv32\.(\w+)\(", open(mod.__file__).read()))
+        assert called == set(got), (f, called ^ set(got))
+        names += got
+    assert len(names) == len(set(names))
 
 
 def _fp8(*shape):
@@ -88,29 +121,29 @@ def test_wrappers_raise_unsupported(case):
     """Raised on the host before the extension is touched (so this runs without one)."""
     with pytest.raises(_dispatch.Unsupported):
         if case == "topk":
-            _cuda.indexer_topk(torch.zeros(2, 5000), 4096, torch.zeros(2, dtype=torch.int32),
+            indexer_cuda.indexer_topk(torch.zeros(2, 5000), 4096, torch.zeros(2, dtype=torch.int32),
                                torch.full((2,), 5000, dtype=torch.int32))
         elif case == "paged_heads":
-            _cuda.fp8_paged_indexer_logits(_fp8(1, 1, 129, 128), torch.zeros(1, 64, 132, dtype=torch.uint8),
+            indexer_cuda.fp8_paged_indexer_logits(_fp8(1, 1, 129, 128), torch.zeros(1, 64, 132, dtype=torch.uint8),
                                            torch.zeros(1, 129), torch.ones(1, dtype=torch.int32),
                                            torch.zeros(1, 1, dtype=torch.int32), 1)
         elif case == "ragged_heads":
-            _cuda.fp8_indexer_logits(_fp8(2, 256, 128), _fp8(3, 128), torch.ones(3), torch.zeros(2, 256),
+            indexer_cuda.fp8_indexer_logits(_fp8(2, 256, 128), _fp8(3, 128), torch.ones(3), torch.zeros(2, 256),
                                      torch.zeros(2, dtype=torch.int32), torch.full((2,), 3, dtype=torch.int32))
         elif case == "mla_fp32_cache":
-            _cuda.sparse_mla_decode(torch.zeros(1, 1, 16, 576), torch.zeros(1, 64, 576),
+            sparse_mla_cuda.sparse_mla_decode(torch.zeros(1, 1, 16, 576), torch.zeros(1, 64, 576),
                                     torch.zeros(1, 1, 8, dtype=torch.int32), 0.1)
         elif case == "mla_write_fp16_cache":
-            _cuda.mla_cache_write(torch.zeros(2, 512), torch.zeros(2, 64), torch.zeros(1, 64, 576, dtype=torch.float16),
+            sparse_mla_cuda.mla_cache_write(torch.zeros(2, 512), torch.zeros(2, 64), torch.zeros(1, 64, 576, dtype=torch.float16),
                                   torch.zeros(2, dtype=torch.int32))
         elif case == "prefill_fp32_kv":
-            _cuda.sparse_mla_prefill(torch.zeros(2, 16, 576), torch.zeros(5, 1, 576),
+            sparse_mla_cuda.sparse_mla_prefill(torch.zeros(2, 16, 576), torch.zeros(5, 1, 576),
                                      torch.zeros(2, 1, 8, dtype=torch.int32), 0.1)
         elif case == "prefill_d_v":
-            _cuda.sparse_mla_prefill(torch.zeros(2, 16, 576), torch.zeros(5, 1, 576, dtype=torch.bfloat16),
+            sparse_mla_cuda.sparse_mla_prefill(torch.zeros(2, 16, 576), torch.zeros(5, 1, 576, dtype=torch.bfloat16),
                                      torch.zeros(2, 1, 8, dtype=torch.int32), 0.1, 256)
         else:
-            _cuda.fp8_quant_act(torch.zeros(2, 256), 64, True)
+            fp8_quant_cuda.fp8_quant_act(torch.zeros(2, 256), 64, True)
 
 
 @pytest.mark.parametrize("bad,name", [("q", "q"), ("kv", "kv"), ("indices", "indices")])
@@ -120,7 +153,7 @@ def test_prefill_wrapper_shape_errors(bad, name):
     idx = torch.zeros(2, 1, 8, dtype=torch.int32)
     args = {"q": (q[..., :512], kv, idx), "kv": (q, kv.view(5, 576, 1), idx), "indices": (q, kv, idx[:1])}[bad]
     with pytest.raises(ValueError, match=rf"sparse_mla_prefill: {name} must be"):
-        _cuda.sparse_mla_prefill(*args, 0.1)
+        sparse_mla_cuda.sparse_mla_prefill(*args, 0.1)
 
 
 def test_cuda_prefill_is_opt_in(monkeypatch):
@@ -144,7 +177,7 @@ def test_unsupported_falls_back_with_one_warning(recwarn):
     """The dispatch's fallback chain with the CUDA wrapper first: the reference serves the call, one warning."""
     from deepseek_v32_plugin.ops.indexer.naive import naive_indexer_topk
     _dispatch._warned.discard(("indexer_topk", "cuda", "unsupported"))
-    call = _dispatch._with_fallback("indexer_topk", [("cuda", _cuda.indexer_topk), ("torch", naive_indexer_topk)])
+    call = _dispatch._with_fallback("indexer_topk", [("cuda", indexer_cuda.indexer_topk), ("torch", naive_indexer_topk)])
     torch.manual_seed(0)
     logits = torch.randn(2, 5000)
     ks, ke = torch.zeros(2, dtype=torch.int32), torch.full((2,), 5000, dtype=torch.int32)

@@ -2,6 +2,8 @@
 
 Interpreter-sized shapes with fresh random inputs. `fp8_path` runs each kernel twice: native fp8e4nv
 (sm_89+) and the sm_80 path that decodes/encodes e4m3 bytes with integer arithmetic.
+Every backend of the family is tested here: the Triton kernels first, then (section "CUDA backend", GPU
+only) the CUDA extension's wrappers, ops/fp8_moe/cuda.py.
 """
 import pytest
 import torch
@@ -297,3 +299,80 @@ def test_moe_experts_padded_layout_matches_reference(triton_device, seed, t, nan
     want = naive.naive_fp8_moe_experts(x, w13, s13, w2, s2, wts, ids)
     assert got.isfinite().all()
     _close(got, want)
+
+# ====================================================================== CUDA backend
+# ops/fp8_moe/cuda.py (csrc/fp8_moe/) vs the naive references, on a GPU only (marked gpu: skipped on CPU); a failed
+# JIT build fails these tests, it does not skip them. The cuda_ext fixture (tests/conftest.py) returns
+# ops/fp8_moe/cuda.py.
+CUDA_FAMILY = "fp8_moe"
+DEV = "cuda"
+
+
+def _cuda_weights(g, n, k):
+    w = torch.randn(g, n, k, device=DEV) * 0.05
+    qs = [naive_fp8_quant_weight(w[i]) for i in range(g)]
+    return torch.stack([a for a, _ in qs]), torch.stack([s for _, s in qs])
+
+
+@pytest.fixture(params=["auto", "sm80"])
+def gemm_path(request, monkeypatch):
+    if request.param == "sm80":
+        monkeypatch.setenv("DSV32_CUDA_GEMM", "sm80")
+    return request.param
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["aligned", "unaligned"])
+@pytest.mark.parametrize("g,n,k", [(4, 256, 512), (3, 320, 384), (8, 4096, 7168)], ids=lambda v: str(v))
+def test_cuda_grouped_gemm_contiguous(cuda_ext, seed, gemm_path, layout, g, n, k):
+    b, b_scale = _cuda_weights(g, n, k)
+    if layout == "aligned":  # each expert's rows contiguous, padded to 128 with -1
+        counts = torch.randint(0, 300, (g,)).tolist()
+        ids = []
+        for e, c in enumerate(counts):
+            ids += [e] * c + [-1] * ((-c) % 128)
+        m_indices = torch.tensor(ids or [-1], dtype=torch.int32, device=DEV)
+    else:
+        m_indices = torch.randint(-1, g, (517,), dtype=torch.int32, device=DEV)
+    m = m_indices.numel()
+    a, a_scale = naive_fp8_quant_act(torch.randn(m, k, device=DEV))
+    ref = naive.naive_fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, torch.float32)
+    got = cuda_ext.fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, torch.float32)
+    ok = m_indices >= 0                       # padding rows are not written (no zero-fill)
+    torch.testing.assert_close(got[ok], ref[ok], rtol=1e-4, atol=1e-4)
+    got16 = cuda_ext.fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, torch.bfloat16)
+    torch.testing.assert_close(got16.float()[ok], ref[ok], rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("g,m,n,k", [(3, 200, 256, 512), (4, 64, 384, 256), (2, 1000, 2048, 7168)],
+                         ids=lambda v: str(v))
+def test_cuda_grouped_gemm_masked(cuda_ext, seed, gemm_path, g, m, n, k):
+    b, b_scale = _cuda_weights(g, n, k)
+    a, a_scale = naive_fp8_quant_act(torch.randn(g, m, k, device=DEV))
+    masked_m = torch.randint(0, m + 1, (g,), dtype=torch.int32, device=DEV)
+    masked_m[0] = 0
+    ref = naive.naive_fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, torch.float32)
+    got = cuda_ext.fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, torch.float32)
+    for gi in range(g):                       # rows past masked_m are not written (no zero-fill)
+        torch.testing.assert_close(got[gi, :masked_m[gi]], ref[gi, :masked_m[gi]], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_sm90_gemm_is_used_on_hopper(cuda_ext):
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("Hopper only")
+    assert torch.ops.dsv32.has_sm90_gemm(), "built without the sm_90a wgmma GEMM (CuTe headers or 9.0a arch missing)"
+    assert torch.ops.dsv32.has_sm90_indexer() and torch.ops.dsv32.has_sm90_mla()
+
+
+@pytest.mark.gpu
+def test_cuda_silu_and_mul_fp8_quant(cuda_ext, seed):
+    x = torch.randn(45, 2 * 384, device=DEV).to(torch.bfloat16)
+    q, s = cuda_ext.silu_and_mul_fp8_quant(x)
+    rq, rs = naive.naive_silu_and_mul_fp8_quant(x)
+    assert torch.equal(s, rs)
+    # expf vs torch's silu may differ by an ulp: a rare neighbouring fp8 code, never more
+    diff = (q.float() - rq.float()).abs() / rq.float().abs().clamp_min(2.0 ** -6)
+    assert (q.view(torch.uint8) != rq.view(torch.uint8)).float().mean() < 0.01
+    assert diff.max() <= 0.13

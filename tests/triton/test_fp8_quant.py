@@ -2,6 +2,8 @@
 
 Both FP8 paths run: native fp8e4nv (sm_89+) and the byte path used below sm_89 (forced with
 DSV32_TRITON_FP8_BYTES=1), which encodes/decodes e4m3 with integer arithmetic.
+Every backend of the family is tested here: the Triton kernels first, then (section "CUDA backend", GPU
+only) the CUDA extension's wrappers, ops/fp8_quant/cuda.py.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 
 from deepseek_v32_plugin.ops import fp8_quant as ops
 from deepseek_v32_plugin.ops.fp8_quant import naive
+from deepseek_v32_plugin.ops.fp8_quant.naive import naive_fp8_quant_act, naive_fp8_quant_weight
 
 PATHS = ["native", "bytes"]
 
@@ -120,3 +123,30 @@ def test_gemm_full_size(seed, m, n, k):
     out = ops.fp8_gemm_nt(a, a_s, b, b_s, torch.bfloat16, backend="triton")
     ref = naive.naive_fp8_gemm_nt(a, a_s, b, b_s, torch.float32)
     assert _rel(out.float(), ref) < 4e-3
+
+# ====================================================================== CUDA backend
+# ops/fp8_quant/cuda.py (csrc/fp8_quant/) vs the naive references, on a GPU only (marked gpu: skipped on CPU); a failed
+# JIT build fails these tests, it does not skip them. The cuda_ext fixture (tests/conftest.py) returns
+# ops/fp8_quant/cuda.py.
+CUDA_FAMILY = "fp8_quant"
+DEV = "cuda"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("ue8m0", [True, False])
+def test_cuda_fp8_quant_act_bit_exact(cuda_ext, seed, dtype, ue8m0):
+    x = (torch.randn(3, 37, 512, device=DEV) * torch.exp2(torch.randint(-6, 6, (3, 37, 1), device=DEV).float())).to(dtype)
+    q, s = cuda_ext.fp8_quant_act(x, 128, ue8m0)
+    rq, rs = naive_fp8_quant_act(x, 128, ue8m0)
+    assert torch.equal(s, rs)
+    assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
+
+
+@pytest.mark.gpu
+def test_cuda_dense_fp8_gemm(cuda_ext, seed):
+    from deepseek_v32_plugin.ops.fp8_quant.naive import naive_fp8_gemm_nt
+    a, a_s = naive_fp8_quant_act(torch.randn(77, 512, device=DEV))
+    b, b_s = naive_fp8_quant_weight(torch.randn(300, 512, device=DEV) * 0.05)
+    got = cuda_ext.fp8_gemm_nt(a, a_s, b, b_s, torch.float32)
+    torch.testing.assert_close(got, naive_fp8_gemm_nt(a, a_s, b, b_s, torch.float32), rtol=1e-4, atol=1e-4)

@@ -4,6 +4,8 @@ Inputs are fresh random draws (never zeros); caches start as random bytes so unw
 written slots show. Both FP8 paths run: native fp8e4nv and the sm_80 byte path (DSV32_TRITON_FP8_BYTES=1).
 Top-k: ties are implementation-defined, so selected *scores* are compared, and index sets where the
 scores are distinct.
+Every backend of the family is tested here: the Triton kernels first, then (section "CUDA backend", GPU
+only) the CUDA extension's wrappers, ops/indexer/cuda.py.
 """
 from __future__ import annotations
 
@@ -404,3 +406,262 @@ def test_cpu_tensors_need_interpreter(monkeypatch):
         tk.indexer_quant(torch.randn(2, D), True)
     with pytest.raises(ValueError, match="CUDA"):
         fq.fp8_quant_act(torch.randn(2, D), 128, True)
+
+# ====================================================================== CUDA backend
+# ops/indexer/cuda.py (csrc/indexer/) vs the naive references, on a GPU only (marked gpu: skipped on CPU); a failed
+# JIT build fails these tests, it does not skip them. The cuda_ext fixture (tests/conftest.py) returns
+# ops/indexer/cuda.py.
+CUDA_FAMILY = "indexer"
+DEV = "cuda"
+
+
+def _same_inf(a, b):
+    assert torch.equal(torch.isinf(a), torch.isinf(b)), "-inf positions differ"
+
+
+@pytest.fixture(params=["auto", "sm80"])
+def indexer_path(request, monkeypatch):
+    """auto = the sm_90a wgmma kernels on Hopper (when built), the mma.sync ones elsewhere; sm80 forces those."""
+    if request.param == "sm80":
+        monkeypatch.setenv("DSV32_CUDA_INDEXER", "sm80")
+    return request.param
+
+
+def _paged_cache(lens, pages_per_seq, heads_dim=128):
+    b = len(lens)
+    n_pages = b * pages_per_seq + 3
+    cache = torch.zeros(n_pages, naive.PAGE, naive.BYTES_PER_TOKEN, dtype=torch.uint8, device=DEV)
+    table = torch.randperm(n_pages, device=DEV)[: b * pages_per_seq].view(b, pages_per_seq).int()
+    for i, n in enumerate(lens):
+        if n == 0:
+            continue
+        pos = torch.arange(n, device=DEV)
+        slots = table[i, pos // naive.PAGE].long() * naive.PAGE + pos % naive.PAGE
+        k_fp8, k_scale = naive.naive_indexer_quant(torch.randn(n, heads_dim, device=DEV))
+        naive.naive_indexer_cache_write(k_fp8, k_scale, cache, slots)
+    return cache, table
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("next_n,heads", [(1, 64), (2, 64), (4, 32), (1, 128), (2, 20)], ids=lambda v: str(v))
+def test_cuda_paged_indexer_logits(cuda_ext, seed, indexer_path, next_n, heads):
+    lens = [0, 1, 63, 64, 65, 700, 2049][:5] + [int(torch.randint(next_n, 3000, ()).item())]
+    lens = [max(n, next_n) if n else 0 for n in lens]
+    pps = -(-max(lens) // naive.PAGE) + 1
+    cache, table = _paged_cache(lens, pps)
+    b = len(lens)
+    q_fp8, q_scale = naive.naive_indexer_quant(torch.randn(b, next_n, heads, 128, device=DEV))
+    w = torch.randn(b * next_n, heads, device=DEV) * q_scale.view(b * next_n, heads)
+    ctx = torch.tensor(lens, dtype=torch.int32, device=DEV)
+    max_len = pps * naive.PAGE - 5
+    ref = naive.naive_fp8_paged_indexer_logits(q_fp8, cache, w, ctx, table, max_len)
+    got = cuda_ext.fp8_paged_indexer_logits(q_fp8, cache, w, ctx, table, max_len)
+    _same_inf(got, ref)
+    fin = torch.isfinite(ref)
+    torch.testing.assert_close(got[fin], ref[fin], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("h", [64, 20, 128])
+def test_cuda_ragged_indexer_logits(cuda_ext, seed, indexer_path, h):
+    s, n = 37, 333
+    q_fp8, q_scale = naive.naive_indexer_quant(torch.randn(s, h, 128, device=DEV))
+    k_fp8, k_scale = naive.naive_indexer_quant(torch.randn(n, 128, device=DEV))
+    w = torch.randn(s, h, device=DEV) * q_scale
+    ks = torch.randint(0, n // 2, (s,), device=DEV, dtype=torch.int32)
+    ke = (ks + torch.randint(0, n // 2, (s,), device=DEV, dtype=torch.int32)).clamp_max(n)
+    ke[0] = ks[0]  # empty window
+    ref = naive.naive_fp8_indexer_logits(q_fp8, k_fp8, k_scale, w, ks, ke)
+    got = cuda_ext.fp8_indexer_logits(q_fp8, k_fp8, k_scale, w, ks, ke)
+    _same_inf(got, ref)
+    fin = torch.isfinite(ref)
+    torch.testing.assert_close(got[fin], ref[fin], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,topk", [(100, 2048), (4096, 2048), (163840, 2048), (5000, 512), (70000, 1000)],
+                         ids=lambda v: str(v))
+def test_cuda_indexer_topk(cuda_ext, seed, n, topk):
+    r = 6
+    logits = torch.randn(r, n, device=DEV)
+    logits[1] = torch.randint(-4, 4, (n,), device=DEV).float()    # heavy ties
+    logits[2, : n // 3] = float("-inf")
+    logits[5] = 1.0 + torch.rand(n, device=DEV)                      # one top byte: candidate overflow path
+    ks = torch.randint(0, max(1, n // 4), (r,), device=DEV, dtype=torch.int32)
+    ke = torch.full((r,), n, device=DEV, dtype=torch.int32)
+    ke[3] = ks[3] + min(topk // 2, n - int(ks[3]))                   # window shorter than topk
+    ke[4] = ks[4]                                                    # empty window
+    ref = naive.naive_indexer_topk(logits, topk, ks, ke)
+    got = cuda_ext.indexer_topk(logits, topk, ks, ke)
+    assert got.shape == ref.shape and got.dtype == torch.int32
+    assert torch.equal(got < 0, ref < 0), "different counts of valid indices"
+    valid = got >= 0
+    pos = got.long().clamp_min(0) + ks[:, None].long()
+    vals = torch.where(valid, torch.gather(logits, 1, pos), torch.zeros_like(logits[:, :1]))
+    refv = torch.where(valid, torch.gather(logits, 1, ref.long().clamp_min(0) + ks[:, None].long()),
+                       torch.zeros_like(logits[:, :1]))
+    torch.testing.assert_close(vals, refv, rtol=0, atol=0)   # same values, same descending order
+    for i in range(r):
+        row = got[i][valid[i]]
+        assert row.unique().numel() == row.numel(), f"row {i}: duplicate indices"
+        assert (row < (ke[i] - ks[i])).all()
+
+
+def _check_topk_values(got, ref, logits, ks, ke):
+    assert got.shape == ref.shape and torch.equal(got < 0, ref < 0), "different counts of valid indices"
+    valid = got >= 0
+    take = lambda idx: torch.where(valid, torch.gather(logits, 1, idx.long().clamp_min(0) + ks[:, None].long()),
+                                   torch.zeros_like(logits[:, :1]))
+    torch.testing.assert_close(take(got), take(ref), rtol=0, atol=0)   # same values, same descending order
+    for i in range(got.shape[0]):
+        row = got[i][valid[i]]
+        assert row.unique().numel() == row.numel() and (row < (ke[i] - ks[i])).all(), f"row {i}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gen", ["normal", "concentrated", "tied", "tied_narrow"])
+def test_cuda_indexer_topk_split_rows(cuda_ext, seed, gen):
+    """4 x 128K (the issue's shape): each row split over several CTAs (topk::split_count), incl. the
+    named 'concentrated' generator (fast path) and heavy ties with wide / narrow key ranges (steps 4, 5)."""
+    r, n = 4, 131072
+    if gen == "normal":
+        logits = torch.randn(r, n, device=DEV)
+    elif gen == "concentrated":
+        logits = 1.0 + torch.rand(r, n, device=DEV) * 2.0 ** -9
+    elif gen == "tied":
+        logits = torch.randint(0, 16, (r, n), device=DEV).float()
+    else:
+        logits = 1.0 + torch.randint(0, 16, (r, n), device=DEV).float() * 2.0 ** -20
+    ks = torch.tensor([0, 5, 0, 1000], dtype=torch.int32, device=DEV)
+    ke = torch.tensor([n, n - 7, 2049, 100000], dtype=torch.int32, device=DEV)
+    _check_topk_values(cuda_ext.indexer_topk(logits, 2048, ks, ke), naive.naive_indexer_topk(logits, 2048, ks, ke),
+                       logits, ks, ke)
+
+
+@pytest.mark.gpu
+def test_cuda_indexer_topk_split_graph_capture(cuda_ext, seed):
+    """The split path (workspace memset + 6 launches) replays in a CUDA graph on new logits."""
+    logits = torch.randn(2, 131072, device=DEV)
+    ks = torch.zeros(2, dtype=torch.int32, device=DEV)
+    ke = torch.full((2,), 131072, dtype=torch.int32, device=DEV)
+    graph = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        torch.ops.dsv32.indexer_topk(logits, 2048, ks, ke)
+        with torch.cuda.graph(graph, stream=s):
+            captured = torch.ops.dsv32.indexer_topk(logits, 2048, ks, ke)
+    torch.cuda.current_stream().wait_stream(s)
+    logits.copy_(torch.randn_like(logits))
+    graph.replay()
+    torch.cuda.synchronize()
+    _check_topk_values(captured, naive.naive_indexer_topk(logits, 2048, ks, ke), logits, ks, ke)
+
+
+@pytest.mark.gpu
+def test_dispatch_reaches_cuda(cuda_ext, seed):
+    from deepseek_v32_plugin.ops import indexer
+    logits = torch.randn(4, 5000, device=DEV)
+    got = indexer.indexer_topk(logits, 2048, backend="cuda")
+    ref = indexer.indexer_topk(logits, 2048, backend="torch")
+    torch.testing.assert_close(torch.gather(logits, 1, got.long()), torch.gather(logits, 1, ref.long()))
+
+
+@pytest.mark.gpu
+def test_cuda_torch_compile_fullgraph(cuda_ext, seed):
+    logits = torch.randn(3, 3000, device=DEV)
+    ks = torch.zeros(3, dtype=torch.int32, device=DEV)
+    ke = torch.full((3,), 3000, dtype=torch.int32, device=DEV)
+
+    @torch.compile(fullgraph=True)
+    def f(x):
+        return torch.ops.dsv32.indexer_topk(x * 2.0, 256, ks, ke)
+
+    got = f(logits)
+    ref = torch.ops.dsv32.indexer_topk(logits * 2.0, 256, ks, ke)
+    torch.testing.assert_close(torch.gather(logits, 1, got.long()), torch.gather(logits, 1, ref.long()))
+
+
+@pytest.mark.gpu
+def test_cuda_indexer_quant_and_cache(cuda_ext, seed):
+    t = 300
+    k = torch.randn(t, 128, device=DEV)
+    q, s = cuda_ext.indexer_quant(k, True)
+    rq, rs = naive.naive_indexer_quant(k, True)
+    # FWHT vs matmul summation order: scales agree, codes at most one step apart, rarely
+    assert (s == rs).float().mean() > 0.99
+    same_scale = (s == rs)
+    qa, ra = q[same_scale].float(), rq[same_scale].float()
+    assert ((qa - ra).abs() <= ra.abs() * 0.13 + 2.0 ** -9).all()
+    assert (q.view(torch.uint8) != rq.view(torch.uint8)).float().mean() < 0.01
+    q0, s0 = cuda_ext.indexer_quant(k, False)
+    r0, rs0 = naive.naive_indexer_quant(k, False)
+    assert torch.equal(s0, rs0) and torch.equal(q0.view(torch.uint8), r0.view(torch.uint8))
+
+    pages = 8
+    slots = torch.randperm(pages * 64, device=DEV)[:t]
+    slots[::17] = -1
+    cache = torch.zeros(pages, 64, 132, dtype=torch.uint8, device=DEV)
+    cuda_ext.indexer_k_quant_and_cache(k, cache, slots)
+    keep = slots >= 0
+    gk, gs = naive.naive_indexer_cache_gather(cache, slots[keep])
+    assert torch.equal(gk.view(torch.uint8), q[keep].view(torch.uint8)) and torch.equal(gs, s[keep])
+    cache2 = torch.zeros_like(cache)
+    cuda_ext.indexer_cache_write(rq, rs, cache2, slots.int())
+    ref = torch.zeros_like(cache)
+    naive.naive_indexer_cache_write(rq, rs, ref, slots)
+    assert torch.equal(cache2, ref)
+
+
+@pytest.mark.gpu
+def test_cuda_indices_to_slots(cuda_ext, seed):
+    r, kk, mp = 9, 300, 40
+    table = torch.randint(0, 1000, (r, mp), dtype=torch.int32, device=DEV)
+    idx = torch.randint(-1, mp * 64, (r, kk), dtype=torch.int32, device=DEV)
+    assert torch.equal(cuda_ext.indices_to_slots(idx, table, 64), naive.naive_indices_to_slots(idx, table, 64))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64], ids=str)
+def test_cuda_indexer_cache_gather(cuda_ext, seed, dtype):
+    pages, t = 5, 200
+    cache = torch.randint(0, 256, (pages, 64, 132), dtype=torch.uint8, device=DEV)
+    slots = torch.randperm(pages * 64, device=DEV)[:t].to(dtype)
+    k, s = cuda_ext.indexer_cache_gather(cache, slots)
+    rk, rs = naive.naive_indexer_cache_gather(cache, slots)
+    assert torch.equal(k.view(torch.uint8), rk.view(torch.uint8)) and torch.equal(s.view(torch.int32),
+                                                                                   rs.view(torch.int32))
+    k0, s0 = cuda_ext.indexer_cache_gather(cache, slots[:0])
+    assert k0.shape == (0, 128) and s0.shape == (0,)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", ["k_quant_and_cache", "cache_write", "gather", "to_slots", "paged_logits"])
+def test_cuda_bound_checks_raise_in_debug_mode(cuda_ext, monkeypatch, op):
+    """Out-of-range values never reach memory (masked like -1); with DSV32_CUDA_CHECK_BOUNDS=1 they raise
+    an IndexError naming the tensor."""
+    pages = 2
+    icache = torch.zeros(pages, 64, 132, dtype=torch.uint8, device=DEV)
+    bad = torch.tensor([3, pages * 64 + 5], dtype=torch.int32, device=DEV)
+    k = torch.randn(2, 128, device=DEV)
+    calls = {
+        "k_quant_and_cache": ("slot_mapping", lambda: cuda_ext.indexer_k_quant_and_cache(k, icache, bad)),
+        "cache_write": ("slot_mapping", lambda: cuda_ext.indexer_cache_write(
+            *naive.naive_indexer_quant(k), icache, bad)),
+        "gather": ("slots", lambda: cuda_ext.indexer_cache_gather(icache, bad)),
+        "to_slots": ("indices", lambda: cuda_ext.indices_to_slots(
+            torch.tensor([[5, 64 * 3]], dtype=torch.int32, device=DEV), torch.zeros(1, 2, dtype=torch.int32,
+                                                                                      device=DEV), 64)),
+        "paged_logits": ("block_table", lambda: cuda_ext.fp8_paged_indexer_logits(
+            naive.naive_indexer_quant(torch.randn(1, 1, 64, 128, device=DEV))[0], icache,
+            torch.randn(1, 64, device=DEV), torch.tensor([100], dtype=torch.int32, device=DEV),
+            torch.tensor([[0, pages + 7]], dtype=torch.int32, device=DEV), 128)),
+    }
+    name, call = calls[op]
+    monkeypatch.delenv("DSV32_CUDA_CHECK_BOUNDS", raising=False)
+    call()                      # masked, no error, no illegal address
+    torch.cuda.synchronize()
+    monkeypatch.setenv("DSV32_CUDA_CHECK_BOUNDS", "1")
+    with pytest.raises(IndexError, match=name):
+        call()
+    torch.cuda.synchronize()    # the context is still usable

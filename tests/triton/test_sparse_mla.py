@@ -2,6 +2,8 @@
 
 Under the interpreter (CPU) these run small shapes; every input is fresh random data. The sm_80 path
 (FP8 bytes decoded with integer arithmetic) is exercised by patching `native_fp8` to False.
+Every backend of the family is tested here: the Triton kernels first, then (section "CUDA backend", GPU
+only) the CUDA extension's wrappers, ops/sparse_mla/cuda.py.
 """
 import math
 
@@ -300,3 +302,179 @@ def test_prefill_full_size(triton_device, seed):
     out, lse = ops.sparse_mla_prefill(q, kv, idx, SCALE, backend="triton")
     ref_out, ref_lse = naive.naive_sparse_mla_prefill(q, kv, idx, SCALE)
     _check(out, lse, ref_out, ref_lse)
+
+# ====================================================================== CUDA backend
+# ops/sparse_mla/cuda.py (csrc/sparse_mla/) vs the naive references, on a GPU only (marked gpu: skipped on CPU); a failed
+# JIT build fails these tests, it does not skip them. The cuda_ext fixture (tests/conftest.py) returns
+# ops/sparse_mla/cuda.py.
+CUDA_FAMILY = "sparse_mla"
+DEV = "cuda"
+
+
+def _same_inf(a, b):
+    assert torch.equal(torch.isinf(a), torch.isinf(b)), "-inf positions differ"
+
+
+def _mla_cache(fp8: bool, n_tokens: int):
+    pages = -(-n_tokens // naive.PAGE) + 1
+    if fp8:
+        cache = torch.zeros(pages, naive.PAGE, naive.FP8_BYTES, dtype=torch.uint8, device=DEV)
+    else:
+        cache = torch.zeros(pages, naive.PAGE, naive.HEAD_576, dtype=torch.bfloat16, device=DEV)
+    slots = torch.randperm(pages * naive.PAGE, device=DEV)[:n_tokens]
+    naive.naive_mla_cache_write(torch.randn(n_tokens, 512, device=DEV), torch.randn(n_tokens, 64, device=DEV),
+                              cache, slots)
+    return cache, slots
+
+
+@pytest.fixture(params=["auto", "sm80"])
+def mla_path(request, monkeypatch):
+    if request.param == "sm80":
+        monkeypatch.setenv("DSV32_CUDA_MLA", "sm80")
+    return request.param
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp8", [True, False], ids=["fp8", "bf16"])
+@pytest.mark.parametrize("b,s_q,h,topk", [(2, 1, 16, 64), (1, 2, 128, 2048), (3, 1, 20, 100), (1, 1, 64, 31)],
+                         ids=lambda v: str(v))
+def test_cuda_sparse_mla_decode(cuda_ext, seed, mla_path, fp8, b, s_q, h, topk):
+    n_tok = max(topk * 2, 300)
+    cache, slots = _mla_cache(fp8, n_tok)
+    q = (torch.randn(b, s_q, h, 576, device=DEV) * 0.5).to(torch.bfloat16)
+    idx = slots[torch.randint(0, n_tok, (b, s_q, topk), device=DEV)].int()
+    idx[torch.rand(idx.shape, device=DEV) < 0.2] = -1
+    idx[0, 0] = -1                                   # a row with no valid key: out 0, lse -inf
+    scale = 576 ** -0.5
+    out, lse = cuda_ext.sparse_mla_decode(q, cache, idx, scale)
+    ref_out, ref_lse = naive.naive_sparse_mla_decode(q, cache, idx, scale)
+    assert out.dtype == torch.bfloat16 and out.shape == (b, s_q, h, 512)
+    torch.testing.assert_close(out.float(), ref_out.float(), rtol=2e-2, atol=2e-2)
+    _same_inf(lse, ref_lse)
+    fin = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[fin], ref_lse[fin], rtol=1e-3, atol=1e-3)
+    assert (out[0, 0] == 0).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("s_q,h,topk,s_kv", [(5, 16, 64, 300), (3, 24, 100, 500), (4, 64, 2048, 4096),
+                                             (2, 128, 2048, 5000), (3, 128, 31, 40)], ids=lambda v: str(v))
+def test_cuda_sparse_mla_prefill(cuda_ext, seed, s_q, h, topk, s_kv):
+    """The sm80 prefill kernel (16 / 32 / 64 heads per CTA) vs naive_sparse_mla_prefill: -1 indices, a row
+    with none, a causal-like row whose valid indices are few (all-invalid chunks skipped), an index past kv
+    (masked like -1)."""
+    q = (torch.randn(s_q, h, 576, device=DEV) * 0.5).to(torch.bfloat16)
+    kv = torch.randn(s_kv, 1, 576, device=DEV).to(torch.bfloat16)
+    idx = torch.randint(0, s_kv, (s_q, 1, topk), device=DEV, dtype=torch.int32)
+    idx[torch.rand(idx.shape, device=DEV) < 0.2] = -1
+    idx[0] = -1                                          # no valid key: out 0, lse -inf
+    idx[1, 0, 3:] = -1                                   # 3 valid keys in the first chunk only
+    scale = 576 ** -0.5
+    out, lse = cuda_ext.sparse_mla_prefill(q, kv, idx, scale)
+    ref_out, ref_lse = naive.naive_sparse_mla_prefill(q, kv, idx, scale)
+    assert out.dtype == torch.bfloat16 and out.shape == (s_q, h, 512) and lse.shape == (s_q, h)
+    torch.testing.assert_close(out.float(), ref_out.float(), rtol=2e-2, atol=2e-2)
+    _same_inf(lse, ref_lse)
+    fin = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[fin], ref_lse[fin], rtol=1e-3, atol=1e-3)
+    assert (out[0] == 0).all()
+    bad = idx.clone()
+    bad[1, 0, 1] = s_kv + 7                              # past kv: masked like -1, never dereferenced
+    out_b, _ = cuda_ext.sparse_mla_prefill(q, kv, bad, scale)
+    ref_b, _ = naive.naive_sparse_mla_prefill(q, kv, torch.where(bad >= s_kv, -1, bad), scale)
+    torch.testing.assert_close(out_b.float(), ref_b.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+def test_cuda_sparse_mla_prefill_bounds_flag(cuda_ext, seed, monkeypatch):
+    monkeypatch.setenv("DSV32_CUDA_CHECK_BOUNDS", "1")
+    q = torch.randn(2, 16, 576, device=DEV).to(torch.bfloat16)
+    kv = torch.randn(50, 1, 576, device=DEV).to(torch.bfloat16)
+    idx = torch.zeros(2, 1, 8, dtype=torch.int32, device=DEV)
+    idx[1, 0, 5] = 50
+    with pytest.raises(IndexError, match="sparse_mla_prefill: indices"):
+        cuda_ext.sparse_mla_prefill(q, kv, idx, 0.1)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture(cuda_ext, seed):
+    cache, slots = _mla_cache(True, 4096)
+    q = torch.randn(2, 1, 64, 576, device=DEV).to(torch.bfloat16)
+    logits = torch.randn(2, 4096, device=DEV)
+    ks = torch.zeros(2, dtype=torch.int32, device=DEV)
+    ke = torch.full((2,), 4096, dtype=torch.int32, device=DEV)
+    def step():
+        pos = torch.ops.dsv32.indexer_topk(logits, 2048, ks, ke)
+        idx = torch.where(pos >= 0, slots[pos.long().clamp_min(0)].int(), pos).view(2, 1, 2048)
+        return torch.ops.dsv32.sparse_mla_decode(q, cache, idx, 0.04)
+    eager = step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()  # warm-up on the capture stream
+        with torch.cuda.graph(graph, stream=s):
+            captured = step()
+    torch.cuda.current_stream().wait_stream(s)
+    logits.copy_(torch.randn_like(logits))
+    graph.replay()
+    fresh = step()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured[0], fresh[0])
+    assert not torch.equal(captured[0], eager[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp8", [True, False], ids=["fp8", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_mla_cache_write_bit_exact(cuda_ext, seed, fp8, dtype):
+    t, pages = 150, 4
+    kv_c = (torch.randn(t, 512, device=DEV) * 3).to(dtype)
+    k_pe = torch.randn(t, 64, device=DEV).to(dtype)
+    slots = torch.randperm(pages * 64, device=DEV)[:t]
+    slots[::7] = -1
+    shape = (pages, 64, 656 if fp8 else 576)
+    dt = torch.uint8 if fp8 else torch.bfloat16
+    got, ref = torch.zeros(shape, dtype=dt, device=DEV), torch.zeros(shape, dtype=dt, device=DEV)
+    cuda_ext.mla_cache_write(kv_c, k_pe, got, slots)
+    naive.naive_mla_cache_write(kv_c, k_pe, ref, slots)
+    assert torch.equal(got.view(torch.uint8) if not fp8 else got, ref.view(torch.uint8) if not fp8 else ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", ["mla_write", "mla_decode"])
+def test_cuda_bound_checks_raise_in_debug_mode(cuda_ext, monkeypatch, op):
+    """Out-of-range values never reach memory (masked like -1); with DSV32_CUDA_CHECK_BOUNDS=1 they raise
+    an IndexError naming the tensor."""
+    pages = 2
+    mcache = torch.zeros(pages, 64, 656, dtype=torch.uint8, device=DEV)
+    bad = torch.tensor([3, pages * 64 + 5], dtype=torch.int32, device=DEV)
+    calls = {
+        "mla_write": ("slot_mapping", lambda: cuda_ext.mla_cache_write(
+            torch.randn(2, 512, device=DEV), torch.randn(2, 64, device=DEV), mcache, bad)),
+        "mla_decode": ("indices", lambda: cuda_ext.sparse_mla_decode(
+            torch.randn(1, 1, 16, 576, device=DEV).bfloat16(), mcache, bad.view(1, 1, 2), 0.1)),
+    }
+    name, call = calls[op]
+    monkeypatch.delenv("DSV32_CUDA_CHECK_BOUNDS", raising=False)
+    call()                      # masked, no error, no illegal address
+    torch.cuda.synchronize()
+    monkeypatch.setenv("DSV32_CUDA_CHECK_BOUNDS", "1")
+    with pytest.raises(IndexError, match=name):
+        call()
+    torch.cuda.synchronize()    # the context is still usable
+
+
+@pytest.mark.gpu
+def test_cuda_sparse_mla_decode_rows_past_65535(cuda_ext, seed, mla_path):
+    """b * s_q > 65535 query rows: the 1-D grid serves them (a rows grid axis would stop at 65535)."""
+    rows, h, topk = 65536 + 300, 16, 8
+    cache, slots = _mla_cache(False, 256)
+    q = (torch.randn(rows, 1, h, 576, device=DEV) * 0.5).to(torch.bfloat16)
+    idx = slots[torch.randint(0, 256, (rows, 1, topk), device=DEV)].int()
+    out, lse = cuda_ext.sparse_mla_decode(q, cache, idx, 576 ** -0.5)
+    tail = slice(rows - 400, rows)  # check the rows past the old limit against the reference
+    ref_out, ref_lse = naive.naive_sparse_mla_decode(q[tail], cache, idx[tail], 576 ** -0.5)
+    torch.testing.assert_close(out[tail].float(), ref_out.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(lse[tail], ref_lse, rtol=1e-3, atol=1e-3)

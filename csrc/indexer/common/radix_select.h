@@ -1,4 +1,4 @@
-// Radix top-k selection: the integer side shared by the CUDA kernel (indexer/sm80/indexer_topk.cu) and the
+// Radix top-k selection: the integer side shared by the CUDA kernel (indexer/indexer_topk.cu) and the
 // host unit test. fp32 logits map to uint32 keys whose unsigned order is the float order (-inf lowest
 // of the non-NaN values); the k-th largest key is found 8 bits at a time from the top (4 passes of a
 // 256-bin histogram over the candidates that still share the found prefix).
@@ -55,7 +55,7 @@ DSV32_HD uint32_t radix_threshold(const uint32_t* keys, int n, uint32_t k, uint3
   return prefix;
 }
 
-// Multi-CTA top-k (indexer/sm80/indexer_topk.cu, split path): few long rows are split over several CTAs
+// Multi-CTA top-k (indexer/indexer_topk.cu, split path): few long rows are split over several CTAs
 // per row, one kBlock-key chunk each at least; 1 = the one-CTA-per-row kernel. Host-known shapes only.
 constexpr int kSplitBlock = 4096;   // min keys per CTA
 constexpr int kMinSplits = 4;       // fewer: the one-CTA kernel

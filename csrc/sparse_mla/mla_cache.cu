@@ -4,9 +4,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "../../api/sparse_mla.h"
-#include "../../common/bounds.cuh"
-#include "../common/cache_layout.h"
+#include "../api/sparse_mla.h"
+#include "../common/bounds.cuh"
+#include "common/cache_layout.h"
 
 namespace dsv32 {
 namespace sm80 {

@@ -8,9 +8,9 @@
 //   3. A bitonic network sorts the <= 2048 selected (key, position) pairs by descending key.
 // Two reads of the row in the common case (vs five for a plain 4-pass radix select).
 // Rows whose window holds <= topk keys skip step 1. Output positions are relative to ks, -1 padded.
-#include "../../api/indexer.h"
-#include "../../common/mma_sm80.cuh"
-#include "../common/radix_select.h"
+#include "../api/indexer.h"
+#include "../common/mma_sm80.cuh"
+#include "common/radix_select.h"
 
 namespace dsv32 {
 namespace sm80 {

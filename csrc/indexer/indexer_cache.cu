@@ -5,10 +5,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "../../api/indexer.h"
-#include "../../common/bounds.cuh"
-#include "../../common/fp8.h"
-#include "../common/cache_layout.h"
+#include "../api/indexer.h"
+#include "../common/bounds.cuh"
+#include "../common/fp8.h"
+#include "common/cache_layout.h"
 
 namespace dsv32 {
 namespace sm80 {

@@ -4,8 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "../../api/fp8_quant.h"
-#include "../../common/fp8.h"
+#include "../api/fp8_quant.h"
+#include "../common/fp8.h"
 
 namespace dsv32 {
 namespace sm80 {
