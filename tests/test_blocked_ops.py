@@ -148,6 +148,7 @@ def test_sparse_mla_shared_key_blocks(seed, blocks, fmt, monkeypatch):
         chosen = torch.arange(int(pos[r]) + 1) if pos[r] < topk else torch.randperm(int(pos[r]) + 1)[:topk].sort().values
         idx[r, : len(chosen)] = (table[chosen // 64] * 64 + chosen % 64).int()
     q = torch.randn(1, t, h, 576).bfloat16()
+    monkeypatch.setattr(mla_blocked, "SHARED_MAX", 2)   # the opt-in path (DSV32_TORCH_SHARED_KEYS=1)
     calls = []
     real = mla_blocked._shared
     monkeypatch.setattr(mla_blocked, "_shared", lambda *a: calls.append(real(*a) is not None) or real(*a))

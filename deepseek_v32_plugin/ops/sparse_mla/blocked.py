@@ -8,21 +8,28 @@ its keys once and attends with two GEMMs over it, a per-row mask keeping each ro
 the cost of dense attention over that context. Blocks whose rows share little (decode rows of different
 requests) or that select a key twice gather per row instead. Same scores, masking and softmax as the
 reference; only the fp32 summation order differs (a few ulps).
+The shared-key path is opt-in (DSV32_TORCH_SHARED_KEYS=1): whether a block takes it depends on which rows are
+batched together, so an engine (rows of several requests per block) and the reference model (one sequence)
+would sum in different orders, and bf16 engines would stop equalling the bf16 reference bit for bit (seed
+sweep 2026-12-06: SGLang bf16 logprobs above top-k past their 2e-3 bound at seeds 1 and 2, within it with the
+path off). Off, every block gathers per row: memory stays bounded, prefill costs top-k gathers per row.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
 from .naive import HEAD_576, KV_LORA, _attend, naive_mla_cache_gather, valid_entries
 
 BLOCK_BYTES = 64 << 20   # fp32 working set of one block: gathered rows + scores / probabilities
-SHARED_MAX = 2           # shared-key path while the block's union of keys is <= SHARED_MAX x its width
+SHARED_MAX = 2 if os.environ.get("DSV32_TORCH_SHARED_KEYS") == "1" else 0   # union <= SHARED_MAX x width
 
 
 def _rows_per_block(width: int, heads: int, per_row_gather: bool = False) -> int:
     # per row: ~4 fp32 [h, keys] buffers (scores, mask fill, exp, p; keys <= SHARED_MAX x width on the shared
     # path) + int64 index bookkeeping, and with per-row gathers its own [width, 576] fp32 rows (+ masked copy)
-    keys = width if per_row_gather else SHARED_MAX * width
+    keys = width if per_row_gather or not SHARED_MAX else SHARED_MAX * width
     per_row = 16 * keys * heads + 32 * width + (8 * width * HEAD_576 if per_row_gather else 0)
     return max(1, BLOCK_BYTES // max(per_row, 1))
 
@@ -43,7 +50,7 @@ def _blocks(n: int, idx: torch.Tensor, lens, heads: int):
 def _shared(q, sel, valid, w, sm_scale, d_v, gather):
     """Attention of a block over the union of its keys, or None when the rows share too little / repeat a key.
     CPU only: the union's size is data-dependent (a host sync, and no CUDA-graph capture, on a GPU)."""
-    if sel.device.type != "cpu" or sel.shape[0] == 1:   # one row (a decode step): nothing to share
+    if not SHARED_MAX or sel.device.type != "cpu" or sel.shape[0] == 1:   # off, or one row: nothing to share
         return None
     uniq, inv = torch.unique(sel, return_inverse=True)            # sorted; -1 (if any) first
     if uniq.numel() > SHARED_MAX * max(w, 1) + 1:
