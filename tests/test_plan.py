@@ -1,6 +1,5 @@
 """`deepseek-v32 plan` and the layouts behind it (deepseek_v32_plugin/plan.py, parallel.py), against the full
 preset's checkpoint table and hand-computed figures."""
-import math
 
 import pytest
 
