@@ -176,9 +176,12 @@ std::tuple<at::Tensor, at::Tensor> sparse_mla_prefill(const at::Tensor& q, const
   const at::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({s_q, h, 512}, q.options());
   auto lse = at::empty({s_q, h}, q.options().dtype(at::kFloat));
-  DSV32_CHECK_LAUNCH(launch_sparse_mla_prefill(q.data_ptr(), kv.data_ptr(), indices.data_ptr<int32_t>(), lens, out.data_ptr(),
-                                               lse.data_ptr<float>(), int(s_q), int(h), int(topk), float(sm_scale),
-                                               kv.size(0), err_ptr(err), at::cuda::getCurrentCUDAStream()),
+  // DSV32_CUDA_MLA=sm80 forces the mma.sync kernels for decode and prefill alike
+  auto launch = use_sm90(sparse_mla_prefill_sm90_built(), "DSV32_CUDA_MLA") ? launch_sparse_mla_prefill_sm90
+                                                                         : launch_sparse_mla_prefill;
+  DSV32_CHECK_LAUNCH(launch(q.data_ptr(), kv.data_ptr(), indices.data_ptr<int32_t>(), lens, out.data_ptr(),
+                            lse.data_ptr<float>(), int(s_q), int(h), int(topk), float(sm_scale), kv.size(0),
+                            err_ptr(err), at::cuda::getCurrentCUDAStream()),
                      "sparse_mla_prefill");
   return {out, lse};
 }
@@ -239,6 +242,7 @@ at::Tensor fp8_grouped_gemm_nt_masked(const at::Tensor& a, const at::Tensor& a_s
 bool has_sm90_gemm() { return fp8_grouped_gemm_sm90_built(); }
 bool has_sm90_indexer() { return indexer_logits_sm90_built(); }
 bool has_sm90_mla() { return sparse_mla_decode_sm90_built(); }
+bool has_sm90_mla_prefill() { return sparse_mla_prefill_sm90_built(); }
 
 FloatKind float_kind(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {
@@ -404,6 +408,7 @@ TORCH_LIBRARY(dsv32, m) {
   m.def("has_sm90_gemm() -> bool", &dsv32::has_sm90_gemm);
   m.def("has_sm90_indexer() -> bool", &dsv32::has_sm90_indexer);
   m.def("has_sm90_mla() -> bool", &dsv32::has_sm90_mla);
+  m.def("has_sm90_mla_prefill() -> bool", &dsv32::has_sm90_mla_prefill);
   m.def("fp8_quant_act(Tensor x, int group, bool ue8m0) -> (Tensor, Tensor)");
   m.def("silu_and_mul_fp8_quant(Tensor x) -> (Tensor, Tensor)");
   m.def("indexer_quant(Tensor x, bool rotate) -> (Tensor, Tensor)");

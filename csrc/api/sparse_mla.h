@@ -45,3 +45,14 @@ cudaError_t launch_sparse_mla_decode_sm90(const void* q, const void* kv_cache, b
                                           int64_t n_slots, int32_t* err, cudaStream_t stream);
 
 }  // namespace dsv32
+
+namespace dsv32 {
+
+// sm_90a wgmma (HGMMA) prefill: 64 heads per CTA, cp.async double-buffered key gathers; same contract as
+// launch_sparse_mla_prefill. Returns cudaErrorInvalidDeviceFunction when built without CuTe or sm_90a.
+bool sparse_mla_prefill_sm90_built();
+cudaError_t launch_sparse_mla_prefill_sm90(const void* q, const void* kv, const int32_t* indices,
+                                           const int32_t* topk_length, void* out, float* lse, int rows, int heads,
+                                           int topk, float sm_scale, int64_t s_kv, int32_t* err, cudaStream_t stream);
+
+}  // namespace dsv32

@@ -68,6 +68,7 @@ KERNEL_SOURCES = (
     "sparse_mla/sm80/sparse_mla_decode_sm80.cu",
     "sparse_mla/sm80/sparse_mla_prefill_sm80.cu",
     "sparse_mla/sm90/sparse_mla_decode_sm90.cu",
+    "sparse_mla/sm90/sparse_mla_prefill_sm90.cu",
 )
 
 

@@ -67,9 +67,24 @@ int main() {
     bad += vb;
     free(base);
   }
+  {  // prefill: warpgroup w's S operand (local_tile of the KV tile) == KV rows [32w, 32w + 32)
+    namespace p = dsv32::sm90::mla_prefill;
+    p::bf16* base = aligned_buffer<p::bf16>(cosize_v<p::LayoutKV>);
+    Tensor kv = make_tensor(make_smem_ptr(base), p::LayoutKV{});
+    long kb = 0;
+    for (int w = 0; w < 2; ++w) {
+      Tensor kw = local_tile(kv, Shape<Int<p::kKeysPerWg>, Int<p::kD>>{}, make_coord(w, 0));
+      for (int r = 0; r < p::kKeysPerWg; ++r)
+        for (int d = 0; d < p::kD; ++d) kb += &kw(r, d) != &kv(w * p::kKeysPerWg + r, d);
+    }
+    printf("%-28s %ld mismatches\n", "mla prefill K halves", kb);
+    bad += kb;
+    free(base);
+  }
   // smem budgets (bytes, before the 1 KB alignment slack): sm_90 allows 227 KB per block
   printf("smem gemm %zu indexer64 %zu indexer128 %zu mla %zu\n", size_t(cosize_v<g::SmemLayoutA>) + cosize_v<g::SmemLayoutB>,
          sizeof(ix::Cfg<64>::Smem), sizeof(ix::Cfg<128>::Smem), sizeof(m::Smem));
-  if (sizeof(m::Smem) + 1024 > 227 * 1024 || sizeof(ix::Cfg<128>::Smem) + 1024 > 227 * 1024) bad += 1;
+  printf("smem mla prefill %zu\n", sizeof(dsv32::sm90::mla_prefill::Smem));
+  if (sizeof(m::Smem) + 1024 > 227 * 1024 || sizeof(dsv32::sm90::mla_prefill::Smem) + 1024 > 227 * 1024 || sizeof(ix::Cfg<128>::Smem) + 1024 > 227 * 1024) bad += 1;
   return bad ? 1 : 0;
 }

@@ -48,6 +48,9 @@ EXPECT_SASS = {
     ("indexer/sm80/fp8_indexer_logits_sm80.cu", "sm_80"): [r"HMMA\.16816\.F32\b"],
     ("indexer/sm80/fp8_indexer_logits_sm80.cu", "sm_90a"): [r"HMMA\.16816\.F32\b"],
     ("sparse_mla/sm90/sparse_mla_decode_sm90.cu", "sm_90a"): [r"HGMMA\.64x64x16\.F32\.BF16", r"HGMMA\.64x256x16\.F32\.BF16 .*tnspB"],
+    # 36 k16 steps of S (64 heads x 32 keys per warpgroup) + 4 of P V per chunk
+    ("sparse_mla/sm90/sparse_mla_prefill_sm90.cu", "sm_90a"): [r"HGMMA\.64x32x16\.F32\.BF16", r"HGMMA\.64x256x16\.F32\.BF16 .*tnspB",
+                                                          r"LDGSTS"],
     ("sparse_mla/sm80/sparse_mla_decode_sm80.cu", "sm_80"): [r"HMMA\.16816\.F32\.BF16", r"LDSM\.16\.MT88"],
     ("sparse_mla/sm80/sparse_mla_decode_sm80.cu", "sm_90a"): [r"HMMA\.16816\.F32\.BF16", r"LDSM\.16\.MT88"],
     ("sparse_mla/sm80/sparse_mla_prefill_sm80.cu", "sm_80"): [r"HMMA\.16816\.F32\.BF16", r"LDSM\.16\.MT88"],
@@ -60,12 +63,14 @@ FORBID_SASS = {
     ("indexer/sm90/fp8_indexer_logits_sm90.cu", "sm_80"): [r"GMMA"],
     ("sparse_mla/sm90/sparse_mla_decode_sm90.cu", "sm_90a"): [r"\bHMMA\b"],
     ("sparse_mla/sm90/sparse_mla_decode_sm90.cu", "sm_80"): [r"GMMA"],
+    ("sparse_mla/sm90/sparse_mla_prefill_sm90.cu", "sm_90a"): [r"\bHMMA\b"],
+    ("sparse_mla/sm90/sparse_mla_prefill_sm90.cu", "sm_80"): [r"GMMA"],
 }
 REG_BUDGET = {  # max registers per thread, per kernel file (a regression guard; 255 is the hardware cap)
     "indexer/sm80/fp8_indexer_logits_sm80.cu": 232, "indexer/indexer_topk.cu": 64, "indexer/indexer_cache.cu": 64,
     "indexer/sm90/fp8_indexer_logits_sm90.cu": 168, "sparse_mla/sm80/sparse_mla_decode_sm80.cu": 168, "sparse_mla/mla_cache.cu": 64,
     "sparse_mla/sm80/sparse_mla_prefill_sm80.cu": 168,
-    "sparse_mla/sm90/sparse_mla_decode_sm90.cu": 255, "fp8_moe/sm80/fp8_grouped_gemm_sm80.cu": 168, "fp8_moe/sm90/fp8_grouped_gemm_sm90.cu": 232,
+    "sparse_mla/sm90/sparse_mla_decode_sm90.cu": 255, "sparse_mla/sm90/sparse_mla_prefill_sm90.cu": 255, "fp8_moe/sm80/fp8_grouped_gemm_sm80.cu": 168, "fp8_moe/sm90/fp8_grouped_gemm_sm90.cu": 232,
     "fp8_quant/fp8_quant.cu": 64,
 }
 
@@ -136,7 +141,8 @@ def test_sources_found():
     assert {"indexer/sm80/fp8_indexer_logits_sm80.cu", "indexer/indexer_topk.cu", "sparse_mla/sm80/sparse_mla_decode_sm80.cu",
             "fp8_moe/sm80/fp8_grouped_gemm_sm80.cu", "fp8_moe/sm90/fp8_grouped_gemm_sm90.cu", "indexer/sm90/fp8_indexer_logits_sm90.cu",
             "indexer/indexer_cache.cu", "sparse_mla/mla_cache.cu", "fp8_quant/fp8_quant.cu",
-            "sparse_mla/sm90/sparse_mla_decode_sm90.cu", "sparse_mla/sm80/sparse_mla_prefill_sm80.cu"} <= set(CU_FILES)
+            "sparse_mla/sm90/sparse_mla_decode_sm90.cu", "sparse_mla/sm80/sparse_mla_prefill_sm80.cu",
+            "sparse_mla/sm90/sparse_mla_prefill_sm90.cu"} <= set(CU_FILES)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -180,6 +186,13 @@ def test_sm90_gemm_counts(builds):
     """4 wgmma k32 steps per 128-wide K block, in each of the 4 kernel instantiations."""
     sass = builds[("fp8_moe/sm90/fp8_grouped_gemm_sm90.cu", "sm_90a")]["sass"]
     assert len(re.findall(r"QGMMA\.64x128x32\.F32\.E4M3\.E4M3", sass)) == 16
+
+
+def test_sm90_mla_prefill_counts(builds):
+    """Per 64-key chunk: 36 wgmma k16 steps of S (K = 576) and 4 of P V (64 keys), one kernel instantiation."""
+    sass = builds[("sparse_mla/sm90/sparse_mla_prefill_sm90.cu", "sm_90a")]["sass"]
+    assert len(re.findall(r"HGMMA\.64x32x16\.F32\.BF16", sass)) == 36
+    assert len(re.findall(r"HGMMA\.64x256x16\.F32\.BF16", sass)) == 4
 
 
 _STUBS = {  # declaration-only stand-ins for CUDA library headers absent from CPU torch wheels' world

@@ -358,20 +358,29 @@ def test_cuda_sparse_mla_decode(cuda_ext, seed, mla_path, fp8, b, s_q, h, topk):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("s_q,h,topk,s_kv", [(5, 16, 64, 300), (3, 24, 100, 500), (4, 64, 2048, 4096),
-                                             (2, 128, 2048, 5000), (3, 128, 31, 40)], ids=lambda v: str(v))
-def test_cuda_sparse_mla_prefill(cuda_ext, seed, s_q, h, topk, s_kv):
-    """The sm80 prefill kernel (16 / 32 / 64 heads per CTA) vs naive_sparse_mla_prefill: -1 indices, a row
-    with none, a causal-like row whose valid indices are few (all-invalid chunks skipped), an index past kv
-    (masked like -1)."""
+                                             (2, 128, 2048, 5000), (3, 128, 31, 40), (4, 16, 130, 700),
+                                             (3, 64, 2000, 3000)], ids=lambda v: str(v))
+@pytest.mark.parametrize("lens", [False, True], ids=["all", "topk_length"])
+def test_cuda_sparse_mla_prefill(cuda_ext, seed, mla_path, s_q, h, topk, s_kv, lens):
+    """Both prefill kernels (auto: the sm_90a wgmma one on Hopper, 64 heads per CTA; sm80: 16 / 32 / 64
+    heads per CTA) vs naive_sparse_mla_prefill: topk below / above multiples of 64, -1 indices, a row with
+    none, a causal-like row whose valid indices are few (all-invalid chunks skipped), per-row topk_length
+    (entries past it hold valid-looking indices that must not be read), an index past kv (masked like -1)."""
+    if mla_path == "auto" and torch.cuda.get_device_capability() == (9, 0):
+        assert torch.ops.dsv32.has_sm90_mla_prefill(), "built without the sm_90a prefill (CuTe or 9.0a missing)"
     q = (torch.randn(s_q, h, 576, device=DEV) * 0.5).to(torch.bfloat16)
     kv = torch.randn(s_kv, 1, 576, device=DEV).to(torch.bfloat16)
     idx = torch.randint(0, s_kv, (s_q, 1, topk), device=DEV, dtype=torch.int32)
     idx[torch.rand(idx.shape, device=DEV) < 0.2] = -1
     idx[0] = -1                                          # no valid key: out 0, lse -inf
     idx[1, 0, 3:] = -1                                   # 3 valid keys in the first chunk only
+    length = None
+    if lens:  # 0, a partial first chunk, past a chunk boundary, and more than topk (clamped)
+        length = torch.tensor([0, topk, 5, topk + 9, max(topk - 70, 1), topk // 2, 65][:s_q], device=DEV,
+                              dtype=torch.int32)
     scale = 576 ** -0.5
-    out, lse = cuda_ext.sparse_mla_prefill(q, kv, idx, scale)
-    ref_out, ref_lse = naive.naive_sparse_mla_prefill(q, kv, idx, scale)
+    out, lse = cuda_ext.sparse_mla_prefill(q, kv, idx, scale, topk_length=length)
+    ref_out, ref_lse = naive.naive_sparse_mla_prefill(q, kv, idx, scale, topk_length=length)
     assert out.dtype == torch.bfloat16 and out.shape == (s_q, h, 512) and lse.shape == (s_q, h)
     torch.testing.assert_close(out.float(), ref_out.float(), rtol=2e-2, atol=2e-2)
     _same_inf(lse, ref_lse)
@@ -380,8 +389,8 @@ def test_cuda_sparse_mla_prefill(cuda_ext, seed, s_q, h, topk, s_kv):
     assert (out[0] == 0).all()
     bad = idx.clone()
     bad[1, 0, 1] = s_kv + 7                              # past kv: masked like -1, never dereferenced
-    out_b, _ = cuda_ext.sparse_mla_prefill(q, kv, bad, scale)
-    ref_b, _ = naive.naive_sparse_mla_prefill(q, kv, torch.where(bad >= s_kv, -1, bad), scale)
+    out_b, _ = cuda_ext.sparse_mla_prefill(q, kv, bad, scale, topk_length=length)
+    ref_b, _ = naive.naive_sparse_mla_prefill(q, kv, torch.where(bad >= s_kv, -1, bad), scale, topk_length=length)
     torch.testing.assert_close(out_b.float(), ref_b.float(), rtol=2e-2, atol=2e-2)
 
 

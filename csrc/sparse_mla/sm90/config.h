@@ -1,4 +1,4 @@
-// Tile configuration of the sm_90a sparse MLA decode (sparse_mla/sm90/sparse_mla_decode_sm90.cu).
+// Tile configurations of the sm_90a sparse MLA kernels (sparse_mla/sm90/sparse_mla_{decode,prefill}_sm90.cu).
 #pragma once
 
 #include "../../common/cute_smem.h"
@@ -39,5 +39,41 @@ struct Smem {
 };
 
 }  // namespace mla_decode
+
+// Prefill (bf16 kv [s_kv, 576]): the decode kernel's Q / KV / V / P tiles and P V atom, two KV buffers
+// (the gather of chunk c + 1 runs under the math of chunk c), and S split by keys: warpgroup w computes
+// S[:, 32w : 32w + 32] (64 heads x 32 keys), so neither warpgroup idles during Q K^T.
+namespace mla_prefill {
+
+using namespace cute;
+using mla_decode::bf16;
+using mla_decode::kD;
+using mla_decode::kDV;
+using mla_decode::kDVPerWg;
+using mla_decode::kHeads;
+using mla_decode::kKeys;
+using mla_decode::kThreads;
+using mla_decode::kVOffset;
+using mla_decode::LayoutKV;
+using mla_decode::LayoutP;
+using mla_decode::LayoutQ;
+using mla_decode::LayoutV;
+using mla_decode::MmaO;
+constexpr int kKeysPerWg = kKeys / 2;  // 32
+using MmaS = decltype(make_tiled_mma(SM90_64x32x16_F32BF16BF16_SS<GMMA::Major::K, GMMA::Major::K>{}));
+
+struct Smem {
+  alignas(1024) bf16 q[cosize_v<LayoutQ>];
+  alignas(1024) bf16 kv[2][cosize_v<LayoutKV>];
+  alignas(1024) bf16 p[cosize_v<LayoutP>];
+  float mx[2][kHeads];  // chunk row maxima of each warpgroup's 32 keys
+  float l[2][kHeads];   // each warpgroup's softmax denominators (its keys only), summed at the end
+  float m[kHeads];
+  int32_t idx[2][kKeys];
+};
+// 227 KB opt-in on sm_90 (232448 B) less the 1024 B alignment slack the launcher adds
+static_assert(sizeof(Smem) + 1024 <= 232448, "sm90 prefill smem over the 227 KB opt-in limit");
+
+}  // namespace mla_prefill
 }  // namespace sm90
 }  // namespace dsv32

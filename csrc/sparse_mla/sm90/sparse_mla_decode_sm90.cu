@@ -17,6 +17,7 @@
 #include <cutlass/arch/barrier.h>
 
 #include "config.h"
+#include "mla_sm90.cuh"
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define DSV32_SM90A_DEVICE 1
@@ -29,22 +30,9 @@ namespace {
 using namespace cute;
 using namespace mla_decode;
 
-__device__ __forceinline__ Smem& smem() {
-  extern __shared__ __align__(1024) uint8_t smem_raw[];
-  const uint32_t mis = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) & 1023u;
-  return *reinterpret_cast<Smem*>(smem_raw + ((1024u - mis) & 1023u));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// 16-byte vector c (8 bf16: dims 8c..8c+7) of row r of a K-major SW128 bf16 tile
-template <class Layout>
-__device__ __forceinline__ uint4* vec_at(bf16* base, int r, int c) {
-  return reinterpret_cast<uint4*>(base + tile_offset<Layout>(r, c * 8));
-}
+__device__ __forceinline__ Smem& smem() { return mla_util::aligned_smem<Smem>(); }
+using mla_util::pack_bf16x2;
+using mla_util::vec_at;
 
 template <bool kFp8>
 __device__ __forceinline__ void gather(Smem& s, const uint8_t* __restrict__ cache) {
@@ -267,8 +255,8 @@ cudaError_t launch_sparse_mla_decode_sm90(const void* q, const void* kv_cache, b
 
 namespace dsv32 {
 bool sparse_mla_decode_sm90_built() { return false; }
-cudaError_t launch_sparse_mla_decode_sm90(const void*, const void*, bool, const int32_t*, void*, float*, int, int, int,
-                                          float, int64_t, int32_t*, cudaStream_t) {
+cudaError_t launch_sparse_mla_decode_sm90(const void*, const void*, bool, const int32_t*, const int32_t*, void*, float*, int,
+                                          int, int, float, int64_t, int32_t*, cudaStream_t) {
   return cudaErrorInvalidDeviceFunction;
 }
 }  // namespace dsv32
