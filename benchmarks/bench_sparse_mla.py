@@ -156,6 +156,40 @@ def run_cuda(h, backends=None):
                           ref=mla.naive_sparse_mla_decode if b * s_q <= 64 else None,
                           anchor="FlashMLA sparse fp8 410 TFLOPS (b128 h128 sq2)" if fp8 else "", roof="bf16")
 
+    # prefill: "cuda" is the sm_90a wgmma kernel on Hopper (sm80 elsewhere); "cuda-sm80" forces the mma.sync
+    # one there (DSV32_CUDA_MLA=sm80, read per call), so both kernels get a row on an H100.
+    h.section("sparse MLA prefill (CUDA ext vs Triton)")
+    pf_backends = list(backends)
+    if "cuda" in backends and torch.cuda.get_device_capability() == (9, 0):
+        pf_backends.insert(1, "cuda-sm80")
+    for s_q, heads, topk, s_kv in [(4096, 128, 2048, 8192), (4096, 64, 2048, 8192), (4096, 16, 2048, 8192)]:
+        def make_p(s_q=s_q, heads=heads, topk=topk, s_kv=s_kv):
+            q = torch.randn(s_q, heads, 576, device="cuda").to(torch.bfloat16)
+            kv = torch.randn(s_kv, 1, 576, device="cuda").to(torch.bfloat16)
+            idx = torch.rand(s_q, s_kv, device="cuda").topk(topk, dim=-1).indices.int().view(s_q, 1, topk)
+            return q, kv, idx, 576 ** -0.5
+        flops = 2.0 * s_q * heads * topk * (576 + 512)
+        nbytes = s_q * topk * 1152 + s_q * heads * (576 + 512) * 2
+        for be in pf_backends:
+            try_bench(h, TAG, f"prefill bf16 sq{s_q} h{heads} k{topk}", be,
+                      lambda *a, be=be: _prefill_as(be, *a), make_p, flops=flops, bytes=nbytes,
+                      anchor="FlashMLA sparse prefill 640 TFLOPS (H800, h128)" if heads == 128 else "", roof="bf16")
+
+
+def _prefill_as(backend, *args):
+    from deepseek_v32_plugin.ops import sparse_mla
+    if backend != "cuda-sm80":
+        return sparse_mla.sparse_mla_prefill(*args, backend=backend)
+    prev = os.environ.get("DSV32_CUDA_MLA")
+    os.environ["DSV32_CUDA_MLA"] = "sm80"
+    try:
+        return sparse_mla.sparse_mla_prefill(*args, backend="cuda")
+    finally:
+        if prev is None:
+            del os.environ["DSV32_CUDA_MLA"]
+        else:
+            os.environ["DSV32_CUDA_MLA"] = prev
+
 
 if __name__ == "__main__":
     harness = Harness()

@@ -19,8 +19,9 @@ Definitions (per call):
   Indexer logits    K-loop iterations (BN keys each) vs ceil(keys in range / BN) per query block; key bytes
                     read (no L2 reuse) vs each key once.
   Sparse MLA decode CTAs, K-loop iterations (BLOCK_T keys), KV bytes gathered (per head block) vs once per row.
-  Sparse MLA prefill  (the CUDA sm80 kernel) the same counts for a causal prefill from position 0, 32-key
-                    chunks, all-invalid chunks skipped; heads per CTA as the launcher picks them on an H100.
+  Sparse MLA prefill  (the CUDA sm80 and sm90 kernels) the same counts for a causal prefill from position 0,
+                    32-key (sm80) / 64-key (sm90) chunks, all-invalid chunks skipped; heads per CTA as the
+                    launcher picks them on an H100 (sm90: always 64).
 The MoE layouts are the ones GPU serving uses with device-side counts (the host does not know n_e, so the
 grid is sized for the worst case): `padded` = what ops.fp8_moe_experts builds (ops.fp8_moe.moe_padded_layout:
 contiguous rows of each expert padded to BLOCK_M with -1 rows, M = the static worst-case capacity
@@ -301,18 +302,29 @@ def prefill_heads_per_cta(h: int, smem_optin: int = H100_SMEM_OPTIN) -> int:
     return 32 if h <= 32 or PREFILL_SMEM[4] > smem_optin else 64
 
 
-def mla_prefill_cuda(s_q: int, h: int = 128, topk: int = 2048, heads_per_cta: int | None = None) -> dict:
+# sm_90a kernel (csrc/sparse_mla/sm90/config.h mla_prefill): 64 heads per CTA (one wgmma M tile per
+# warpgroup), 64-key chunks, two KV buffers; sizeof(Smem) = q + 2 kv + p tiles + 2x2x64 + 64 floats + 2x64 idx
+SM90_PREFILL = dict(heads=64, keys=64, smem=64 * 576 * 2 * 3 + 64 * 64 * 2 + 5 * 64 * 4 + 2 * 64 * 4)
+
+
+def mla_prefill_cuda(s_q: int, h: int = 128, topk: int = 2048, heads_per_cta: int | None = None,
+                     kernel: str = "sm80") -> dict:
     """Causal prefill of s_q tokens from position 0: row i holds min(i + 1, topk) valid indices first (top-k
-    output order), -1 after; the kernel skips 32-key chunks with no valid index. KV bytes gathered = chunks x
-    32 rows x 1152 B per head block; ideal = each valid row once per query row. heads_per_cta=16 models the
-    decode kernel's 16-head blocks (what prefill through the decode kernel would gather)."""
-    hpc = heads_per_cta or prefill_heads_per_cta(h)
+    output order), -1 after; the kernel skips key chunks (32 keys sm80, 64 sm90) with no valid index. KV bytes
+    gathered = chunks x chunk rows x 1152 B per head block; ideal = each valid row once per query row.
+    heads_per_cta=16 models the decode kernel's 16-head blocks (what prefill through the decode kernel would
+    gather). kernel="sm90": the sm_90a wgmma kernel, 64 heads per CTA whatever h (h < 64 leaves wgmma rows
+    idle: mma_rows_used)."""
+    if kernel == "sm90":
+        hpc, chunk = SM90_PREFILL["heads"], SM90_PREFILL["keys"]
+    else:
+        hpc, chunk = heads_per_cta or prefill_heads_per_cta(h), 32
     hb = math.ceil(h / hpc)
-    chunks = sum(math.ceil(min(i + 1, topk) / 32) for i in range(s_q))
+    chunks = sum(math.ceil(min(i + 1, topk) / chunk) for i in range(s_q))
     valid = sum(min(i + 1, topk) for i in range(s_q))
-    return dict(op=f"sparse_mla_prefill (CUDA sm80) s_q={s_q} h={h} topk={topk} heads/CTA={hpc}", ctas=s_q * hb,
-                iters=chunks * hb, ideal=math.ceil(valid / 32), bytes=chunks * hb * 32 * 1152,
-                ideal_bytes=valid * 1152)
+    return dict(op=f"sparse_mla_prefill (CUDA {kernel}) s_q={s_q} h={h} topk={topk} heads/CTA={hpc}", ctas=s_q * hb,
+                iters=chunks * hb, ideal=math.ceil(valid / chunk), bytes=chunks * hb * chunk * 1152,
+                ideal_bytes=valid * 1152, mma_rows_used=h / (hb * hpc))
 
 
 # ------------------------------------------------- whole-model cost against context (benchmarks/context_curve)
@@ -446,7 +458,8 @@ def markdown() -> str:
               "| op | CTAs | K-loop iters | ideal | MB loaded | ideal MB |", "|---|---|---|---|---|---|"]
     for r in (logits_ragged(4096, 4096), logits_ragged(2048, 65536), logits_paged(64, 65536),
               logits_paged(4, 131072, 2), mla_decode(64, 1), mla_decode(1, 2), mla_decode(128, 2),
-              mla_prefill_cuda(4096), mla_prefill_cuda(4096, heads_per_cta=16), mla_prefill_cuda(4096, h=16)):
+              mla_prefill_cuda(4096), mla_prefill_cuda(4096, heads_per_cta=16), mla_prefill_cuda(4096, h=16),
+              mla_prefill_cuda(4096, kernel="sm90"), mla_prefill_cuda(4096, h=16, kernel="sm90")):
         lines.append(f"| {r['op']} | {r['ctas']} | {r['iters']} | {r['ideal']} | {_mb(r['bytes'])} | "
                      f"{_mb(r['ideal_bytes'])} |")
     return "\n".join(lines) + "\n"

@@ -75,6 +75,17 @@ def test_cuda_prefill_gathers_each_key_chunk_once_per_64_heads():
     assert one["bytes"] <= 1.01 * one["ideal_bytes"]
 
 
+def test_cuda_sm90_prefill_work():
+    """The sm_90a prefill: 64 heads per CTA at any h (h=16 uses a quarter of each wgmma M tile), 64-key
+    chunks (causal rows: within 2% of each valid row once at h=64 multiples), smem within the 227 KB opt-in
+    with the launcher's 1 KB alignment slack (config.h pins the size)."""
+    sm90, sm80 = wm.mla_prefill_cuda(4096, kernel="sm90"), wm.mla_prefill_cuda(4096)
+    assert sm90["ctas"] == sm80["ctas"] == 2 * 4096 and sm90["mma_rows_used"] == 1.0
+    assert sm90["bytes"] <= 1.02 * 2 * sm90["ideal_bytes"]
+    assert wm.mla_prefill_cuda(4096, h=16, kernel="sm90")["mma_rows_used"] == 0.25
+    assert wm.SM90_PREFILL["smem"] + 1024 <= wm.H100_SMEM_OPTIN
+
+
 def test_moe_layout_alignment_fits_every_kernel_tile():
     """ops.fp8_moe_experts pads each expert's rows to MOE_BLOCK_M: a multiple of every shipped grouped-GEMM
     BLOCK_M (Triton configs; CUDA kBM 64 on sm80, 128 on sm90), so no tile spans two experts and each tile

@@ -23,7 +23,7 @@ except Exception as e:
     d["archs_error"] = repr(e)
 if ok:
     import torch
-    d["sm90"] = {w: bool(getattr(torch.ops.dsv32, "has_sm90_" + w)()) for w in ("gemm", "indexer", "mla")}
+    d["sm90"] = {w: bool(getattr(torch.ops.dsv32, "has_sm90_" + w)()) for w in ("gemm", "indexer", "mla", "mla_prefill")}
 print("@@" + json.dumps(d), flush=True)
 """
 
@@ -92,7 +92,7 @@ def run(ctx) -> None:
         return
     import torch
     ctx.cuda_ok = True
-    ctx.sm90 = {w: bool(getattr(torch.ops.dsv32, "has_sm90_" + w)()) for w in ("gemm", "indexer", "mla")}
+    ctx.sm90 = {w: bool(getattr(torch.ops.dsv32, "has_sm90_" + w)()) for w in ("gemm", "indexer", "mla", "mla_prefill")}
     hopper = torch.cuda.get_device_capability()[0] == 9
     desc = "; ".join(f"{w}: {'sm90a (wgmma) + sm80' if v else 'sm80 (mma.sync) only'}" for w, v in ctx.sm90.items())
     missing = hopper and not all(ctx.sm90.values())

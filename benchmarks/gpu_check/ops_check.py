@@ -25,7 +25,8 @@ SM90_FAMILY = {"fp8_grouped_gemm_nt_contiguous": ("gemm", "DSV32_CUDA_GEMM"),
                "fp8_gemm_nt": ("gemm", "DSV32_CUDA_GEMM"),
                "fp8_indexer_logits": ("indexer", "DSV32_CUDA_INDEXER"),
                "fp8_paged_indexer_logits": ("indexer", "DSV32_CUDA_INDEXER"),
-               "sparse_mla_decode": ("mla", "DSV32_CUDA_MLA")}
+               "sparse_mla_decode": ("mla", "DSV32_CUDA_MLA"),
+               "sparse_mla_prefill": ("mla_prefill", "DSV32_CUDA_MLA")}
 INPLACE = {"indexer_cache_write": 2, "indexer_k_quant_and_cache": 1, "mla_cache_write": 2}   # arg index written
 FAMILY = {}
 for _fam, _mod in (("fp8_quant", fp8_quant), ("fp8_moe", fp8_moe), ("indexer", indexer), ("sparse_mla", sparse_mla)):
@@ -348,16 +349,23 @@ def cases(dry: bool) -> list[Case]:
                 return q, cache, idx, 576 ** -0.5
             add(Case("sparse_mla_decode", f"{'fp8_ds_mla' if fp8 else 'bf16'} b{b} s_q{s_q} h{h} topk{topk} -1 idx",
                      mk, close(2e-2), big=topk > 100))
-    for s_q, h, topk, s_kv in ((5, 16, 64, 200), (37, 20, 100, 300), (64, 128, 2048, 4096)):
-        def mk(d, s_q=s_q, h=h, topk=topk, s_kv=s_kv):
+    # prefill (sm_90a kernel: 64 heads per CTA, 64-key chunks; sm80: 16/32/64 heads, 32-key chunks): topk
+    # below / above multiples of 64, a row with no valid key, per-row topk_length (0, partial chunks, > topk)
+    for s_q, h, topk, s_kv, lens in ((5, 16, 64, 200, False), (37, 20, 100, 300, False), (64, 128, 2048, 4096, False),
+                                     (9, 64, 130, 700, True), (6, 128, 2000, 3000, True)):
+        def mk(d, s_q=s_q, h=h, topk=topk, s_kv=s_kv, lens=lens):
             q = (torch.randn(s_q, h, 576, device=d) * 0.5).to(torch.bfloat16)
             kv = torch.randn(s_kv, 1, 576, device=d).to(torch.bfloat16)
             idx = torch.randint(0, s_kv, (s_q, 1, topk), dtype=torch.int32, device=d)
             idx[torch.rand(idx.shape, device=d) < 0.2] = -1
             idx[0] = -1
-            return q, kv, idx, 576 ** -0.5
-        add(Case("sparse_mla_prefill", f"s_q{s_q} h{h} topk{topk} s_kv{s_kv} -1 idx", mk, close(2e-2),
-                 big=topk > 100))
+            if not lens:
+                return q, kv, idx, 576 ** -0.5
+            length = torch.randint(0, topk + 10, (s_q,), dtype=torch.int32, device=d)
+            length[1], length[2] = 0, 65
+            return q, kv, idx, 576 ** -0.5, 512, length
+        add(Case("sparse_mla_prefill", f"s_q{s_q} h{h} topk{topk} s_kv{s_kv} -1 idx" + (" topk_length" if lens else ""),
+                 mk, close(2e-2), big=topk > 100))
     return [c for c in C if not (dry and c.big)]
 
 

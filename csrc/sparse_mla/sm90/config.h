@@ -73,6 +73,7 @@ struct Smem {
 };
 // 227 KB opt-in on sm_90 (232448 B) less the 1024 B alignment slack the launcher adds
 static_assert(sizeof(Smem) + 1024 <= 232448, "sm90 prefill smem over the 227 KB opt-in limit");
+static_assert(sizeof(Smem) == 231168, "update benchmarks/work_model.py SM90_PREFILL");
 
 }  // namespace mla_prefill
 }  // namespace sm90
