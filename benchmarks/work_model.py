@@ -303,8 +303,10 @@ def prefill_heads_per_cta(h: int, smem_optin: int = H100_SMEM_OPTIN) -> int:
 
 
 # sm_90a kernel (csrc/sparse_mla/sm90/config.h mla_prefill): 64 heads per CTA (one wgmma M tile per
-# warpgroup), 64-key chunks, two KV buffers; sizeof(Smem) = q + 2 kv + p tiles + 2x2x64 + 64 floats + 2x64 idx
-SM90_PREFILL = dict(heads=64, keys=64, smem=64 * 576 * 2 * 3 + 64 * 64 * 2 + 5 * 64 * 4 + 2 * 64 * 4)
+# warpgroup), 64-key chunks, two KV buffers; sizeof(Smem) = q + 2 kv + p tiles + 2x2x64 + 64 floats + 2x64 idx,
+# rounded up to the struct's 1024-byte alignment
+SM90_PREFILL = dict(heads=64, keys=64,
+                    smem=-(-(64 * 576 * 2 * 3 + 64 * 64 * 2 + 5 * 64 * 4 + 2 * 64 * 4) // 1024) * 1024)
 
 
 def mla_prefill_cuda(s_q: int, h: int = 128, topk: int = 2048, heads_per_cta: int | None = None,
