@@ -46,8 +46,11 @@ def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512, topk_length=None)
 
 def sparse_mla_prefill(q, kv, indices, sm_scale, d_v=512, topk_length=None):
     """q [s_q, h, 576] (read as bf16), kv [s_kv, 1, 576] bf16, indices [s_q, 1, topk] int rows of kv (-1 none)
-    -> (out [s_q, h, 512] q.dtype, lse [s_q, h] fp32). Reaches the auto dispatch only once verified on a GPU
-    (_dispatch.CUDA_OPT_IN); backend="cuda" / DSV32_BACKEND_SPARSE_MLA_PREFILL=cuda select it."""
+    -> (out [s_q, h, 512] q.dtype, lse [s_q, h] fp32). On compute capability 9.x the extension runs the
+    sm_90a wgmma kernel when built (csrc/sparse_mla/sm90/sparse_mla_prefill_sm90.cu; DSV32_CUDA_MLA=sm80
+    forces the mma.sync one), elsewhere the sm80 kernel. Neither has run on a GPU yet, so this reaches the
+    auto dispatch only once verified there (_dispatch.CUDA_OPT_IN); backend="cuda" /
+    DSV32_BACKEND_SPARSE_MLA_PREFILL=cuda select it."""
     if q.dim() != 3 or q.shape[-1] != 576:
         raise ValueError(f"sparse_mla_prefill: q must be [s_q, h, 576], got {list(q.shape)}")
     if kv.dim() != 3 or tuple(kv.shape[1:]) != (1, 576):
