@@ -25,17 +25,12 @@
 #include "config.h"
 #include "mla_sm90.cuh"
 
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define DSV32_SM90A_DEVICE 1
-#endif
-
 namespace dsv32 {
 namespace sm90 {
 namespace {
 
 using namespace cute;
 using namespace mla_prefill;
-using mla_util::pack_bf16x2;
 using mla_util::vec_at;
 
 constexpr int kVecs = kD / 8;                   // 72 x 16 B per 576-wide bf16 row
@@ -123,38 +118,16 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_prefill_kernel(
     Tensor sK = make_tensor(make_smem_ptr(s.kv[b]), LayoutKV{});
     Tensor sKw = local_tile(sK, Shape<Int<kKeysPerWg>, Int<kD>>{}, make_coord(wg, 0));
     Tensor tSrK = thr_s.make_fragment_B(thr_s.partition_B(sKw));
-    warpgroup_fence_operand(acc_s);
-    warpgroup_arrive();
-    mma_s.accumulate_ = GMMA::ScaleOut::Zero;
-#pragma unroll
-    for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
-      cute::gemm(mma_s, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
-      mma_s.accumulate_ = GMMA::ScaleOut::One;
-    }
-    warpgroup_commit_batch();
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(acc_s);
+    mla_util::wgmma_sync(mma_s, tSrQ, tSrK, acc_s, true);
 
     // online softmax; a row's 32 columns live in the 4 lanes sharing lane / 4, its 64 in both warpgroups
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int i = 0; i < size(acc_s); ++i) {
-      const int hr = get<0>(coord_s(i)) == r0 ? 0 : 1;
-      const float v = s.idx[b][wg * kKeysPerWg + get<1>(coord_s(i))] >= 0 ? acc_s(i) * scale_log2 : -INFINITY;
-      acc_s(i) = v;
-      mx[hr] = fmaxf(mx[hr], v);
-    }
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
-      mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
-    }
+    float mx[2], alpha[2], sum[2];
+    mla_util::mask_scale_rowmax(acc_s, coord_s, r0, s.idx[b] + wg * kKeysPerWg, scale_log2, mx);
     if ((wtid & 3) == 0) {
       s.mx[wg][r0] = mx[0];
       s.mx[wg][r0 + 8] = mx[1];
     }
     __syncthreads();
-    float alpha[2], sum[2] = {0.f, 0.f};
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
       const int r = r0 + 8 * hr;
@@ -162,20 +135,9 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_prefill_kernel(
       alpha[hr] = m_new == -INFINITY ? 1.f : exp2f(m_run[hr] - m_new);
       m_run[hr] = m_new;
     }
+    mla_util::exp_to_p(acc_s, coord_s, r0, m_run, sP, wg * kKeysPerWg, sum);
 #pragma unroll
-    for (int i = 0; i < size(acc_s); i += 2) {
-      const int hr = get<0>(coord_s(i)) == r0 ? 0 : 1;
-      const float p0 = m_run[hr] == -INFINITY ? 0.f : exp2f(acc_s(i) - m_run[hr]);
-      const float p1 = m_run[hr] == -INFINITY ? 0.f : exp2f(acc_s(i + 1) - m_run[hr]);
-      sum[hr] += p0 + p1;
-      *reinterpret_cast<uint32_t*>(&sP(get<0>(coord_s(i)), wg * kKeysPerWg + get<1>(coord_s(i)))) = pack_bf16x2(p0, p1);
-    }
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      sum[hr] += __shfl_xor_sync(0xffffffffu, sum[hr], 1);
-      sum[hr] += __shfl_xor_sync(0xffffffffu, sum[hr], 2);
-      l_run[hr] = l_run[hr] * alpha[hr] + sum[hr];
-    }
+    for (int hr = 0; hr < 2; ++hr) l_run[hr] = l_run[hr] * alpha[hr] + sum[hr];
     cutlass::arch::fence_view_async_shared();  // P written by generic stores, read by wgmma
     __syncthreads();                           // both halves of P written
 
@@ -184,13 +146,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_prefill_kernel(
     Tensor tOrV = thr_o.make_fragment_B(thr_o.partition_B(sV));
 #pragma unroll
     for (int i = 0; i < size(acc_o); ++i) acc_o(i) *= (get<0>(coord_o(i)) == r0 ? alpha[0] : alpha[1]);
-    warpgroup_fence_operand(acc_o);
-    warpgroup_arrive();
-#pragma unroll
-    for (int kk = 0; kk < size<2>(tOrP); ++kk) cute::gemm(mma_o, tOrP(_, _, kk), tOrV(_, _, kk), acc_o);
-    warpgroup_commit_batch();
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(acc_o);
+    mla_util::wgmma_sync(mma_o, tOrP, tOrV, acc_o, false);
     // the next iteration's first barrier orders these reads of P / KV buffer b before they are rewritten
   }
   sm80::cp_async_wait<0>();  // the Q group when there were no chunks
@@ -204,20 +160,9 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_prefill_kernel(
     }
   }
   __syncthreads();
-  const float l0 = s.l[0][r0] + s.l[1][r0], l1 = s.l[0][r0 + 8] + s.l[1][r0 + 8];
-  const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-#pragma unroll
-  for (int i = 0; i < size(acc_o); i += 2) {
-    const int r = get<0>(coord_o(i)), c = wg * kDVPerWg + get<1>(coord_o(i));
-    if (r >= nh) continue;
-    const float inv = r == r0 ? inv0 : inv1;
-    *reinterpret_cast<uint32_t*>(out + (int64_t(row) * heads + h0 + r) * kDV + c) =
-        pack_bf16x2(acc_o(i) * inv, acc_o(i + 1) * inv);
-  }
-  if (tid < nh) {
-    const float l = s.l[0][tid] + s.l[1][tid];
-    lse[int64_t(row) * heads + h0 + tid] = l > 0.f ? (s.m[tid] + log2f(l)) * 0.69314718055994531f : -INFINITY;
-  }
+  mla_util::store_o(acc_o, coord_o, r0, s.l[0][r0] + s.l[1][r0], s.l[0][r0 + 8] + s.l[1][r0 + 8],
+                    out + (int64_t(row) * heads + h0) * kDV, nh, wg * kDVPerWg);
+  if (tid < nh) lse[int64_t(row) * heads + h0 + tid] = mla_util::lse_of(s.m[tid], s.l[0][tid] + s.l[1][tid]);
 #endif
 }
 
