@@ -39,6 +39,17 @@ for fp8 in (True, False):
     mla.naive_mla_cache_write(torch.randn(150, 512, device=d), torch.randn(150, 64, device=d), c, torch.arange(150, device=d))
     idx = torch.randint(-1, 150, (2, 1, 70), device=d).int()
     mla_cuda.sparse_mla_decode(torch.randn(2, 1, 20, 576, device=d).bfloat16(), c, idx, 0.05)
+# sparse MLA prefill: the default kernel (sm_90a wgmma on Hopper) and the forced sm80 one; h not a multiple
+# of 16, -1 indices, topk not a multiple of 64, topk_length 0 / partial / full
+import os
+kvp = torch.randn(150, 1, 576, device=d).bfloat16()
+idx = torch.randint(-1, 150, (3, 1, 70), device=d).int()
+for path in ("default", "sm80"):
+    if path == "sm80":
+        os.environ["DSV32_CUDA_MLA"] = "sm80"
+    mla_cuda.sparse_mla_prefill(torch.randn(3, 20, 576, device=d).bfloat16(), kvp, idx, 0.05,
+                                topk_length=torch.tensor([70, 5, 0], device=d).int())
+os.environ.pop("DSV32_CUDA_MLA")
 # grouped GEMM: contiguous (unaligned ids, N tail) and masked, both the default and the sm80 path
 w = torch.randn(3, 200, 256, device=d)
 b = [naive_fp8_quant_weight(w[i]) for i in range(3)]
@@ -47,7 +58,6 @@ a8, asc = naive_fp8_quant_act(torch.randn(70, 256, device=d))
 moe_cuda.fp8_grouped_gemm_nt_contiguous(a8, asc, b8, bs, torch.randint(-1, 3, (70,), device=d).int())
 a8m, ascm = naive_fp8_quant_act(torch.randn(3, 70, 256, device=d))
 moe_cuda.fp8_grouped_gemm_nt_masked(a8m, ascm, b8, bs, torch.tensor([0, 5, 70], device=d).int())
-import os
 os.environ["DSV32_CUDA_GEMM"] = "sm80"
 moe_cuda.fp8_grouped_gemm_nt_contiguous(a8, asc, b8, bs, torch.randint(-1, 3, (70,), device=d).int())
 moe_cuda.fp8_grouped_gemm_nt_masked(a8m, ascm, b8, bs, torch.tensor([0, 5, 70], device=d).int())
