@@ -188,6 +188,43 @@ def test_sm90_gemm_counts(builds):
     assert len(re.findall(r"QGMMA\.64x128x32\.F32\.E4M3\.E4M3", sass)) == 16
 
 
+def test_sm90_stubs_define_the_declared_launchers(tmp_path):
+    """A build with no 9.0 arch (A100 / L40 / 4090) has no CuTe: each sm90 .cu compiles to stubs, which must
+    define exactly the functions api/*.h declare (a stub whose signature drifted is another overload, and
+    the extension would fail to load with an undefined symbol). The mangled names bindings.cpp needs are
+    taken from a reference file that uses every declared *_sm90* function."""
+    from deepseek_v32_plugin.ops._cuda import nvcc_flags
+    if nvcc() is None or not shutil.which("nm"):
+        pytest.skip("nvcc / nm not found")
+    root = csrc_dir()
+    flags = nvcc_flags(["8.0"])                  # what the JIT build uses on an sm_80-only machine
+    assert "-DDSV32_WITH_CUTE=1" not in flags
+    names = set()
+    for h in sorted(os.listdir(os.path.join(root, "api"))):
+        if h.endswith(".h"):
+            names |= set(re.findall(r"\b(\w+_sm90\w*)\(", open(os.path.join(root, "api", h)).read()))
+    assert {"launch_sparse_mla_decode_sm90", "launch_sparse_mla_prefill_sm90"} <= names
+    refs = tmp_path / "refs.cu"
+    refs.write_text("".join(f'#include "{h}"\n' for h in ("sparse_mla.h", "indexer.h", "fp8_moe.h"))
+                    + "void* dsv32_refs[] = {" + ", ".join(f"(void*)&dsv32::{n}" for n in sorted(names)) + "};\n")
+    objs = {}
+    for rel in ["refs"] + [f for f in CU_FILES if "/sm90/" in f]:
+        src = str(refs) if rel == "refs" else os.path.join(root, rel)
+        obj = str(tmp_path / (rel.replace("/", "__") + ".o"))
+        r = subprocess.run([nvcc(), *flags, "-I", os.path.join(root, "api"), "-c", "-o", obj, src],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{rel} without CuTe:\n{r.stderr[-3000:]}"
+        objs[rel] = obj
+    needed = set(subprocess.run(["nm", "-u", "--format=just-symbols", objs.pop("refs")], capture_output=True,
+                                text=True).stdout.split())
+    needed = {n for n in needed if "sm90" in n}
+    defined = set()
+    for obj in objs.values():
+        defined |= set(subprocess.run(["nm", "--defined-only", "--format=just-symbols", obj], capture_output=True,
+                                      text=True).stdout.split())
+    assert len(needed) == len(names) and needed <= defined, sorted(needed - defined)
+
+
 def test_sm90_mla_prefill_counts(builds):
     """Per 64-key chunk: 36 wgmma k16 steps of S (K = 576) and 4 of P V (64 keys), one kernel instantiation."""
     sass = builds[("sparse_mla/sm90/sparse_mla_prefill_sm90.cu", "sm_90a")]["sass"]

@@ -203,12 +203,11 @@ cudaError_t launch_sparse_mla_decode_sm90(const void* q, const void* kv_cache, b
 
 #else  // no CuTe headers
 
-namespace dsv32 {
-bool sparse_mla_decode_sm90_built() { return false; }
-cudaError_t launch_sparse_mla_decode_sm90(const void*, const void*, bool, const int32_t*, const int32_t*, void*, float*, int,
+// qualified definitions: a signature that drifts from api/sparse_mla.h is a compile error, not a new overload
+bool dsv32::sparse_mla_decode_sm90_built() { return false; }
+cudaError_t dsv32::launch_sparse_mla_decode_sm90(const void*, const void*, bool, const int32_t*, const int32_t*, void*, float*, int,
                                           int, int, float, int64_t, int32_t*, cudaStream_t) {
   return cudaErrorInvalidDeviceFunction;
 }
-}  // namespace dsv32
 
 #endif

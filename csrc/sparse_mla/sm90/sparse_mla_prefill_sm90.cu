@@ -198,12 +198,11 @@ cudaError_t launch_sparse_mla_prefill_sm90(const void* q, const void* kv, const 
 
 #else  // no CuTe headers
 
-namespace dsv32 {
-bool sparse_mla_prefill_sm90_built() { return false; }
-cudaError_t launch_sparse_mla_prefill_sm90(const void*, const void*, const int32_t*, const int32_t*, void*, float*, int,
+// qualified definitions: a signature that drifts from api/sparse_mla.h is a compile error, not a new overload
+bool dsv32::sparse_mla_prefill_sm90_built() { return false; }
+cudaError_t dsv32::launch_sparse_mla_prefill_sm90(const void*, const void*, const int32_t*, const int32_t*, void*, float*, int,
                                            int, int, float, int64_t, int32_t*, cudaStream_t) {
   return cudaErrorInvalidDeviceFunction;
 }
-}  // namespace dsv32
 
 #endif
