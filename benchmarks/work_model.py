@@ -263,8 +263,8 @@ def logits_paged(b: int, ctx: int, next_n: int = 1, h: int = 64) -> dict:
 # ---------------------------------------------------------------------------- sparse MLA decode
 
 def mla_decode(b: int, s_q: int, h: int = 128, topk: int = 2048, fp8: bool = True) -> dict:
-    cfg = tk_mla.attn_config(CAP)
-    block_h = max(16, min(cfg["BLOCK_H"], 1 << (h - 1).bit_length()))
+    cfg = tk_mla.attn_config(CAP, fp8, h)
+    block_h = cfg["BLOCK_H"]
     n_hb = math.ceil(h / block_h) * cfg["DV_SPLIT"]
     t = b * s_q
     real = tk_mla.num_sms

@@ -33,26 +33,28 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
     native = arch >= 89
     out = []
 
-    # ---- sparse MLA attention: bf16 cache / prefill kv, fp8_ds_mla cache (native or byte-decoded)
-    nw, ns, cfg = _split(sm.attn_config(cap))
-    small = dict(cfg, BLOCK_H=16)          # h <= 16 (e.g. 128 heads over TP8): heads padded to 16, not 64
-    for fp8, c in ((False, cfg), (True, cfg), (True, small)):
+    # ---- sparse MLA attention: bf16 cache / prefill kv, fp8_ds_mla cache (native or byte-decoded), 128 heads
+    # and h <= 16 (e.g. 128 heads over TP8: heads padded to 16, not 64)
+    for fp8, h in ((False, 128), (True, 128), (True, 16)):
+        nw, ns, c = _split(sm.attn_config(cap, fp8, h))
         sig = {"q_ptr": "*bf16", "stride_q_t": "i64", "stride_q_h": "i32",
                "kv_ptr": "*u8" if fp8 else "*bf16", "kv_scale_ptr": "*fp32" if fp8 else "*bf16",
                "kv_rope_ptr": "*bf16", "stride_kv_row": "i32", "n_rows": "i32",
                "idx_ptr": "*i32", "stride_idx_t": "i32", "topk": "i32", "split_len": "i32",
                "len_ptr": "*i32", "o_ptr": "*bf16", "stride_o_t": "i32", "stride_o_s": "i32", "stride_o_h": "i32",
                "lse_ptr": "*fp32", "stride_l_t": "i32", "stride_l_s": "i32", "H": "i32", "qk_scale_log2": "fp32"}
+        # tensor-core work per K step: S = [BLOCK_H, BLOCK_T] x 576 and PV = [BLOCK_H, 512 / DV_SPLIT] x BLOCK_T
+        ideal = c["BLOCK_H"] * c["BLOCK_T"] * (576 + 512 // c["DV_SPLIT"])
+        # sm_90a at 64 heads: the ideal (issue 14 fix 4: S split over the warpgroups). mma.sync tiles (32 and 16
+        # heads): Triton lays S out on [1, 8] warps, 4 of them repeating the others' columns: measured 1.53x
+        work = 1.0 if c["BLOCK_H"] >= 64 else 1.53
         out.append((dict(module=MOD_A, kernel="_sparse_mla_attn_kernel", signature=sig,
                          constexprs=dict(c, KV_FP8=fp8, FP8_NATIVE=fp8 and native, DOT_FP16=False, HAS_LEN=True),
                          aligned=["stride_q_t", "stride_q_h", "stride_kv_row", "stride_idx_t", "stride_o_t",
                                   "stride_o_s", "stride_o_h"],
                          num_warps=nw, num_stages=ns,
                          tag=f"mla attn {'fp8' if fp8 else 'bf16'} BLOCK_H={c['BLOCK_H']}",
-                         # KNOWN (issue 14 fix 4, open): on sm_90a the 64-head S = QK^T runs in both
-                         # warpgroups (Triton lays a dot feeding another dot out as [num_warps, 1] warps);
-                         # measured x2 here so a fix lowers this bound and any regression fails
-                         max_mma_dup=2 if arch == 90 and c["BLOCK_H"] == 64 else 1),
+                         ideal_macs=ideal, max_mma_work=work),
                     BF16_MMA[arch] if c["BLOCK_H"] >= 64 else BF16_MMA[80]))
     out.append((dict(module=MOD_A, kernel="_combine_kernel",
                      signature={"op_ptr": "*fp32", "lp_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
@@ -121,3 +123,13 @@ def test_mma_duplication_parser():
              "%o = ttng.warp_group_dot %p, %k, %d : tensor<64x32xbf16> * !ttg.memdesc<32x128xbf16> -> tensor<64x128xf32, #mma1>\n")
     assert mma_duplication(ttgir) == 2
     assert mma_duplication(ttgir.replace("[8, 1]", "[4, 1]")) == 1
+
+
+def test_mma_macs_parser():
+    """compile_util.mma_macs: a wgmma runs once per warpgroup, an mma.sync once per warp; tcgen05 is not counted."""
+    from compile_util import mma_macs
+    ptx = ("wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {...};\n" * 3
+           + "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {...};\n")
+    assert mma_macs(ptx, 8) == 2 * (3 * 64 * 16 * 16 + 64 * 64 * 16)
+    assert mma_macs("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {...};\n", 8) == 8 * 16 * 8 * 16
+    assert mma_macs("tcgen05.mma.cta_group::1.kind::f16 [...];\n", 8) is None
