@@ -7,8 +7,8 @@ plan_splits), for an H100 (sm_90a config, 132 SMs).
     python benchmarks/work_model.py            # prints the table and writes benchmarks/WORK_MODEL.md
 
 Definitions (per call):
-  MoE grouped GEMM  tiles = MMA tiles run (BLOCK_M x BLOCK_N x K K-loops; second-pass tiles counted in
-                    first-pass BLOCK_N units); ideal = sum_e ceil(n_e / BLOCK_M) * N / BLOCK_N.
+  MoE grouped GEMM  tiles = MMA tiles run (BLOCK_M x BLOCK_N x K K-loops; a tile spanning k experts runs
+                    k); ideal = sum_e ceil(n_e / BLOCK_M) * N / BLOCK_N.
                     bytes = unique bytes touched (active experts' weight slices + scales read, activation rows
                     read, output rows written, zero-fill included); ideal = the active experts' weights read
                     once + activations + the valid output rows.  efficiency = ideal / actual.
@@ -25,7 +25,10 @@ The MoE layouts are the ones GPU serving uses with device-side counts (the host 
 grid is sized for the worst case): `padded` = what ops.fp8_moe_experts builds (ops.fp8_moe.moe_padded_layout:
 contiguous rows of each expert padded to BLOCK_M with -1 rows, M = the static worst-case capacity
 moe_capacity); `masked` = [E, T, K] with masked_m = n_e; `unaligned` = the previous orchestration (rows
-sorted by expert, no padding: tiles spanning several experts take the second pass).
+sorted by expert, no padding: tiles spanning several experts run one K loop per expert).
+  SiLU-and-mul quant  (between the two GEMMs, on the padded layout) CTAs and unique bytes: valid rows read
+                    (2N bf16) and written (N e4m3 + N/128 fp32 scales) + m_indices; padding rows are skipped
+                    by their m_indices (`before` = every row of the layout processed).
 """
 from __future__ import annotations
 
@@ -83,8 +86,9 @@ def _ideal(counts, n, k, block_m, block_n):
 
 
 def moe_contiguous(m_indices: torch.Tensor, n: int, k: int, zero_fill: bool = False) -> MoeWork:
-    """Replays _grouped_gemm_contiguous_kernel's two launches on m_indices (invalid ids = padding).
-    zero_fill=True models the kernel before this change (padding rows stored as zeros)."""
+    """Replays _grouped_gemm_contiguous_kernel's launches on m_indices (invalid ids = padding): one K loop
+    per distinct expert of each tile. zero_fill=True models the kernels before issue 14's fix 2 (padding
+    rows stored as zeros)."""
     launches = tk_moe.contiguous_launches(m_indices.numel(), n, CAP)
     bm, bn = launches[0]["BLOCK_M"], launches[0]["BLOCK_N"]
     ctas, tiles, w_slices, rows_read, zero_rows = 0, 0.0, set(), 0, 0
@@ -94,12 +98,11 @@ def moe_contiguous(m_indices: torch.Tensor, n: int, k: int, zero_fill: bool = Fa
         for m0 in range(0, m_indices.numel(), bm):
             ids = m_indices[m0:m0 + bm]
             experts = sorted({int(e) for e in ids.tolist() if 0 <= e < E})
-            run = experts[1:] if ln["SECOND_PASS"] else experts[:1]
-            tiles += len(run) * n_tiles * ln["BLOCK_N"] / bn
-            for e in run:
+            tiles += len(experts) * n_tiles * ln["BLOCK_N"] / bn
+            for e in experts:
                 rows_read += int((ids == e).sum())
                 w_slices |= {(e, j) for j in range(math.ceil(n / bn))}
-            if not ln["SECOND_PASS"] and zero_fill:
+            if zero_fill:
                 zero_rows += int(((ids < 0) | (ids >= E)).sum())
     counts = torch.bincount(m_indices[(m_indices >= 0) & (m_indices < E)], minlength=E)
     ideal_tiles, ideal_bytes = _ideal(counts, n, k, bm, bn)
@@ -125,6 +128,10 @@ def moe_masked(counts: torch.Tensor, m_cap: int, n: int, k: int, zero_fill: bool
     rows = int(counts.sum())
     return MoeWork(ln["grid"][0] * ln["grid"][1], tiles, ideal_tiles,
                    w_bytes + rows * (k + 4 * (k // 128)) + written * n * 2, ideal_bytes)
+
+
+def silu_rows(ts=(1, 16, 256)) -> list[dict]:
+    return [silu_quant(t) for t in ts]
 
 
 def bm_n(layout: str) -> int:
@@ -258,6 +265,20 @@ def logits_paged(b: int, ctx: int, next_n: int = 1, h: int = 64) -> dict:
     iters = b * sum(math.ceil((min(n_pages, p0 + pps) - p0) / bp) for p0 in range(0, n_pages, pps))
     return dict(op=f"fp8_paged_indexer_logits B={b} ctx={ctx} next_n={next_n}", ctas=b * splits, iters=iters,
                 ideal=b * math.ceil(n_pages / bp), bytes=b * n_pages * 64 * 132, ideal_bytes=b * ctx * 132)
+
+
+# ------------------------------------------------------------------- SiLU-and-mul + FP8 quant
+
+def silu_quant(t: int, n: int = INTER) -> dict:
+    """_silu_mul_quant_kernel on the padded layout's [M, 2N] gate_up output for T tokens (static grid over
+    the layout's M rows; padding rows cost their m_indices read)."""
+    m_indices = padded_m_indices(route(t), tk_moe.gemm_config_for(CAP)["BLOCK_M"])
+    m = m_indices.numel()
+    valid = int((m_indices >= 0).sum())
+    row = 2 * n * 2 + n + 4 * (n // 128)               # gate+up bf16 read, e4m3 + scales written
+    ctas = math.ceil(m / tk_moe.SILU_BLOCK_M) * (n // 128)
+    return dict(op=f"silu_and_mul_fp8_quant T={t} (M={m} rows, N={n})", ctas=ctas, rows=m, valid=valid,
+                bytes=valid * row + 4 * m, ideal_bytes=valid * row, bytes_before=m * row)
 
 
 # ---------------------------------------------------------------------------- sparse MLA decode
@@ -430,6 +451,12 @@ def markdown() -> str:
         lines.append(f"| {r['T']} | {r['gemm']} | {r['layout']} | {r['ctas']} | {r['tiles']:.0f} | {r['ideal_tiles']} | "
                      f"{r['tile_eff']:.1%} | {r['fill']:.1%} | {_mb(r['bytes'])} | {_mb(r['ideal_bytes'])} | {r['byte_eff']:.1%} | "
                      f"{_mb(r['bytes_before']) if r['bytes_before'] else '-'} |")
+    lines += ["", f"## SiLU-and-mul + FP8 quant between the GEMMs (padded layout, N={INTER})", "",
+              "`MB before` = every row of the layout read and written (the kernel before it took m_indices).", "",
+              "| op | CTAs | valid rows | MB moved | ideal MB | byte eff | MB before |", "|---|---|---|---|---|---|---|"]
+    for r in silu_rows():
+        lines.append(f"| {r['op']} | {r['ctas']} | {r['valid']} | {_mb(r['bytes'])} | {_mb(r['ideal_bytes'])} | "
+                     f"{r['ideal_bytes'] / r['bytes']:.1%} | {_mb(r['bytes_before'])} |")
     lines += ["", f"## Top-k 2048 (targets: >= {TOPK_MIN_CTAS} CTAs at 4 x 128K, <= {TOPK_MAX_PASSES} row passes "
               "on concentrated logits)", "",
               "`CTAs before` = one CTA per row (the previous kernel).", "",

@@ -75,7 +75,7 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
                          constexprs=dict(KV_FP8=fp8, FP8_NATIVE=fp8 and native, BLOCK_T=16), num_warps=4,
                          num_stages=1, tag=f"mla cache gather {'fp8' if fp8 else 'bf16'}"), None))
 
-    # ---- grouped FP8 GEMMs (both passes of the contiguous kernel, the masked kernel) + SiLU-and-mul quant
+    # ---- grouped FP8 GEMMs (contiguous, masked) + SiLU-and-mul quant (with the padded layout's row mask)
     gcfg = fm.gemm_config_for(cap)
     bm = gcfg["BLOCK_M"]
     nw, ns, cfg = _split(gcfg)
@@ -86,12 +86,8 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
              "M": "i32", "N": "i32", "K": "i32", "G": "i32"}
     al = ["stride_am", "stride_bg", "stride_bn", "stride_cm", "K"]
     out.append((dict(module=MOD_M, kernel="_grouped_gemm_contiguous_kernel", signature=sig_c,
-                     constexprs=dict(cfg, FP8_NATIVE=native, SECOND_PASS=False), aligned=al,
+                     constexprs=dict(cfg, FP8_NATIVE=native), aligned=al,
                      num_warps=nw, num_stages=ns, tag="gemm contiguous", fp8_operands_direct=native), FP8_MMA[arch]))
-    nw2, ns2, cfg2 = _split(fm.second_pass_config(bm))
-    out.append((dict(module=MOD_M, kernel="_grouped_gemm_contiguous_kernel", signature=sig_c,
-                     constexprs=dict(cfg2, BLOCK_M=bm, GROUP_M=cfg["GROUP_M"], FP8_NATIVE=native, SECOND_PASS=True),
-                     aligned=al, num_warps=nw2, num_stages=ns2, tag="gemm contiguous 2nd pass", fp8_operands_direct=native), FP8_MMA[arch]))
     sig_m = {"a_ptr": f8, "stride_ag": "i64", "stride_am": "i32", "as_ptr": "*fp32", "stride_asg": "i32",
              "stride_asm": "i32", "b_ptr": f8, "stride_bg": "i64", "stride_bn": "i32", "bs_ptr": "*fp32",
              "stride_bsg": "i32", "stride_bsn": "i32", "mm_ptr": "*i32", "c_ptr": "*bf16", "stride_cg": "i64",
@@ -102,8 +98,9 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
                      num_warps=nw, num_stages=ns, tag="gemm masked", fp8_operands_direct=native), FP8_MMA[arch]))
     out.append((dict(module=MOD_M, kernel="_silu_mul_quant_kernel",
                      signature={"x_ptr": "*bf16", "stride_xm": "i32", "q_ptr": "*u8", "stride_qm": "i32",
-                                "s_ptr": "*fp32", "stride_sm": "i32", "M": "i32", "N": "i32"},
-                     constexprs=dict(BLOCK_M=16, FP8_NATIVE=native), aligned=["stride_xm", "stride_qm", "N"],
+                                "s_ptr": "*fp32", "stride_sm": "i32", "mi_ptr": "*i32", "M": "i32", "N": "i32"},
+                     constexprs=dict(BLOCK_M=fm.SILU_BLOCK_M, FP8_NATIVE=native, HAS_ROWS=True),
+                     aligned=["stride_xm", "stride_qm", "N"],
                      num_warps=4, num_stages=1, tag="silu_and_mul quant"), None))
     return out
 
