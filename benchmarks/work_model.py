@@ -632,11 +632,13 @@ def markdown() -> str:
               "| T | GEMM | layout | CTAs | MMA tiles | ideal | tile eff | MB moved | ideal MB | byte eff |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in cuda_moe_rows():
-        lines.append(f"| {r['T']} | {r['gemm']} | {r['layout']} | {r['ctas']} | {r['tiles']:.0f} | {r['ideal_tiles']} | "
-                     f"{r['tile_eff']:.1%} | {_mb(r['bytes'])} | {_mb(r['ideal_bytes'])} | {r['byte_eff']:.1%} |")
+        lines.append(f"| {r['T']} | {r['gemm']} | {r['layout']} | {r['ctas']} | {r['tiles']:.0f} | "
+                     f"{r['ideal_tiles']} | {r['tile_eff']:.1%} | {_mb(r['bytes'])} | {_mb(r['ideal_bytes'])} | "
+                     f"{r['byte_eff']:.1%} |")
     lines += ["", f"## CUDA top-k 2048 (targets: >= {TOPK_MIN_CTAS} CTAs at 4 x 128K, <= {TOPK_MAX_PASSES} row "
               "passes on concentrated logits)", "",
-              "| rows x N | logits | CTAs | launches | row passes | MB read | ideal MB |", "|---|---|---|---|---|---|---|"]
+              "| rows x N | logits | CTAs | launches | row passes | MB read | ideal MB |",
+              "|---|---|---|---|---|---|---|"]
     for r in cuda_topk_rows():
         lines.append(f"| {r['rows']} x {r['n']} | {r['gen']} | {r['ctas']} | {r['launches']} | {r['passes']} | "
                      f"{_mb(r['bytes'])} | {_mb(r['ideal_bytes'])} |")
@@ -644,7 +646,8 @@ def markdown() -> str:
               "K-loop iters: indexer = (query row, key tile) scores, MLA = key blocks per CTA, quant = 128-groups. "
               "`MMA x ideal` = tensor-core work per key block over the tile's ideal (sparse MLA decode: both "
               "warpgroups compute S).", "",
-              "| op | CTAs | K-loop iters | ideal | MB loaded | ideal MB | MMA x ideal |", "|---|---|---|---|---|---|---|"]
+              "| op | CTAs | K-loop iters | ideal | MB loaded | ideal MB | MMA x ideal |",
+              "|---|---|---|---|---|---|---|"]
     for r in cuda_misc_rows():
         mma = f"{r['mma_work']:.2f}" if "mma_work" in r else "-"
         lines.append(f"| {r['op']} | {r['ctas']} | {r['iters']} | {r['ideal']} | {_mb(r['bytes'])} | "

@@ -33,15 +33,16 @@ _BIG = tl.constexpr(2 ** 30)
 # Shipped GEMM configurations (tests/triton/test_compile_mla_moe.py compiles them): by arch family.
 # BLOCK_N must divide 128 (one weight scale per tile and K block).
 GEMM_CONFIGS = {
-    "sm90": dict(BLOCK_M=128, BLOCK_N=128, GROUP_M=8, num_warps=8, num_stages=4),   # Hopper / Blackwell
-    "sm89": dict(BLOCK_M=64, BLOCK_N=64, GROUP_M=8, num_warps=4, num_stages=3),     # Ada: fp8 mma.sync
+    "sm90": dict(BLOCK_M=128, BLOCK_N=128, GROUP_M=8, num_warps=8, num_stages=4),   # Hopper / sm_100 Blackwell
+    "sm89": dict(BLOCK_M=64, BLOCK_N=64, GROUP_M=8, num_warps=4, num_stages=3),     # Ada, sm_120: fp8 mma.sync
     "sm80": dict(BLOCK_M=64, BLOCK_N=64, GROUP_M=8, num_warps=4, num_stages=3),     # Ampere: decoded fp16
 }
 
 
 def gemm_config_for(cap: tuple) -> dict:
     """Shipped launch config for a compute capability (the compile tests build these)."""
-    key = "sm90" if cap[0] >= 9 else ("sm89" if cap >= (8, 9) else "sm80")
+    # sm_120 (consumer Blackwell): no wgmma / tcgen05 and 99 KB of shared memory: the Ada tiles (fp8 mma.sync)
+    key = "sm90" if (9, 0) <= cap < (12, 0) else ("sm89" if cap >= (8, 9) else "sm80")
     cfg = config_override("DSV32_MOE_GEMM_CONFIG", dict(GEMM_CONFIGS[key]))
     if 128 % cfg["BLOCK_N"]:
         raise ValueError(f"BLOCK_N={cfg['BLOCK_N']} must divide 128 (one weight scale per tile and K block)")

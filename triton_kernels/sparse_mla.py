@@ -19,7 +19,7 @@ Shipped configs (`attn_config`, compile-checked spill-free in tests/triton/test_
   sm_100a: 64 heads x 32 keys, but each program owns half of d_v (DV_SPLIT=2): four [64, 128] fp32
            accumulators plus the scores overflow tcgen05 tensor memory (LLVM then reduces the kernel to a
            trap); both programs compute S.
-  sm_80/86/89: 32 heads x 32 keys (mma.sync keeps q in registers). h <= 16 pads heads to 16 only (mma.sync
+  sm_80/86/89/120: 32 heads x 32 keys (mma.sync keeps q in registers). h <= 16 pads heads to 16 only (mma.sync
            on every arch, no d_v split). On mma.sync Triton's layouts compute S twice (1.53x the ideal MMA
            work per key, compile-checked).
 """
@@ -371,17 +371,19 @@ def attn_config(cap: tuple, kv_fp8: bool = True, h: int = 128) -> dict:
     """Shipped attention launch config for a compute capability, cache kind and head count (the compile tests
     build these). BLOCK_H is already fitted to h (padded to >= 16 for tl.dot).
     ISOLATE_P: route P to the PV dots through a branch so S is split across warpgroups (wgmma, 64 heads)."""
-    if cap >= (10, 0):   # tcgen05: 4 [64, 128] fp32 accumulators + scores overflow TMEM -> split d_v in 2
+    if (10, 0) <= cap < (12, 0):   # tcgen05: 4 [64, 128] fp32 acc + scores overflow TMEM -> split d_v in 2
         cfg = dict(BLOCK_H=64, BLOCK_T=32, DV_SPLIT=2, ISOLATE_P=False, num_warps=8, num_stages=2)
-    elif cap >= (9, 0):  # wgmma: q and the latent tile in shared memory, 128 fp32 acc registers per thread;
+    elif cap >= (9, 0) and cap < (10, 0):  # wgmma: q and the latent tile in shared memory, 128 fp32 acc regs;
         # with S split over both warpgroups, these are the spill-free tile/stage pairs (255 registers)
         cfg = dict(BLOCK_H=64, BLOCK_T=32 if kv_fp8 else 16, DV_SPLIT=1, ISOLATE_P=True, num_warps=8,
                    num_stages=1 if kv_fp8 else 2)
-    else:                # mma.sync (sm_80/86/89): q lives in registers as the A operand -> 32 heads per program
-        cfg = dict(BLOCK_H=32, BLOCK_T=32, DV_SPLIT=1, ISOLATE_P=False, num_warps=8, num_stages=1)
+    else:                # mma.sync (sm_80/86/89/120): q lives in registers as the A operand -> 32 heads per program
+        # sm_120: 1 stage spills the fp8 kernel (21 STL/LDL with ptxas for sm_120), 2 stages do not
+        cfg = dict(BLOCK_H=32, BLOCK_T=32, DV_SPLIT=1, ISOLATE_P=False, num_warps=8,
+                   num_stages=2 if cap >= (12, 0) else 1)
     cfg = config_override("DSV32_MLA_ATTN_CONFIG", cfg)
     cfg["BLOCK_H"] = max(16, min(cfg["BLOCK_H"], triton.next_power_of_2(h)))
-    if cfg["BLOCK_H"] < 64 and cap >= (9, 0):
+    if cfg["BLOCK_H"] < 64 and (9, 0) <= cap < (12, 0):
         # below 64 heads the dots are mma.sync on every arch: there the branch would put S on [num_warps, 1]
         # warps (4x the work at 32 rows), 16-key tiles duplicate it along N, and a d_v split (a tensor-memory
         # limit) only makes both programs compute S; use the mma.sync shape

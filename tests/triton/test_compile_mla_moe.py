@@ -1,11 +1,12 @@
 """Compile the shipped sparse-MLA and grouped-FP8-MoE Triton configs for real GPU targets, without a GPU.
 
-For sm_90a, sm_100a, sm_89 and sm_80 every kernel must compile with no register spills (no STL/LDL in
-the SASS) and shared memory within the limit. The grouped GEMM must use the target's FP8 tensor-core
-instruction (QGMMA = FP8 wgmma on sm_90a, UTCQMMA = tcgen05 FP8 on sm_100a, QMMA on sm_89; HMMA on
-sm_80, where e4m3 bytes are decoded to fp16) and, on sm_89+, take e4m3 as fp8e4nv (no u8 -> f8 bitcast in
-TTGIR; on sm_90a / sm_100a no ttg.local_load: shared memory feeds the MMA directly); the attention kernel
-its bf16 one (HGMMA / UTCHMMA / HMMA).
+For sm_90a, sm_100a, sm_89, sm_80 and sm_120 every kernel must compile with no register spills (no
+STL/LDL in the SASS) and shared memory within the limit. The grouped GEMM must use the target's FP8
+tensor-core instruction (QGMMA = FP8 wgmma on sm_90a, UTCQMMA = tcgen05 FP8 on sm_100a, QMMA on sm_89 and
+sm_120; HMMA on sm_80, where e4m3 bytes are decoded to fp16) and, on sm_89+, take e4m3 as fp8e4nv (no
+u8 -> f8 bitcast in TTGIR; on sm_90a / sm_100a no ttg.local_load: shared memory feeds the MMA directly);
+the attention kernel its bf16 one (HGMMA / UTCHMMA / HMMA), with its tensor-core work per key block (from the PTX) = the ideal
+on sm_90a at 64 heads (no warpgroup computes another's scores).
 A kernel that LLVM reduces to a bare `trap` (seen when accumulators overflow Blackwell's tensor memory)
 has no MMA and fails the check. One child process per target compiles everything (tests/compile_util.py).
 """
@@ -17,8 +18,8 @@ from compile_util import check_shipped_configs
 
 MOD_A = "deepseek_v32_plugin.triton_kernels.sparse_mla"
 MOD_M = "deepseek_v32_plugin.triton_kernels.fp8_moe"
-FP8_MMA = {90: "QGMMA", 100: "UTCQMMA", 89: "QMMA", 80: "HMMA"}
-BF16_MMA = {90: "HGMMA", 100: "UTCHMMA", 89: "HMMA", 80: "HMMA"}
+FP8_MMA = {90: "QGMMA", 100: "UTCQMMA", 89: "QMMA", 80: "HMMA", 120: "QMMA"}
+BF16_MMA = {90: "HGMMA", 100: "UTCHMMA", 89: "HMMA", 80: "HMMA", 120: "HMMA"}
 
 
 def _split(cfg: dict):
@@ -105,7 +106,7 @@ def specs_for(arch: int) -> list[tuple[dict, str | None]]:
     return out
 
 
-@pytest.mark.parametrize("arch", [90, 100, 89, 80], ids=lambda a: f"sm{a}")
+@pytest.mark.parametrize("arch", [90, 100, 89, 80, 120], ids=lambda a: f"sm{a}")
 def test_shipped_configs_compile(arch):
     pytest.importorskip("triton")
     check_shipped_configs(specs_for(arch), arch)
