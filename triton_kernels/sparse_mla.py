@@ -19,8 +19,8 @@ Shipped configs (`attn_config`, compile-checked spill-free in tests/triton/test_
   sm_100a: 64 heads x 32 keys, but each program owns half of d_v (DV_SPLIT=2): four [64, 128] fp32
            accumulators plus the scores overflow tcgen05 tensor memory (LLVM then reduces the kernel to a
            trap); both programs compute S.
-  sm_80/86/89/120: 32 heads x 32 keys (mma.sync keeps q in registers). h <= 16 pads heads to 16 only (mma.sync
-           on every arch, no d_v split). On mma.sync Triton's layouts compute S twice (1.53x the ideal MMA
+  sm_80/86/89/120: 32 heads x 32 keys (mma.sync keeps q in registers). h <= 16 pads heads to 16 only
+           (mma.sync on every arch, no d_v split). On mma.sync Triton's layouts compute S twice (1.53x the ideal MMA
            work per key, compile-checked).
 """
 from __future__ import annotations
@@ -288,7 +288,7 @@ def _sparse_mla_attn_kernel(
         row = tl.where(valid, b_idx, 0)
         # the latent row is both K (with the rope part) and V: gathered and dequantized once
         b_pe = _load_k_pe(kv_ptr, kv_rope_ptr, stride_kv_row, row, valid, KV_FP8).to(DOT_DTYPE)
-        # [BLOCK_H, BLOCK_T] scores (log2 units); each 128-column group is loaded, dequantized and used in turn
+        # [BLOCK_H, BLOCK_T] scores; each 128-column group is loaded, dequantized and used in turn
         b_s = _scores_add(tl.zeros([BLOCK_H, BLOCK_T], dtype=tl.float32), b_qpe, b_pe, qk_scale_log2, ISOLATE_P)
         b_k0 = _load_k_chunk(kv_ptr, kv_scale_ptr, stride_kv_row, row, valid, 0, KV_FP8, FP8_NATIVE).to(DOT_DTYPE)
         b_s = _scores_add(b_s, b_q0, b_k0, qk_scale_log2, ISOLATE_P)
@@ -298,8 +298,6 @@ def _sparse_mla_attn_kernel(
         b_s = _scores_add(b_s, b_q2, b_k2, qk_scale_log2, ISOLATE_P)
         b_k3 = _load_k_chunk(kv_ptr, kv_scale_ptr, stride_kv_row, row, valid, 3, KV_FP8, FP8_NATIVE).to(DOT_DTYPE)
         b_s = _scores_add(b_s, b_q3, b_k3, qk_scale_log2, ISOLATE_P)
-        if not ISOLATE_P:
-            b_s = b_s * qk_scale_log2
         if ISOLATE_P:
             # P reaches the PV dots only through this runtime branch: Triton's layout choice for a wgmma dot
             # (warpsPerTileV3) puts all warps along M when a dot is in its forward slice, which at 64 heads
@@ -312,7 +310,7 @@ def _sparse_mla_attn_kernel(
                 b_alpha = tl.full([BLOCK_H], 1.0, dtype=tl.float32)
                 b_p = tl.zeros([BLOCK_H, BLOCK_T], dtype=DOT_DTYPE)
         else:
-            b_m_new, b_alpha, b_l, b_p = _softmax_step(b_s, valid, b_m, b_l, DOT_DTYPE)
+            b_m_new, b_alpha, b_l, b_p = _softmax_step(b_s * qk_scale_log2, valid, b_m, b_l, DOT_DTYPE)
         if DV_SPLIT == 1:
             b_acc0 = tl.dot(b_p, b_k0, b_acc0 * b_alpha[:, None])
             b_acc1 = tl.dot(b_p, b_k1, b_acc1 * b_alpha[:, None])
@@ -373,7 +371,7 @@ def attn_config(cap: tuple, kv_fp8: bool = True, h: int = 128) -> dict:
     ISOLATE_P: route P to the PV dots through a branch so S is split across warpgroups (wgmma, 64 heads)."""
     if (10, 0) <= cap < (12, 0):   # tcgen05: 4 [64, 128] fp32 acc + scores overflow TMEM -> split d_v in 2
         cfg = dict(BLOCK_H=64, BLOCK_T=32, DV_SPLIT=2, ISOLATE_P=False, num_warps=8, num_stages=2)
-    elif cap >= (9, 0) and cap < (10, 0):  # wgmma: q and the latent tile in shared memory, 128 fp32 acc regs;
+    elif (9, 0) <= cap < (10, 0):  # wgmma: q and the latent tile in shared memory, 128 fp32 acc registers;
         # with S split over both warpgroups, these are the spill-free tile/stage pairs (255 registers)
         cfg = dict(BLOCK_H=64, BLOCK_T=32 if kv_fp8 else 16, DV_SPLIT=1, ISOLATE_P=True, num_warps=8,
                    num_stages=1 if kv_fp8 else 2)
