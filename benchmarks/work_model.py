@@ -1,14 +1,15 @@
-"""CPU-side work model of the Triton kernels: CTAs launched, MMA tiles / K-loop iterations, bytes moved per
+"""CPU-side work model of the Triton and CUDA kernels: CTAs launched, MMA tiles / K-loop iterations, bytes moved per
 call, against the ideal. No GPU: each function replays its kernel's control flow on the real inputs (routing,
 counts, logits), with the launch parameters taken from the launchers themselves (triton_kernels.*:
 contiguous_launches / masked_launch / TOPK_CONFIG / logits_config / paged_logits_config / attn_config /
-plan_splits), for an H100 (sm_90a config, 132 SMs).
+plan_splits; for the CUDA backend the launchers in csrc/, with tile constants read from the sources:
+cu_const), for an H100 (sm_90a configs, 132 SMs).
 
     python benchmarks/work_model.py            # prints the table and writes benchmarks/WORK_MODEL.md
 
 Definitions (per call):
-  MoE grouped GEMM  tiles = MMA tiles run (BLOCK_M x BLOCK_N x K K-loops; second-pass tiles counted in
-                    first-pass BLOCK_N units); ideal = sum_e ceil(n_e / BLOCK_M) * N / BLOCK_N.
+  MoE grouped GEMM  tiles = MMA tiles run (BLOCK_M x BLOCK_N x K K-loops; a tile spanning k experts runs
+                    k); ideal = sum_e ceil(n_e / BLOCK_M) * N / BLOCK_N.
                     bytes = unique bytes touched (active experts' weight slices + scales read, activation rows
                     read, output rows written, zero-fill included); ideal = the active experts' weights read
                     once + activations + the valid output rows.  efficiency = ideal / actual.
@@ -26,7 +27,10 @@ The MoE layouts are the ones GPU serving uses with device-side counts (the host 
 grid is sized for the worst case): `padded` = what ops.fp8_moe_experts builds (ops.fp8_moe.moe_padded_layout:
 contiguous rows of each expert padded to BLOCK_M with -1 rows, M = the static worst-case capacity
 moe_capacity); `masked` = [E, T, K] with masked_m = n_e; `unaligned` = the previous orchestration (rows
-sorted by expert, no padding: tiles spanning several experts take the second pass).
+sorted by expert, no padding: tiles spanning several experts run one K loop per expert).
+  SiLU-and-mul quant  (between the two GEMMs, on the padded layout) CTAs and unique bytes: valid rows read
+                    (2N bf16) and written (N e4m3 + N/128 fp32 scales) + m_indices; padding rows are skipped
+                    by their m_indices (`before` = every row of the layout processed).
 """
 from __future__ import annotations
 
@@ -83,10 +87,11 @@ def _ideal(counts, n, k, block_m, block_n):
     return tiles, w + rows * (k + 4 * (k // 128)) + rows * n * 2
 
 
-def moe_contiguous(m_indices: torch.Tensor, n: int, k: int, zero_fill: bool = False) -> MoeWork:
-    """Replays _grouped_gemm_contiguous_kernel's two launches on m_indices (invalid ids = padding).
-    zero_fill=True models the kernel before this change (padding rows stored as zeros)."""
-    launches = tk_moe.contiguous_launches(m_indices.numel(), n, CAP)
+def moe_contiguous(m_indices: torch.Tensor, n: int, k: int, zero_fill: bool = False, launches=None) -> MoeWork:
+    """Replays _grouped_gemm_contiguous_kernel's launches on m_indices (invalid ids = padding): one K loop
+    per distinct expert of each tile. zero_fill=True models the kernels before issue 14's fix 2 (padding
+    rows stored as zeros). launches: the CUDA kernel's (cuda_moe_launches) instead of the Triton one's."""
+    launches = launches or tk_moe.contiguous_launches(m_indices.numel(), n, CAP)
     bm, bn = launches[0]["BLOCK_M"], launches[0]["BLOCK_N"]
     ctas, tiles, w_slices, rows_read, zero_rows = 0, 0.0, set(), 0, 0
     for ln in launches:
@@ -95,12 +100,11 @@ def moe_contiguous(m_indices: torch.Tensor, n: int, k: int, zero_fill: bool = Fa
         for m0 in range(0, m_indices.numel(), bm):
             ids = m_indices[m0:m0 + bm]
             experts = sorted({int(e) for e in ids.tolist() if 0 <= e < E})
-            run = experts[1:] if ln["SECOND_PASS"] else experts[:1]
-            tiles += len(run) * n_tiles * ln["BLOCK_N"] / bn
-            for e in run:
+            tiles += len(experts) * n_tiles * ln["BLOCK_N"] / bn
+            for e in experts:
                 rows_read += int((ids == e).sum())
                 w_slices |= {(e, j) for j in range(math.ceil(n / bn))}
-            if not ln["SECOND_PASS"] and zero_fill:
+            if zero_fill:
                 zero_rows += int(((ids < 0) | (ids >= E)).sum())
     counts = torch.bincount(m_indices[(m_indices >= 0) & (m_indices < E)], minlength=E)
     ideal_tiles, ideal_bytes = _ideal(counts, n, k, bm, bn)
@@ -109,9 +113,9 @@ def moe_contiguous(m_indices: torch.Tensor, n: int, k: int, zero_fill: bool = Fa
     return MoeWork(ctas, tiles, ideal_tiles, w_bytes + rows_read * (k + 4 * (k // 128)) + out, ideal_bytes)
 
 
-def moe_masked(counts: torch.Tensor, m_cap: int, n: int, k: int, zero_fill: bool = False) -> MoeWork:
-    """Replays _grouped_gemm_masked_kernel over [E, m_cap, K] with masked_m = counts."""
-    ln = tk_moe.masked_launch(E, m_cap, n, CAP)
+def moe_masked(counts: torch.Tensor, m_cap: int, n: int, k: int, zero_fill: bool = False, launch=None) -> MoeWork:
+    """Replays _grouped_gemm_masked_kernel over [E, m_cap, K] with masked_m = counts (launch: the CUDA one)."""
+    ln = launch or tk_moe.masked_launch(E, m_cap, n, CAP)
     bm, bn = ln["BLOCK_M"], ln["BLOCK_N"]
     n_tiles = math.ceil(n / bn)
     tiles, written = 0, 0
@@ -126,6 +130,10 @@ def moe_masked(counts: torch.Tensor, m_cap: int, n: int, k: int, zero_fill: bool
     rows = int(counts.sum())
     return MoeWork(ln["grid"][0] * ln["grid"][1], tiles, ideal_tiles,
                    w_bytes + rows * (k + 4 * (k // 128)) + written * n * 2, ideal_bytes)
+
+
+def silu_rows(ts=(1, 16, 256)) -> list[dict]:
+    return [silu_quant(t) for t in ts]
 
 
 def bm_n(layout: str) -> int:
@@ -261,11 +269,25 @@ def logits_paged(b: int, ctx: int, next_n: int = 1, h: int = 64) -> dict:
                 ideal=b * math.ceil(n_pages / bp), bytes=b * n_pages * 64 * 132, ideal_bytes=b * ctx * 132)
 
 
+# ------------------------------------------------------------------- SiLU-and-mul + FP8 quant
+
+def silu_quant(t: int, n: int = INTER) -> dict:
+    """_silu_mul_quant_kernel on the padded layout's [M, 2N] gate_up output for T tokens (static grid over
+    the layout's M rows; padding rows cost their m_indices read)."""
+    m_indices = padded_m_indices(route(t), tk_moe.gemm_config_for(CAP)["BLOCK_M"])
+    m = m_indices.numel()
+    valid = int((m_indices >= 0).sum())
+    row = 2 * n * 2 + n + 4 * (n // 128)               # gate+up bf16 read, e4m3 + scales written
+    ctas = math.ceil(m / tk_moe.SILU_BLOCK_M) * (n // 128)
+    return dict(op=f"silu_and_mul_fp8_quant T={t} (M={m} rows, N={n})", ctas=ctas, rows=m, valid=valid,
+                bytes=valid * row + 4 * m, ideal_bytes=valid * row, bytes_before=m * row)
+
+
 # ---------------------------------------------------------------------------- sparse MLA decode
 
 def mla_decode(b: int, s_q: int, h: int = 128, topk: int = 2048, fp8: bool = True) -> dict:
-    cfg = tk_mla.attn_config(CAP)
-    block_h = max(16, min(cfg["BLOCK_H"], 1 << (h - 1).bit_length()))
+    cfg = tk_mla.attn_config(CAP, fp8, h)
+    block_h = cfg["BLOCK_H"]
     n_hb = math.ceil(h / block_h) * cfg["DV_SPLIT"]
     t = b * s_q
     real = tk_mla.num_sms
@@ -327,6 +349,154 @@ def mla_prefill_cuda(s_q: int, h: int = 128, topk: int = 2048, heads_per_cta: in
     return dict(op=f"sparse_mla_prefill (CUDA {kernel}) s_q={s_q} h={h} topk={topk} heads/CTA={hpc}", ctas=s_q * hb,
                 iters=chunks * hb, ideal=math.ceil(valid / chunk), bytes=chunks * hb * chunk * 1152,
                 ideal_bytes=valid * 1152, mma_rows_used=h / (hb * hpc))
+
+
+# ------------------------------------------------------------------------- CUDA kernels (csrc/)
+# The CUDA backend's kernels as its launchers size them on an H100 (the sm_90a kernels where built). Tile and
+# block constants are read from the csrc/ sources, so the rows follow the kernels.
+
+CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "csrc")
+
+
+def cu_const(path: str, name: str) -> int:
+    """`constexpr int <name> = <int>` from csrc/<path> (also in a comma-separated declaration)."""
+    import re
+    with open(os.path.join(CSRC, path)) as f:
+        m = re.search(rf"\b{name}\s*=\s*(\d+)\b", f.read())
+    if not m:
+        raise ValueError(f"{name} not found in csrc/{path}")
+    return int(m.group(1))
+
+
+def cuda_moe_launches(m: int, n: int) -> list[dict]:
+    """launch_typed (fp8_moe/sm90/fp8_grouped_gemm_sm90.cu): one CTA per (kBM x kBN) tile, each running
+    its main loop once per distinct expert of the tile (moe::collect_groups)."""
+    bm, bn = cu_const("fp8_moe/sm90/config.h", "kBM"), cu_const("fp8_moe/sm90/config.h", "kBN")
+    return [dict(grid=(math.ceil(m / bm) * math.ceil(n / bn),), BLOCK_M=bm, BLOCK_N=bn)]
+
+
+def cuda_moe_masked_launch(g: int, m: int, n: int) -> dict:
+    bm, bn = cu_const("fp8_moe/sm90/config.h", "kBM"), cu_const("fp8_moe/sm90/config.h", "kBN")
+    return dict(grid=(math.ceil(n / bn) * math.ceil(m / bm), g), BLOCK_M=bm, BLOCK_N=bn)
+
+
+def cuda_moe_rows(ts=(1, 2, 4, 8, 16, 32, 64, 128, 256)) -> list[dict]:
+    """The CUDA grouped GEMMs on the padded layout fp8_moe_experts builds (align MOE_BLOCK_M) and masked."""
+    out = []
+    for t in ts:
+        counts = counts_of(route(t))
+        m_idx = padded_m_indices(route(t), fp8_moe.MOE_BLOCK_M)
+        for gemm, (n, k) in (("gate_up", (2 * INTER, HIDDEN)), ("down", (HIDDEN, INTER))):
+            for layout, w in (("padded", moe_contiguous(m_idx, n, k, launches=cuda_moe_launches(m_idx.numel(), n))),
+                              ("masked", moe_masked(counts, t, n, k, launch=cuda_moe_masked_launch(E, t, n)))):
+                out.append(dict(T=t, gemm=gemm, layout=layout, ctas=w.ctas, tiles=w.tiles, ideal_tiles=w.ideal_tiles,
+                                tile_eff=w.ideal_tiles / w.tiles, bytes=w.bytes, ideal_bytes=w.ideal_bytes,
+                                byte_eff=w.ideal_bytes / w.bytes))
+    return out
+
+
+def cuda_topk_split_count(rows: int, n: int, num_sms: int = NUM_SMS) -> int:
+    """topk::split_count (indexer/common/radix_select.h)."""
+    block = cu_const("indexer/common/radix_select.h", "kSplitBlock")
+    min_splits = cu_const("indexer/common/radix_select.h", "kMinSplits")
+    s = min(math.ceil(n / block), math.ceil(num_sms / rows))
+    return s if s >= min_splits else 1
+
+
+def cuda_topk_row_passes(row: torch.Tensor, topk: int, split: bool) -> int:
+    """Full-row passes of launch_indexer_topk (indexer/indexer_topk.cu). Split path (split_kernel steps):
+    1 top byte + key range, 2 the 2^kFineBits-bin histogram, 3 compaction when the threshold's fine bin holds
+    <= kSplitCap keys (3 in all), else 1-2 radix steps over the bits below the bin + a compaction. One-CTA
+    path (topk_kernel): top-byte histogram + split pass (2), the candidate passes re-read the row only when
+    more than kCandidates keys share the threshold byte (2 + 3 radix + 1 gather = 6)."""
+    n = row.numel()
+    if n <= topk:
+        return 1
+    key = _keys(row)
+    thr = int(torch.topk(key, topk).values[-1])
+    if not split:
+        cand = int(((key >> 24) == (thr >> 24)).sum())
+        return 2 if cand <= cu_const("indexer/indexer_topk.cu", "kCandidates") else 6
+    fine_bits = cu_const("indexer/common/radix_select.h", "kFineBits")
+    prefix = (thr >> 24) << 24
+    lo, hi = max(int(key.min()), prefix), min(int(key.max()), prefix | 0xFFFFFF)
+    shift = 0
+    while (hi >> shift) - (lo >> shift) >= 1 << fine_bits:
+        shift += 1
+    c = int(((key >> shift) == (thr >> shift)).sum())
+    return 3 if c <= cu_const("indexer/common/radix_select.h", "kSplitCap") else 2 + (1 if shift <= 8 else 2) + 1
+
+
+def cuda_topk_rows(shapes=((4, 131072), (64, 9295), (1, 131072))) -> list[dict]:
+    out = []
+    for r, n in shapes:
+        splits = cuda_topk_split_count(r, n)
+        for gen, fn in GENERATORS.items():
+            x = fn(r, n)
+            passes = max(cuda_topk_row_passes(x[i], 2048, splits > 1) for i in range(r))
+            out.append(dict(rows=r, n=n, gen=gen, ctas=r * splits, launches=6 if splits > 1 else 1, passes=passes,
+                            bytes=r * n * 4 * passes, ideal_bytes=r * n * 4))
+    return out
+
+
+def cuda_logits_ragged(s: int, n: int, h: int = 64) -> dict:
+    """ragged_logits_kernel (indexer/sm90): a CTA per (128-key tile, kRowsPerCta query rows), causal ranges
+    [0, n - s + i + 1): the tile is loaded once if any of its rows reaches it, scored per such row."""
+    bn, rpc = 128, cu_const("indexer/sm90/config.h", "kRowsPerCta")
+    n_tiles = math.ceil(n / bn)
+    iters, loads, ideal = 0, 0, 0
+    for r0 in range(0, s, rpc):
+        his = [n - s + i + 1 for i in range(r0, min(r0 + rpc, s))]
+        loads += math.ceil(max(his) / bn)
+        iters += sum(math.ceil(hi / bn) for hi in his)
+        ideal += sum(math.ceil(hi / bn) for hi in his)
+    return dict(op=f"fp8_indexer_logits (CUDA sm90) S={s} N={n} H={h}", ctas=n_tiles * math.ceil(s / rpc),
+                iters=iters, ideal=ideal, bytes=loads * bn * (128 + 4), ideal_bytes=n * (128 + 4))
+
+
+def cuda_logits_paged(b: int, ctx: int, next_n: int = 1, h: int = 64) -> dict:
+    """paged_logits_kernel (indexer/sm90): a CTA per (page, request), pages past the context exit at once."""
+    page = cu_const("indexer/common/cache_layout.h", "kPage")
+    pages = math.ceil(ctx / page)
+    return dict(op=f"fp8_paged_indexer_logits (CUDA sm90) B={b} ctx={ctx} next_n={next_n}", ctas=b * pages,
+                iters=b * pages, ideal=b * pages, bytes=b * pages * page * 132, ideal_bytes=b * ctx * 132)
+
+
+def cuda_mla_decode(b: int, s_q: int, h: int = 128, topk: int = 2048) -> dict:
+    """sparse_mla_decode_kernel (sparse_mla/sm90): a CTA per (query row, kHeads heads), no top-k split,
+    kKeys keys per iteration (fp8 cache rows of 656 B). MMA: S = [kHeads, kKeys] x 576 with MmaS
+    (SM90_64x64x16, one warpgroup's tile) in both warpgroups, PV = each warpgroup's 256 columns of d_v."""
+    hh, kk = cu_const("sparse_mla/sm90/config.h", "kHeads"), cu_const("sparse_mla/sm90/config.h", "kKeys")
+    t = b * s_q
+    hb = math.ceil(h / hh)
+    mma = (2 * hh * kk * 576 + hh * 512 * kk) / (hh * kk * (576 + 512))
+    return dict(op=f"sparse_mla_decode (CUDA sm90) b={b} s_q={s_q} h={h} topk={topk} fp8", ctas=t * hb,
+                iters=t * hb * math.ceil(topk / kk), ideal=t * hb * math.ceil(topk / kk),
+                bytes=t * hb * topk * 656, ideal_bytes=t * topk * 656, mma_work=mma)
+
+
+def cuda_quant(op: str, rows: int, k: int, valid: int | None = None) -> dict:
+    """fp8_quant.cu: one warp per 128-element group, kThreads per CTA. silu (k = N): valid rows read 2N and
+    write N + scales; padding rows (m_indices < 0) cost their m_indices read."""
+    threads, group = cu_const("fp8_quant/fp8_quant.cu", "kThreads"), cu_const("fp8_quant/fp8_quant.cu", "kGroup")
+    groups = rows * (k // group)
+    valid = rows if valid is None else valid
+    row = (2 * k * 2 if op == "silu" else k * 2) + k + 4 * (k // group)
+    extra = 4 * rows if op == "silu" else 0
+    name = (f"silu_and_mul_fp8_quant (CUDA) M={rows} N={k} valid={valid}" if op == "silu"
+            else f"fp8_quant_act (CUDA) rows={rows} K={k}")
+    return dict(op=name, ctas=math.ceil(groups * 32 / threads), iters=valid * (k // group),
+                ideal=valid * (k // group), bytes=valid * row + extra, ideal_bytes=valid * row)
+
+
+def cuda_misc_rows() -> list[dict]:
+    silu1 = padded_m_indices(route(1), fp8_moe.MOE_BLOCK_M)
+    silu256 = padded_m_indices(route(256), fp8_moe.MOE_BLOCK_M)
+    return [cuda_logits_ragged(4096, 4096), cuda_logits_ragged(2048, 65536), cuda_logits_paged(64, 65536),
+            cuda_logits_paged(4, 131072, 2), cuda_mla_decode(64, 1), cuda_mla_decode(1, 2), cuda_mla_decode(128, 2),
+            mla_prefill_cuda(4096), cuda_quant("act", 256, HIDDEN),
+            cuda_quant("silu", silu1.numel(), INTER, int((silu1 >= 0).sum())),
+            cuda_quant("silu", silu256.numel(), INTER, int((silu256 >= 0).sum()))]
 
 
 # ------------------------------------------------- whole-model cost against context (benchmarks/context_curve)
@@ -430,7 +600,7 @@ def _mb(x):
 
 
 def markdown() -> str:
-    lines = ["# Work model (CPU): Triton kernels, H100 sm_90a configs, 132 SMs",
+    lines = ["# Work model (CPU): Triton and CUDA kernels, H100 sm_90a configs, 132 SMs",
              "", "Written by `python benchmarks/work_model.py` (definitions in its docstring); checked by "
              "`tests/test_work_model.py`.", "",
              f"## MoE grouped GEMM (E={E}, top-{TOPK_E}, gate_up N={2 * INTER} K={HIDDEN}, down N={HIDDEN} K={INTER})",
@@ -444,6 +614,12 @@ def markdown() -> str:
         lines.append(f"| {r['T']} | {r['gemm']} | {r['layout']} | {r['ctas']} | {r['tiles']:.0f} | {r['ideal_tiles']} | "
                      f"{r['tile_eff']:.1%} | {r['fill']:.1%} | {_mb(r['bytes'])} | {_mb(r['ideal_bytes'])} | {r['byte_eff']:.1%} | "
                      f"{_mb(r['bytes_before']) if r['bytes_before'] else '-'} |")
+    lines += ["", f"## SiLU-and-mul + FP8 quant between the GEMMs (padded layout, N={INTER})", "",
+              "`MB before` = every row of the layout read and written (the kernel before it took m_indices).", "",
+              "| op | CTAs | valid rows | MB moved | ideal MB | byte eff | MB before |", "|---|---|---|---|---|---|---|"]
+    for r in silu_rows():
+        lines.append(f"| {r['op']} | {r['ctas']} | {r['valid']} | {_mb(r['bytes'])} | {_mb(r['ideal_bytes'])} | "
+                     f"{r['ideal_bytes'] / r['bytes']:.1%} | {_mb(r['bytes_before'])} |")
     lines += ["", f"## Top-k 2048 (targets: >= {TOPK_MIN_CTAS} CTAs at 4 x 128K, <= {TOPK_MAX_PASSES} row passes "
               "on concentrated logits)", "",
               "`CTAs before` = one CTA per row (the previous kernel).", "",
@@ -464,6 +640,33 @@ def markdown() -> str:
               mla_prefill_cuda(4096, kernel="sm90"), mla_prefill_cuda(4096, h=16, kernel="sm90")):
         lines.append(f"| {r['op']} | {r['ctas']} | {r['iters']} | {r['ideal']} | {_mb(r['bytes'])} | "
                      f"{_mb(r['ideal_bytes'])} |")
+    lines += ["", "# CUDA backend (csrc/): the kernels as their launchers size them on an H100", "",
+              "Tile constants are read from the csrc/ sources (`cu_const`).", "",
+              f"## CUDA MoE grouped GEMM (sm_90a, kBM x kBN = {cuda_moe_launches(1, 1)[0]['BLOCK_M']} x "
+              f"{cuda_moe_launches(1, 1)[0]['BLOCK_N']}; target: tiles >= {MOE_TARGET:.0%} of ideal)", "",
+              "| T | GEMM | layout | CTAs | MMA tiles | ideal | tile eff | MB moved | ideal MB | byte eff |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in cuda_moe_rows():
+        lines.append(f"| {r['T']} | {r['gemm']} | {r['layout']} | {r['ctas']} | {r['tiles']:.0f} | "
+                     f"{r['ideal_tiles']} | {r['tile_eff']:.1%} | {_mb(r['bytes'])} | {_mb(r['ideal_bytes'])} | "
+                     f"{r['byte_eff']:.1%} |")
+    lines += ["", f"## CUDA top-k 2048 (targets: >= {TOPK_MIN_CTAS} CTAs at 4 x 128K, <= {TOPK_MAX_PASSES} row "
+              "passes on concentrated logits)", "",
+              "| rows x N | logits | CTAs | launches | row passes | MB read | ideal MB |",
+              "|---|---|---|---|---|---|---|"]
+    for r in cuda_topk_rows():
+        lines.append(f"| {r['rows']} x {r['n']} | {r['gen']} | {r['ctas']} | {r['launches']} | {r['passes']} | "
+                     f"{_mb(r['bytes'])} | {_mb(r['ideal_bytes'])} |")
+    lines += ["", "## CUDA indexer logits, sparse MLA, quantization", "",
+              "K-loop iters: indexer = (query row, key tile) scores, MLA = key blocks per CTA, quant = 128-groups. "
+              "`MMA x ideal` = tensor-core work per key block over the tile's ideal (sparse MLA decode: both "
+              "warpgroups compute S).", "",
+              "| op | CTAs | K-loop iters | ideal | MB loaded | ideal MB | MMA x ideal |",
+              "|---|---|---|---|---|---|---|"]
+    for r in cuda_misc_rows():
+        mma = f"{r['mma_work']:.2f}" if "mma_work" in r else "-"
+        lines.append(f"| {r['op']} | {r['ctas']} | {r['iters']} | {r['ideal']} | {_mb(r['bytes'])} | "
+                     f"{_mb(r['ideal_bytes'])} | {mma} |")
     return "\n".join(lines) + "\n"
 
 

@@ -66,6 +66,7 @@ def _compile_one(spec: dict) -> dict:
     rep["ttgir_fp8_bitcast"] = len(re.findall(r"tt\.bitcast .*-> tensor<[^>]*f8E4M3FN", ttgir))
     rep["ttgir_local_load"] = len(re.findall(r"ttg\.local_load [^\n]*memdesc<[0-9x]*(?:i8|f8E4M3FN)\b", ttgir))
     rep["mma_dup"] = mma_duplication(ttgir)
+    rep["mma_macs"] = mma_macs(ptx, opts["num_warps"])
     cubin = k.asm.get("cubin")
     sass, res = "", ""
     if cubin:
@@ -109,6 +110,21 @@ def mma_duplication(ttgir: str) -> int:
     return dup
 
 
+def mma_macs(ptx: str, num_warps: int):
+    """Multiply-accumulates the CTA's tensor-core instructions execute, one pass over the PTX: a wgmma
+    m64nNkK runs once per warpgroup (num_warps / 4 of them), an mma.sync mMnNkK once per warp. For a kernel
+    whose MMAs all sit in one un-peeled loop body this is the work per K step, to compare with the ideal
+    (M x N x K of the tile). None for tcgen05 (one thread issues it; not counted here)."""
+    if re.search(r"\btcgen05\.mma", ptx):
+        return None
+    total = 0
+    for m, n, k in re.findall(r"\bwgmma\.mma_async\.\S*?\.m(\d+)n(\d+)k(\d+)\.", ptx):
+        total += int(m) * int(n) * int(k) * (num_warps // 4)
+    for m, n, k in re.findall(r"\bmma\.sync\.\S*?\.m(\d+)n(\d+)k(\d+)\.", ptx):
+        total += int(m) * int(n) * int(k) * num_warps
+    return total
+
+
 def compile_kernels(specs: list[dict], timeout: int = 600) -> list[dict]:
     """Compile each spec in one child process (no interpreter). Returns one report per spec; a failed
     compile gives {"error": "..."} instead of raising, so tests can name the failing config."""
@@ -137,6 +153,13 @@ def check_shipped_configs(specs: list, arch: int) -> None:
         if rep["mma_dup"] > spec.get("max_mma_dup", 1):
             problems.append(f"{name}: a wgmma dot's rows are computed x{rep['mma_dup']} (warpgroups along M "
                             f"exceed the tile; allowed x{spec.get('max_mma_dup', 1)})")
+        if "ideal_macs" in spec:   # MMA work per K step vs the tile's M x N x K (1.0 = no duplicated work)
+            ratio = rep["mma_macs"] / spec["ideal_macs"] if rep["mma_macs"] is not None else None
+            lines[-1] += f" mma_work={ratio:.3f}x ideal" if ratio is not None else ""
+            if ratio is not None and ratio > spec.get("max_mma_work", 1.0) + 1e-9:
+                problems.append(f"{name}: tensor-core work per K step is {ratio:.3f}x the ideal "
+                                f"({rep['mma_macs']} MACs vs {spec['ideal_macs']}; allowed "
+                                f"{spec.get('max_mma_work', 1.0)}x)")
         if rep["spills"]:
             problems.append(f"{name}: {rep['spills']} local-memory instructions (spills) [{rep['res_usage']}]")
         if rep["shared"] > rep["shared_limit"]:
@@ -146,7 +169,8 @@ def check_shipped_configs(specs: list, arch: int) -> None:
         if spec.get("fp8_operands_direct"):   # e4m3 enters as fp8e4nv: no bitcast, no register round trip
             if rep["ttgir_fp8_bitcast"]:
                 problems.append(f"{name}: {rep['ttgir_fp8_bitcast']} u8 -> f8 bitcasts in TTGIR (bytes, not fp8e4nv)")
-            if arch >= 90 and rep["ttgir_local_load"]:
+            # wgmma / tcgen05 read shared memory directly; mma.sync (sm_89, sm_120) takes registers
+            if 90 <= arch < 120 and rep["ttgir_local_load"]:
                 problems.append(f"{name}: {rep['ttgir_local_load']} ttg.local_load of 8-bit tiles in TTGIR: an MMA "
                                 "operand goes shared -> registers -> shared")
     print("\n".join(lines))

@@ -33,11 +33,22 @@ def test_moe_tiles_meet_target(moe, layout):
 
 
 def test_moe_model_counts_multi_expert_tiles():
-    """A 128-row tile spanning 8 experts runs 8 tile K-loops (first pass + second pass in BLOCK_N units)."""
+    """A 128-row tile spanning 8 experts runs 8 tile K-loops (one per expert, in the same program)."""
     import torch
     ids = torch.arange(8).repeat_interleave(3)
     w = wm.moe_contiguous(ids, 4096, 7168)
     assert w.tiles == 8 * 4096 / wm.tk_moe.gemm_config_for(wm.CAP)["BLOCK_N"] == w.ideal_tiles
+
+
+def test_silu_quant_skips_padding_rows():
+    """SiLU-and-mul quant between the GEMMs reads and writes only the valid rows of the padded layout
+    (+ its m_indices): >= 90% of the ideal bytes at T = 1, 16, 256 (at T=1 the layout has 1024 rows for 8
+    valid ones: ~10 MiB processed before), in one launch over the static grid."""
+    for r in wm.silu_rows():
+        assert r["ideal_bytes"] / r["bytes"] >= 0.9, r
+        assert r["bytes_before"] > 10 * r["bytes"], r
+    t1 = wm.silu_quant(1)
+    assert t1["valid"] == wm.TOPK_E and t1["bytes_before"] > 10 * 2 ** 20
 
 
 def test_topk_row_passes():
@@ -102,3 +113,37 @@ def test_moe_layout_alignment_fits_every_kernel_tile():
     m_indices = wm.padded_m_indices(ids, fp8_moe.MOE_BLOCK_M)
     w = wm.moe_contiguous(m_indices, 4096, 7168)
     assert w.tiles == w.ideal_tiles and m_indices.numel() == fp8_moe.moe_capacity(64 * 8, 256, fp8_moe.MOE_BLOCK_M)
+
+
+# ---------------------------------------------------------------- the CUDA backend's kernels (csrc/)
+
+@pytest.mark.parametrize("layout", ["padded", "masked"])
+def test_cuda_moe_tiles_meet_target(layout):
+    """The sm_90a CUDA grouped GEMMs (kBM x kBN from csrc/fp8_moe/sm90/config.h) on the padded layout
+    fp8_moe_experts builds and on the masked layout: >= 90% of the ideal tiles at T = 1..256, bytes ideal."""
+    rows = [r for r in wm.cuda_moe_rows() if r["layout"] == layout]
+    assert len(rows) == 18
+    for r in rows:
+        assert r["tile_eff"] >= wm.MOE_TARGET, r
+        assert r["byte_eff"] >= 0.999, r
+
+
+def test_cuda_topk_targets():
+    """launch_indexer_topk at 4 x 128K: >= 64 CTAs (split path) and <= 3 row passes on concentrated logits."""
+    rows = [r for r in wm.cuda_topk_rows(shapes=((4, 131072),))]
+    assert all(r["ctas"] >= wm.TOPK_MIN_CTAS for r in rows)
+    assert all(r["passes"] <= wm.TOPK_MAX_PASSES for r in rows if r["gen"] in ("concentrated", "normal"))
+    assert wm.cuda_topk_split_count(64, 9295) == 1      # many short rows: the one-CTA kernel
+
+
+def test_cuda_rows_follow_the_sources(tmp_path, monkeypatch):
+    """Constants come from csrc/ (a missing one is a clear error), and every CUDA row is well formed."""
+    assert wm.cu_const("fp8_moe/sm90/config.h", "kBN") == 128
+    (tmp_path / "x.h").write_text("constexpr int kA = 1;\n")
+    monkeypatch.setattr(wm, "CSRC", str(tmp_path))
+    with pytest.raises(ValueError, match="kB not found in csrc/x.h"):
+        wm.cu_const("x.h", "kB")
+    monkeypatch.undo()
+    for r in wm.cuda_misc_rows():
+        assert r["ctas"] > 0 and r["iters"] >= r["ideal"] > 0 and r["bytes"] >= r["ideal_bytes"] > 0, r
+    assert wm.cuda_mla_decode(64, 1)["mma_work"] > 1.5     # both warpgroups compute S (see WORK_MODEL.md)

@@ -8,8 +8,9 @@ takes 128-wide steps, so each step sees exactly one activation scale per row (1x
 per 128 output columns (128x128 blocks):
     acc += tl.dot(a_fp8, b_fp8.T) * a_scale[:, None] * b_scale[None, :]      (fp8 MMA, fp32 promotion)
 Contiguous layout: a tile's expert is read from m_indices. Aligned inputs (each expert's rows contiguous
-and padded to BLOCK_M, as moe_align does) take one pass; a tile whose rows belong to several experts runs
-once per distinct expert and stores only that expert's rows, so any m_indices is correct. Rows whose
+and padded to BLOCK_M, as moe_padded_layout does) run one K loop per tile; a tile whose rows belong to
+several experts runs it once per distinct expert (same program, one launch) and stores only that expert's
+rows, so any m_indices is correct. Rows whose
 m_indices is outside [0, G) (e.g. -1 padding) are not written, and a tile without valid rows exits at once.
 Masked layout: rows >= masked_m[g] are not written; tiles past masked_m[g] exit at once. So with per-expert
 padded rows and device-side counts (the grid sized for the worst case), the MMA work is
@@ -30,22 +31,18 @@ GROUP = 128
 _BIG = tl.constexpr(2 ** 30)
 
 # Shipped GEMM configurations (tests/triton/test_compile_mla_moe.py compiles them): by arch family.
-# BLOCK_N must divide 128 (one weight scale per tile and K block). "second" is the pass over tiles that span
-# several experts (unaligned contiguous layouts only; a no-op pass otherwise): same BLOCK_M, lighter tile.
+# BLOCK_N must divide 128 (one weight scale per tile and K block).
 GEMM_CONFIGS = {
-    "sm90": dict(BLOCK_M=128, BLOCK_N=128, GROUP_M=8, num_warps=8, num_stages=4),   # Hopper / Blackwell
-    "sm89": dict(BLOCK_M=64, BLOCK_N=64, GROUP_M=8, num_warps=4, num_stages=3),     # Ada: fp8 mma.sync
+    "sm90": dict(BLOCK_M=128, BLOCK_N=128, GROUP_M=8, num_warps=8, num_stages=4),   # Hopper / sm_100 Blackwell
+    "sm89": dict(BLOCK_M=64, BLOCK_N=64, GROUP_M=8, num_warps=4, num_stages=3),     # Ada, sm_120: fp8 mma.sync
     "sm80": dict(BLOCK_M=64, BLOCK_N=64, GROUP_M=8, num_warps=4, num_stages=3),     # Ampere: decoded fp16
 }
 
 
-def second_pass_config(block_m: int) -> dict:
-    return dict(BLOCK_N=64, num_warps=8 if block_m >= 128 else 4, num_stages=2)
-
-
 def gemm_config_for(cap: tuple) -> dict:
     """Shipped launch config for a compute capability (the compile tests build these)."""
-    key = "sm90" if cap[0] >= 9 else ("sm89" if cap >= (8, 9) else "sm80")
+    # sm_120 (consumer Blackwell): no wgmma / tcgen05 and 99 KB of shared memory: the Ada tiles (fp8 mma.sync)
+    key = "sm90" if (9, 0) <= cap < (12, 0) else ("sm89" if cap >= (8, 9) else "sm80")
     cfg = config_override("DSV32_MOE_GEMM_CONFIG", dict(GEMM_CONFIGS[key]))
     if 128 % cfg["BLOCK_N"]:
         raise ValueError(f"BLOCK_N={cfg['BLOCK_N']} must divide 128 (one weight scale per tile and K block)")
@@ -107,7 +104,7 @@ def _grouped_gemm_contiguous_kernel(a_ptr, stride_am, as_ptr, stride_asm,
                                     b_ptr, stride_bg, stride_bn, bs_ptr, stride_bsg, stride_bsn,
                                     mi_ptr, c_ptr, stride_cm, M, N, K, G,
                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
-                                    FP8_NATIVE: tl.constexpr, SECOND_PASS: tl.constexpr):
+                                    FP8_NATIVE: tl.constexpr):
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     o_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < M
@@ -116,26 +113,17 @@ def _grouped_gemm_contiguous_kernel(a_ptr, stride_am, as_ptr, stride_asm,
     # [BLOCK_M] expert of each row; out-of-range experts (-1 padding) -> BIG
     b_ids = tl.load(mi_ptr + o_m, mask=m_m, other=-1)
     b_ids = tl.where((b_ids >= 0) & (b_ids < G), b_ids, _BIG)
-    p_c = c_ptr + o_m[:, None].to(tl.int64) * stride_cm + o_n[None, :]
+    # one K loop per distinct expert of the tile, in increasing order: aligned layouts (moe_padded_layout)
+    # run it once, a tile of padding rows exits at once, a tile spanning experts (unaligned) runs it per expert
     e = tl.min(b_ids, axis=0)
-    if SECOND_PASS:
-        # tiles whose rows span several experts (unaligned layouts): the 2nd, 3rd, ... expert
+    while e < _BIG:
+        m_e = m_m & (b_ids == e)
+        b_acc = _gemm_tile(a_ptr, stride_am, as_ptr, stride_asm,
+                           b_ptr + e.to(tl.int64) * stride_bg, stride_bn, bs_ptr + e.to(tl.int64) * stride_bsg,
+                           stride_bsn, o_m, m_e, pid_n * BLOCK_N, m_n, K, BLOCK_M, BLOCK_N, FP8_NATIVE)
+        p_c = c_ptr + o_m[:, None].to(tl.int64) * stride_cm + o_n[None, :]
+        tl.store(p_c, b_acc.to(c_ptr.dtype.element_ty), mask=m_e[:, None] & m_n[None, :])
         e = tl.min(tl.where(b_ids > e, b_ids, _BIG), axis=0)
-        while e < _BIG:
-            m_e = m_m & (b_ids == e)
-            b_acc = _gemm_tile(a_ptr, stride_am, as_ptr, stride_asm,
-                               b_ptr + e.to(tl.int64) * stride_bg, stride_bn, bs_ptr + e.to(tl.int64) * stride_bsg,
-                               stride_bsn, o_m, m_e, pid_n * BLOCK_N, m_n, K, BLOCK_M, BLOCK_N, FP8_NATIVE)
-            tl.store(p_c, b_acc.to(c_ptr.dtype.element_ty), mask=m_e[:, None] & m_n[None, :])
-            e = tl.min(tl.where(b_ids > e, b_ids, _BIG), axis=0)
-    else:
-        if e < _BIG:
-            # the tile's first (for aligned layouts: only) expert
-            m_e = m_m & (b_ids == e)
-            b_acc = _gemm_tile(a_ptr, stride_am, as_ptr, stride_asm,
-                               b_ptr + e.to(tl.int64) * stride_bg, stride_bn, bs_ptr + e.to(tl.int64) * stride_bsg,
-                               stride_bsn, o_m, m_e, pid_n * BLOCK_N, m_n, K, BLOCK_M, BLOCK_N, FP8_NATIVE)
-            tl.store(p_c, b_acc.to(c_ptr.dtype.element_ty), mask=m_e[:, None] & m_n[None, :])
 
 
 @triton.jit
@@ -184,14 +172,11 @@ def _check_gemm(a, a_scale, b, b_scale):
 
 def contiguous_launches(m: int, n: int, cap: tuple) -> list[dict]:
     """The launches fp8_grouped_gemm_nt_contiguous makes for M rows x N columns on arch `cap`: one dict per
-    kernel launch with its grid (programs), BLOCK_M/BLOCK_N and SECOND_PASS (used by benchmarks/work_model.py)."""
+    kernel launch with its grid (programs) and BLOCK_M/BLOCK_N (used by benchmarks/work_model.py). One launch:
+    a tile spanning several experts loops over them in the same program."""
     cfg = gemm_config_for(cap)
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
-    sp = second_pass_config(bm)
-    bn2 = min(sp.pop("BLOCK_N"), bn)
-    return [dict(grid=(triton.cdiv(m, bm) * triton.cdiv(n, bn),), BLOCK_M=bm, BLOCK_N=bn, SECOND_PASS=False, cfg=cfg),
-            dict(grid=(triton.cdiv(m, bm) * triton.cdiv(n, bn2),), BLOCK_M=bm, BLOCK_N=bn2, SECOND_PASS=True,
-                 cfg=dict(GROUP_M=cfg["GROUP_M"], **sp))]
+    return [dict(grid=(triton.cdiv(m, bm) * triton.cdiv(n, bn),), BLOCK_M=bm, BLOCK_N=bn, cfg=cfg)]
 
 
 def masked_launch(g: int, m: int, n: int, cap: tuple) -> dict:
@@ -227,7 +212,7 @@ def fp8_grouped_gemm_nt_contiguous(a, a_scale, b, b_scale, m_indices, out_dtype=
             m_indices, out, out.stride(0), M, N, K, G)
     for ln in contiguous_launches(M, N, _cap(a.device)):
         _grouped_gemm_contiguous_kernel[ln["grid"]](*args, BLOCK_M=ln["BLOCK_M"], BLOCK_N=ln["BLOCK_N"],
-                                                    FP8_NATIVE=native, SECOND_PASS=ln["SECOND_PASS"], **ln["cfg"])
+                                                    FP8_NATIVE=native, **ln["cfg"])
     return out
 
 
@@ -260,46 +245,58 @@ def fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, out_dtype=torch
 # ------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _silu_mul_quant_kernel(x_ptr, stride_xm, q_ptr, stride_qm, s_ptr, stride_sm, M, N,
-                           BLOCK_M: tl.constexpr, FP8_NATIVE: tl.constexpr):
+def _silu_mul_quant_kernel(x_ptr, stride_xm, q_ptr, stride_qm, s_ptr, stride_sm, mi_ptr, M, N,
+                           BLOCK_M: tl.constexpr, FP8_NATIVE: tl.constexpr, HAS_ROWS: tl.constexpr):
     i_m = tl.program_id(0)
     i_g = tl.program_id(1)
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < M
-    o_c = i_g * 128 + tl.arange(0, 128)
-    p_x = x_ptr + o_m[:, None].to(tl.int64) * stride_xm + o_c[None, :]
-    # [BLOCK_M, 128] gate and up halves
-    b_gate = tl.load(p_x, mask=m_m[:, None], other=0.0).to(tl.float32)
-    b_up = tl.load(p_x + N, mask=m_m[:, None], other=0.0).to(tl.float32)
-    b_h = b_gate / (1.0 + tl.exp(-b_gate)) * b_up
-    scale, inv = ue8m0_scale_bits(tl.max(tl.abs(b_h), axis=1))
-    b_y = b_h * inv[:, None]
-    if FP8_NATIVE:
-        b_y = tl.minimum(tl.maximum(b_y, -448.0), 448.0)
-        b_q = b_y.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-    else:
-        b_q = f32_to_e4m3_bits(b_y).to(tl.uint8)
-    tl.store(q_ptr + o_m[:, None].to(tl.int64) * stride_qm + o_c[None, :], b_q, mask=m_m[:, None])
-    tl.store(s_ptr + o_m.to(tl.int64) * stride_sm + i_g, scale, mask=m_m)
+    if HAS_ROWS:   # padded MoE layout: rows with m_indices < 0 are padding, neither read nor written
+        m_m = m_m & (tl.load(mi_ptr + o_m, mask=m_m, other=-1) >= 0)
+    if tl.max(m_m.to(tl.int32), axis=0) > 0:   # a block of padding rows costs only its m_indices read
+        o_c = i_g * 128 + tl.arange(0, 128)
+        p_x = x_ptr + o_m[:, None].to(tl.int64) * stride_xm + o_c[None, :]
+        # [BLOCK_M, 128] gate and up halves
+        b_gate = tl.load(p_x, mask=m_m[:, None], other=0.0).to(tl.float32)
+        b_up = tl.load(p_x + N, mask=m_m[:, None], other=0.0).to(tl.float32)
+        b_h = b_gate / (1.0 + tl.exp(-b_gate)) * b_up
+        scale, inv = ue8m0_scale_bits(tl.max(tl.abs(b_h), axis=1))
+        b_y = b_h * inv[:, None]
+        if FP8_NATIVE:
+            b_y = tl.minimum(tl.maximum(b_y, -448.0), 448.0)
+            b_q = b_y.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        else:
+            b_q = f32_to_e4m3_bits(b_y).to(tl.uint8)
+        tl.store(q_ptr + o_m[:, None].to(tl.int64) * stride_qm + o_c[None, :], b_q, mask=m_m[:, None])
+        tl.store(s_ptr + o_m.to(tl.int64) * stride_sm + i_g, scale, mask=m_m)
 
 
-def silu_and_mul_fp8_quant(x):
-    """x [M, 2N] float -> (fp8 [M, N] e4m3, scale [M, N/128] fp32 ue8m0) of silu(x[:, :N]) * x[:, N:]."""
+SILU_BLOCK_M = 16
+
+
+def silu_and_mul_fp8_quant(x, m_indices=None):
+    """x [M, 2N] float -> (fp8 [M, N] e4m3, scale [M, N/128] fp32 ue8m0) of silu(x[:, :N]) * x[:, N:].
+    m_indices [M] int32 or None: rows with m_indices < 0 (padding of the per-expert padded layout) are
+    neither read nor written (unspecified in the outputs); the grid stays static (no host sync)."""
     require_device("x", x)
     if x.dim() != 2 or x.shape[1] % (2 * GROUP):
         raise ValueError(f"x must be [M, 2N] with N a multiple of {GROUP}, got {list(x.shape)}")
     if x.stride(-1) != 1:
         x = x.contiguous()
     M, N = x.shape[0], x.shape[1] // 2
+    if m_indices is not None:
+        require_device("m_indices", m_indices)
+        if m_indices.dtype != torch.int32 or m_indices.shape != (M,):
+            raise ValueError(f"m_indices must be int32 [{M}], got {m_indices.dtype} {list(m_indices.shape)}")
+        m_indices = m_indices.contiguous()
     q = torch.empty(M, N, dtype=torch.float8_e4m3fn, device=x.device)
     s = torch.empty(M, N // GROUP, dtype=torch.float32, device=x.device)
     if M == 0:
         return q, s
-    block_m = 16
     q8 = q.view(torch.uint8)
-    _silu_mul_quant_kernel[(triton.cdiv(M, block_m), N // GROUP)](
-        x, x.stride(0), q8, q8.stride(0), s, s.stride(0), M, N,
-        BLOCK_M=block_m, FP8_NATIVE=native_fp8(x.device), num_warps=4)
+    _silu_mul_quant_kernel[(triton.cdiv(M, SILU_BLOCK_M), N // GROUP)](
+        x, x.stride(0), q8, q8.stride(0), s, s.stride(0), x if m_indices is None else m_indices, M, N,
+        BLOCK_M=SILU_BLOCK_M, FP8_NATIVE=native_fp8(x.device), HAS_ROWS=m_indices is not None, num_warps=4)
     return q, s
 
 

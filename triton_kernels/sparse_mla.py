@@ -13,10 +13,15 @@ Indices < 0 (or past the cache) are skipped; a row with none valid returns out =
 When few (token, head-block) programs exist (small decode batches), top-k is split across programs and
 `_combine_kernel` merges the partial (out, lse) pairs.
 Shipped configs (`attn_config`, compile-checked spill-free in tests/triton/test_compile_mla_moe.py):
-  sm_90a: 64 heads x 32 keys, 8 warps, 2 stages (wgmma; q and the latent tile in shared memory).
-  sm_100a: same, but each program owns half of d_v (DV_SPLIT=2): four [64, 128] fp32 accumulators plus
-           the scores overflow tcgen05 tensor memory (LLVM then reduces the kernel to a trap).
-  sm_80/86/89: 32 heads x 32 keys (mma.sync keeps q in registers). h <= 16 pads heads to 16 only.
+  sm_90a: 64 heads x 32 keys (fp8 cache, 1 stage) / 16 keys (bf16, 2 stages), 8 warps (wgmma; q and the
+          latent tile in shared memory). S is split over the two warpgroups (each computes half of the keys'
+          scores, ISOLATE_P) and each owns half of d_v in PV: tensor-core work per key = the ideal.
+  sm_100a: 64 heads x 32 keys, but each program owns half of d_v (DV_SPLIT=2): four [64, 128] fp32
+           accumulators plus the scores overflow tcgen05 tensor memory (LLVM then reduces the kernel to a
+           trap); both programs compute S.
+  sm_80/86/89/120: 32 heads x 32 keys (mma.sync keeps q in registers). h <= 16 pads heads to 16 only
+           (mma.sync on every arch, no d_v split). On mma.sync Triton's layouts compute S twice (1.53x the ideal MMA
+           work per key, compile-checked).
 """
 from __future__ import annotations
 
@@ -209,6 +214,30 @@ def mla_cache_gather(kv_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tenso
 # ------------------------------------------------------------------------------------------------
 
 @triton.jit
+def _scores_add(b_s, b_q, b_k, qk_scale_log2, SEPARATE: tl.constexpr):
+    """b_s + b_q @ b_k^T. SEPARATE: as its own dot, scaled to log2 units before the add (b_s then already is):
+    a dot accumulating into another dot's result is a chained dot to Triton's layout choice (see ISOLATE_P),
+    and `s + dot(a, b)` alone would be folded back into one accumulating dot."""
+    if SEPARATE:
+        return b_s + tl.dot(b_q, tl.trans(b_k)) * qk_scale_log2
+    else:
+        return tl.dot(b_q, tl.trans(b_k), b_s)
+
+
+@triton.jit
+def _softmax_step(b_s, valid, b_m, b_l, DOT_DTYPE: tl.constexpr):
+    """One online-softmax step (base 2) over a [BLOCK_H, BLOCK_T] score block; invalid keys are -inf.
+    A fully masked block keeps m = -inf without producing NaN. Returns (m_new, alpha, l_new, p)."""
+    b_s = tl.where(valid[None, :], b_s, float("-inf"))
+    b_m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
+    b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
+    b_alpha = tl.exp2(b_m - b_m_safe)
+    b_p = tl.exp2(b_s - b_m_safe[:, None])
+    b_l = b_l * b_alpha + tl.sum(b_p, axis=1)
+    return b_m_new, b_alpha, b_l, b_p.to(DOT_DTYPE)
+
+
+@triton.jit
 def _sparse_mla_attn_kernel(
     q_ptr, stride_q_t, stride_q_h,
     kv_ptr, kv_scale_ptr, kv_rope_ptr, stride_kv_row, n_rows,
@@ -218,7 +247,7 @@ def _sparse_mla_attn_kernel(
     H, qk_scale_log2,
     BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
     KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr, DOT_FP16: tl.constexpr, DV_SPLIT: tl.constexpr,
-    HAS_LEN: tl.constexpr,
+    HAS_LEN: tl.constexpr, ISOLATE_P: tl.constexpr,
 ):
     DOT_DTYPE: tl.constexpr = tl.float16 if DOT_FP16 else tl.bfloat16
     i_t = tl.program_id(0).to(tl.int64)
@@ -260,23 +289,28 @@ def _sparse_mla_attn_kernel(
         # the latent row is both K (with the rope part) and V: gathered and dequantized once
         b_pe = _load_k_pe(kv_ptr, kv_rope_ptr, stride_kv_row, row, valid, KV_FP8).to(DOT_DTYPE)
         # [BLOCK_H, BLOCK_T] scores; each 128-column group is loaded, dequantized and used in turn
-        b_s = tl.dot(b_qpe, tl.trans(b_pe))
+        b_s = _scores_add(tl.zeros([BLOCK_H, BLOCK_T], dtype=tl.float32), b_qpe, b_pe, qk_scale_log2, ISOLATE_P)
         b_k0 = _load_k_chunk(kv_ptr, kv_scale_ptr, stride_kv_row, row, valid, 0, KV_FP8, FP8_NATIVE).to(DOT_DTYPE)
-        b_s = tl.dot(b_q0, tl.trans(b_k0), b_s)
+        b_s = _scores_add(b_s, b_q0, b_k0, qk_scale_log2, ISOLATE_P)
         b_k1 = _load_k_chunk(kv_ptr, kv_scale_ptr, stride_kv_row, row, valid, 1, KV_FP8, FP8_NATIVE).to(DOT_DTYPE)
-        b_s = tl.dot(b_q1, tl.trans(b_k1), b_s)
+        b_s = _scores_add(b_s, b_q1, b_k1, qk_scale_log2, ISOLATE_P)
         b_k2 = _load_k_chunk(kv_ptr, kv_scale_ptr, stride_kv_row, row, valid, 2, KV_FP8, FP8_NATIVE).to(DOT_DTYPE)
-        b_s = tl.dot(b_q2, tl.trans(b_k2), b_s)
+        b_s = _scores_add(b_s, b_q2, b_k2, qk_scale_log2, ISOLATE_P)
         b_k3 = _load_k_chunk(kv_ptr, kv_scale_ptr, stride_kv_row, row, valid, 3, KV_FP8, FP8_NATIVE).to(DOT_DTYPE)
-        b_s = tl.dot(b_q3, tl.trans(b_k3), b_s)
-        b_s = tl.where(valid[None, :], b_s * qk_scale_log2, float("-inf"))
-        # online softmax (base 2); fully masked blocks keep m = -inf without producing NaN
-        b_m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
-        b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
-        b_alpha = tl.exp2(b_m - b_m_safe)
-        b_p = tl.exp2(b_s - b_m_safe[:, None])
-        b_l = b_l * b_alpha + tl.sum(b_p, axis=1)
-        b_p = b_p.to(DOT_DTYPE)
+        b_s = _scores_add(b_s, b_q3, b_k3, qk_scale_log2, ISOLATE_P)
+        if ISOLATE_P:
+            # P reaches the PV dots only through this runtime branch: Triton's layout choice for a wgmma dot
+            # (warpsPerTileV3) puts all warps along M when a dot is in its forward slice, which at 64 heads
+            # and 8 warps makes both warpgroups compute the same S. Through an scf.if result P is not in
+            # S's slice, S gets [4, 2] warps and each warpgroup computes half of the keys' scores.
+            if tl.max(valid.to(tl.int32), axis=0) > 0:
+                b_m_new, b_alpha, b_l, b_p = _softmax_step(b_s, valid, b_m, b_l, DOT_DTYPE)
+            else:   # no valid key in this block: nothing to add (same result as the step with p = 0)
+                b_m_new = b_m
+                b_alpha = tl.full([BLOCK_H], 1.0, dtype=tl.float32)
+                b_p = tl.zeros([BLOCK_H, BLOCK_T], dtype=DOT_DTYPE)
+        else:
+            b_m_new, b_alpha, b_l, b_p = _softmax_step(b_s * qk_scale_log2, valid, b_m, b_l, DOT_DTYPE)
         if DV_SPLIT == 1:
             b_acc0 = tl.dot(b_p, b_k0, b_acc0 * b_alpha[:, None])
             b_acc1 = tl.dot(b_p, b_k1, b_acc1 * b_alpha[:, None])
@@ -331,15 +365,28 @@ def _combine_kernel(op_ptr, lp_ptr, out_ptr, lse_ptr, H, n_splits,
         tl.store(out_ptr + (i_t * H + i_h) * 512 + o_d, b_out.to(out_ptr.dtype.element_ty))
 
 
-def attn_config(cap: tuple) -> dict:
-    """Shipped attention launch config for a compute capability (the compile tests build these)."""
-    if cap >= (10, 0):   # tcgen05: 4 [64, 128] fp32 accumulators + scores overflow TMEM -> split d_v in 2
-        cfg = dict(BLOCK_H=64, BLOCK_T=32, DV_SPLIT=2, num_warps=8, num_stages=2)
-    elif cap >= (9, 0):  # wgmma: q and the latent tile in shared memory, 128 fp32 acc registers per thread
-        cfg = dict(BLOCK_H=64, BLOCK_T=32, DV_SPLIT=1, num_warps=8, num_stages=2)
-    else:                # mma.sync (sm_80/86/89): q lives in registers as the A operand -> 32 heads per program
-        cfg = dict(BLOCK_H=32, BLOCK_T=32, DV_SPLIT=1, num_warps=8, num_stages=1)
-    return config_override("DSV32_MLA_ATTN_CONFIG", cfg)
+def attn_config(cap: tuple, kv_fp8: bool = True, h: int = 128) -> dict:
+    """Shipped attention launch config for a compute capability, cache kind and head count (the compile tests
+    build these). BLOCK_H is already fitted to h (padded to >= 16 for tl.dot).
+    ISOLATE_P: route P to the PV dots through a branch so S is split across warpgroups (wgmma, 64 heads)."""
+    if (10, 0) <= cap < (12, 0):   # tcgen05: 4 [64, 128] fp32 acc + scores overflow TMEM -> split d_v in 2
+        cfg = dict(BLOCK_H=64, BLOCK_T=32, DV_SPLIT=2, ISOLATE_P=False, num_warps=8, num_stages=2)
+    elif (9, 0) <= cap < (10, 0):  # wgmma: q and the latent tile in shared memory, 128 fp32 acc registers;
+        # with S split over both warpgroups, these are the spill-free tile/stage pairs (255 registers)
+        cfg = dict(BLOCK_H=64, BLOCK_T=32 if kv_fp8 else 16, DV_SPLIT=1, ISOLATE_P=True, num_warps=8,
+                   num_stages=1 if kv_fp8 else 2)
+    else:                # mma.sync (sm_80/86/89/120): q lives in registers as the A operand -> 32 heads per program
+        # sm_120: 1 stage spills the fp8 kernel (21 STL/LDL with ptxas for sm_120), 2 stages do not
+        cfg = dict(BLOCK_H=32, BLOCK_T=32, DV_SPLIT=1, ISOLATE_P=False, num_warps=8,
+                   num_stages=2 if cap >= (12, 0) else 1)
+    cfg = config_override("DSV32_MLA_ATTN_CONFIG", cfg)
+    cfg["BLOCK_H"] = max(16, min(cfg["BLOCK_H"], triton.next_power_of_2(h)))
+    if cfg["BLOCK_H"] < 64 and (9, 0) <= cap < (12, 0):
+        # below 64 heads the dots are mma.sync on every arch: there the branch would put S on [num_warps, 1]
+        # warps (4x the work at 32 rows), 16-key tiles duplicate it along N, and a d_v split (a tensor-memory
+        # limit) only makes both programs compute S; use the mma.sync shape
+        cfg.update(ISOLATE_P=False, BLOCK_T=32, DV_SPLIT=1, num_stages=2)
+    return cfg
 
 
 def _device_cap(device: torch.device) -> tuple:
@@ -371,8 +418,9 @@ def _sparse_mla(q3: torch.Tensor, kv_rows, kv_fp8: bool, native: bool, stride_kv
         out.zero_()
         lse.fill_(float("-inf"))
         return out, lse
-    cfg = attn_config(_device_cap(dev))
-    block_h = max(16, min(cfg.pop("BLOCK_H"), triton.next_power_of_2(H)))
+    cfg = attn_config(_device_cap(dev), kv_fp8, H)
+    block_h = cfg.pop("BLOCK_H")
+    isolate_p = cfg.pop("ISOLATE_P")
     dv_split = cfg.pop("DV_SPLIT")
     block_t = cfg.pop("BLOCK_T")
     n_hb = triton.cdiv(H, block_h)
@@ -397,7 +445,7 @@ def _sparse_mla(q3: torch.Tensor, kv_rows, kv_fp8: bool, native: bool, stride_kv
         o_buf, *so, l_buf, *sl,
         H, float(sm_scale) * LOG2E,
         BLOCK_H=block_h, BLOCK_T=block_t, KV_FP8=kv_fp8, FP8_NATIVE=native, DOT_FP16=dot_fp16, DV_SPLIT=dv_split,
-        HAS_LEN=lens is not None, **cfg)
+        HAS_LEN=lens is not None, ISOLATE_P=isolate_p, **cfg)
     if splits > 1:
         _combine_kernel[(T, H)](o_buf, l_buf, out, lse, H, splits,
                                 BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=128, num_warps=4)

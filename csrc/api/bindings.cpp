@@ -277,15 +277,24 @@ std::tuple<at::Tensor, at::Tensor> fp8_quant_act(const at::Tensor& x, int64_t gr
   return {out, scale};
 }
 
-std::tuple<at::Tensor, at::Tensor> silu_and_mul_fp8_quant(const at::Tensor& x) {
+std::tuple<at::Tensor, at::Tensor> silu_and_mul_fp8_quant(const at::Tensor& x,
+                                                          const std::optional<at::Tensor>& m_indices) {
   check_cuda(x, "x");
   TORCH_CHECK(x.dim() == 2 && x.size(1) % 256 == 0, "x must be [M, 2N] with N % 128 == 0");
   const int64_t m = x.size(0), n = x.size(1) / 2;
+  const int32_t* rows = nullptr;   // padded MoE layout: rows with m_indices < 0 are skipped (left unwritten)
+  if (m_indices.has_value()) {
+    check_i32(*m_indices, "m_indices");
+    TORCH_CHECK(m_indices->numel() == m, "m_indices must hold one int32 per row of x (", m, "), got ",
+                m_indices->numel());
+    rows = m_indices->data_ptr<int32_t>();
+  }
   const at::cuda::CUDAGuard guard(x.device());
   auto out = at::empty({m, n}, x.options().dtype(at::kFloat8_e4m3fn));
   auto scale = at::empty({m, n / 128}, x.options().dtype(at::kFloat));
   DSV32_CHECK_LAUNCH(launch_silu_and_mul_fp8_quant(x.data_ptr(), float_kind(x, "x"), static_cast<uint8_t*>(out.data_ptr()),
-                                                   scale.data_ptr<float>(), m, int(n), at::cuda::getCurrentCUDAStream()),
+                                                   scale.data_ptr<float>(), m, int(n), rows,
+                                                   at::cuda::getCurrentCUDAStream()),
                      "silu_and_mul_fp8_quant");
   return {out, scale};
 }
@@ -410,7 +419,7 @@ TORCH_LIBRARY(dsv32, m) {
   m.def("has_sm90_mla() -> bool", &dsv32::has_sm90_mla);
   m.def("has_sm90_mla_prefill() -> bool", &dsv32::has_sm90_mla_prefill);
   m.def("fp8_quant_act(Tensor x, int group, bool ue8m0) -> (Tensor, Tensor)");
-  m.def("silu_and_mul_fp8_quant(Tensor x) -> (Tensor, Tensor)");
+  m.def("silu_and_mul_fp8_quant(Tensor x, Tensor? m_indices=None) -> (Tensor, Tensor)");
   m.def("indexer_quant(Tensor x, bool rotate) -> (Tensor, Tensor)");
   // err (optional int32 [2]): the bound-check flag of common/bounds.cuh, written by the kernel (hence (b!)).
   m.def("indexer_k_quant_and_cache(Tensor k, Tensor(a!) kv_cache, Tensor slot_mapping, Tensor(b!)? err=None) -> ()");

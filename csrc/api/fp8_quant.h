@@ -12,7 +12,8 @@ enum class FloatKind : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 cudaError_t launch_fp8_quant_act(const void* x, FloatKind kind, uint8_t* out, float* scale, int64_t rows, int k,
                                  bool ue8m0, cudaStream_t stream);
 // x [rows, 2n] -> silu(x[:, :n]) * x[:, n:] quantized: out [rows, n] e4m3, scale [rows, n/128] f32 (ue8m0).
+// m_indices [rows] int32 or nullptr: rows with m_indices < 0 (MoE layout padding) are neither read nor written.
 cudaError_t launch_silu_and_mul_fp8_quant(const void* x, FloatKind kind, uint8_t* out, float* scale, int64_t rows,
-                                          int n, cudaStream_t stream);
+                                          int n, const int32_t* m_indices, cudaStream_t stream);
 
 }  // namespace dsv32

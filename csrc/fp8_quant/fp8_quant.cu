@@ -51,12 +51,14 @@ __global__ void __launch_bounds__(kThreads) quant_act_kernel(const void* __restr
 
 template <FloatKind K>
 __global__ void __launch_bounds__(kThreads) silu_mul_quant_kernel(const void* __restrict__ x, uint8_t* __restrict__ out,
-                                                                  float* __restrict__ scale, int64_t groups, int n) {
+                                                                  float* __restrict__ scale, int64_t groups, int n,
+                                                                  const int32_t* __restrict__ m_indices) {
   const int64_t grp = (int64_t(blockIdx.x) * kThreads + threadIdx.x) >> 5;
   if (grp >= groups) return;
   const int lane = threadIdx.x & 31;
   const int gpr = n / kGroup;
   const int64_t row = grp / gpr;
+  if (m_indices != nullptr && m_indices[row] < 0) return;   // padding row of the MoE layout: one 4-byte read
   const int col = int(grp % gpr) * kGroup + lane * 4;
   float v[4];
 #pragma unroll
@@ -87,15 +89,15 @@ cudaError_t launch_fp8_quant_act(const void* x, FloatKind kind, uint8_t* out, fl
 }
 
 cudaError_t launch_silu_and_mul_fp8_quant(const void* x, FloatKind kind, uint8_t* out, float* scale, int64_t rows,
-                                          int n, cudaStream_t stream) {
+                                          int n, const int32_t* m_indices, cudaStream_t stream) {
   if (n % sm80::kGroup) return cudaErrorInvalidValue;
   const int64_t groups = rows * (n / sm80::kGroup);
   if (groups == 0) return cudaSuccess;
   const int64_t blocks = ceil_div64(groups * 32, sm80::kThreads);
   switch (kind) {
-    case FloatKind::kF32: sm80::silu_mul_quant_kernel<FloatKind::kF32><<<blocks, sm80::kThreads, 0, stream>>>(x, out, scale, groups, n); break;
-    case FloatKind::kBF16: sm80::silu_mul_quant_kernel<FloatKind::kBF16><<<blocks, sm80::kThreads, 0, stream>>>(x, out, scale, groups, n); break;
-    case FloatKind::kF16: sm80::silu_mul_quant_kernel<FloatKind::kF16><<<blocks, sm80::kThreads, 0, stream>>>(x, out, scale, groups, n); break;
+    case FloatKind::kF32: sm80::silu_mul_quant_kernel<FloatKind::kF32><<<blocks, sm80::kThreads, 0, stream>>>(x, out, scale, groups, n, m_indices); break;
+    case FloatKind::kBF16: sm80::silu_mul_quant_kernel<FloatKind::kBF16><<<blocks, sm80::kThreads, 0, stream>>>(x, out, scale, groups, n, m_indices); break;
+    case FloatKind::kF16: sm80::silu_mul_quant_kernel<FloatKind::kF16><<<blocks, sm80::kThreads, 0, stream>>>(x, out, scale, groups, n, m_indices); break;
   }
   return cudaGetLastError();
 }

@@ -25,6 +25,7 @@ ARCHS = {"sm_80": "8.0", "sm_90a": "9.0a"}
 # compile for Ada and Blackwell: cheap translation units, so CI time stays small.
 EXTRA_ARCHS = {"sm_89": "8.9", "sm_100a": "10.0a"}
 EXTRA_ARCH_FILES = ("indexer/indexer_cache.cu", "sparse_mla/mla_cache.cu", "indexer/indexer_topk.cu",
+                    "fp8_quant/fp8_quant.cu",
                     "sparse_mla/sm80/sparse_mla_prefill_sm80.cu")
 JOBS = int(os.environ.get("DSV32_COMPILE_JOBS", "2"))
 

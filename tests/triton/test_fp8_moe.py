@@ -156,6 +156,25 @@ def test_silu_and_mul_fp8_quant(triton_device, seed, dtype, fp8_path):
     assert (q.view(torch.uint8) == rq.view(torch.uint8)).float().mean() > 0.99
 
 
+def test_silu_and_mul_fp8_quant_skips_padding_rows(triton_device, seed, fp8_path, nan_out):
+    """With the padded layout's m_indices, rows < 0 are neither read nor written (NaN from nan_out stays, NaN
+    input there is never seen); valid rows equal the reference. Rows 16..31 fill one whole 16-row block
+    (the program exits), other blocks mix valid and padding rows."""
+    dev = triton_device
+    M, N = 40, 256
+    x = (torch.randn(M, 2 * N, device=dev) * 4).bfloat16()
+    rows = torch.tensor([0] * 5 + [-1] * 27 + [3, 3, 3, -1, 7, 7, -1, 7], dtype=torch.int32, device=dev)
+    pad = rows < 0
+    x[pad] = float("nan")
+    q, s = ops.silu_and_mul_fp8_quant(x, rows, backend="triton")
+    rq, rs = naive.naive_silu_and_mul_fp8_quant(x[~pad])
+    assert s[pad].isnan().all() and q[pad].float().isnan().all()
+    torch.testing.assert_close(s[~pad], rs, rtol=0, atol=0)
+    assert (q[~pad].view(torch.uint8) == rq.view(torch.uint8)).float().mean() > 0.99
+    with pytest.raises(ValueError, match="m_indices"):
+        tk.silu_and_mul_fp8_quant(x, rows.long())
+
+
 # ------------------------------------------------------------------ FP8 byte codecs (sm_80 path)
 
 @triton.jit
@@ -367,9 +386,17 @@ def test_cuda_sm90_gemm_is_used_on_hopper(cuda_ext):
 
 
 @pytest.mark.gpu
-def test_cuda_silu_and_mul_fp8_quant(cuda_ext, seed):
+@pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
+def test_cuda_silu_and_mul_fp8_quant(cuda_ext, seed, padded):
+    """padded: rows with m_indices < 0 (NaN input) are skipped; the rows compared are the valid ones."""
     x = torch.randn(45, 2 * 384, device=DEV).to(torch.bfloat16)
-    q, s = cuda_ext.silu_and_mul_fp8_quant(x)
+    rows = torch.where(torch.arange(45, device=DEV) % 3 == 1, -1, 5).int() if padded else None
+    if padded:
+        x[rows < 0] = float("nan")
+    q, s = cuda_ext.silu_and_mul_fp8_quant(x, rows)
+    if padded:
+        keep = rows >= 0
+        x, q, s = x[keep], q[keep], s[keep]
     rq, rs = naive.naive_silu_and_mul_fp8_quant(x)
     assert torch.equal(s, rs)
     # expf vs torch's silu may differ by an ulp: a rare neighbouring fp8 code, never more

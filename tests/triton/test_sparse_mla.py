@@ -133,6 +133,7 @@ def _check(out, lse, ref_out, ref_lse, same_dtype=True):
     (1, 2, 20, 96, 96),      # h not a multiple of 16, topk not a multiple of the block
     (1, 1, 128, 64, 64),     # two head blocks
     (1, 1, 3, 128, 5),       # tiny h, mostly -1
+    (1, 1, 64, 96, 7),       # 64 heads: the sm_90a config splits S over warpgroups (ISOLATE_P); mostly -1
 ], ids=lambda v: str(v))
 def test_decode_matches_reference(triton_device, seed, fp8, b, s_q, h, topk, n_valid, attn_arch):
     dev = triton_device
@@ -146,10 +147,12 @@ def test_decode_matches_reference(triton_device, seed, fp8, b, s_q, h, topk, n_v
 
 
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-def test_decode_all_invalid_rows_and_oob(triton_device, seed, fp8):
+@pytest.mark.parametrize("h", [16, 64], ids=lambda v: f"h{v}")
+def test_decode_all_invalid_rows_and_oob(triton_device, seed, fp8, h):
+    """h=64 takes the sm_90a config's branch that skips blocks with no valid key (ISOLATE_P)."""
     dev = triton_device
     cache = _cache(fp8, 2, dev)
-    q = torch.randn(2, 2, 16, 576, device=dev).bfloat16()
+    q = torch.randn(2, 2, h, 576, device=dev).bfloat16()
     idx = _indices(2, 2, 64, 2 * PAGE, 30, dev)
     idx[0, 1] = -1                    # a whole row of -1
     idx[1, 0, :] = -1
@@ -160,7 +163,7 @@ def test_decode_all_invalid_rows_and_oob(triton_device, seed, fp8):
     assert (out[0, 1] == 0).all() and (lse[0, 1] == float("-inf")).all()
     # a single key: out is exactly that key's latent (softmax weight 1)
     row = naive.naive_mla_cache_gather(cache, torch.tensor([PAGE], device=dev))[0, :512]
-    torch.testing.assert_close(out[1, 0].float(), row.expand(16, 512).bfloat16().float(), rtol=0, atol=0)
+    torch.testing.assert_close(out[1, 0].float(), row.expand(h, 512).bfloat16().float(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])

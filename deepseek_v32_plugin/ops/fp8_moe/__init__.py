@@ -12,7 +12,9 @@ Scales as in ops.fp8_quant: activations 1x128 fp32 (ue8m0 powers of two), weight
       -> [G, M, N] bf16; rows m >= masked_m[g] are not written by the kernels (unspecified; the reference
       writes 0). With per-expert padded rows and device-side counts (masked_m, or -1 padding in m_indices)
       the kernels' MMA work is sum_g ceil(rows_g / BLOCK_M) * N / BLOCK_N tiles (benchmarks/work_model.py).
-  silu_and_mul_fp8_quant(x [M, 2N]) -> (fp8 [M, N], scale [M, N/128]) of silu(x[:, :N]) * x[:, N:].
+  silu_and_mul_fp8_quant(x [M, 2N], m_indices [M] int32 or None) -> (fp8 [M, N], scale [M, N/128]) of
+      silu(x[:, :N]) * x[:, N:]. With m_indices, rows whose m_indices < 0 (padding of the layout below) are
+      unspecified: the kernels neither read nor write them (the reference computes every row).
   fp8_moe_experts(x [T, D], w13 [E, 2I, D] e4m3 (gate rows then up rows), w13_scale [E, 2I/128, D/128],
       w2 [E, D, I] e4m3, w2_scale [E, D/128, I/128], topk_weights [T, k] fp32, topk_ids [T, k] int32)
       -> [T, D] = sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]); ids outside [0, E) (e.g. -1, or
@@ -33,7 +35,7 @@ import os
 
 import torch
 
-from .._dispatch import check_tensor, register_ops, requested_backend, resolve
+from .._dispatch import call_with_hints, check_tensor, register_ops, requested_backend, resolve
 from ..fp8_quant import FP8_DTYPE, GROUP, fp8_quant_act
 
 register_ops("fp8_moe", ["fp8_grouped_gemm_nt_contiguous", "fp8_grouped_gemm_nt_masked",
@@ -74,11 +76,16 @@ def fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, out_dtype=torch
     return resolve("fp8_grouped_gemm_nt_masked", a.device, backend)(a, a_scale, b, b_scale, masked_m, out_dtype)
 
 
-def silu_and_mul_fp8_quant(x, *, backend=None):
+def silu_and_mul_fp8_quant(x, m_indices=None, *, backend=None):
     check_tensor("x", x, dtype=_FLOAT, dims=2)
     if x.shape[1] % (2 * GROUP):
         raise ValueError(f"x width {x.shape[1]} must be 2*N with N a multiple of {GROUP}")
-    return resolve("silu_and_mul_fp8_quant", x.device, backend)(x)
+    fn = resolve("silu_and_mul_fp8_quant", x.device, backend)
+    if m_indices is None:
+        return fn(x)
+    check_tensor("m_indices", m_indices, dtype=torch.int32, shape=(x.shape[0],))
+    # a hint: the kernels skip padding rows; the torch reference (no such parameter) computes them too
+    return call_with_hints(fn, x, m_indices=m_indices)
 
 
 def moe_align_m(device: torch.device, backend=None) -> int:
@@ -141,7 +148,7 @@ def fp8_moe_experts(x, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, *, 
     x_fp8, x_scale = fp8_quant_act(x, backend=backend)
     src = tok.clamp(max=max(t - 1, 0))                               # padding rows read any row (never used)
     h = fp8_grouped_gemm_nt_contiguous(x_fp8[src], x_scale[src], w13, w13_scale, m_indices, backend=backend)
-    h_fp8, h_scale = silu_and_mul_fp8_quant(h, backend=backend)
+    h_fp8, h_scale = silu_and_mul_fp8_quant(h, m_indices, backend=backend)   # padding rows skipped
     y = fp8_grouped_gemm_nt_contiguous(h_fp8, h_scale, w2, w2_scale, m_indices, backend=backend)
     wts = torch.cat([topk_weights.reshape(-1), topk_weights.new_zeros(1)])[row_pair]
     out = torch.zeros(t + 1, d, dtype=torch.float32, device=x.device)

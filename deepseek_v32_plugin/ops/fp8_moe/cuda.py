@@ -23,7 +23,7 @@ def register_fakes(fake) -> None:
         return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype)
 
     @fake("silu_and_mul_fp8_quant")
-    def _(x):
+    def _(x, m_indices=None):
         n = x.shape[1] // 2
         return x.new_empty((x.shape[0], n), dtype=torch.float8_e4m3fn), x.new_empty((x.shape[0], n // 128),
                                                                                       dtype=torch.float32)
@@ -47,5 +47,5 @@ def fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, out_dtype=torch
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
-def silu_and_mul_fp8_quant(x):
-    return torch.ops.dsv32.silu_and_mul_fp8_quant(x.contiguous())
+def silu_and_mul_fp8_quant(x, m_indices=None):
+    return torch.ops.dsv32.silu_and_mul_fp8_quant(x.contiguous(), None if m_indices is None else _i32(m_indices))
