@@ -17,7 +17,7 @@ Phases, in order of value, each with a wall-clock budget (seconds; a phase past 
   (84 s serial; ninja runs them in parallel on 16 cores, so ~40-60 s with bindings.cpp) + margin;
   Triton (tests/triton/test_compile_*.py, sm_90a, this machine): the shipped MLA+MoE configs 17 s, the
   indexer's 18 s, ~1-2 s per kernel variant;
-  (b) 69 cases x (cuda [+ forced sm80] + triton) = 184 checks, dominated by ~40 Triton JIT compiles
+  (b) 71 cases x (cuda [+ forced sm80] + triton) = 188 checks, dominated by ~40 Triton JIT compiles
   at ~1-2 s; (c) 3.2 GB of weights generated on the GPU + 2 presets x 2 cache formats x 3 backends;
   (d) 7 anchors x 3 backends, ~0.3 s of replays each + compiles + the torch references (~1-3 s each);
   (e) 2 cases: 340 MB of caches filled, 2 warm-ups + a capture + 20 timed steps each,
