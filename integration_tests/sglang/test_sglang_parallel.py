@@ -57,3 +57,30 @@ def test_unservable_parallel_layout_refused_at_launch(tiny_ckpt, kw, flag):
     with pytest.raises(ValueError, match="cannot serve this parallel layout") as e:
         sglang.Engine(model_path=tiny_ckpt, **kw, **ENGINE_KW)
     assert flag in str(e.value), str(e.value)
+
+
+def test_dp_attention_2_matches_reference(tiny_ckpt, ref_bf16):
+    """tp_size=2, dp_size=2, enable_dp_attention: each attention-DP group (one rank) runs its own requests with
+    all heads; SGLang gathers both groups' rows around the MLPs (split over both ranks) and scatters them back.
+    Three prompts of different lengths and output lengths in one call: the DP controller spreads them over the
+    groups, so decode batches are padded to the other group's size (padding requests on SGLang's request 0)
+    and a group whose requests finished runs idle batches of padding rows while the other decodes. Every prompt
+    as test_sglang_tp2.py: median |input logprob - bf16 reference| within the TP bound (the MLPs' partial sums
+    are reduced across the ranks in bf16), greedy tokens = the reference's up to its first near-tie."""
+    import sglang
+    os.environ.setdefault("SGLANG_CPU_OMP_THREADS_BIND", "0|1")
+    prompts = [prompt_ids(n, seed=1000 + n) for n in (12, 90, 40)]
+    params = [{"max_new_tokens": m, "temperature": 0.0, "ignore_eos": True} for m in (8, 8, 3)]
+    eng = sglang.Engine(model_path=tiny_ckpt, tp_size=2, dp_size=2, enable_dp_attention=True, **ENGINE_KW)
+    try:
+        outs = eng.generate(input_ids=prompts, sampling_params=params, return_logprob=True, logprob_start_len=0)
+    finally:
+        eng.shutdown()
+    for ids, out in zip(prompts, outs):
+        n = len(ids)
+        got = [x[0] for x in out["meta_info"]["input_token_logprobs"]][1:]
+        errs = [abs(a - b) for a, b in zip(got, reference_input_logprobs(ref_bf16, ids))]
+        med = statistics.median(errs)
+        record_stat(f"sglang:dp-attn2:len{n}", {"median": TP_MEDIAN_TOL}, median=med, max=max(errs))
+        assert med <= TP_MEDIAN_TOL, f"dp attention len {n}: median |logprob - bf16 reference| = {med}"
+        check_greedy_against(ref_bf16, ids, out["output_ids"], info=("dp-attn2", n))
