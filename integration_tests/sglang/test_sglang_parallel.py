@@ -4,6 +4,7 @@
   pp2: pp_size=2: layers split over two stages (PPMissingLayer elsewhere), hidden states handed over as
        PPProxyTensors
 """
+import json
 import os
 import statistics
 
@@ -59,7 +60,7 @@ def test_unservable_parallel_layout_refused_at_launch(tiny_ckpt, kw, flag):
     assert flag in str(e.value), str(e.value)
 
 
-def test_dp_attention_2_matches_reference(tiny_ckpt, ref_bf16):
+def test_dp_attention_2_matches_reference(tiny_ckpt, ref_bf16, tmp_path, monkeypatch):
     """tp_size=2, dp_size=2, enable_dp_attention: each attention-DP group (one rank) runs its own requests with
     all heads; SGLang gathers both groups' rows around the MLPs (split over both ranks) and scatters them back.
     Three prompts of different lengths and output lengths in one call: the DP controller spreads them over the
@@ -70,12 +71,23 @@ def test_dp_attention_2_matches_reference(tiny_ckpt, ref_bf16):
     import sglang
     os.environ.setdefault("SGLANG_CPU_OMP_THREADS_BIND", "0|1")
     prompts = [prompt_ids(n, seed=1000 + n) for n in (12, 90, 40)]
-    params = [{"max_new_tokens": m, "temperature": 0.0, "ignore_eos": True} for m in (8, 8, 3)]
+    params = [{"max_new_tokens": m, "temperature": 0.0, "ignore_eos": True} for m in (8, 3, 8)]
+    batches = tmp_path / "batches.jsonl"   # every batch our backend planned, per rank (backend.BATCH_LOG_ENV)
+    monkeypatch.setenv("DSV32_SGLANG_BATCH_LOG", str(batches))
     eng = sglang.Engine(model_path=tiny_ckpt, tp_size=2, dp_size=2, enable_dp_attention=True, **ENGINE_KW)
     try:
         outs = eng.generate(input_ids=prompts, sampling_params=params, return_logprob=True, logprob_start_len=0)
     finally:
         eng.shutdown()
+    log = [json.loads(line) for line in open(batches)]
+    by_rank = {}
+    for pid, mode, rows, planned, padding in log:
+        by_rank.setdefault(pid, []).append((mode, rows, planned, padding))
+    assert len(by_rank) == 2 and all(any(b[0] == "EXTEND" and b[2] for b in v) for v in by_rank.values()), \
+        f"both attention-DP groups prefill requests of their own: {by_rank}"
+    assert any(b[0] == "DECODE" and b[3] for v in by_rank.values() for b in v), f"no padded decode batch: {by_rank}"
+    assert any(b[0] == "IDLE" and b[1] and not b[2] for v in by_rank.values() for b in v), \
+        f"no idle batch of padding rows: {by_rank}"
     for ids, out in zip(prompts, outs):
         n = len(ids)
         got = [x[0] for x in out["meta_info"]["input_token_logprobs"]][1:]

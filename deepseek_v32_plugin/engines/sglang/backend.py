@@ -36,6 +36,7 @@ from ...ops import PAGE_SIZE, indexer, sparse_mla
 
 BACKEND_NAME = "dsv32_sparse"
 GRAPH_LOG_ENV = "DSV32_SGLANG_GRAPH_LOG"
+BATCH_LOG_ENV = "DSV32_SGLANG_BATCH_LOG"
 
 
 def _make_backend_class():
@@ -70,6 +71,8 @@ def _make_backend_class():
             # test hook: append (event, batch size, rows per request, buffer addresses) of every graph capture
             # and every batch planned on a captured plan to this file (integration_tests/sglang)
             self._graph_log = os.environ.get(GRAPH_LOG_ENV) or None
+            # test hook: append (pid, mode, rows, planned rows, padding requests) of every batch to this file
+            self._batch_log = os.environ.get(BATCH_LOG_ENV) or None
 
         # ---- per batch -------------------------------------------------------------------------
         def init_forward_metadata(self, forward_batch):
@@ -86,6 +89,8 @@ def _make_backend_class():
                 elif self._graph_log:
                     self._log_graph("plan", plan)
                 self._fill_uniform(plan, fb.req_pool_indices, fb.positions, fb.out_cache_loc)
+                if self._batch_log:   # (a host read: test hook only)
+                    self._log_batch(mode, t, t, int((fb.req_pool_indices[:bs] == 0).sum()))
                 return
             dev = fb.seq_lens.device
             # Every query row attends causally to its own request's tokens 0..position (all already in the
@@ -108,6 +113,8 @@ def _make_backend_class():
             cols = torch.arange(pages, device=dev) * PAGE_SIZE
             block_table = (rows[:, cols] // PAGE_SIZE).to(torch.int32)                 # [B, P]
             self.row_req = row_req
+            if self._batch_log:
+                self._log_batch(mode, t, n, 0)
             if n == 0:   # idle batch: nothing to attend (dsa_forward returns zeros for its padding rows)
                 self.forward_metadata = None
                 return
@@ -181,6 +188,10 @@ def _make_backend_class():
             if self._graph_log:
                 self._log_graph("capture", plan)
             return plan
+
+        def _log_batch(self, mode, rows: int, planned: int, padding_reqs: int) -> None:
+            with open(self._batch_log, "a") as f:
+                f.write(json.dumps([os.getpid(), mode.name, rows, planned, padding_reqs]) + "\n")
 
         def _log_graph(self, event: str, plan: dsa.DSAPlan) -> None:
             g = plan.paged[0]
