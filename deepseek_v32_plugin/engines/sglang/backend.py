@@ -20,7 +20,9 @@ keys, score, top-k, slots) and `dsa.attend` (write the latent rows, sparse MLA) 
 Decode, draft decode and target verify batches (uniform: q <= 4 rows per request) skip the host plan: a plan
 whose shapes depend on (batch size, q) only, filled in place by device ops -- no host syncs -- is what
 eager steps and SGLang's graph runners (CUDA graphs, and the CPUGraphRunner of --enable-torch-compile)
-capture and replay; see NOTES.md "Graph capture". No math here.
+capture and replay; see NOTES.md "Graph capture". Rows SGLang pads a batch with (DP attention, graph replays
+at a larger captured size) carry no request: they select no keys and get a zero output (NOTES.md "DP
+attention"). No math here.
 """
 from __future__ import annotations
 
