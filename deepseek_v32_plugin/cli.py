@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--pp", type=int, help="pipeline parallel size")
     pl.add_argument("--dp", type=int, help="data parallel size")
     pl.add_argument("--ep", type=int, help="vLLM: 1 = --enable-expert-parallel; SGLang: --ep-size")
-    pl.add_argument("--dp-attention", action="store_true", help="SGLang DP attention: --dp attention groups inside the TP group (--attn-dp-size)")
+    pl.add_argument("--dp-attention", action="store_true",
+                    help="SGLang DP attention: --dp attention groups inside the TP group (--attn-dp-size)")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(fn=cmd_plan)
     return p

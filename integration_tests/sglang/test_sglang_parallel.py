@@ -63,7 +63,8 @@ def test_unservable_parallel_layout_refused_at_launch(tiny_ckpt, kw, flag):
 
 
 # opt-in (bash scripts/test.sh parallel): ~90 s each on 2 idle cores
-@pytest.mark.skipif(not os.environ.get("DSV32_PARALLEL_MATRIX"), reason="parallel matrix: bash scripts/test.sh parallel")
+@pytest.mark.skipif(not os.environ.get("DSV32_PARALLEL_MATRIX"),
+                    reason="parallel matrix: bash scripts/test.sh parallel")
 @pytest.mark.parametrize("kw", [dict(dp_size=2, enable_dp_attention=True), dict(attn_dp_size=2, ep_size=2)],
                          ids=["dp-attn2", "dp-attn2-ep2"])
 def test_dp_attention_2_matches_reference(tiny_ckpt, ref_bf16, tmp_path, monkeypatch, kw):
