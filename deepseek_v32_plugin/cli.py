@@ -120,7 +120,7 @@ def cmd_plan(args) -> int:
             raise LayoutError(f"--gpus={args.gpus}: the layout uses {lay.gpus} GPUs")
         layouts = [("given layout", lay)]
     else:
-        layouts = candidate_layouts(args.engine, args.gpus, args.gpus_per_node)
+        layouts = candidate_layouts(args.engine, args.gpus, args.gpus_per_node, mtp=args.mtp)
     plans = [(name, make_plan(lay, args.engine, gpu_bytes, kv_cache=args.kv_cache, mtp=args.mtp,
                               mem_fraction=args.mem_fraction, reserve_bytes=args.reserve_bytes))
              for name, lay in layouts]
@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--pp", type=int, help="pipeline parallel size")
     pl.add_argument("--dp", type=int, help="data parallel size")
     pl.add_argument("--ep", type=int, help="vLLM: 1 = --enable-expert-parallel; SGLang: --ep-size")
-    pl.add_argument("--dp-attention", action="store_true", help="SGLang --enable-dp-attention")
+    pl.add_argument("--dp-attention", action="store_true",
+                    help="SGLang DP attention: --dp attention groups inside the TP group (--attn-dp-size)")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(fn=cmd_plan)
     return p

@@ -8,9 +8,12 @@ A layout, in the terms both engines reduce to:
   moe_tp    ranks splitting each routed expert's intermediate dimension
   moe_ep    ranks splitting the routed experts themselves (expert parallel)
   replicas  independent attention groups, each with its own sequences and caches (data parallel / DP attention)
+  ffn_tp    ranks splitting the dense MLPs, the shared expert and lm_head (= attn_tp unless DP attention)
 vLLM:   attn_tp = TP; MoE over TP x DP ranks, by experts with --enable-expert-parallel, else by intermediate;
         replicas = DP; GPUs = TP x PP x DP.
-SGLang: --enable-dp-attention: attn_tp = tp / dp, replicas = dp, GPUs = tp x pp; else attn_tp = tp,
+SGLang: DP attention (--attn-dp-size dp, or its deprecated spelling --dp-size dp --enable-dp-attention):
+        attn_tp = tp / dp, replicas = dp, ffn_tp = tp (rows gathered from the attention groups around the
+        MLPs), the vocabulary of the embedding over attn_tp, GPUs = tp x pp; else attn_tp = ffn_tp = tp,
         replicas = dp (router copies), GPUs = tp x pp x dp. moe_ep = --ep-size, moe_tp = tp / ep.
 Imports nothing heavy (no torch): the engines' config hooks and `deepseek-v32 plan` use it.
 """
@@ -33,6 +36,13 @@ class Layout:
     moe_ep: int = 1
     replicas: int = 1
     flags: tuple = ()          # ((role, engine flag, value), ...), role in tp/pp/dp/ep: for messages
+    ffn_tp: int = 0            # 0: attn_tp
+    dp_attention: bool = False   # SGLang's DP attention: replicas are attention groups inside one TP group
+
+    @property
+    def mlp_tp(self) -> int:
+        """Ranks splitting the dense MLPs, the shared expert and lm_head."""
+        return self.ffn_tp or self.attn_tp
 
     @property
     def gpus_per_replica(self) -> int:
@@ -56,13 +66,17 @@ def vllm_layout(tp: int = 1, pp: int = 1, dp: int = 1, ep: bool = False) -> Layo
 
 
 def sglang_layout(tp: int = 1, pp: int = 1, dp: int = 1, ep: int = 1, dp_attention: bool = False) -> Layout:
-    flags = (("tp", "--tp-size", tp), ("pp", "--pp-size", pp), ("dp", "--dp-size", dp), ("ep", "--ep-size", ep))
+    """dp_attention: dp is the number of attention-DP groups (--attn-dp-size) inside the TP group."""
+    flags = (("tp", "--tp-size", tp), ("pp", "--pp-size", pp),
+             ("dp", "--attn-dp-size" if dp_attention else "--dp-size", dp), ("ep", "--ep-size", ep))
     if dp_attention and tp % dp:
-        raise LayoutError(f"--dp-size={dp}: with --enable-dp-attention it must divide --tp-size={tp}")
+        raise LayoutError(f"--attn-dp-size={dp}: DP attention groups split the TP group, so it must divide "
+                          f"--tp-size={tp}")
     if tp % ep:
         raise LayoutError(f"--ep-size={ep}: it must divide --tp-size={tp}")
     attn_tp = tp // dp if dp_attention else tp
-    return Layout(attn_tp=attn_tp, pp=pp, moe_tp=tp // ep, moe_ep=ep, replicas=dp, flags=flags)
+    return Layout(attn_tp=attn_tp, pp=pp, moe_tp=tp // ep, moe_ep=ep, replicas=dp, flags=flags, ffn_tp=tp,
+                  dp_attention=dp_attention)
 
 
 def stage_layers(num_layers: int, pp: int, engine: str = "vllm") -> list:
@@ -99,6 +113,6 @@ def check_layout(cfg: V32Config, lay: Layout) -> None:
                 f"(vLLM: --enable-expert-parallel; SGLang: --ep-size)")
     for what, inter in (("intermediate_size", cfg.intermediate_size),
                         ("shared expert", cfg.moe_intermediate_size * cfg.n_shared_experts)):
-        if inter and (inter % lay.attn_tp or (inter // lay.attn_tp) % FP8_BLOCK):
-            raise LayoutError(f"{lay.flag('tp')}: {what} {inter} split over {lay.attn_tp} ranks is not a whole "
+        if inter and (inter % lay.mlp_tp or (inter // lay.mlp_tp) % FP8_BLOCK):
+            raise LayoutError(f"{lay.flag('tp')}: {what} {inter} split over {lay.mlp_tp} ranks is not a whole "
                               f"number of {FP8_BLOCK}-wide FP8 blocks per rank")

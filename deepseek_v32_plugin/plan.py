@@ -58,10 +58,12 @@ def _split(name: str, lay: Layout) -> int:
     """How many ranks of one stage share this tensor (1 = replicated on each)."""
     if ".mlp.experts." in name:
         return lay.moe_tp * lay.moe_ep
-    if name.endswith(_VOCAB) or any(s in name for s in _ATTN_TP) or ".shared_experts." in name:
+    if name.endswith("embed_tokens.weight") or any(s in name for s in _ATTN_TP):
         return lay.attn_tp
+    if name.endswith(_VOCAB) or ".shared_experts." in name:   # lm_head, the MTP head
+        return lay.mlp_tp
     if ".mlp." in name and ".mlp.gate." not in name:   # dense MLP layers
-        return lay.attn_tp
+        return lay.mlp_tp
     return 1   # norms, q_a / kv_a projections, the indexer, the router, MTP eh_proj / enorm / hnorm
 
 
@@ -131,6 +133,9 @@ def make_plan(lay: Layout, engine: str, gpu_bytes: int, *, kv_cache: str = "fp8"
               cfg: V32Config | None = None) -> Plan:
     cfg = cfg or preset_config("full")
     check_layout(cfg, lay)
+    if engine == "sglang" and lay.dp_attention and mtp:
+        raise LayoutError(f"{lay.flag('dp')}: our SGLang backend serves DP attention without speculative decoding "
+                          "(the MTP layer): plan it with --no-mtp")
     frac = MEM_FRACTION[engine] if mem_fraction is None else mem_fraction
     usable = int(gpu_bytes * frac) - reserve_bytes
     per_layer = cache_bytes_per_token_layer(kv_cache)
@@ -144,9 +149,10 @@ def make_plan(lay: Layout, engine: str, gpu_bytes: int, *, kv_cache: str = "fp8"
     return plan
 
 
-def candidate_layouts(engine: str, gpus: int, gpus_per_node: int) -> list:
+def candidate_layouts(engine: str, gpus: int, gpus_per_node: int, mtp: bool = True) -> list:
     """(name, Layout) to compare for `gpus` GPUs, `gpus_per_node` per node: tensor parallel within a node
-    (pipeline stages across nodes), the same with expert parallel, and (vLLM) DP attention + expert parallel."""
+    (pipeline stages across nodes), the same with expert parallel, and DP attention + expert parallel (SGLang:
+    without the MTP layer, which our backend does not serve with DP attention)."""
     if gpus < 1 or gpus_per_node < 1 or gpus % gpus_per_node:
         raise LayoutError(f"--gpus={gpus}: must be a positive multiple of --gpus-per-node={gpus_per_node}")
     nodes = gpus // gpus_per_node
@@ -157,9 +163,12 @@ def candidate_layouts(engine: str, gpus: int, gpus_per_node: int) -> list:
         out.append((f"TP{tp} x PP{nodes} + EP", vllm_layout(tp=tp, pp=nodes, ep=True)))
         if gpus > 1:
             out.append((f"DP{gpus} attention + EP{gpus}", vllm_layout(tp=1, dp=gpus, ep=True)))
-    else:   # DP attention is not offered: our SGLang backend refuses it (engines/sglang/hooks.py)
+    else:
         out.append((f"TP{tp} x PP{nodes}", sglang_layout(tp=tp, pp=nodes)))
         out.append((f"TP{tp} x PP{nodes} + EP{tp}", sglang_layout(tp=tp, pp=nodes, ep=tp)))
+        if gpus > 1 and not mtp:   # one TP group over all GPUs, one attention group per GPU
+            out.append((f"DP{gpus} attention + EP{gpus}", sglang_layout(tp=gpus, dp=gpus, ep=gpus,
+                                                                       dp_attention=True)))
     return out
 
 
@@ -178,10 +187,8 @@ def launch_flags(engine: str, lay: Layout, nodes: int) -> list:
     args = [f"--tp-size {f['tp']}"]
     if f["pp"] > 1:
         args.append(f"--pp-size {f['pp']}")
-    if f["dp"] > 1:
-        args.append(f"--dp-size {f['dp']}")
-    if lay.attn_tp * f["dp"] == f["tp"] and f["dp"] > 1:
-        args.append("--enable-dp-attention")
+    if f["dp"] > 1:   # SGLang 0.5.23 spells DP attention --attn-dp-size (--dp-size N --enable-dp-attention: deprecated)
+        args.append(f"{'--attn-dp-size' if lay.dp_attention else '--dp-size'} {f['dp']}")
     if f["ep"] > 1:
         args.append(f"--ep-size {f['ep']}")
     return args

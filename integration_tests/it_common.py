@@ -85,13 +85,21 @@ def serving(cmd: list, port: int, log_path, health: str = "/health", env=None, t
             time.sleep(2)
         yield url
     finally:
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Stop a process started with start_new_session=True and everything it spawned (its process group):
+    SIGTERM, then SIGKILL if it has not exited within timeout seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):   # reap it; never mask the test's own error
+            proc.wait(timeout=timeout)
 
 
 @pytest.hookimpl(hookwrapper=True)

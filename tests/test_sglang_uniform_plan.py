@@ -3,7 +3,9 @@ or graph-captured) against the context-sized plan of model/dsa.py that those bat
   - select/attend give the same slots and the same output, bit for bit (capacity-wide indexer rows);
   - one plan refilled in place for new batch contents (what a graph replay does) keeps its buffers and
     equals a fresh context-sized plan of the new batch;
-  - filling it runs no host-syncing aten op (a planted .item() is caught)."""
+  - filling it runs no host-syncing aten op (a planted .item() is caught);
+  - padding requests (SGLang's reserved request row 0: DP attention, graph replays at a larger size) select
+    no keys and attend to nothing (zero output), and the real requests' results are unchanged by them."""
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -79,7 +81,8 @@ def test_uniform_plan_equals_context_plan_and_refills_in_place(seed, q):
     bufs = uniform_buffers(bs, bs * q, CAPACITY_PAGES, "cpu")   # as init_cuda/cpu_graph_state: once
     plan = None
     # contexts below and above top-k and across pages; then the same plan refilled with new contents
-    for reqs, seqs in (([4, 0, 2], [9, 70, 150]), ([1, 5, 3], [200, 12, 65])):
+    # (request rows 1..5: SGLang reserves row 0 for padding, see test_padding_requests_select_nothing)
+    for reqs, seqs in (([4, 1, 2], [9, 70, 150]), ([1, 5, 3], [200, 12, 65])):
         req_pool_indices, positions, slots = _batch(req_to_token, reqs, seqs, q)
         if plan is None:
             plan = uniform_plan(bufs, bs, q, slots, TOPK)
@@ -115,3 +118,42 @@ def test_draft_step_offset_and_detector():
     with pytest.raises(AssertionError, match="host-syncing"):
         with _NoSync():
             plan.seq_lens.max().item()   # a planted sync is caught
+
+
+
+@pytest.mark.parametrize("q", [1, 2], ids=["decode", "verify"])
+def test_padding_requests_select_nothing(seed, q):
+    """A batch padded as SGLang pads it (forward_batch_info.py _pad_inputs_to_size: request 0, position 0,
+    slot 0 -- the pools' reserved padding row and slot): the padding rows get position -1 and seq_len 0, select
+    no keys and give a zero output; the real requests' slots and outputs equal those of the unpadded batch."""
+    g = torch.Generator().manual_seed(seed)
+    req_to_token, pool_pages = _pool(g)
+    req_to_token += PAGE_SIZE                             # page 0 is SGLang's padding page: no request owns it
+    req_to_token[0] = 0                                   # its padding request row: every position at slot 0
+    caches = _caches(g, pool_pages + 1)
+    reqs, seqs, pad = [3, 5], [40, 150], 2
+    req_pool_indices, positions, slots = _batch(req_to_token, reqs, seqs, q)
+    n, bs = 2 * q, 2 + pad
+    t = bs * q
+    real = uniform_plan(uniform_buffers(2, n, CAPACITY_PAGES, "cpu"), 2, q, slots, TOPK)
+    fill_uniform(real, req_to_token, req_pool_indices, positions, slots)
+    padded_slots = torch.cat([slots, slots.new_zeros(t - n)])
+    padded = uniform_plan(uniform_buffers(bs, t, CAPACITY_PAGES, "cpu"), bs, q, padded_slots, TOPK)
+    with _NoSync():
+        fill_uniform(padded, req_to_token, torch.cat([req_pool_indices, req_pool_indices.new_zeros(pad)]),
+                     torch.cat([positions, positions.new_zeros(t - n)]), padded_slots)
+    assert padded.positions[n:].eq(-1).all() and padded.seq_lens[2:].eq(0).all() and padded.topk_length[n:].eq(0).all()
+    k = torch.randn(t, 128, generator=g)
+    q_fp8, q_scale = indexer.indexer_quant(torch.randn(t, H_I, 128, generator=g))
+    w = (torch.randn(t, H_I, generator=g) * q_scale).float()
+    q576 = torch.randn(t, H, sparse_mla.HEAD_576, generator=g).bfloat16()
+    kv_c, k_pe = torch.randn(t, 512, generator=g).bfloat16(), torch.randn(t, 64, generator=g).bfloat16()
+    outs = []
+    for plan, rows in ((padded, t), (real, n)):
+        icache, mcache = (c.clone() for c in caches)
+        sel = dsa.select(plan, k[:rows], q_fp8[:rows], w[:rows], icache, TOPK)
+        outs.append((sel, dsa.attend(plan, q576[:rows], kv_c[:rows], k_pe[:rows], mcache, sel, 0.1, 512)))
+    (got_sel, got_out), (want_sel, want_out) = outs
+    assert got_sel[n:].eq(-1).all(), "padding rows selected keys"
+    assert got_out[n:].eq(0).all(), "padding rows attended to something"
+    assert torch.equal(got_sel[:n], want_sel) and torch.equal(got_out[:n], want_out)

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from conftest import check_greedy_against, prompt_ids
-from it_common import free_port, serving
+from it_common import free_port, serving, stop_group
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # opt-in (bash scripts/test.sh parallel): two full SGLang servers
@@ -48,9 +48,5 @@ def test_two_nodes_pipeline_parallel_serve_reference_greedy(tiny_ckpt, ref_bf16,
                 assert c.json()["choices"][0]["text"] == r["text"]
                 check_greedy_against(ref_bf16, ids, r["output_ids"], info=("2 nodes", n))
     finally:
-        os.killpg(node1.pid, 15)
-        try:
-            node1.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(node1.pid, 9)
+        stop_group(node1)
         log1.close()

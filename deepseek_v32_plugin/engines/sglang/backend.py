@@ -20,7 +20,9 @@ keys, score, top-k, slots) and `dsa.attend` (write the latent rows, sparse MLA) 
 Decode, draft decode and target verify batches (uniform: q <= 4 rows per request) skip the host plan: a plan
 whose shapes depend on (batch size, q) only, filled in place by device ops -- no host syncs -- is what
 eager steps and SGLang's graph runners (CUDA graphs, and the CPUGraphRunner of --enable-torch-compile)
-capture and replay; see NOTES.md "Graph capture". No math here.
+capture and replay; see NOTES.md "Graph capture". Rows SGLang pads a batch with (DP attention, graph replays
+at a larger captured size) carry no request: they select no keys and get a zero output (NOTES.md "DP
+attention"). No math here.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from ...ops import PAGE_SIZE, indexer, sparse_mla
 
 BACKEND_NAME = "dsv32_sparse"
 GRAPH_LOG_ENV = "DSV32_SGLANG_GRAPH_LOG"
+BATCH_LOG_ENV = "DSV32_SGLANG_BATCH_LOG"
 
 
 def _make_backend_class():
@@ -70,6 +73,8 @@ def _make_backend_class():
             # test hook: append (event, batch size, rows per request, buffer addresses) of every graph capture
             # and every batch planned on a captured plan to this file (integration_tests/sglang)
             self._graph_log = os.environ.get(GRAPH_LOG_ENV) or None
+            # test hook: append (pid, mode, rows, planned rows, padding requests) of every batch to this file
+            self._batch_log = os.environ.get(BATCH_LOG_ENV) or None
 
         # ---- per batch -------------------------------------------------------------------------
         def init_forward_metadata(self, forward_batch):
@@ -86,34 +91,42 @@ def _make_backend_class():
                 elif self._graph_log:
                     self._log_graph("plan", plan)
                 self._fill_uniform(plan, fb.req_pool_indices, fb.positions, fb.out_cache_loc)
+                if self._batch_log:   # (a host read: test hook only)
+                    self._log_batch(mode, t, t, int((fb.req_pool_indices[:bs] == 0).sum()))
                 return
             dev = fb.seq_lens.device
             # Every query row attends causally to its own request's tokens 0..position (all already in the
             # cache, this batch's written first), whatever the mode: prefill chunks, radix hits, decode, and
             # the speculative modes (target verify of a draft chain, draft extend, draft decode steps).
+            # Rows past the requests' (DP attention pads a batch to its group's size; an idle rank's batch is
+            # padding only) carry no request: they are not planned, dsa_forward gives them a zero output.
             counts = self._rows_per_request(fb, t, bs)
-            row_req = torch.repeat_interleave(torch.arange(bs, device=dev),
+            n = sum(counts)
+            row_req = torch.repeat_interleave(torch.arange(len(counts), device=dev),
                                               torch.tensor(counts, dtype=torch.long, device=dev))
-            pos = fb.positions.to(torch.int64) + self.step_offset
-            kv_lens = torch.zeros(bs, dtype=torch.int64, device=dev)
-            if t:
+            pos = fb.positions[:n].to(torch.int64) + self.step_offset
+            kv_lens = torch.zeros(len(counts), dtype=torch.int64, device=dev)
+            if n:
                 kv_lens.scatter_reduce_(0, row_req, pos + 1, reduce="amax")
             kv_list = kv_lens.tolist()
             max_len = max(kv_list, default=0)
             pages = max(1, -(-max_len // PAGE_SIZE))
-            rows = self.req_to_token[fb.req_pool_indices.long()]                       # [B, max_ctx]
+            rows = self.req_to_token[fb.req_pool_indices[:len(counts)].long()]        # [B, max_ctx]
             cols = torch.arange(pages, device=dev) * PAGE_SIZE
             block_table = (rows[:, cols] // PAGE_SIZE).to(torch.int32)                 # [B, P]
             self.row_req = row_req
-            if t == 0:   # idle batch: nothing to attend (dsa_forward returns an empty output)
+            if self._batch_log:
+                self._log_batch(mode, t, n, 0)
+            if n == 0:   # idle batch: nothing to attend (dsa_forward returns zeros for its padding rows)
                 self.forward_metadata = None
                 return
             qsl = [0]
             for c in counts:
                 qsl.append(qsl[-1] + c)
-            md = dsa.plan(qsl, kv_list, block_table, fb.out_cache_loc, self.topk, indexer.PAGED_MAX_NEXT_N)
+            slots = fb.out_cache_loc[:n]
+            md = dsa.plan(qsl, kv_list, block_table, slots, self.topk, indexer.PAGED_MAX_NEXT_N)
             if not torch.equal(md.positions, pos):   # rows that are not their requests' last tokens: all ragged
-                md = dsa.plan(qsl, kv_list, block_table, fb.out_cache_loc, self.topk, 0, positions=pos)
+                md = dsa.plan(qsl, kv_list, block_table, slots, self.topk, 0, positions=pos)
             self.forward_metadata = md
 
         # ---- uniform batches (decode, draft decode, target verify): one path for eager and graphs --
@@ -161,7 +174,9 @@ def _make_backend_class():
         init_cpu_graph_state = init_cuda_graph_state
 
         def get_cuda_graph_seq_len_fill_value(self):
-            return 1   # padded rows: one token at position 0 of the reserved request 0 (slot 0)
+            # padded requests: SGLang's seq_lens filler (graph replays, DP attention); their rows sit on the
+            # reserved request 0, which fill_uniform plans as no keys whatever this value
+            return 1
 
         get_cpu_graph_seq_len_fill_value = get_cuda_graph_seq_len_fill_value
 
@@ -175,6 +190,10 @@ def _make_backend_class():
             if self._graph_log:
                 self._log_graph("capture", plan)
             return plan
+
+        def _log_batch(self, mode, rows: int, planned: int, padding_reqs: int) -> None:
+            with open(self._batch_log, "a") as f:
+                f.write(json.dumps([os.getpid(), mode.name, rows, planned, padding_reqs]) + "\n")
 
         def _log_graph(self, event: str, plan: dsa.DSAPlan) -> None:
             g = plan.paged[0]
@@ -208,9 +227,13 @@ def _make_backend_class():
 
         @staticmethod
         def _rows_per_request(fb, t: int, bs: int) -> list:
-            """Query rows of each request (rows are grouped by request, in batch order)."""
+            """Query rows of each request (rows are grouped by request, in batch order; any rows after them
+            are padding). SGLang's DP attention (forward_batch_info.py prepare_mlp_sync_batch) pads an extend
+            batch with rows of zero-length requests and makes an idle rank run a batch of padding rows."""
             mode = fb.forward_mode
-            if mode.is_decode() or mode.is_idle():
+            if mode.is_idle():
+                return []
+            if mode.is_decode():
                 if t % max(bs, 1):
                     raise NotImplementedError(f"{BACKEND_NAME}: {t} decode rows for {bs} requests (a draft tree, "
                                               "speculative_eagle_topk > 1, is not supported)")
@@ -220,10 +243,13 @@ def _make_backend_class():
                 if ext is None and fb.extend_seq_lens is not None:
                     ext = fb.extend_seq_lens.tolist()
                 if ext is not None:
-                    if sum(ext) != t:   # e.g. padded rows (DP attention): refusing beats mixing requests
+                    if sum(ext) > t:
                         raise NotImplementedError(f"{BACKEND_NAME}: {t} query rows but extend_seq_lens sum to "
                                                   f"{sum(ext)} in a {mode} batch")
-                    return list(ext)
+                    ext = list(ext)
+                    while ext and not ext[-1] and sum(ext) < t:   # padding requests (zero rows) at the end
+                        ext.pop()
+                    return ext
             if bs == 0 or t % bs:
                 raise NotImplementedError(f"{BACKEND_NAME}: cannot split {t} rows of a {mode} batch over {bs} requests")
             return [t // bs] * bs
@@ -246,21 +272,30 @@ def _make_backend_class():
             -> [T, h, kv_lora_rank]."""
             md = self.forward_metadata
             t = q576.shape[0]
-            if t == 0 or md is None:
-                return q576.new_empty(t, layer.tp_q_head_num, layer.v_head_dim)
-            if md.slot_mapping is not forward_batch.out_cache_loc:
+            if t == 0 or md is None:   # empty or idle (padding rows only): no keys, no output
+                return q576.new_zeros(t, layer.tp_q_head_num, layer.v_head_dim)
+            n = md.num_tokens   # < t: padding rows after the requests' (DP attention), planned out
+            slots_of_batch = forward_batch.out_cache_loc[:n] if n < t else forward_batch.out_cache_loc
+            if n == t and md.slot_mapping is not slots_of_batch:
                 # multi-step draft decode: planned once per round, the worker hands each step its own slots
-                self.forward_metadata = md = dataclasses.replace(md, slot_mapping=forward_batch.out_cache_loc)
+                self.forward_metadata = md = dataclasses.replace(md, slot_mapping=slots_of_batch)
             kv_cache, idx_cache = self._caches(layer.layer_id)
             if self.check_slots:
                 req = forward_batch.req_pool_indices.long()[self.row_req]
-                want = self.req_to_token[req, forward_batch.positions.long()]
-                if not torch.equal(want.to(torch.int64), forward_batch.out_cache_loc.to(torch.int64)):
+                want = self.req_to_token[req, forward_batch.positions[:n].long()]
+                if not torch.equal(want.to(torch.int64), slots_of_batch.to(torch.int64)):
                     raise AssertionError(f"{BACKEND_NAME}: out_cache_loc != req_to_token[req, position] in "
                                          f"{forward_batch.forward_mode}")
+            if n < t:
+                cut = lambda x: None if x is None else x[:n]   # noqa: E731
+                q576, kv_c, k_pe = q576[:n], kv_c[:n], k_pe[:n]
+                index_k, index_q_fp8, index_weights = cut(index_k), cut(index_q_fp8), cut(index_weights)
             slots = dsa.select(md, index_k, index_q_fp8, index_weights, idx_cache, self.topk, write=save_kv_cache)
-            return dsa.attend(md, q576, kv_c, k_pe, kv_cache, slots, layer.scaling, layer.v_head_dim,
-                              write=save_kv_cache)
+            out = dsa.attend(md, q576, kv_c, k_pe, kv_cache, slots, layer.scaling, layer.v_head_dim,
+                             write=save_kv_cache)
+            if n < t:
+                out = torch.cat([out, out.new_zeros(t - n, *out.shape[1:])])
+            return out
 
         def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
             raise NotImplementedError(f"{BACKEND_NAME}: the V3.2 model calls dsa_forward (engines/sglang/model.py)")
@@ -296,14 +331,19 @@ def uniform_plan(bufs: dict, bs: int, q: int, slot_mapping, topk: int, max_conte
 def fill_uniform(plan: dsa.DSAPlan, req_to_token, req_pool_indices, positions, out_cache_loc,
                  step_offset: int = 0) -> None:
     """Write a batch into the plan's tensors in place, by device ops only (graph-recordable, no host sync):
-    positions (+ the draft step's offset), seq_lens = last row + 1, block table of each request (its slots
-    are page-aligned: page p = req_to_token[req, 64 p] // 64) and of each row."""
+    positions (+ the draft step's offset; -1 for padding requests), seq_lens = last row + 1, block table of
+    each request (its slots are page-aligned: page p = req_to_token[req, 64 p] // 64) and of each row."""
     g = plan.paged[0]
     bs, q, t = g.req_hi, g.q, plan.num_tokens
     pos = plan.positions
     pos.copy_(positions[:t])
     if step_offset:
         pos.add_(step_offset)
+    # SGLang pads a batch (DP attention; a graph replayed at a larger captured size) with requests on its
+    # reserved request row 0 (mem_cache/memory_pool.py ReqToTokenPool, never a real request's): position -1,
+    # seq_len 0 -> no keys selected, zero attention output (dsa_graph); their key/latent writes go to slot 0,
+    # SGLang's padding slot, which no request reads
+    pos.view(bs, q).masked_fill_(req_pool_indices[:bs, None] == 0, -1)
     plan.seq_lens.copy_(pos.view(bs, q)[:, -1] + 1)
     pages = plan.block_table.shape[1]
     plan.block_table.copy_(req_to_token[:, ::PAGE_SIZE][req_pool_indices[:bs].long(), :pages]

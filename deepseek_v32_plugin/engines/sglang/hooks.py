@@ -76,13 +76,20 @@ def _check_servable_with_our_backend(server_args, cfg) -> None:
         if topk is not None and int(topk) > 1:
             raise ValueError(f"speculative_eagle_topk={topk}: the {BACKEND_NAME} attention backend drafts chains "
                              "only (pass --speculative-eagle-topk 1)")
-    if getattr(server_args, "enable_dp_attention", False):
-        raise ValueError(f"enable_dp_attention: the {BACKEND_NAME} attention backend does not support DP attention "
-                         "yet (its padded batches); use tensor parallelism (--tp) instead")
     from deepseek_v32_plugin.parallel import LayoutError, check_layout, sglang_layout
     g = lambda name: int(getattr(server_args, name, 1) or 1)   # noqa: E731
+    # DP attention: --attn-dp-size N, or its deprecated spelling --dp-size N --enable-dp-attention (SGLang turns
+    # the latter into the former, arg_groups/parallel_hook.py _handle_deprecated_dp_attention)
+    attn_dp, dp = g("attn_dp_size"), g("dp_size")
+    if attn_dp == 1 and getattr(server_args, "enable_dp_attention", False):
+        attn_dp, dp = dp, 1
+    if attn_dp > 1 and spec not in (None, "", "NONE"):
+        raise ValueError(f"enable_dp_attention with speculative_algorithm={spec}: the {BACKEND_NAME} attention "
+                         "backend serves DP attention without speculative decoding only (untested together)")
     try:   # heads, pipeline stages, FP8 expert blocks per rank (parallel.check_layout)
-        check_layout(cfg, sglang_layout(tp=g("tp_size"), pp=g("pp_size"), dp=g("dp_size"), ep=g("ep_size")))
+        lay = (sglang_layout(tp=g("tp_size"), pp=g("pp_size"), dp=attn_dp, ep=g("ep_size"), dp_attention=True)
+               if attn_dp > 1 else sglang_layout(tp=g("tp_size"), pp=g("pp_size"), dp=dp, ep=g("ep_size")))
+        check_layout(cfg, lay)
     except LayoutError as e:
         raise ValueError(f"deepseek_v32_plugin cannot serve this parallel layout: {e}") from None
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sglang.srt.distributed.communication_op import tensor_model_parallel_all_reduce
+from sglang.srt.layers.dp_attention import dp_gather_replicate, dp_scatter, get_global_dp_buffer, get_local_dp_buffer
 from sglang.srt.layers.layernorm import RMSNorm
 from sglang.srt.layers.linear import (ColumnParallelLinear, MergedColumnParallelLinear, ReplicatedLinear,
                                       RowParallelLinear)
@@ -153,23 +154,24 @@ class IndexerWeights(nn.Module):
 class MLAAttention(nn.Module):
     def __init__(self, cfg: V32Config, layer_id: int, prefix: str, rope: YarnRope):
         super().__init__()
-        tp = get_parallel().tp_size
+        tp = get_parallel().attn_tp_size   # = tp_size, or tp_size / attn_dp_size under DP attention
         if cfg.num_attention_heads % tp:
-            raise ValueError(f"num_attention_heads={cfg.num_attention_heads} is not divisible by tp_size={tp}")
+            raise ValueError(f"num_attention_heads={cfg.num_attention_heads} is not divisible by the attention's "
+                             f"{tp} tensor-parallel ranks")
         self.cfg, self.rope = cfg, rope
         self.h = cfg.num_attention_heads // tp
         self.q_a_proj = ReplicatedLinear(cfg.hidden_size, cfg.q_lora_rank, bias=False, prefix=f"{prefix}.q_a_proj")
         self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, eps=cfg.rms_norm_eps)
         self.q_b_proj = ColumnParallelLinear(cfg.q_lora_rank, cfg.num_attention_heads * cfg.qk_head_dim,
-                                             bias=False, prefix=f"{prefix}.q_b_proj")
+                                             bias=False, prefix=f"{prefix}.q_b_proj", parallel_group="attn_tp")
         self.kv_a_proj_with_mqa = ReplicatedLinear(cfg.hidden_size, cfg.kv_lora_rank + cfg.qk_rope_head_dim,
                                                    bias=False, prefix=f"{prefix}.kv_a_proj_with_mqa")
         self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, eps=cfg.rms_norm_eps)
         self.kv_b_proj = ColumnParallelLinear(cfg.kv_lora_rank,
                                               cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim),
-                                              bias=False, prefix=f"{prefix}.kv_b_proj")
+                                              bias=False, prefix=f"{prefix}.kv_b_proj", parallel_group="attn_tp")
         self.o_proj = RowParallelLinear(cfg.num_attention_heads * cfg.v_head_dim, cfg.hidden_size, bias=False,
-                                        reduce_results=True, prefix=f"{prefix}.o_proj")
+                                        reduce_results=True, prefix=f"{prefix}.o_proj", parallel_group="attn_tp")
         self.indexer = IndexerWeights(cfg, f"{prefix}.indexer")
         self.attn = RadixAttention(self.h, cfg.mla_cache_dim, cfg.softmax_scale, num_kv_heads=1,
                                    layer_id=layer_id, v_head_dim=cfg.kv_lora_rank, prefix=f"{prefix}.attn")
@@ -223,10 +225,23 @@ class DecoderLayer(nn.Module):
         is_moe = cfg.is_moe_layer(layer_idx) or layer_idx >= cfg.num_hidden_layers  # the MTP layer is MoE
         self.mlp = MoE(cfg, engine_layer_id, f"{prefix}.mlp") if is_moe else DenseMLP(
             cfg.hidden_size, cfg.intermediate_size, f"{prefix}.mlp")
+        # DP attention: each attention-DP group runs its own requests, the MLPs are split over the whole TP
+        # group; SGLang's DP gather/scatter carry the rows across (norms and residuals stay local)
+        self.gather_mlp_rows = get_parallel().attn_dp_size > 1
 
     def forward(self, positions, x, forward_batch):
         x = x + self.self_attn(positions, self.input_layernorm(x), forward_batch)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self._mlp(self.post_attention_layernorm(x), forward_batch)
+
+    def _mlp(self, x, forward_batch):
+        if not self.gather_mlp_rows:
+            return self.mlp(x)
+        tp_group = get_parallel().tp_group
+        rows = get_global_dp_buffer(tp_group)
+        dp_gather_replicate(rows, x, forward_batch)
+        out = get_local_dp_buffer(tp_group)
+        dp_scatter(out, self.mlp(rows), forward_batch)
+        return out
 
 
 class DeepseekV32Model(nn.Module):
@@ -241,7 +256,10 @@ class DeepseekV32Model(nn.Module):
         self.pp = get_parallel().pp_group
         self.start_layer, self.end_layer = get_pp_indices(cfg.num_hidden_layers, self.pp.rank_in_group,
                                                           self.pp.world_size)
-        self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, prefix=f"{prefix}.embed_tokens")
+        # DP attention: the token rows differ between attention-DP groups, so the vocabulary is split over the
+        # attention's TP group only (SGLang's own models do the same)
+        self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, prefix=f"{prefix}.embed_tokens",
+                                                    use_attn_tp_group=get_parallel().attn_dp_enabled)
                              if self.pp.is_first_rank else PPMissingLayer())
         self.layers = nn.ModuleList([DecoderLayer(cfg, i, f"{prefix}.layers.{i}", rope)
                                      if self.start_layer <= i < self.end_layer else PPMissingLayer()
@@ -292,7 +310,9 @@ class DeepseekV32ForCausalLM(nn.Module):
         # FP8 is handled by us (dequantized dense linears, FP8 experts): SGLang's FP8 config is not used.
         self.quant_config = None
         self.model = DeepseekV32Model(self.cfg)
-        self.lm_head = (ParallelLMHead(self.cfg.vocab_size, self.cfg.hidden_size, prefix="lm_head")
+        # split over the whole TP group (LogitsProcessor gathers the DP groups' rows) unless --enable-dp-lm-head
+        self.lm_head = (ParallelLMHead(self.cfg.vocab_size, self.cfg.hidden_size, prefix="lm_head",
+                                       use_attn_tp_group=get_parallel().enable_dp_lm_head)
                         if self.model.pp.is_last_rank else PPMissingLayer())
         # SGLang sizes this stage's KV pool from these (model_runner_components/layer_setup.py)
         self.start_layer, self.end_layer = self.model.start_layer, self.model.end_layer
