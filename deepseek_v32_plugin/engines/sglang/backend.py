@@ -134,7 +134,6 @@ def _make_backend_class():
             q = t // bs
             return q if q <= indexer.PAGED_MAX_NEXT_N else 0
 
-
         def _eager_bound(self, fb) -> Optional[int]:
             """Eager plain decode (rows at seq_len - 1): the host int seq_lens_sum bounds every request's keys,
             so the indexer need not read the whole capacity (equal results: the extra columns are -inf).
