@@ -20,6 +20,11 @@ def out(y):
     return y[0] if isinstance(y, tuple) else y
 
 
+def linear_of(w: torch.Tensor):
+    """A bias-free linear on a plain weight [out, in] as a callable for the functions here: t -> t @ w.T."""
+    return lambda t: t @ w.t()
+
+
 def split_kv_b(kv_b_weight: torch.Tensor, heads: int, qk_nope_head_dim: int, v_head_dim: int, kv_lora_rank: int):
     """kv_b_proj weight [heads * (nope + v), kv_lora] (this rank's heads) -> (w_uk [heads, nope, kv_lora],
     w_uv [heads, v, kv_lora]), views of the weight (no copy: at full size kv_b is 32 MiB per layer)."""

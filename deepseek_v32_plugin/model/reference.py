@@ -24,7 +24,7 @@ from ..ops import PAGE_SIZE, fp8_moe, indexer, sparse_mla
 from ..ops.fp8_quant import FP8_DTYPE, fp8_dequant_weight, fp8_quant_weight
 from .cache import PagedCache, Sequence
 from .indexer import ascending, indexer_inputs, k_layer_norm
-from .mla import absorb_query, output, project, split_kv_b
+from .mla import absorb_query, linear_of, output, project, split_kv_b
 from .mtp import mtp_input
 from .moe import route
 from .rope import YarnRope
@@ -51,7 +51,7 @@ class _Weights:
             w = fp8_dequant_weight(w, self.raw(f"{prefix}.weight_scale_inv"), name=f"{prefix}.weight")
         return w.to(self.dtype)
 
-    def fp8_linear(self, prefix: str):
+    def fp8linear_of(self, prefix: str):
         """(W_fp8, scale_inv) for expert GEMMs; quantizes a non-FP8 checkpoint's weight on the fly."""
         w = self.raw(f"{prefix}.weight")
         if w.dtype == FP8_DTYPE:
@@ -89,27 +89,24 @@ class Attention:
         self.idx_k_norm_b = w.raw(f"{ip}.k_norm.bias").float()
         self.idx_weights_proj = w.linear(f"{ip}.weights_proj")
 
-    def _linear(self, w):
-        return lambda t: t @ w.t()
-
-    def _rms_norm(self, weight):
+    def _norm(self, weight):
         return lambda t: rms_norm(t, weight, self.cfg.rms_norm_eps)
 
     def project(self, x, positions):
         """-> qr, q_nope, q_pe, kv_c, k_pe (model/mla.project on this layer's weights)."""
-        return project(x, positions, self.rope, self.cfg, self.cfg.num_attention_heads, self._linear(self.q_a),
-                       self._rms_norm(self.q_a_norm), self._linear(self.q_b), self._linear(self.kv_a),
-                       self._rms_norm(self.kv_a_norm))
+        return project(x, positions, self.rope, self.cfg, self.cfg.num_attention_heads, linear_of(self.q_a),
+                       self._norm(self.q_a_norm), linear_of(self.q_b), linear_of(self.kv_a),
+                       self._norm(self.kv_a_norm))
 
     def indexer_inputs(self, x, qr, positions, with_q: bool = True):
         """-> k [n, 128] (roped), q_fp8 [n, H_i, 128], weights [n, H_i] fp32 (model/indexer.indexer_inputs)."""
-        return indexer_inputs(x, qr, positions, self.rope, self.cfg, self._linear(self.idx_wq_b),
-                              self._linear(self.idx_wk), lambda k: k_layer_norm(k, self.idx_k_norm_w, self.idx_k_norm_b),
+        return indexer_inputs(x, qr, positions, self.rope, self.cfg, linear_of(self.idx_wq_b),
+                              linear_of(self.idx_wk), lambda k: k_layer_norm(k, self.idx_k_norm_w, self.idx_k_norm_b),
                               lambda t: t.float() @ self.idx_weights_proj.float().t(), indexer.indexer_quant, with_q)
 
     def output(self, out_lat):
         """Latent attention output [n, h, kv_lora] -> [n, D]."""
-        return output(out_lat, self.w_uv, self._linear(self.o))
+        return output(out_lat, self.w_uv, linear_of(self.o))
 
     def forward(self, x, positions, seq: Sequence, cache_mla, cache_idx, use_indexer: bool = True):
         cfg = self.cfg
@@ -160,9 +157,9 @@ class MoE:
         self.bias = w.raw(f"{prefix}.gate.e_score_correction_bias").float()
         w13, s13, w2, s2 = [], [], [], []
         for j in range(cfg.n_routed_experts):
-            g, gs = w.fp8_linear(f"{prefix}.experts.{j}.gate_proj")
-            u, us = w.fp8_linear(f"{prefix}.experts.{j}.up_proj")
-            d, ds = w.fp8_linear(f"{prefix}.experts.{j}.down_proj")
+            g, gs = w.fp8linear_of(f"{prefix}.experts.{j}.gate_proj")
+            u, us = w.fp8linear_of(f"{prefix}.experts.{j}.up_proj")
+            d, ds = w.fp8linear_of(f"{prefix}.experts.{j}.down_proj")
             w13.append(torch.cat([g, u])), s13.append(torch.cat([gs, us])), w2.append(d), s2.append(ds)
         self.w13, self.s13 = torch.stack(w13), torch.stack(s13)
         self.w2, self.s2 = torch.stack(w2), torch.stack(s2)
@@ -276,7 +273,7 @@ class ReferenceModel:
         cache.reserve(seq, n)
         eps = self.cfg.rms_norm_eps
         x = mtp_input(m["embed"][token_ids], prev_hidden, positions, lambda t: rms_norm(t, m["enorm"], eps),
-                      lambda t: rms_norm(t, m["hnorm"], eps), lambda t: t @ m["eh_proj"].t())
+                      lambda t: rms_norm(t, m["hnorm"], eps), linear_of(m["eh_proj"]))
         x, _ = m["layer"].forward(x, positions, seq, cache, self.cfg.num_hidden_layers, use_indexer)
         seq.length += n
         logits = (rms_norm(x, m["head_norm"], self.cfg.rms_norm_eps) @ m["head"].t()).float()

@@ -190,7 +190,7 @@ class MLAAttention(nn.Module):
         md = get_attn_backend().forward_metadata   # a batch whose rows all fit in top-k is not scored
         # the indexer's projections on plain weights, in the reference's formulation (bit-equal in bf16)
         ik, q_fp8, weights = indexer_inputs(
-            x, qr, positions, self.rope, cfg, lambda t: t @ w.wq_b.weight.t(), lambda t: t @ w.wk.weight.t(),
+            x, qr, positions, self.rope, cfg, mla.linear_of(w.wq_b.weight), mla.linear_of(w.wk.weight),
             lambda k: k_layer_norm(k, w.k_norm.weight, w.k_norm.bias),
             lambda t: t.float() @ w.weights_proj.weight.float().t(), indexer.indexer_quant,
             with_q=md is None or md.needs_scores)
