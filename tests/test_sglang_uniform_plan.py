@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from deepseek_v32_plugin.engines.sglang.backend import fill_uniform, uniform_buffers, uniform_plan
+from deepseek_v32_plugin.engines.sglang.backend import fill_uniform, uniform_buffers
 from deepseek_v32_plugin.model import dsa
 from deepseek_v32_plugin.ops import PAGE_SIZE, indexer, sparse_mla
 
@@ -78,24 +78,24 @@ def test_uniform_plan_equals_context_plan_and_refills_in_place(seed, q):
     req_to_token, pool_pages = _pool(g)
     caches = _caches(g, pool_pages)
     bs = 3
-    bufs = uniform_buffers(bs, bs * q, CAPACITY_PAGES, "cpu")   # as init_cuda/cpu_graph_state: once
+    bufs = uniform_buffers(bs, bs * q, CAPACITY_PAGES, TOPK, "cpu")   # as init_cuda/cpu_graph_state: once
     plan = None
     # contexts below and above top-k and across pages; then the same plan refilled with new contents
     # (request rows 1..5: SGLang reserves row 0 for padding, see test_padding_requests_select_nothing)
     for reqs, seqs in (([4, 1, 2], [9, 70, 150]), ([1, 5, 3], [200, 12, 65])):
         req_pool_indices, positions, slots = _batch(req_to_token, reqs, seqs, q)
         if plan is None:
-            plan = uniform_plan(bufs, bs, q, slots, TOPK)
+            plan = bufs.plan(bs, q)
             ptrs = [t.data_ptr() for t in (plan.seq_lens, plan.block_table, plan.positions, plan.row_block_table)]
         with _NoSync():
-            fill_uniform(plan, req_to_token, req_pool_indices, positions, slots)
+            fill_uniform(bufs, plan, req_to_token, req_pool_indices, positions, slots)
         assert [t.data_ptr() for t in (plan.seq_lens, plan.block_table, plan.positions,
                                        plan.row_block_table)] == ptrs
         want = _context_plan(req_to_token, reqs, seqs, q, slots)
         if q == 1:   # an eager decode batch read up to a bound of its lengths (backend._eager_bound), tightest
-            bounded = uniform_plan(uniform_buffers(bs, bs * q, CAPACITY_PAGES, "cpu"), bs, q, slots, TOPK,
-                                   -(-max(seqs) // PAGE_SIZE) * PAGE_SIZE)
-            fill_uniform(bounded, req_to_token, req_pool_indices, positions, slots)
+            b_bufs = uniform_buffers(bs, bs * q, CAPACITY_PAGES, TOPK, "cpu")
+            bounded = b_bufs.plan(bs, q, -(-max(seqs) // PAGE_SIZE) * PAGE_SIZE)
+            fill_uniform(b_bufs, bounded, req_to_token, req_pool_indices, positions, slots)
             b_seed = int(torch.randint(1 << 30, (1,), generator=g))
             for a, b in zip(_step(bounded, caches, torch.Generator().manual_seed(b_seed), bs),
                             _step(want, caches, torch.Generator().manual_seed(b_seed), bs)):
@@ -112,8 +112,9 @@ def test_draft_step_offset_and_detector():
     g = torch.Generator().manual_seed(0)
     req_to_token, _ = _pool(g)
     req_pool_indices, positions, slots = _batch(req_to_token, [2, 3], [40, 100], 1)
-    plan = uniform_plan(uniform_buffers(2, 2, CAPACITY_PAGES, "cpu"), 2, 1, slots, TOPK)
-    fill_uniform(plan, req_to_token, req_pool_indices, positions, slots, step_offset=2)
+    bufs = uniform_buffers(2, 2, CAPACITY_PAGES, TOPK, "cpu")
+    plan = bufs.plan(2, 1)
+    fill_uniform(bufs, plan, req_to_token, req_pool_indices, positions, slots, step_offset=2)
     assert plan.positions.tolist() == [41, 101] and plan.seq_lens.tolist() == [42, 102]
     with pytest.raises(AssertionError, match="host-syncing"):
         with _NoSync():
@@ -135,12 +136,14 @@ def test_padding_requests_select_nothing(seed, q):
     req_pool_indices, positions, slots = _batch(req_to_token, reqs, seqs, q)
     n, bs = 2 * q, 2 + pad
     t = bs * q
-    real = uniform_plan(uniform_buffers(2, n, CAPACITY_PAGES, "cpu"), 2, q, slots, TOPK)
-    fill_uniform(real, req_to_token, req_pool_indices, positions, slots)
+    real_bufs = uniform_buffers(2, n, CAPACITY_PAGES, TOPK, "cpu")
+    real = real_bufs.plan(2, q)
+    fill_uniform(real_bufs, real, req_to_token, req_pool_indices, positions, slots)
     padded_slots = torch.cat([slots, slots.new_zeros(t - n)])
-    padded = uniform_plan(uniform_buffers(bs, t, CAPACITY_PAGES, "cpu"), bs, q, padded_slots, TOPK)
+    padded_bufs = uniform_buffers(bs, t, CAPACITY_PAGES, TOPK, "cpu")
+    padded = padded_bufs.plan(bs, q)
     with _NoSync():
-        fill_uniform(padded, req_to_token, torch.cat([req_pool_indices, req_pool_indices.new_zeros(pad)]),
+        fill_uniform(padded_bufs, padded, req_to_token, torch.cat([req_pool_indices, req_pool_indices.new_zeros(pad)]),
                      torch.cat([positions, positions.new_zeros(t - n)]), padded_slots)
     assert padded.positions[n:].eq(-1).all() and padded.seq_lens[2:].eq(0).all() and padded.topk_length[n:].eq(0).all()
     k = torch.randn(t, 128, generator=g)

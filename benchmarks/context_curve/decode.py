@@ -21,9 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from deepseek_v32_plugin.model import ReferenceModel, absorb_query, expand_latent_output, indexer_head_weights, rms_norm
-from deepseek_v32_plugin.model import dsa
-from deepseek_v32_plugin.model.indexer import indexer_qk
+from deepseek_v32_plugin.model import ReferenceModel, absorb_query, dsa, rms_norm
 from deepseek_v32_plugin.ops import PAGE_SIZE, indexer, sparse_mla
 
 FILL_CHUNK = 4096
@@ -70,27 +68,17 @@ class DecodeBench:
         for i, layer in enumerate(m.layers):
             xn = rms_norm(x, layer.in_norm, cfg.rms_norm_eps)
             a = layer.attn
-            qr = rms_norm(xn @ a.q_a.t(), a.q_a_norm, cfg.rms_norm_eps)
-            q = (qr @ a.q_b.t()).view(1, cfg.num_attention_heads, cfg.qk_head_dim)
-            q_pe = a.rope.apply(q[..., cfg.qk_nope_head_dim:], pos, interleaved=True)
-            kv = xn @ a.kv_a.t()
-            kv_c = rms_norm(kv[:, :cfg.kv_lora_rank], a.kv_a_norm, cfg.rms_norm_eps)
-            k_pe = a.rope.apply(kv[:, cfg.kv_lora_rank:], pos, interleaved=True)
-            q576 = absorb_query(q[..., :cfg.qk_nope_head_dim], q_pe, a.w_uk)
+            qr, q_nope, q_pe, kv_c, k_pe = a.project(xn, pos)
+            q576 = absorb_query(q_nope, q_pe, a.w_uk)
             if variant == "ours":   # as the adapters do: no query-side indexer work when nothing is scored
-                iq, ik, head_w = indexer_qk(xn, qr, pos, a.rope, cfg, a.idx_wq_b, a.idx_wk, a.idx_k_norm_w,
-                                            a.idx_k_norm_b, a.idx_weights_proj, with_q=p.needs_scores)
-                q_fp8 = weights = None
-                if p.needs_scores:
-                    q_fp8, q_scale = indexer.indexer_quant(iq)
-                    weights = indexer_head_weights(head_w, q_scale, cfg)
+                ik, q_fp8, weights = a.indexer_inputs(xn, qr, pos, with_q=p.needs_scores)
                 slots = dsa.select(p, ik, q_fp8, weights, self.cache.index[i], cfg.index_topk)
                 out_lat = dsa.attend(p, q576, kv_c, k_pe, self.cache.mla[i], slots, cfg.softmax_scale,
                                      cfg.kv_lora_rank)
             else:
                 out_lat = dense_mla_decode(q576, kv_c, k_pe, self.cache.mla[i], slot, context, cfg.softmax_scale,
                                            cfg.kv_lora_rank)
-            out = expand_latent_output(out_lat, a.w_uv).reshape(1, -1) @ a.o.t()
+            out = a.output(out_lat)
             x = x + out
             x = x + layer.mlp.forward(rms_norm(x, layer.post_norm, cfg.rms_norm_eps))
         return (rms_norm(x, m.norm, cfg.rms_norm_eps) @ m.lm_head.t()).float()

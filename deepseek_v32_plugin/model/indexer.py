@@ -1,5 +1,5 @@
 """The lightning indexer's per-token math, shared by the reference model and the engine adapters
-(each engine computes the wq_b / wk / weights_proj projections with its own layers, then calls these)."""
+(each passes its own wq_b / wk / weights_proj projections to `indexer_inputs`)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import V32Config
+from .mla import out
 from .rope import YarnRope
 
 
@@ -22,18 +23,24 @@ def indexer_rope_qk(q: Optional[torch.Tensor], k: torch.Tensor, positions: torch
     return q, k
 
 
-def indexer_qk(x: torch.Tensor, qr: torch.Tensor, positions: torch.Tensor, rope: YarnRope, cfg: V32Config,
-               wq_b: torch.Tensor, wk: torch.Tensor, k_norm_weight: torch.Tensor, k_norm_bias: torch.Tensor,
-               weights_proj: torch.Tensor, with_q: bool = True):
-    """The indexer's projections from plain weight tensors (the reference model; the SGLang adapter, whose
-    layers hold the same tensors): x [T, D], qr [T, q_lora] -> q [T, H, 128], k [T, 128] (k_norm in fp32,
-    both roped), weights_proj(x) [T, H] fp32. with_q=False: (None, k, None), for a batch nothing is scored in
+def k_layer_norm(k: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The indexer's k_norm (a LayerNorm, eps 1e-6) in fp32, back in k's dtype."""
+    return F.layer_norm(k.float(), (k.shape[-1],), weight.float(), bias.float(), eps=1e-6).to(k.dtype)
+
+
+def indexer_inputs(x: torch.Tensor, qr: torch.Tensor, positions: torch.Tensor, rope: YarnRope, cfg: V32Config,
+                   wq_b, wk, k_norm, weights_proj, quant, with_q: bool = True):
+    """What the DSA step scores with, from the layer's wq_b / wk -> k_norm / weights_proj (callables: an engine's
+    modules or plain weight products; mla.out unwraps engine outputs) and an indexer_quant (the op, or vLLM's
+    registered custom op): x [T, D], qr [T, q_lora] -> (k [T, 128] normed and roped, q_fp8 [T, H, 128] e4m3,
+    weights [T, H] fp32). with_q=False: (k, None, None), for a batch nothing is scored in
     (dsa.DSAPlan.needs_scores)."""
-    q = (qr @ wq_b.t()).view(x.shape[0], cfg.index_n_heads, cfg.index_head_dim) if with_q else None
-    k = F.layer_norm((x @ wk.t()).float(), (cfg.index_head_dim,), k_norm_weight.float(), k_norm_bias.float(),
-                     eps=1e-6).to(x.dtype)
-    q, k = indexer_rope_qk(q, k, positions, rope, cfg)
-    return q, k, (x.float() @ weights_proj.float().t() if with_q else None)
+    q = out(wq_b(qr)).view(x.shape[0], cfg.index_n_heads, cfg.index_head_dim) if with_q else None
+    q, k = indexer_rope_qk(q, k_norm(out(wk(x))), positions, rope, cfg)
+    if q is None:
+        return k, None, None
+    q_fp8, q_scale = quant(q)
+    return k, q_fp8, indexer_head_weights(out(weights_proj(x)), q_scale, cfg)
 
 
 def indexer_head_weights(weights_proj_out: torch.Tensor, q_scale: torch.Tensor, cfg: V32Config) -> torch.Tensor:

@@ -23,8 +23,9 @@ from ..config import V32Config
 from ..ops import PAGE_SIZE, fp8_moe, indexer, sparse_mla
 from ..ops.fp8_quant import FP8_DTYPE, fp8_dequant_weight, fp8_quant_weight
 from .cache import PagedCache, Sequence
-from .indexer import ascending, indexer_head_weights, indexer_qk
-from .mla import absorb_query, expand_latent_output, split_kv_b
+from .indexer import ascending, indexer_inputs, k_layer_norm
+from .mla import absorb_query, linear_of, output, project, split_kv_b
+from .mtp import mtp_input
 from .moe import route
 from .rope import YarnRope
 
@@ -50,7 +51,7 @@ class _Weights:
             w = fp8_dequant_weight(w, self.raw(f"{prefix}.weight_scale_inv"), name=f"{prefix}.weight")
         return w.to(self.dtype)
 
-    def fp8_linear(self, prefix: str):
+    def fp8linear_of(self, prefix: str):
         """(W_fp8, scale_inv) for expert GEMMs; quantizes a non-FP8 checkpoint's weight on the fly."""
         w = self.raw(f"{prefix}.weight")
         if w.dtype == FP8_DTYPE:
@@ -88,30 +89,36 @@ class Attention:
         self.idx_k_norm_b = w.raw(f"{ip}.k_norm.bias").float()
         self.idx_weights_proj = w.linear(f"{ip}.weights_proj")
 
-    def indexer_qk(self, x, qr, positions):
-        """-> q [n, H_i, 128], k [n, 128] (roped), weights_proj(x) [n, H_i] fp32."""
-        return indexer_qk(x, qr, positions, self.rope, self.cfg, self.idx_wq_b, self.idx_wk, self.idx_k_norm_w,
-                          self.idx_k_norm_b, self.idx_weights_proj)
+    def _norm(self, weight):
+        return lambda t: rms_norm(t, weight, self.cfg.rms_norm_eps)
+
+    def project(self, x, positions):
+        """-> qr, q_nope, q_pe, kv_c, k_pe (model/mla.project on this layer's weights)."""
+        return project(x, positions, self.rope, self.cfg, self.cfg.num_attention_heads, linear_of(self.q_a),
+                       self._norm(self.q_a_norm), linear_of(self.q_b), linear_of(self.kv_a),
+                       self._norm(self.kv_a_norm))
+
+    def indexer_inputs(self, x, qr, positions, with_q: bool = True):
+        """-> k [n, 128] (roped), q_fp8 [n, H_i, 128], weights [n, H_i] fp32 (model/indexer.indexer_inputs)."""
+        return indexer_inputs(x, qr, positions, self.rope, self.cfg, linear_of(self.idx_wq_b),
+                              linear_of(self.idx_wk), lambda k: k_layer_norm(k, self.idx_k_norm_w, self.idx_k_norm_b),
+                              lambda t: t.float() @ self.idx_weights_proj.float().t(), indexer.indexer_quant, with_q)
+
+    def output(self, out_lat):
+        """Latent attention output [n, h, kv_lora] -> [n, D]."""
+        return output(out_lat, self.w_uv, linear_of(self.o))
 
     def forward(self, x, positions, seq: Sequence, cache_mla, cache_idx, use_indexer: bool = True):
         cfg = self.cfg
-        n, h = x.shape[0], cfg.num_attention_heads
-        qr = rms_norm(x @ self.q_a.t(), self.q_a_norm, cfg.rms_norm_eps)
-        q = (qr @ self.q_b.t()).view(n, h, cfg.qk_head_dim)
-        q_nope, q_pe = q[..., : cfg.qk_nope_head_dim], q[..., cfg.qk_nope_head_dim:]
-        q_pe = self.rope.apply(q_pe, positions, interleaved=True)
-        kv = x @ self.kv_a.t()
-        kv_c = rms_norm(kv[:, : cfg.kv_lora_rank], self.kv_a_norm, cfg.rms_norm_eps)
-        k_pe = self.rope.apply(kv[:, cfg.kv_lora_rank:], positions, interleaved=True)
+        n = x.shape[0]
+        qr, q_nope, q_pe, kv_c, k_pe = self.project(x, positions)
         new_slots = seq.slots(positions)
         sparse_mla.mla_cache_write(kv_c, k_pe, cache_mla, new_slots)
 
-        iq, ik, head_w = self.indexer_qk(x, qr, positions)
+        ik, q_fp8, weights = self.indexer_inputs(x, qr, positions, with_q=use_indexer)
         indexer.indexer_k_quant_and_cache(ik, cache_idx, new_slots)
         total = int(positions[-1]) + 1
         if use_indexer:
-            q_fp8, q_scale = indexer.indexer_quant(iq)
-            weights = indexer_head_weights(head_w, q_scale, cfg)
             table = seq.block_table(x.device)
             if n <= indexer.PAGED_MAX_NEXT_N:   # decode / MTP-verify shape: the paged kernel
                 logits = indexer.fp8_paged_indexer_logits(
@@ -132,8 +139,7 @@ class Attention:
         q576 = absorb_query(q_nope, q_pe, self.w_uk)
         out_lat, _ = sparse_mla.sparse_mla_decode(q576[None].contiguous(), cache_mla, slots[None].contiguous(),
                                                   cfg.softmax_scale)
-        out = expand_latent_output(out_lat[0], self.w_uv)
-        return out.reshape(n, h * cfg.v_head_dim) @ self.o.t(), pos_idx
+        return self.output(out_lat[0]), pos_idx
 
 
 class MLP:
@@ -151,9 +157,9 @@ class MoE:
         self.bias = w.raw(f"{prefix}.gate.e_score_correction_bias").float()
         w13, s13, w2, s2 = [], [], [], []
         for j in range(cfg.n_routed_experts):
-            g, gs = w.fp8_linear(f"{prefix}.experts.{j}.gate_proj")
-            u, us = w.fp8_linear(f"{prefix}.experts.{j}.up_proj")
-            d, ds = w.fp8_linear(f"{prefix}.experts.{j}.down_proj")
+            g, gs = w.fp8linear_of(f"{prefix}.experts.{j}.gate_proj")
+            u, us = w.fp8linear_of(f"{prefix}.experts.{j}.up_proj")
+            d, ds = w.fp8linear_of(f"{prefix}.experts.{j}.down_proj")
             w13.append(torch.cat([g, u])), s13.append(torch.cat([gs, us])), w2.append(d), s2.append(ds)
         self.w13, self.s13 = torch.stack(w13), torch.stack(s13)
         self.w2, self.s2 = torch.stack(w2), torch.stack(s2)
@@ -265,11 +271,9 @@ class ReferenceModel:
         n = token_ids.shape[0]
         positions = self._positions(seq, n)
         cache.reserve(seq, n)
-        emb = m["embed"][token_ids]
-        emb = torch.where((positions == 0)[:, None], torch.zeros_like(emb), emb)
-        h = torch.cat([rms_norm(emb, m["enorm"], self.cfg.rms_norm_eps),
-                       rms_norm(prev_hidden.to(self.dtype), m["hnorm"], self.cfg.rms_norm_eps)], dim=-1)
-        x = h @ m["eh_proj"].t()
+        eps = self.cfg.rms_norm_eps
+        x = mtp_input(m["embed"][token_ids], prev_hidden, positions, lambda t: rms_norm(t, m["enorm"], eps),
+                      lambda t: rms_norm(t, m["hnorm"], eps), linear_of(m["eh_proj"]))
         x, _ = m["layer"].forward(x, positions, seq, cache, self.cfg.num_hidden_layers, use_indexer)
         seq.length += n
         logits = (rms_norm(x, m["head_norm"], self.cfg.rms_norm_eps) @ m["head"].t()).float()

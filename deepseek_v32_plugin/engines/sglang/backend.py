@@ -68,7 +68,7 @@ def _make_backend_class():
             self.row_req: Optional[torch.Tensor] = None
             # decode-like batches index up to the cache capacity: static shapes for graphs, no host syncs
             self.capacity_pages = -(-self.req_to_token.shape[1] // PAGE_SIZE)
-            self._graph_bufs: Optional[dict] = None
+            self._graph_bufs: Optional[dsa_graph.UniformPlanBuffers] = None
             self._graph_plans: dict = {}   # (batch size, rows per request) -> plan over _graph_bufs
             # test hook: append (event, batch size, rows per request, buffer addresses) of every graph capture
             # and every batch planned on a captured plan to this file (integration_tests/sglang)
@@ -85,12 +85,13 @@ def _make_backend_class():
             t, bs = fb.positions.shape[0], fb.batch_size
             q = self._uniform_rows(mode, t, bs)
             if q:   # decode / draft decode / target verify: the capturable plan, no host syncs
-                plan = self._graph_plans.get((bs, q))
-                if plan is None:
-                    plan = self._uniform_plan(bs, q, fb.out_cache_loc, max_context=self._eager_bound(fb))
+                plan, bufs = self._graph_plans.get((bs, q)), self._graph_bufs
+                if plan is None:   # eager: buffers of this batch's size
+                    bufs = uniform_buffers(bs, bs * q, self.capacity_pages, self.topk, self.device)
+                    plan = bufs.plan(bs, q, self._eager_bound(fb))
                 elif self._graph_log:
                     self._log_graph("plan", plan)
-                self._fill_uniform(plan, fb.req_pool_indices, fb.positions, fb.out_cache_loc)
+                self._fill_uniform(bufs, plan, fb.req_pool_indices, fb.positions, fb.out_cache_loc)
                 if self._batch_log:   # (a host read: test hook only)
                     self._log_batch(mode, t, t, int((fb.req_pool_indices[:bs] == 0).sum()))
                 return
@@ -146,12 +147,6 @@ def _make_backend_class():
             q = t // bs
             return q if q <= indexer.PAGED_MAX_NEXT_N else 0
 
-        def _uniform_plan(self, bs: int, q: int, slot_mapping, bufs: Optional[dict] = None,
-                          max_context: Optional[int] = None) -> dsa.DSAPlan:
-            if bufs is None:
-                bufs = uniform_buffers(bs, bs * q, self.capacity_pages, self.device)
-            return uniform_plan(bufs, bs, q, slot_mapping, self.topk, max_context)
-
         def _eager_bound(self, fb) -> Optional[int]:
             """Eager plain decode (rows at seq_len - 1): the host int seq_lens_sum bounds every request's keys,
             so the indexer need not read the whole capacity (equal results: the extra columns are -inf).
@@ -160,15 +155,15 @@ def _make_backend_class():
                 return None
             return min(-(-max(fb.seq_lens_sum, 1) // PAGE_SIZE), self.capacity_pages) * PAGE_SIZE
 
-        def _fill_uniform(self, plan: dsa.DSAPlan, req_pool_indices, positions, out_cache_loc) -> None:
-            fill_uniform(plan, self.req_to_token, req_pool_indices, positions, out_cache_loc, self.step_offset)
+        def _fill_uniform(self, bufs, plan: dsa.DSAPlan, req_pool_indices, positions, out_cache_loc) -> None:
+            fill_uniform(bufs, plan, self.req_to_token, req_pool_indices, positions, out_cache_loc, self.step_offset)
             self.row_req = torch.arange(plan.num_tokens, device=plan.positions.device) // plan.paged[0].q
             self.forward_metadata = plan
 
         # ---- graph capture hooks: SGLang's CUDA-graph runners and its CPUGraphRunner ----------------
         def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
             """Persistent metadata buffers; every captured batch size plans on views of them."""
-            self._graph_bufs = uniform_buffers(max_bs, max_num_tokens, self.capacity_pages, self.device)
+            self._graph_bufs = uniform_buffers(max_bs, max_num_tokens, self.capacity_pages, self.topk, self.device)
             self._graph_plans = {}
 
         init_cpu_graph_state = init_cuda_graph_state
@@ -186,7 +181,7 @@ def _make_backend_class():
                 raise NotImplementedError(f"{BACKEND_NAME}: cannot capture a {mode} batch of {t} rows for {bs} "
                                           f"requests (graphs: uniform batches of <= {indexer.PAGED_MAX_NEXT_N} "
                                           "rows per request)")
-            plan = self._graph_plans[(bs, q)] = self._uniform_plan(bs, q, out_cache_loc, self._graph_bufs)
+            plan = self._graph_plans[(bs, q)] = self._graph_bufs.plan(bs, q)
             if self._graph_log:
                 self._log_graph("capture", plan)
             return plan
@@ -211,7 +206,8 @@ def _make_backend_class():
         def init_forward_metadata_in_graph(self, forward_batch):
             """CUDA graphs, recorded into the graph: refill the plan from the runner's input buffers."""
             fb = forward_batch
-            self._fill_uniform(self._graph_plan_of(fb), fb.req_pool_indices, fb.positions, fb.out_cache_loc)
+            self._fill_uniform(self._graph_bufs, self._graph_plan_of(fb), fb.req_pool_indices, fb.positions,
+                               fb.out_cache_loc)
 
         def _graph_plan_of(self, fb) -> dsa.DSAPlan:
             bs, t = fb.batch_size, fb.positions.shape[0]
@@ -223,7 +219,8 @@ def _make_backend_class():
             which refills this plan in place for batches of a captured size."""
             plan = self._capture_plan(forward_mode, bs, num_tokens, out_cache_loc)
             # the runner passes no positions: a decode row sits at seq_len - 1 (SGLang's clamp_position)
-            self._fill_uniform(plan, req_pool_indices, (seq_lens[:bs].long() - 1).clamp_min(0), out_cache_loc)
+            self._fill_uniform(self._graph_bufs, plan, req_pool_indices, (seq_lens[:bs].long() - 1).clamp_min(0),
+                               out_cache_loc)
 
         @staticmethod
         def _rows_per_request(fb, t: int, bs: int) -> list:
@@ -306,51 +303,27 @@ def _make_backend_class():
 
 
 # ---- the uniform plan (decode, draft decode, target verify), free of SGLang imports for unit tests ----------
-def uniform_buffers(bs: int, t: int, capacity_pages: int, device) -> dict:
-    """Metadata tensors for up to bs requests / t rows (persistent when made once for graph capture)."""
-    return {"seq_lens": torch.ones(bs, dtype=torch.int32, device=device),
-            "block_table": torch.zeros(bs, capacity_pages, dtype=torch.int32, device=device),
-            "positions": torch.zeros(t, dtype=torch.int64, device=device),
-            "row_block_table": torch.zeros(t, capacity_pages, dtype=torch.int32, device=device),
-            "topk_length": torch.zeros(t, dtype=torch.int32, device=device)}
+def uniform_buffers(max_bs: int, max_rows: int, capacity_pages: int, topk: int, device
+                    ) -> dsa_graph.UniformPlanBuffers:
+    """Plan buffers for up to max_bs requests / max_rows rows (persistent when made once for graph capture),
+    whose plans' indexer reads up to the cache capacity (req_to_token's width) unless given a tighter bound."""
+    return dsa_graph.UniformPlanBuffers(max_bs, indexer.PAGED_MAX_NEXT_N, capacity_pages, capacity_pages * PAGE_SIZE,
+                                        topk, device, max_rows=max_rows)
 
 
-def uniform_plan(bufs: dict, bs: int, q: int, slot_mapping, topk: int, max_context: Optional[int] = None
-                 ) -> dsa.DSAPlan:
-    """bs requests of q rows each (their last q tokens), on views of bufs: one paged group whose indexer reads
-    up to the capacity of the block table (or max_context, a bound of every request's length, for an eager
-    batch), so a captured plan's shapes depend on (bs, q) only (model/dsa_graph.py)."""
-    t = bs * q
-    capacity = max_context or bufs["block_table"].shape[1] * PAGE_SIZE
-    return dsa_graph.uniform_plan(bs, q, capacity, topk,
-                                  seq_lens=bufs["seq_lens"][:bs], block_table=bufs["block_table"][:bs],
-                                  slot_mapping=slot_mapping, positions=bufs["positions"][:t],
-                                  row_block_table=bufs["row_block_table"][:t], topk_length=bufs["topk_length"][:t])
-
-
-def fill_uniform(plan: dsa.DSAPlan, req_to_token, req_pool_indices, positions, out_cache_loc,
-                 step_offset: int = 0) -> None:
-    """Write a batch into the plan's tensors in place, by device ops only (graph-recordable, no host sync):
-    positions (+ the draft step's offset; -1 for padding requests), seq_lens = last row + 1, block table of
-    each request (its slots are page-aligned: page p = req_to_token[req, 64 p] // 64) and of each row."""
-    g = plan.paged[0]
-    bs, q, t = g.req_hi, g.q, plan.num_tokens
-    pos = plan.positions
-    pos.copy_(positions[:t])
-    if step_offset:
-        pos.add_(step_offset)
-    # SGLang pads a batch (DP attention; a graph replayed at a larger captured size) with requests on its
-    # reserved request row 0 (mem_cache/memory_pool.py ReqToTokenPool, never a real request's): position -1,
-    # seq_len 0 -> no keys selected, zero attention output (dsa_graph); their key/latent writes go to slot 0,
-    # SGLang's padding slot, which no request reads
-    pos.view(bs, q).masked_fill_(req_pool_indices[:bs, None] == 0, -1)
-    plan.seq_lens.copy_(pos.view(bs, q)[:, -1] + 1)
-    pages = plan.block_table.shape[1]
-    plan.block_table.copy_(req_to_token[:, ::PAGE_SIZE][req_pool_indices[:bs].long(), :pages]
-                           .div(PAGE_SIZE, rounding_mode="floor"))
-    plan.row_block_table.view(bs, q, -1).copy_(plan.block_table[:, None, :].expand(bs, q, -1))
-    dsa_graph.fill_topk_length(plan, plan.width)
-    plan.slot_mapping = out_cache_loc
+def fill_uniform(bufs: dsa_graph.UniformPlanBuffers, plan: dsa.DSAPlan, req_to_token, req_pool_indices, positions,
+                 out_cache_loc, step_offset: int = 0) -> None:
+    """Write a batch into a plan of bufs in place, by device ops only (graph-recordable, no host sync): its
+    rows' positions (+ the draft step's offset) and each request's block table (its slots are page-aligned:
+    page p = req_to_token[req, 64 p] // 64).
+    SGLang pads a batch (DP attention; a graph replayed at a larger captured size) with requests on its reserved
+    request row 0 (mem_cache/memory_pool.py ReqToTokenPool, never a real request's): they are planned out
+    (position -1, seq_len 0 -> no keys selected, zero attention output); their key/latent writes go to slot 0,
+    SGLang's padding slot, which no request reads."""
+    bs, pages = plan.paged[0].req_hi, plan.block_table.shape[1]
+    first_slots = req_to_token[:, ::PAGE_SIZE][req_pool_indices[:bs].long(), :pages]
+    bufs.fill_positions(plan, positions, first_slots.div(PAGE_SIZE, rounding_mode="floor"), out_cache_loc,
+                        step_offset, padding=req_pool_indices[:bs] == 0)
 
 
 class DSV32MultiStepDraftBackend:

@@ -5,7 +5,8 @@ name. Parallelism is SGLang's: Column/RowParallelLinear shard the MLA heads and 
 shards or distributes the experts, VocabParallelEmbedding/ParallelLMHead the vocabulary. The indexer is
 replicated (as in SGLang's own V3.2). The math is shared with the engine-neutral reference:
   - rope: deepseek_v32_plugin.model.YarnRope (interleaved for MLA, half-split for the indexer);
-  - indexer q/k/head weights: deepseek_v32_plugin.model.indexer.indexer_qk on this layer's tensors;
+  - the MLA projections and output (model/mla.py project / output) on this layer's linears, the indexer's
+    q/k/head weights (model/indexer.py indexer_inputs) on its tensors;
   - attention (cache writes, indexer logits/top-k, sparse MLA): the engine-neutral DSA step
     (model/dsa.py), planned per batch and run per layer by our backend (backend.py, `dsa_forward`);
   - routed experts: ops.fp8_moe.fp8_moe_experts on the checkpoint's FP8 blocks (DSV32Fp8MoEMethod),
@@ -46,8 +47,8 @@ from ...host_sync import SYNC_CHECK, decode_step_guard
 from .. import common
 from ..common import create_fp8_moe_weights
 from ...model import YarnRope
-from ...model.indexer import indexer_head_weights, indexer_qk
-from ...model.mla import absorb_query, expand_latent_output, split_kv_b
+from ...model import mla
+from ...model.indexer import indexer_inputs, k_layer_norm
 from ...ops import fp8_moe, indexer
 
 logger = logging.getLogger(__name__)
@@ -180,35 +181,26 @@ class MLAAttention(nn.Module):
 
     def post_load_weights(self):
         cfg = self.cfg
-        self.w_uk, self.w_uv = split_kv_b(self.kv_b_proj.weight, self.h, cfg.qk_nope_head_dim, cfg.v_head_dim,
-                                          cfg.kv_lora_rank)
+        self.w_uk, self.w_uv = mla.split_kv_b(self.kv_b_proj.weight, self.h, cfg.qk_nope_head_dim, cfg.v_head_dim,
+                                              cfg.kv_lora_rank)
 
     def forward(self, positions, x, forward_batch):
-        cfg = self.cfg
-        t = x.shape[0]
-        qr = self.q_a_layernorm(self.q_a_proj(x)[0])
-        q = self.q_b_proj(qr)[0].view(t, self.h, cfg.qk_head_dim)
-        q_nope, q_pe = q[..., : cfg.qk_nope_head_dim], q[..., cfg.qk_nope_head_dim:]
-        q_pe = self.rope.apply(q_pe, positions, interleaved=True)
-        kv = self.kv_a_proj_with_mqa(x)[0]
-        kv_c = self.kv_a_layernorm(kv[:, : cfg.kv_lora_rank].contiguous())
-        k_pe = self.rope.apply(kv[:, cfg.kv_lora_rank:], positions, interleaved=True)
-
-        w = self.indexer
+        cfg, w = self.cfg, self.indexer
+        qr, q_nope, q_pe, kv_c, k_pe = mla.project(x, positions, self.rope, cfg, self.h, self.q_a_proj,
+                                                   self.q_a_layernorm, self.q_b_proj, self.kv_a_proj_with_mqa,
+                                                   self.kv_a_layernorm)
         md = get_attn_backend().forward_metadata   # a batch whose rows all fit in top-k is not scored
-        iq, ik, head_w = indexer_qk(x, qr, positions, self.rope, cfg, w.wq_b.weight, w.wk.weight, w.k_norm.weight,
-                                    w.k_norm.bias, w.weights_proj.weight, with_q=md is None or md.needs_scores)
-        q_fp8 = weights = None
-        if iq is not None:
-            q_fp8, q_scale = indexer.indexer_quant(iq)
-            weights = indexer_head_weights(head_w, q_scale, cfg)
-
-        q576 = absorb_query(q_nope, q_pe, self.w_uk)
+        # the indexer's projections on plain weights, in the reference's formulation (bit-equal in bf16)
+        ik, q_fp8, weights = indexer_inputs(
+            x, qr, positions, self.rope, cfg, mla.linear_of(w.wq_b.weight), mla.linear_of(w.wk.weight),
+            lambda k: k_layer_norm(k, w.k_norm.weight, w.k_norm.bias),
+            lambda t: t.float() @ w.weights_proj.weight.float().t(), indexer.indexer_quant,
+            with_q=md is None or md.needs_scores)
+        q576 = mla.absorb_query(q_nope, q_pe, self.w_uk)
         # the forward context's attention backend (what RadixAttention would call) is ours, dsv32_sparse: it
         # runs the shared DSA step (model/dsa.py) for this layer
         out_lat = get_attn_backend().dsa_forward(self.attn, forward_batch, q576, kv_c, k_pe, ik, q_fp8, weights)
-        out = expand_latent_output(out_lat, self.w_uv)
-        return self.o_proj(out.reshape(t, self.h * cfg.v_head_dim))[0]
+        return mla.output(out_lat, self.w_uv, self.o_proj)
 
 
 class DecoderLayer(nn.Module):

@@ -28,6 +28,7 @@ from sglang.srt.layers.vocab_parallel_embedding import ParallelLMHead, VocabPara
 from sglang.srt.distributed.parallel_state import get_tensor_model_parallel_rank
 
 from ...model import YarnRope
+from ...model.mtp import mtp_input
 from ...config import V32Config
 from .model import DecoderLayer, load_v32_weights
 
@@ -58,9 +59,8 @@ class _NextNModel(nn.Module):
         emb = self.embed_tokens(input_ids)
         if emb.shape[0] == 0:
             return emb
-        emb = torch.where((positions == 0)[:, None], torch.zeros_like(emb), emb)
         prev = forward_batch.spec_info.hidden_states
-        x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(prev.to(emb.dtype))], dim=-1))
+        x = mtp_input(emb, prev, positions, self.enorm, self.hnorm, self.eh_proj)
         with get_global_expert_distribution_recorder().disable_this_region():   # not target layer 0's routing
             x = self.decoder(positions, x, forward_batch)
         out = self.shared_head.norm(x)

@@ -100,8 +100,8 @@ class DSV32MetadataBuilder(AttentionMetadataBuilder[DSAPlan]):
         (vLLM's capture): max_num_seqs x decode_threshold rows, the block table's width."""
         bt = m.block_table_tensor
         if self._bufs is None:
-            self._bufs = UniformPlanBuffers(self.max_reqs, self.decode_threshold, bt.shape[1], self.max_model_len, self.topk,
-                                            bt.device)
+            self._bufs = UniformPlanBuffers(self.max_reqs, self.decode_threshold, bt.shape[1], self.max_model_len,
+                                            self.topk, bt.device)
         return self._bufs.fill(m.seq_lens[: m.num_reqs], bt[: m.num_reqs], m.slot_mapping[: m.num_actual_tokens], q)
 
 

@@ -52,8 +52,8 @@ from deepseek_v32_plugin.config import ARCHITECTURE, V32Config
 from deepseek_v32_plugin.engines import common
 from deepseek_v32_plugin.model import dsa
 from deepseek_v32_plugin.host_sync import SYNC_CHECK, decode_step_guard
-from deepseek_v32_plugin.model.indexer import indexer_head_weights, indexer_rope_qk
-from deepseek_v32_plugin.model.mla import absorb_query, expand_latent_output, split_kv_b
+from deepseek_v32_plugin.model import mla
+from deepseek_v32_plugin.model.indexer import indexer_inputs
 from deepseek_v32_plugin.model.rope import YarnRope
 from deepseek_v32_plugin.ops import PAGE_SIZE, custom_ops
 from deepseek_v32_plugin.ops.indexer import BYTES_PER_TOKEN
@@ -113,14 +113,6 @@ class Indexer(nn.Module):
         self.k_cache = CacheLayer(f"{prefix}.k_cache", BYTES_PER_TOKEN, torch.uint8, DSV32IndexerBackend,
                                   SparseCacheRole.INDEXER)
 
-    def forward(self, x, qr, positions, rope: YarnRope):
-        """-> what dsa.select scores with: k [T, 128] (normed, roped), q_fp8 [T, H, 128] e4m3, weights [T, H] fp32."""
-        cfg, n = self.cfg, x.shape[0]
-        q = self.wq_b(qr)[0].view(n, cfg.index_n_heads, cfg.index_head_dim)
-        q, k = indexer_rope_qk(q, self.k_norm(self.wk(x)[0]), positions, rope, cfg)
-        q_fp8, q_scale = custom_ops.indexer_quant(q)
-        return k, q_fp8, indexer_head_weights(self.weights_proj(x)[0], q_scale, cfg)
-
 
 class MLAAttention(nn.Module):
     """Multi-head latent attention with DSA: indexer top-k, then sparse MLA in the absorbed form."""
@@ -162,27 +154,21 @@ class MLAAttention(nn.Module):
     def forward(self, positions: torch.Tensor, x: torch.Tensor, rope: YarnRope) -> torch.Tensor:
         # Traceable by dynamo on every row; the DSA step itself (caches, the step's plan) is one opaque op
         # (dsa_op.py) that uses the plan's first num_tokens rows (the rest is padding).
-        cfg, h = self.cfg, self.num_heads
-        n = x.shape[0]
-        qr = self.q_a_layernorm(self.q_a_proj(x)[0])
-        q = self.q_b_proj(qr)[0].view(n, h, cfg.qk_head_dim)
-        kv = self.kv_a_proj_with_mqa(x)[0]
-        q_nope, q_pe = q[:, :, : cfg.qk_nope_head_dim], q[:, :, cfg.qk_nope_head_dim:]
-        kv_c = self.kv_a_layernorm(kv[:, : cfg.kv_lora_rank].contiguous())
-        k_pe = rope.apply(kv[:, cfg.kv_lora_rank:], positions, interleaved=True)
-        q_pe = rope.apply(q_pe, positions, interleaved=True)
-        k, q_fp8, weights = self.indexer(x, qr, positions, rope)
-        q576 = absorb_query(q_nope, q_pe, self.w_uk)
-        out_lat = torch.zeros(n, h, cfg.kv_lora_rank, dtype=x.dtype, device=x.device)
+        cfg, h, ix = self.cfg, self.num_heads, self.indexer
+        qr, q_nope, q_pe, kv_c, k_pe = mla.project(x, positions, rope, cfg, h, self.q_a_proj, self.q_a_layernorm,
+                                                   self.q_b_proj, self.kv_a_proj_with_mqa, self.kv_a_layernorm)
+        k, q_fp8, weights = indexer_inputs(x, qr, positions, rope, cfg, ix.wq_b, ix.wk, ix.k_norm, ix.weights_proj,
+                                           custom_ops.indexer_quant)
+        q576 = mla.absorb_query(q_nope, q_pe, self.w_uk)
+        out_lat = torch.zeros(x.shape[0], h, cfg.kv_lora_rank, dtype=x.dtype, device=x.device)
         torch.ops.dsv32_vllm.dsa_attention(q576, kv_c, k_pe, k, q_fp8, weights, out_lat, self.attn.layer_name,
-                                           self.indexer.k_cache.layer_name, cfg.index_topk, cfg.softmax_scale)
-        out = expand_latent_output(out_lat, self.w_uv).reshape(n, h * cfg.v_head_dim)
-        return self.o_proj(out)[0]
+                                           ix.k_cache.layer_name, cfg.index_topk, cfg.softmax_scale)
+        return mla.output(out_lat, self.w_uv, self.o_proj)
 
     def process_weights_after_loading(self):
         cfg = self.cfg
-        self.w_uk, self.w_uv = split_kv_b(self.kv_b_proj.weight, self.num_heads, cfg.qk_nope_head_dim,
-                                          cfg.v_head_dim, cfg.kv_lora_rank)
+        self.w_uk, self.w_uv = mla.split_kv_b(self.kv_b_proj.weight, self.num_heads, cfg.qk_nope_head_dim,
+                                              cfg.v_head_dim, cfg.kv_lora_rank)
 
 
 class MLP(nn.Module):

@@ -22,6 +22,7 @@ from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, 
 
 from deepseek_v32_plugin.checkpoint import mtp_prefixes
 from deepseek_v32_plugin.config import V32Config
+from deepseek_v32_plugin.model.mtp import mtp_input
 from deepseek_v32_plugin.model.rope import YarnRope
 
 from .model import DecoderLayer, check_indexer_weights, finish_loading, load_v32_weights
@@ -47,8 +48,7 @@ class MTPLayer(DecoderLayer):
 
     def mtp_forward(self, input_ids, positions, previous_hidden_states, rope, inputs_embeds=None):
         emb = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        emb = torch.where(positions.unsqueeze(-1) == 0, torch.zeros_like(emb), emb)
-        x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(previous_hidden_states)], dim=-1))[0]
+        x = mtp_input(emb, previous_hidden_states, positions, self.enorm, self.hnorm, self.eh_proj)
         x = super().forward(positions, x, rope)
         return x, self.shared_head.norm(x)
 
