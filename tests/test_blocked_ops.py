@@ -158,3 +158,45 @@ def test_sparse_mla_shared_key_blocks(seed, blocks, fmt, monkeypatch):
     # fp32 sums in another order: lse to fp32 ulps; out (bf16) may round a few elements the other way (1 ulp)
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8"])
+def test_sparse_mla_rows_do_not_depend_on_their_batch(seed, blocks, fmt, monkeypatch):
+    """Bit-level: a row's output and lse do not depend on which rows share its call (engines batch rows of
+    many requests, the reference model runs one sequence; bf16 engine checks compare them bit for bit).
+    A prefill chunk below top-k (positions 0..p of one request: the shared-gather path), its rows above top-k,
+    decode rows of other requests and an MTP-verify pair, in one call vs each request alone vs each row alone."""
+    pages, topk, h = 8, 150, 4
+    cache = _mla_cache(fmt, pages)
+    perm = torch.randperm(pages)
+    reqs = [(perm[:4], torch.arange(0, 200)), (perm[4:6], torch.tensor([97])),
+            (perm[6:8], torch.tensor([63, 64])), (perm[4:6], torch.tensor([5]))]
+    rows_idx, rows_len, owner = [], [], []
+    for i, (table, pos) in enumerate(reqs):
+        for p in pos.tolist():
+            chosen = (torch.arange(p + 1) if p < topk else
+                      torch.randperm(p + 1)[:topk].sort().values)
+            row = torch.full((topk,), -1, dtype=I32)
+            row[: len(chosen)] = (table[chosen // 64] * 64 + chosen % 64).int()
+            rows_idx.append(row), rows_len.append(min(p + 1, topk)), owner.append(i)
+    idx, lens, owner = torch.stack(rows_idx), torch.tensor(rows_len, dtype=I32), torch.tensor(owner)
+    q = torch.randn(1, len(owner), h, 576).bfloat16()
+    calls = []
+    real = mla_blocked._attend_common
+    monkeypatch.setattr(mla_blocked, "_attend_common", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+
+    def run(sel):
+        return sparse_mla.sparse_mla_decode(q[:, sel], cache, idx[None, sel], 0.07,
+                                            topk_length=lens[None, sel], backend="torch")
+    every = run(torch.arange(len(owner)))
+    assert calls and max(calls) > 1            # the prefill rows below top-k took the shared gather
+    want = mla_naive.naive_sparse_mla_decode(q, cache, idx[None], 0.07, topk_length=lens[None])
+    torch.testing.assert_close(every[0], want[0])
+    torch.testing.assert_close(every[1], want[1], rtol=1e-6, atol=1e-5)
+    for i in range(len(reqs)):
+        sel = (owner == i).nonzero().squeeze(1)
+        alone = run(sel)
+        assert torch.equal(alone[0], every[0][:, sel]) and torch.equal(alone[1], every[1][:, sel]), f"request {i}"
+    for r in (0, 1, 63, 64, 127, 160, 199, 200, 201, 202):
+        one = run(torch.tensor([r]))
+        assert torch.equal(one[0][0, 0], every[0][0, r]) and torch.equal(one[1][0, 0], every[1][0, r]), f"row {r}"
