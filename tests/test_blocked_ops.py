@@ -200,3 +200,41 @@ def test_sparse_mla_rows_do_not_depend_on_their_batch(seed, blocks, fmt, monkeyp
     for r in (0, 1, 63, 64, 127, 160, 199, 200, 201, 202):
         one = run(torch.tensor([r]))
         assert torch.equal(one[0][0, 0], every[0][0, r]) and torch.equal(one[1][0, 0], every[1][0, r]), f"row {r}"
+
+
+def test_fp8_moe_kept_expert_weights(seed, monkeypatch):
+    """The torch backend keeps each routed expert's dequantized weight between calls: bit for bit naive.py's
+    output on the first and later calls, a copy dropped when the weight changes in place, none past the budget."""
+    from deepseek_v32_plugin.ops.fp8_moe import blocked as moe_blocked
+    from deepseek_v32_plugin.ops.fp8_moe import naive as moe_naive
+    from deepseek_v32_plugin.ops.fp8_quant import naive as q_naive
+    g, n, k, m = 4, 256, 256, 10
+    b, bs = q_naive.naive_fp8_quant_weight(torch.randn(g * n, k))
+    b, bs = b.view(g, n, k), bs.view(g, n // 128, k // 128)
+    a, a_s = q_naive.naive_fp8_quant_act(torch.randn(m, k))
+    m_idx = torch.tensor([2, 2, 0, -1, 3, 2, 0, -1, 3, 3], dtype=I32)
+    monkeypatch.setattr(moe_blocked, "_cache", {})
+    monkeypatch.setattr(moe_blocked, "_used", [0])
+
+    def check():
+        got = moe_blocked.fp8_grouped_gemm_nt_contiguous(a, a_s, b, bs, m_idx, torch.float32)
+        want = moe_naive.naive_fp8_grouped_gemm_nt_contiguous(a, a_s, b, bs, m_idx, torch.float32)
+        assert torch.equal(got[m_idx >= 0], want[m_idx >= 0])
+    check()
+    assert sorted(moe_blocked._cache[id(b)][3]) == [0, 2, 3] and moe_blocked._used[0] == 3 * n * k * 4
+    check()                                             # from the kept copies
+    b[2].copy_(q_naive.naive_fp8_quant_weight(torch.randn(n, k))[0])   # in place: the copies are stale
+    check()
+    bs.mul_(2)
+    check()
+    masked = torch.tensor([3, 0, 1, 2], dtype=I32)
+    got = moe_blocked.fp8_grouped_gemm_nt_masked(a[:8].view(4, 2, k), a_s[:8].view(4, 2, -1), b, bs,
+                                                 masked.clamp(max=2), torch.float32)
+    want = moe_naive.naive_fp8_grouped_gemm_nt_masked(a[:8].view(4, 2, k), a_s[:8].view(4, 2, -1), b, bs,
+                                                      masked.clamp(max=2), torch.float32)
+    assert torch.equal(got, want)
+    monkeypatch.setattr(moe_blocked, "_cache", {})
+    monkeypatch.setattr(moe_blocked, "_used", [0])
+    monkeypatch.setattr(moe_blocked, "CACHE_BYTES", 2 * n * k * 4)      # room for two experts' copies
+    check()
+    assert len(moe_blocked._cache[id(b)][3]) == 2 and moe_blocked._used[0] == 2 * n * k * 4
