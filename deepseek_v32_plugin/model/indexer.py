@@ -11,14 +11,15 @@ from ..config import V32Config
 from .rope import YarnRope
 
 
-def indexer_rope_qk(q: Optional[torch.Tensor], k: torch.Tensor, positions: torch.Tensor, rope: YarnRope,
+def indexer_rope_qk(q: Optional[torch.Tensor], k: Optional[torch.Tensor], positions: torch.Tensor, rope: YarnRope,
                     cfg: V32Config):
     """q [T, H, 128] = wq_b(qr), k [T, 128] = k_norm(wk(x)) -> both with rope on their first
-    qk_rope_head_dim dims, half-split (non-interleaved, unlike MLA's interleaved rope). q None: keys only."""
+    qk_rope_head_dim dims, half-split (non-interleaved, unlike MLA's interleaved rope). q or k None: the other only."""
     r = cfg.qk_rope_head_dim
     if q is not None:
         q = torch.cat([rope.apply(q[..., :r], positions, interleaved=False), q[..., r:]], dim=-1)
-    k = torch.cat([rope.apply(k[:, :r], positions, interleaved=False), k[:, r:]], dim=-1)
+    if k is not None:
+        k = torch.cat([rope.apply(k[:, :r], positions, interleaved=False), k[:, r:]], dim=-1)
     return q, k
 
 

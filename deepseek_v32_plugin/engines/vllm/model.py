@@ -112,14 +112,21 @@ class Indexer(nn.Module):
                                              prefix=f"{prefix}.weights_proj")
         self.k_cache = CacheLayer(f"{prefix}.k_cache", BYTES_PER_TOKEN, torch.uint8, DSV32IndexerBackend,
                                   SparseCacheRole.INDEXER)
+        # The queries are projected inside the DSA op, only for a batch whose plan scores rows (host bool; the
+        # compiled graph cannot branch on the plan): the op finds this method on the cache layer it is given.
+        self.rope = YarnRope(cfg)          # inv_freq only: the same rotation as the model's
+        self.k_cache.query = self.query
 
-    def forward(self, x, qr, positions, rope: YarnRope):
-        """-> what dsa.select scores with: k [T, 128] (normed, roped), q_fp8 [T, H, 128] e4m3, weights [T, H] fp32."""
+    def forward(self, x, positions, rope: YarnRope):
+        """-> the keys dsa.select writes: k [T, 128] (normed, roped)."""
+        return indexer_rope_qk(None, self.k_norm(self.wk(x)[0]), positions, rope, self.cfg)[1]
+
+    def query(self, qr, x, positions):
+        """-> what dsa.select scores with: q_fp8 [T, H, 128] e4m3, weights [T, H] fp32 (q scale folded in)."""
         cfg, n = self.cfg, x.shape[0]
         q = self.wq_b(qr)[0].view(n, cfg.index_n_heads, cfg.index_head_dim)
-        q, k = indexer_rope_qk(q, self.k_norm(self.wk(x)[0]), positions, rope, cfg)
-        q_fp8, q_scale = custom_ops.indexer_quant(q)
-        return k, q_fp8, indexer_head_weights(self.weights_proj(x)[0], q_scale, cfg)
+        q_fp8, q_scale = custom_ops.indexer_quant(indexer_rope_qk(q, None, positions, self.rope, cfg)[0])
+        return q_fp8, indexer_head_weights(self.weights_proj(x)[0], q_scale, cfg)
 
 
 class MLAAttention(nn.Module):
@@ -171,10 +178,10 @@ class MLAAttention(nn.Module):
         kv_c = self.kv_a_layernorm(kv[:, : cfg.kv_lora_rank].contiguous())
         k_pe = rope.apply(kv[:, cfg.kv_lora_rank:], positions, interleaved=True)
         q_pe = rope.apply(q_pe, positions, interleaved=True)
-        k, q_fp8, weights = self.indexer(x, qr, positions, rope)
+        k = self.indexer(x, positions, rope)
         q576 = absorb_query(q_nope, q_pe, self.w_uk)
         out_lat = torch.zeros(n, h, cfg.kv_lora_rank, dtype=x.dtype, device=x.device)
-        torch.ops.dsv32_vllm.dsa_attention(q576, kv_c, k_pe, k, q_fp8, weights, out_lat, self.attn.layer_name,
+        torch.ops.dsv32_vllm.dsa_attention(q576, kv_c, k_pe, k, qr, x, positions, out_lat, self.attn.layer_name,
                                            self.indexer.k_cache.layer_name, cfg.index_topk, cfg.softmax_scale)
         out = expand_latent_output(out_lat, self.w_uv).reshape(n, h * cfg.v_head_dim)
         return self.o_proj(out)[0]
