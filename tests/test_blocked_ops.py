@@ -238,3 +238,21 @@ def test_fp8_moe_kept_expert_weights(seed, monkeypatch):
     monkeypatch.setattr(moe_blocked, "CACHE_BYTES", 2 * n * k * 4)      # room for two experts' copies
     check()
     assert len(moe_blocked._cache[id(b)][3]) == 2 and moe_blocked._used[0] == 2 * n * k * 4
+
+
+def test_indexer_cache_gather_rows_equal_naive(seed):
+    """The torch backend reads each key's bytes as rows of the pages: the same bytes as the naive gather."""
+    cache = _index_cache(3)
+    slots = torch.tensor([5, 0, 191, 64, 65, 5, 130], dtype=torch.int64)
+    got = ix_blocked.indexer_cache_gather(cache, slots)
+    want = ix_naive.naive_indexer_cache_gather(cache, slots)
+    assert torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8)) and torch.equal(got[1], want[1])
+    assert got[1].shape == (7,) and got[0].shape == (7, 128)
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8"])
+def test_mla_cache_rows_equal_naive_gather(seed, fmt):
+    cache = _mla_cache(fmt, 2)
+    slots = torch.tensor([[3, -1, 127], [-1, -1, 64]], dtype=I32)
+    got, want = mla_blocked._cache_rows(cache, slots), mla_naive.naive_mla_cache_gather(cache, slots)
+    assert torch.equal(got, want) and got.shape == (2, 3, 576) and (got[slots < 0] == 0).all()

@@ -10,10 +10,25 @@ from __future__ import annotations
 
 import torch
 
-from .naive import HEAD_DIM, PAGE, naive_indexer_cache_gather
+from .naive import BLOCK_VALUE_BYTES, BYTES_PER_TOKEN, FP8_DTYPE, HEAD_DIM, PAGE
 
 BLOCK_BYTES = 64 << 20   # fp32 working set of one block ([rows, heads, keys] dot products)
 KEY_BLOCK = 1024         # keys per block of the ragged logits
+
+
+def _keys(kv_cache: torch.Tensor, blk: torch.Tensor, off: torch.Tensor):
+    """e4m3 keys [..., 128] and fp32 scales [...] of the tokens at (page blk, offset off): naive_indexer_cache_gather
+    reading each key's 128 + 4 bytes as rows (strided views of the pages), not byte by byte."""
+    pages = kv_cache.reshape(kv_cache.shape[0], PAGE * BYTES_PER_TOKEN)
+    n = pages.shape[0]
+    vals = pages.as_strided((n, PAGE, HEAD_DIM), (pages.stride(0), HEAD_DIM, 1), pages.storage_offset())
+    scales = pages.as_strided((n, PAGE, 4), (pages.stride(0), 4, 1), pages.storage_offset() + BLOCK_VALUE_BYTES)
+    return vals[blk, off].view(FP8_DTYPE), scales[blk, off].view(torch.float32).squeeze(-1)
+
+
+def indexer_cache_gather(kv_cache, slots):
+    slots = slots.long()
+    return _keys(kv_cache, slots // PAGE, slots % PAGE)
 
 
 def _host_range(lo: torch.Tensor, hi: torch.Tensor, n: int) -> tuple[int, int]:
@@ -59,8 +74,8 @@ def fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table
         c1 = min(max_context_len, c0 + cb)
         pos = torch.arange(c0, c1, device=dev)
         blk = block_table[:, pos // PAGE].long().clamp(0, pages - 1)   # [b, C]; pages past a context: masked
-        k_fp8, k_scale = naive_indexer_cache_gather(kv_cache, (blk * PAGE + pos % PAGE).reshape(-1))
-        kf = k_fp8.float().view(b, c1 - c0, HEAD_DIM)
+        k_fp8, k_scale = _keys(kv_cache, blk, (pos % PAGE)[None, :].expand_as(blk))
+        kf = k_fp8.float()
         dots = torch.einsum("bjhd,bcd->bjhc", qf, kf).relu_()
         logits = torch.einsum("bjhc,bjh->bjc", dots, w) * k_scale.view(b, 1, c1 - c0)
         out[:, :, c0:c1] = logits.masked_fill(pos[None, None, :] >= ke[:, :, None], float("-inf"))

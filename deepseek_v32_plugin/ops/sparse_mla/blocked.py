@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from .naive import HEAD_576, KV_LORA, _attend, naive_mla_cache_gather, valid_entries
+from .naive import HEAD_576, KV_LORA, _attend, is_fp8_cache, naive_mla_cache_gather, valid_entries
 
 BLOCK_BYTES = 64 << 20   # fp32 working set of one block: gathered rows + scores / probabilities
 KEY_BUCKET = 64          # a row's key columns, rounded up to a multiple of this (CPU)
@@ -131,11 +131,22 @@ def _run(q3, idx2, lens, sm_scale, d_v, gather):
     return out, lse
 
 
+def _cache_rows(kv_cache, slots):
+    """naive_mla_cache_gather: fp32 rows [..., 576], zeros for slot -1. A bf16 cache is gathered in bf16 and
+    only its -1 rows are zeroed before the conversion (one fp32 pass instead of two)."""
+    if is_fp8_cache(kv_cache):
+        return naive_mla_cache_gather(kv_cache, slots)
+    flat = slots.reshape(-1).long()
+    rows = kv_cache.view(-1, kv_cache.shape[-1])[flat.clamp_min(0)]
+    rows.index_fill_(0, (flat < 0).nonzero().squeeze(1), 0)
+    return rows.float().reshape(*slots.shape, HEAD_576)
+
+
 def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=KV_LORA, topk_length=None):
     b, s_q, h, _ = q.shape
     lens = None if topk_length is None else topk_length.reshape(b * s_q)
     out, lse = _run(q.reshape(b * s_q, h, HEAD_576), indices.reshape(b * s_q, -1), lens, sm_scale, d_v,
-                    lambda idx: naive_mla_cache_gather(kv_cache, idx))
+                    lambda idx: _cache_rows(kv_cache, idx))
     return out.reshape(b, s_q, h, d_v), lse.reshape(b, s_q, h)
 
 
