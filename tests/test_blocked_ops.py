@@ -248,6 +248,13 @@ def test_indexer_cache_gather_rows_equal_naive(seed):
     want = ix_naive.naive_indexer_cache_gather(cache, slots)
     assert torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8)) and torch.equal(got[1], want[1])
     assert got[1].shape == (7,) and got[0].shape == (7, 128)
+    wide = torch.zeros(*cache.shape[:2], cache.shape[2] + 8, dtype=torch.uint8)
+    wide[..., :cache.shape[2]] = cache                  # a strided cache view: the page-view fallback
+    strided = ix_blocked.indexer_cache_gather(wide[..., :cache.shape[2]], slots)
+    assert torch.equal(strided[0].view(torch.uint8), want[0].view(torch.uint8)) and torch.equal(strided[1], want[1])
+    k_fp8 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    assert torch.equal(ix_blocked._f32(k_fp8), k_fp8.float(), ) or torch.allclose(
+        ix_blocked._f32(k_fp8), k_fp8.float(), equal_nan=True, rtol=0, atol=0)   # every e4m3 code, NaNs too
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "fp8"])

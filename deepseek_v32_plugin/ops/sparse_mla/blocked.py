@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from .naive import HEAD_576, KV_LORA, _attend, is_fp8_cache, naive_mla_cache_gather, valid_entries
+from .naive import HEAD_576, KV_LORA, _attend, dequant_fp8_rows, is_fp8_cache, valid_entries
 
 BLOCK_BYTES = 64 << 20   # fp32 working set of one block: gathered rows + scores / probabilities
 KEY_BUCKET = 64          # a row's key columns, rounded up to a multiple of this (CPU)
@@ -132,12 +132,13 @@ def _run(q3, idx2, lens, sm_scale, d_v, gather):
 
 
 def _cache_rows(kv_cache, slots):
-    """naive_mla_cache_gather: fp32 rows [..., 576], zeros for slot -1. A bf16 cache is gathered in bf16 and
-    only its -1 rows are zeroed before the conversion (one fp32 pass instead of two)."""
-    if is_fp8_cache(kv_cache):
-        return naive_mla_cache_gather(kv_cache, slots)
+    """naive_mla_cache_gather: fp32 rows [..., 576], zeros for slot -1. Rows are gathered with index_select
+    (several times faster than advanced indexing on CPU); a bf16 cache zeroes only its -1 rows before the fp32
+    conversion (one fp32 pass instead of two); fp8_ds_mla rows are dequantized as naive.py does."""
     flat = slots.reshape(-1).long()
-    rows = kv_cache.view(-1, kv_cache.shape[-1])[flat.clamp_min(0)]
+    rows = kv_cache.view(-1, kv_cache.shape[-1]).index_select(0, flat.clamp_min(0))
+    if is_fp8_cache(kv_cache):
+        return (dequant_fp8_rows(rows) * (flat >= 0)[:, None]).reshape(*slots.shape, HEAD_576)
     rows.index_fill_(0, (flat < 0).nonzero().squeeze(1), 0)
     return rows.float().reshape(*slots.shape, HEAD_576)
 
