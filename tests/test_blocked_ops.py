@@ -158,3 +158,108 @@ def test_sparse_mla_shared_key_blocks(seed, blocks, fmt, monkeypatch):
     # fp32 sums in another order: lse to fp32 ulps; out (bf16) may round a few elements the other way (1 ulp)
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8"])
+def test_sparse_mla_rows_do_not_depend_on_their_batch(seed, blocks, fmt, monkeypatch):
+    """Bit-level: a row's output and lse do not depend on which rows share its call (engines batch rows of
+    many requests, the reference model runs one sequence; bf16 engine checks compare them bit for bit).
+    A prefill chunk below top-k (positions 0..p of one request: the shared-gather path), its rows above top-k,
+    decode rows of other requests and an MTP-verify pair, in one call vs each request alone vs each row alone."""
+    pages, topk, h = 8, 150, 4
+    cache = _mla_cache(fmt, pages)
+    perm = torch.randperm(pages)
+    reqs = [(perm[:4], torch.arange(0, 200)), (perm[4:6], torch.tensor([97])),
+            (perm[6:8], torch.tensor([63, 64])), (perm[4:6], torch.tensor([5]))]
+    rows_idx, rows_len, owner = [], [], []
+    for i, (table, pos) in enumerate(reqs):
+        for p in pos.tolist():
+            chosen = (torch.arange(p + 1) if p < topk else
+                      torch.randperm(p + 1)[:topk].sort().values)
+            row = torch.full((topk,), -1, dtype=I32)
+            row[: len(chosen)] = (table[chosen // 64] * 64 + chosen % 64).int()
+            rows_idx.append(row), rows_len.append(min(p + 1, topk)), owner.append(i)
+    idx, lens, owner = torch.stack(rows_idx), torch.tensor(rows_len, dtype=I32), torch.tensor(owner)
+    q = torch.randn(1, len(owner), h, 576).bfloat16()
+    calls = []
+    real = mla_blocked._attend_common
+    monkeypatch.setattr(mla_blocked, "_attend_common", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+
+    def run(sel):
+        return sparse_mla.sparse_mla_decode(q[:, sel], cache, idx[None, sel], 0.07,
+                                            topk_length=lens[None, sel], backend="torch")
+    every = run(torch.arange(len(owner)))
+    assert calls and max(calls) > 1            # the prefill rows below top-k took the shared gather
+    want = mla_naive.naive_sparse_mla_decode(q, cache, idx[None], 0.07, topk_length=lens[None])
+    torch.testing.assert_close(every[0], want[0])
+    torch.testing.assert_close(every[1], want[1], rtol=1e-6, atol=1e-5)
+    for i in range(len(reqs)):
+        sel = (owner == i).nonzero().squeeze(1)
+        alone = run(sel)
+        assert torch.equal(alone[0], every[0][:, sel]) and torch.equal(alone[1], every[1][:, sel]), f"request {i}"
+    for r in (0, 1, 63, 64, 127, 160, 199, 200, 201, 202):
+        one = run(torch.tensor([r]))
+        assert torch.equal(one[0][0, 0], every[0][0, r]) and torch.equal(one[1][0, 0], every[1][0, r]), f"row {r}"
+
+
+def test_fp8_moe_kept_expert_weights(seed, monkeypatch):
+    """The torch backend keeps each routed expert's dequantized weight between calls: bit for bit naive.py's
+    output on the first and later calls, a copy dropped when the weight changes in place, none past the budget."""
+    from deepseek_v32_plugin.ops.fp8_moe import blocked as moe_blocked
+    from deepseek_v32_plugin.ops.fp8_moe import naive as moe_naive
+    from deepseek_v32_plugin.ops.fp8_quant import naive as q_naive
+    g, n, k, m = 4, 256, 256, 10
+    b, bs = q_naive.naive_fp8_quant_weight(torch.randn(g * n, k))
+    b, bs = b.view(g, n, k), bs.view(g, n // 128, k // 128)
+    a, a_s = q_naive.naive_fp8_quant_act(torch.randn(m, k))
+    m_idx = torch.tensor([2, 2, 0, -1, 3, 2, 0, -1, 3, 3], dtype=I32)
+    monkeypatch.setattr(moe_blocked, "_cache", {})
+    monkeypatch.setattr(moe_blocked, "_used", [0])
+
+    def check():
+        got = moe_blocked.fp8_grouped_gemm_nt_contiguous(a, a_s, b, bs, m_idx, torch.float32)
+        want = moe_naive.naive_fp8_grouped_gemm_nt_contiguous(a, a_s, b, bs, m_idx, torch.float32)
+        assert torch.equal(got[m_idx >= 0], want[m_idx >= 0])
+    check()
+    assert sorted(moe_blocked._cache[id(b)][3]) == [0, 2, 3] and moe_blocked._used[0] == 3 * n * k * 4
+    check()                                             # from the kept copies
+    b[2].copy_(q_naive.naive_fp8_quant_weight(torch.randn(n, k))[0])   # in place: the copies are stale
+    check()
+    bs.mul_(2)
+    check()
+    masked = torch.tensor([3, 0, 1, 2], dtype=I32)
+    got = moe_blocked.fp8_grouped_gemm_nt_masked(a[:8].view(4, 2, k), a_s[:8].view(4, 2, -1), b, bs,
+                                                 masked.clamp(max=2), torch.float32)
+    want = moe_naive.naive_fp8_grouped_gemm_nt_masked(a[:8].view(4, 2, k), a_s[:8].view(4, 2, -1), b, bs,
+                                                      masked.clamp(max=2), torch.float32)
+    assert torch.equal(got, want)
+    monkeypatch.setattr(moe_blocked, "_cache", {})
+    monkeypatch.setattr(moe_blocked, "_used", [0])
+    monkeypatch.setattr(moe_blocked, "CACHE_BYTES", 2 * n * k * 4)      # room for two experts' copies
+    check()
+    assert len(moe_blocked._cache[id(b)][3]) == 2 and moe_blocked._used[0] == 2 * n * k * 4
+
+
+def test_indexer_cache_gather_rows_equal_naive(seed):
+    """The torch backend reads each key's bytes as rows of the pages: the same bytes as the naive gather."""
+    cache = _index_cache(3)
+    slots = torch.tensor([5, 0, 191, 64, 65, 5, 130], dtype=torch.int64)
+    got = ix_blocked.indexer_cache_gather(cache, slots)
+    want = ix_naive.naive_indexer_cache_gather(cache, slots)
+    assert torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8)) and torch.equal(got[1], want[1])
+    assert got[1].shape == (7,) and got[0].shape == (7, 128)
+    wide = torch.zeros(*cache.shape[:2], cache.shape[2] + 8, dtype=torch.uint8)
+    wide[..., :cache.shape[2]] = cache                  # a strided cache view: the page-view fallback
+    strided = ix_blocked.indexer_cache_gather(wide[..., :cache.shape[2]], slots)
+    assert torch.equal(strided[0].view(torch.uint8), want[0].view(torch.uint8)) and torch.equal(strided[1], want[1])
+    k_fp8 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    assert torch.equal(ix_blocked._f32(k_fp8), k_fp8.float(), ) or torch.allclose(
+        ix_blocked._f32(k_fp8), k_fp8.float(), equal_nan=True, rtol=0, atol=0)   # every e4m3 code, NaNs too
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8"])
+def test_mla_cache_rows_equal_naive_gather(seed, fmt):
+    cache = _mla_cache(fmt, 2)
+    slots = torch.tensor([[3, -1, 127], [-1, -1, 64]], dtype=I32)
+    got, want = mla_blocked._cache_rows(cache, slots), mla_naive.naive_mla_cache_gather(cache, slots)
+    assert torch.equal(got, want) and got.shape == (2, 3, 576) and (got[slots < 0] == 0).all()

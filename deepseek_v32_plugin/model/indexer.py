@@ -12,20 +12,37 @@ from .mla import out
 from .rope import YarnRope
 
 
-def indexer_rope_qk(q: Optional[torch.Tensor], k: torch.Tensor, positions: torch.Tensor, rope: YarnRope,
+def indexer_rope_qk(q: Optional[torch.Tensor], k: Optional[torch.Tensor], positions: torch.Tensor, rope: YarnRope,
                     cfg: V32Config):
     """q [T, H, 128] = wq_b(qr), k [T, 128] = k_norm(wk(x)) -> both with rope on their first
-    qk_rope_head_dim dims, half-split (non-interleaved, unlike MLA's interleaved rope). q None: keys only."""
+    qk_rope_head_dim dims, half-split (non-interleaved, unlike MLA's interleaved rope). q or k None: the other only."""
     r = cfg.qk_rope_head_dim
     if q is not None:
         q = torch.cat([rope.apply(q[..., :r], positions, interleaved=False), q[..., r:]], dim=-1)
-    k = torch.cat([rope.apply(k[:, :r], positions, interleaved=False), k[:, r:]], dim=-1)
+    if k is not None:
+        k = torch.cat([rope.apply(k[:, :r], positions, interleaved=False), k[:, r:]], dim=-1)
     return q, k
 
 
 def k_layer_norm(k: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """The indexer's k_norm (a LayerNorm, eps 1e-6) in fp32, back in k's dtype."""
     return F.layer_norm(k.float(), (k.shape[-1],), weight.float(), bias.float(), eps=1e-6).to(k.dtype)
+
+
+def indexer_keys(x: torch.Tensor, positions: torch.Tensor, rope: YarnRope, cfg: V32Config, wk, k_norm
+                 ) -> torch.Tensor:
+    """The keys every step writes: k_norm(wk(x)) with rope -> [T, 128] (wk, k_norm: callables, see
+    indexer_inputs)."""
+    return indexer_rope_qk(None, k_norm(out(wk(x))), positions, rope, cfg)[1]
+
+
+def indexer_queries(x: torch.Tensor, qr: torch.Tensor, positions: torch.Tensor, rope: YarnRope, cfg: V32Config,
+                    wq_b, weights_proj, quant):
+    """What a scored row needs besides the keys: wq_b(qr) with rope, FP8 -> (q_fp8 [T, H, 128] e4m3, weights
+    [T, H] fp32 with the q scales folded in)."""
+    q = out(wq_b(qr)).view(x.shape[0], cfg.index_n_heads, cfg.index_head_dim)
+    q_fp8, q_scale = quant(indexer_rope_qk(q, None, positions, rope, cfg)[0])
+    return q_fp8, indexer_head_weights(out(weights_proj(x)), q_scale, cfg)
 
 
 def indexer_inputs(x: torch.Tensor, qr: torch.Tensor, positions: torch.Tensor, rope: YarnRope, cfg: V32Config,
@@ -35,12 +52,10 @@ def indexer_inputs(x: torch.Tensor, qr: torch.Tensor, positions: torch.Tensor, r
     registered custom op): x [T, D], qr [T, q_lora] -> (k [T, 128] normed and roped, q_fp8 [T, H, 128] e4m3,
     weights [T, H] fp32). with_q=False: (k, None, None), for a batch nothing is scored in
     (dsa.DSAPlan.needs_scores)."""
-    q = out(wq_b(qr)).view(x.shape[0], cfg.index_n_heads, cfg.index_head_dim) if with_q else None
-    q, k = indexer_rope_qk(q, k_norm(out(wk(x))), positions, rope, cfg)
-    if q is None:
+    k = indexer_keys(x, positions, rope, cfg, wk, k_norm)
+    if not with_q:
         return k, None, None
-    q_fp8, q_scale = quant(q)
-    return k, q_fp8, indexer_head_weights(out(weights_proj(x)), q_scale, cfg)
+    return (k, *indexer_queries(x, qr, positions, rope, cfg, wq_b, weights_proj, quant))
 
 
 def indexer_head_weights(weights_proj_out: torch.Tensor, q_scale: torch.Tensor, cfg: V32Config) -> torch.Tensor:

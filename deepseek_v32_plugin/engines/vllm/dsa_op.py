@@ -37,20 +37,26 @@ def step_plan(layer_name: str):
 @torch.library.custom_op(OP_NAME, mutates_args=("out",))
 @eager_break_during_capture   # a no-op unless vLLM enabled breakable CUDA graphs (decided before model import)
 def dsa_attention(q576: torch.Tensor, kv_c: torch.Tensor, k_pe: torch.Tensor, k: torch.Tensor,
-                  q_fp8: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, latent_layer: str,
+                  qr: torch.Tensor, x: torch.Tensor, positions: torch.Tensor, out: torch.Tensor, latent_layer: str,
                   index_layer: str, topk: int, scale: float) -> None:
     """Rows [0, plan.num_tokens) of [T, ...] inputs (rows after them are padding): write the new index keys and
-    latent rows into the layers' caches, select top-k slots, attend -> out[:num_tokens] [., h, kv_lora]."""
+    latent rows into the layers' caches, select top-k slots, attend -> out[:num_tokens] [., h, kv_lora].
+    The indexer's queries (wq_b(qr), rope, FP8, head weights from x) are computed here, and only when the plan
+    scores rows (plan.needs_scores, a host bool; captured graph plans always score): below index_topk a step
+    spends nothing on them (model.py Indexer.query)."""
     md = step_plan(latent_layer)
     if md is None:
         return
     layers = get_forward_context().no_compile_layers
     t = md.num_tokens
-    slots = dsa.select(md, k[:t], q_fp8[:t], weights[:t], layers[index_layer].kv_cache, topk)
+    q_fp8 = weights = None
+    if md.needs_scores:
+        q_fp8, weights = layers[index_layer].query(qr[:t], x[:t], positions[:t])
+    slots = dsa.select(md, k[:t], q_fp8, weights, layers[index_layer].kv_cache, topk)
     res = dsa.attend(md, q576[:t], kv_c[:t], k_pe[:t], layers[latent_layer].kv_cache, slots, scale, out.shape[-1])
     out[:t] = res.to(out.dtype)
 
 
 @dsa_attention.register_fake
-def _(q576, kv_c, k_pe, k, q_fp8, weights, out, latent_layer, index_layer, topk, scale):
+def _(q576, kv_c, k_pe, k, qr, x, positions, out, latent_layer, index_layer, topk, scale):
     return None

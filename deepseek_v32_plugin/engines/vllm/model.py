@@ -53,7 +53,7 @@ from deepseek_v32_plugin.engines import common
 from deepseek_v32_plugin.model import dsa
 from deepseek_v32_plugin.host_sync import SYNC_CHECK, decode_step_guard
 from deepseek_v32_plugin.model import mla
-from deepseek_v32_plugin.model.indexer import indexer_inputs
+from deepseek_v32_plugin.model.indexer import indexer_keys, indexer_queries
 from deepseek_v32_plugin.model.rope import YarnRope
 from deepseek_v32_plugin.ops import PAGE_SIZE, custom_ops
 from deepseek_v32_plugin.ops.indexer import BYTES_PER_TOKEN
@@ -112,6 +112,15 @@ class Indexer(nn.Module):
                                              prefix=f"{prefix}.weights_proj")
         self.k_cache = CacheLayer(f"{prefix}.k_cache", BYTES_PER_TOKEN, torch.uint8, DSV32IndexerBackend,
                                   SparseCacheRole.INDEXER)
+        # The queries are projected inside the DSA op, only for a batch whose plan scores rows (host bool; the
+        # compiled graph cannot branch on the plan): the op finds this method on the cache layer it is given.
+        self.rope = YarnRope(cfg)          # inv_freq only: the same rotation as the model's
+        self.k_cache.query = self.query
+
+    def query(self, qr, x, positions):
+        """-> what dsa.select scores with: q_fp8 [T, H, 128] e4m3, weights [T, H] fp32 (q scale folded in)."""
+        return indexer_queries(x, qr, positions, self.rope, self.cfg, self.wq_b, self.weights_proj,
+                               custom_ops.indexer_quant)
 
 
 class MLAAttention(nn.Module):
@@ -157,11 +166,10 @@ class MLAAttention(nn.Module):
         cfg, h, ix = self.cfg, self.num_heads, self.indexer
         qr, q_nope, q_pe, kv_c, k_pe = mla.project(x, positions, rope, cfg, h, self.q_a_proj, self.q_a_layernorm,
                                                    self.q_b_proj, self.kv_a_proj_with_mqa, self.kv_a_layernorm)
-        k, q_fp8, weights = indexer_inputs(x, qr, positions, rope, cfg, ix.wq_b, ix.wk, ix.k_norm, ix.weights_proj,
-                                           custom_ops.indexer_quant)
+        k = indexer_keys(x, positions, rope, cfg, ix.wk, ix.k_norm)   # the queries: in the op, if scored
         q576 = mla.absorb_query(q_nope, q_pe, self.w_uk)
         out_lat = torch.zeros(x.shape[0], h, cfg.kv_lora_rank, dtype=x.dtype, device=x.device)
-        torch.ops.dsv32_vllm.dsa_attention(q576, kv_c, k_pe, k, q_fp8, weights, out_lat, self.attn.layer_name,
+        torch.ops.dsv32_vllm.dsa_attention(q576, kv_c, k_pe, k, qr, x, positions, out_lat, self.attn.layer_name,
                                            ix.k_cache.layer_name, cfg.index_topk, cfg.softmax_scale)
         return mla.output(out_lat, self.w_uv, self.o_proj)
 

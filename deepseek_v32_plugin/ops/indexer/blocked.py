@@ -10,10 +10,47 @@ from __future__ import annotations
 
 import torch
 
-from .naive import HEAD_DIM, PAGE, naive_indexer_cache_gather
+from .naive import BLOCK_VALUE_BYTES, BYTES_PER_TOKEN, FP8_DTYPE, HEAD_DIM, PAGE
 
 BLOCK_BYTES = 64 << 20   # fp32 working set of one block ([rows, heads, keys] dot products)
 KEY_BLOCK = 1024         # keys per block of the ragged logits
+
+
+def _keys(kv_cache: torch.Tensor, blk: torch.Tensor, off: torch.Tensor):
+    """e4m3 keys [..., 128] and fp32 scales [...] of the tokens at (page blk, offset off): naive_indexer_cache_gather
+    reading each key's 128 + 4 bytes as rows with index_select (a page of 8448 bytes is 66 rows of 128: 64 keys,
+    then the 64 scales), not byte by byte."""
+    n = kv_cache.shape[0]
+    rows_per_page = PAGE * BYTES_PER_TOKEN // HEAD_DIM
+    if kv_cache.is_contiguous() and PAGE * BYTES_PER_TOKEN % HEAD_DIM == 0:
+        b, o = blk.reshape(-1).long(), off.reshape(-1).long()
+        vals = kv_cache.view(n * rows_per_page, HEAD_DIM).index_select(0, b * rows_per_page + o)
+        scales = kv_cache.view(n * rows_per_page * HEAD_DIM // 4, 4).index_select(
+            0, b * (rows_per_page * HEAD_DIM // 4) + BLOCK_VALUE_BYTES // 4 + o)
+        return (vals.view(FP8_DTYPE).view(*blk.shape, HEAD_DIM),
+                scales.view(torch.float32).view(blk.shape))
+    pages = kv_cache.reshape(n, PAGE * BYTES_PER_TOKEN)
+    vals = pages.as_strided((n, PAGE, HEAD_DIM), (pages.stride(0), HEAD_DIM, 1), pages.storage_offset())
+    scales = pages.as_strided((n, PAGE, 4), (pages.stride(0), 4, 1), pages.storage_offset() + BLOCK_VALUE_BYTES)
+    return vals[blk, off].view(FP8_DTYPE), scales[blk, off].view(torch.float32).squeeze(-1)
+
+
+_LUT: dict = {}
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    """e4m3 -> fp32 by a 256-entry table (the same values as x.float(), NaN codes included; ~5x faster on CPU)."""
+    if x.device.type != "cpu":
+        return x.float()
+    lut = _LUT.get("e4m3")
+    if lut is None:
+        lut = _LUT["e4m3"] = torch.arange(256, dtype=torch.uint8).view(FP8_DTYPE).float()
+    return lut.index_select(0, x.reshape(-1).view(torch.uint8).int()).view(x.shape)
+
+
+def indexer_cache_gather(kv_cache, slots):
+    slots = slots.long()
+    return _keys(kv_cache, slots // PAGE, slots % PAGE)
 
 
 def _host_range(lo: torch.Tensor, hi: torch.Tensor, n: int) -> tuple[int, int]:
@@ -31,11 +68,11 @@ def fp8_indexer_logits(q_fp8, k_fp8, k_scale, weights, ks, ke):
     cols = torch.arange(n, device=q_fp8.device)
     for r0 in range(0, s, rows):
         r1 = min(s, r0 + rows)
-        qf, w = q_fp8[r0:r1].float(), weights[r0:r1].float()
+        qf, w = _f32(q_fp8[r0:r1]), weights[r0:r1].float()
         lo, hi = _host_range(ks[r0:r1], ke[r0:r1], n)
         for c0 in range(lo, hi, kb):
             c1 = min(hi, c0 + kb)
-            dots = torch.einsum("shd,nd->shn", qf, k_fp8[c0:c1].float()).relu_()
+            dots = torch.einsum("shd,nd->shn", qf, _f32(k_fp8[c0:c1])).relu_()
             out[r0:r1, c0:c1] = torch.einsum("shn,sh->sn", dots, w) * k_scale[c0:c1].float()[None, :]
         valid = (cols[None, :] >= ks[r0:r1, None].long()) & (cols[None, :] < ke[r0:r1, None].long())
         out[r0:r1].masked_fill_(~valid, float("-inf"))
@@ -48,7 +85,7 @@ def fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table
     out = torch.full((b, next_n, max_context_len), float("-inf"), device=dev)
     if b == 0 or max_context_len == 0:
         return out.view(b * next_n, max_context_len)
-    qf = q_fp8.float()
+    qf = _f32(q_fp8)
     w = weights.float().view(b, next_n, h)
     # row (i, j) sees positions < context_lens[i] - next_n + j + 1
     ke = context_lens.long()[:, None] - next_n + 1 + torch.arange(next_n, device=dev)[None, :]   # [b, next_n]
@@ -59,8 +96,8 @@ def fp8_paged_indexer_logits(q_fp8, kv_cache, weights, context_lens, block_table
         c1 = min(max_context_len, c0 + cb)
         pos = torch.arange(c0, c1, device=dev)
         blk = block_table[:, pos // PAGE].long().clamp(0, pages - 1)   # [b, C]; pages past a context: masked
-        k_fp8, k_scale = naive_indexer_cache_gather(kv_cache, (blk * PAGE + pos % PAGE).reshape(-1))
-        kf = k_fp8.float().view(b, c1 - c0, HEAD_DIM)
+        k_fp8, k_scale = _keys(kv_cache, blk, (pos % PAGE)[None, :].expand_as(blk))
+        kf = _f32(k_fp8)
         dots = torch.einsum("bjhd,bcd->bjhc", qf, kf).relu_()
         logits = torch.einsum("bjhc,bjh->bjc", dots, w) * k_scale.view(b, 1, c1 - c0)
         out[:, :, c0:c1] = logits.masked_fill(pos[None, None, :] >= ke[:, :, None], float("-inf"))

@@ -2,17 +2,21 @@
 
 Each block reads only its rows' entries up to the block's longest topk_length (a row whose context is
 shorter than top-k costs its context, not top-k), and its working set stays within BLOCK_BYTES whatever the
-number of rows. Rows of one block usually share most keys (a prefill chunk's rows select from the same
-context; below top-k they select all of it): the block gathers (and, for fp8_ds_mla, dequantizes) the union of
-its keys once and attends with two GEMMs over it, a per-row mask keeping each row to its own selection --
-the cost of dense attention over that context. Blocks whose rows share little (decode rows of different
-requests) or that select a key twice gather per row instead. Same scores, masking and softmax as the
-reference; only the fp32 summation order differs (a few ulps).
-The shared-key path is opt-in (DSV32_TORCH_SHARED_KEYS=1): whether a block takes it depends on which rows are
-batched together, so an engine (rows of several requests per block) and the reference model (one sequence)
-would sum in different orders, and bf16 engines would stop equalling the bf16 reference bit for bit (seed
-sweep 2026-12-06: SGLang bf16 logprobs above top-k past their 2e-3 bound at seeds 1 and 2, within it with the
-path off). Off, every block gathers per row: memory stays bounded, prefill costs top-k gathers per row.
+number of rows.
+On the CPU each row's GEMMs are KEY_BUCKET-aligned: a row attends over its entries up to its last valid one,
+rounded up to a multiple of KEY_BUCKET columns (padding = no key), so the GEMM shapes that decide the fp32
+summation order come from the row's own entries, never from which rows are batched beside it. Rows of a
+block whose selections agree column by column with the block's longest row (a prefill chunk's rows below
+top-k: positions 0..p of one request; MTP-verify rows) gather those keys once and run one GEMM pair over
+them -- dense attention's cost; the others gather per row. MKL gives a row the same bits in either form (same
+K, same columns; tests/test_blocked_ops.py checks it on the machine it runs on), so an engine (rows of many
+requests) and the reference model (one sequence) sum alike and bf16 engines still equal the bf16 reference
+bit for bit. Same scores, masking and softmax as the reference; only the fp32 summation order differs from
+naive.py (a few ulps). On other devices (no host syncs there) every block gathers per row.
+DSV32_TORCH_SHARED_KEYS=1 (opt-in) also lets a block attend over the union of its rows' keys (rows above
+top-k of one prefill chunk share most of them): faster, but the union's size depends on which rows are
+batched together, so engines and the reference then sum in different orders (seed sweep 2026-12-06: SGLang
+bf16 logprobs above top-k past their 2e-3 bound at seeds 1 and 2).
 """
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ import os
 
 import torch
 
-from .naive import HEAD_576, KV_LORA, _attend, naive_mla_cache_gather, valid_entries
+from .naive import HEAD_576, KV_LORA, _attend, dequant_fp8_rows, is_fp8_cache, valid_entries
 
 BLOCK_BYTES = 64 << 20   # fp32 working set of one block: gathered rows + scores / probabilities
+KEY_BUCKET = 64          # a row's key columns, rounded up to a multiple of this (CPU)
 SHARED_MAX = 2 if os.environ.get("DSV32_TORCH_SHARED_KEYS") == "1" else 0   # union <= SHARED_MAX x width
 
 
@@ -62,6 +67,52 @@ def _shared(q, sel, valid, w, sm_scale, d_v, gather):
     return _attend(q, gather(uniq), mask, sm_scale, d_v)          # kv [U, 576] shared by the block's rows
 
 
+def _attend_common(q, kv, valid, sm_scale, d_v):
+    """naive._attend with one key matrix kv [K, 576] for all rows of q [r, h, 576] (valid [r, K])."""
+    scores = torch.einsum("rhd,kd->rhk", q.float(), kv) * sm_scale
+    scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    p = torch.exp(scores - lse[..., None].clamp_min(-1e30)).nan_to_num(0.0)
+    return torch.einsum("rhk,kd->rhd", p, kv[:, :d_v]), lse
+
+
+def _per_row(q, sel, valid, sm_scale, d_v, gather, out, lse):
+    """Each row gathers its own keys, in sub-blocks that fit BLOCK_BYTES; writes out [r, h, d_v], lse [r, h]."""
+    step = _rows_per_block(max(sel.shape[1], 1), q.shape[1], per_row_gather=True)
+    for r0 in range(0, q.shape[0], step):
+        r = slice(r0, r0 + step)
+        o, l = _attend(q[r], gather(sel[r]), valid[r], sm_scale, d_v)
+        out[r], lse[r] = o.to(out.dtype), l
+
+
+def _cpu_block(q, sel, valid, sm_scale, d_v, gather, out, lse):
+    """One block on the CPU (see the module docstring): rows grouped by their KEY_BUCKET-rounded width; in a
+    group, rows that agree with the longest row on all their valid entries share one gather and one GEMM pair."""
+    w = sel.shape[1]
+    last = torch.where(valid, torch.arange(1, w + 1), 0).amax(1) if w else torch.zeros(sel.shape[0], dtype=torch.long)
+    cols = (last + KEY_BUCKET - 1) // KEY_BUCKET * KEY_BUCKET
+    for k in cols.unique().tolist():
+        rows = (cols == k).nonzero().squeeze(1)
+        if k == 0:   # nothing valid: what _attend gives
+            out[rows], lse[rows] = 0, float("-inf")
+            continue
+        s, v = sel[rows, :k], valid[rows, :k]
+        if k > w:    # pad to the bucket: no key
+            s = torch.cat([s, s.new_full((len(rows), k - w), -1)], 1)
+            v = torch.cat([v, v.new_zeros(len(rows), k - w)], 1)
+        base = s[last[rows].argmax()]
+        share = ((s == base) | ~v).all(1)
+        if int(share.sum()) > 1:
+            o, l = _attend_common(q[rows[share]], gather(base), v[share], sm_scale, d_v)
+            out[rows[share]], lse[rows[share]] = o.to(out.dtype), l
+            rows, s, v = rows[~share], s[~share], v[~share]
+        if len(rows):
+            sub_out = torch.empty(len(rows), *out.shape[1:], dtype=out.dtype)
+            sub_lse = torch.empty(len(rows), *lse.shape[1:], dtype=lse.dtype)
+            _per_row(q[rows], s, v, sm_scale, d_v, gather, sub_out, sub_lse)
+            out[rows], lse[rows] = sub_out, sub_lse
+
+
 def _run(q3, idx2, lens, sm_scale, d_v, gather):
     n, h, _ = q3.shape
     out = torch.empty(n, h, d_v, dtype=q3.dtype, device=q3.device)
@@ -73,20 +124,30 @@ def _run(q3, idx2, lens, sm_scale, d_v, gather):
         res = _shared(q3[lo:hi], sel, valid, w, sm_scale, d_v, gather)
         if res is not None:
             out[lo:hi], lse[lo:hi] = res[0].to(q3.dtype), res[1]
-            continue
-        step = _rows_per_block(max(w, 1), h, per_row_gather=True)
-        for r0 in range(lo, hi, step):        # per-row gathers, in sub-blocks that fit BLOCK_BYTES
-            r1 = min(hi, r0 + step)
-            o, l = _attend(q3[r0:r1], gather(sel[r0 - lo:r1 - lo]), valid[r0 - lo:r1 - lo], sm_scale, d_v)
-            out[r0:r1], lse[r0:r1] = o.to(q3.dtype), l
+        elif q3.device.type == "cpu":
+            _cpu_block(q3[lo:hi], sel, valid, sm_scale, d_v, gather, out[lo:hi], lse[lo:hi])
+        else:
+            _per_row(q3[lo:hi], sel, valid, sm_scale, d_v, gather, out[lo:hi], lse[lo:hi])
     return out, lse
+
+
+def _cache_rows(kv_cache, slots):
+    """naive_mla_cache_gather: fp32 rows [..., 576], zeros for slot -1. Rows are gathered with index_select
+    (several times faster than advanced indexing on CPU); a bf16 cache zeroes only its -1 rows before the fp32
+    conversion (one fp32 pass instead of two); fp8_ds_mla rows are dequantized as naive.py does."""
+    flat = slots.reshape(-1).long()
+    rows = kv_cache.view(-1, kv_cache.shape[-1]).index_select(0, flat.clamp_min(0))
+    if is_fp8_cache(kv_cache):
+        return (dequant_fp8_rows(rows) * (flat >= 0)[:, None]).reshape(*slots.shape, HEAD_576)
+    rows.index_fill_(0, (flat < 0).nonzero().squeeze(1), 0)
+    return rows.float().reshape(*slots.shape, HEAD_576)
 
 
 def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=KV_LORA, topk_length=None):
     b, s_q, h, _ = q.shape
     lens = None if topk_length is None else topk_length.reshape(b * s_q)
     out, lse = _run(q.reshape(b * s_q, h, HEAD_576), indices.reshape(b * s_q, -1), lens, sm_scale, d_v,
-                    lambda idx: naive_mla_cache_gather(kv_cache, idx))
+                    lambda idx: _cache_rows(kv_cache, idx))
     return out.reshape(b, s_q, h, d_v), lse.reshape(b, s_q, h)
 
 

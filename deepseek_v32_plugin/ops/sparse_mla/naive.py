@@ -39,15 +39,17 @@ def naive_mla_cache_gather(kv_cache: torch.Tensor, slots: torch.Tensor) -> torch
     flat = slots.reshape(-1).long()
     valid = flat >= 0
     rows = kv_cache.view(-1, kv_cache.shape[-1])[flat.clamp_min(0)]
-    if is_fp8_cache(kv_cache):
-        vals = rows[:, :KV_LORA].contiguous().view(FP8_DTYPE).float().reshape(-1, 4, 128)
-        scale = rows[:, KV_LORA:KV_LORA + 16].contiguous().view(torch.float32)      # [N, 4]
-        pe = rows[:, KV_LORA + 16:].contiguous().view(torch.bfloat16).float()      # [N, 64]
-        out = torch.cat([(vals * scale[..., None]).reshape(-1, KV_LORA), pe], dim=-1)
-    else:
-        out = rows.float()
+    out = dequant_fp8_rows(rows) if is_fp8_cache(kv_cache) else rows.float()
     out = out * valid[:, None]
     return out.reshape(*slots.shape, HEAD_576)
+
+
+def dequant_fp8_rows(rows: torch.Tensor) -> torch.Tensor:
+    """fp8_ds_mla rows [N, 656] uint8 -> fp32 [N, 576]."""
+    vals = rows[:, :KV_LORA].contiguous().view(FP8_DTYPE).float().reshape(-1, 4, 128)
+    scale = rows[:, KV_LORA:KV_LORA + 16].contiguous().view(torch.float32)      # [N, 4]
+    pe = rows[:, KV_LORA + 16:].contiguous().view(torch.bfloat16).float()      # [N, 64]
+    return torch.cat([(vals * scale[..., None]).reshape(-1, KV_LORA), pe], dim=-1)
 
 
 def _attend(q: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor, sm_scale: float, d_v: int):
