@@ -129,11 +129,15 @@ def _sync_reason(func, args, kwargs) -> Optional[str]:
     return None
 
 
-class _Dispatch(TorchDispatchMode):
+class _GuardMode:
+    """A torch mode reporting to one SyncGuard (both modes below)."""
+
     def __init__(self, guard: "SyncGuard"):
         super().__init__()
         self.g = guard
 
+
+class _Dispatch(_GuardMode, TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
@@ -158,11 +162,7 @@ class _Dispatch(TorchDispatchMode):
         return out
 
 
-class _Function(TorchFunctionMode):
-    def __init__(self, guard: "SyncGuard"):
-        super().__init__()
-        self.g = guard
-
+class _Function(_GuardMode, TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _D2H_METHODS and args and isinstance(args[0], torch.Tensor) and not self.g._is_host(args[0]):

@@ -139,9 +139,14 @@ def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Te
     return _mla.sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v, topk_length)
 
 
+def _mla_outputs(q: torch.Tensor, rows: int, d_v: int):
+    """Fake (out [*q.shape[:rows], d_v], lse [*q.shape[:rows]] fp32) of the sparse MLA ops."""
+    return q.new_empty((*q.shape[:rows], d_v)), q.new_empty(q.shape[:rows], dtype=torch.float32)
+
+
 @sparse_mla_decode.register_fake
 def _(q, kv_cache, indices, sm_scale, d_v=_mla.KV_LORA, topk_length=None):
-    return q.new_empty((*q.shape[:3], d_v)), q.new_empty(q.shape[:3], dtype=torch.float32)
+    return _mla_outputs(q, 3, d_v)   # q [b, s_q, h, 576]
 
 
 @_op("sparse_mla_prefill")
@@ -153,7 +158,7 @@ def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor,
 
 @sparse_mla_prefill.register_fake
 def _(q, kv, indices, sm_scale, d_v=_mla.KV_LORA, topk_length=None):
-    return q.new_empty((*q.shape[:2], d_v)), q.new_empty(q.shape[:2], dtype=torch.float32)
+    return _mla_outputs(q, 2, d_v)   # q [s_q, h, 576]
 
 
 # ------------------------------------------------------------------ fp8_moe
