@@ -7,6 +7,7 @@
 
 #include "../api/indexer.h"
 #include "../common/bounds.cuh"
+#include "../common/load_float.cuh"
 #include "../common/fp8.h"
 #include "common/cache_layout.h"
 
@@ -15,12 +16,6 @@ namespace sm80 {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float load_any(const void* p, int kind, int64_t i) {
-  if (kind == 1) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  if (kind == 2) return __half2float(static_cast<const __half*>(p)[i]);
-  return static_cast<const float*>(p)[i];
-}
 
 __device__ __forceinline__ int64_t slot_at(const void* sm, bool i64, int64_t t) {
   return i64 ? static_cast<const int64_t*>(sm)[t] : int64_t(static_cast<const int32_t*>(sm)[t]);

@@ -6,6 +6,7 @@
 
 #include "../api/sparse_mla.h"
 #include "../common/bounds.cuh"
+#include "../common/load_float.cuh"
 #include "common/cache_layout.h"
 
 namespace dsv32 {
@@ -13,12 +14,6 @@ namespace sm80 {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float load_any(const void* p, int kind, int64_t i) {
-  if (kind == 1) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  if (kind == 2) return __half2float(static_cast<const __half*>(p)[i]);
-  return static_cast<const float*>(p)[i];
-}
 
 __global__ void __launch_bounds__(kThreads) mla_cache_write_kernel(const void* __restrict__ kv_c,
                                                                    const void* __restrict__ k_pe, int kind,
