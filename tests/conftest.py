@@ -109,6 +109,24 @@ def cuda_ext(request):
 
 
 @pytest.fixture
+def cuda_bounds_checked(monkeypatch):
+    """-> check(name, call): an out-of-range value in `call` (a CUDA op) is masked without an error or an
+    illegal address by default, and with DSV32_CUDA_CHECK_BOUNDS=1 raises an IndexError naming `name`; the
+    CUDA context stays usable after it."""
+    import torch
+
+    def check(name, call):
+        monkeypatch.delenv("DSV32_CUDA_CHECK_BOUNDS", raising=False)
+        call()                      # masked, no error, no illegal address
+        torch.cuda.synchronize()
+        monkeypatch.setenv("DSV32_CUDA_CHECK_BOUNDS", "1")
+        with pytest.raises(IndexError, match=name):
+            call()
+        torch.cuda.synchronize()    # the context is still usable
+    return check
+
+
+@pytest.fixture
 def seed(_seeded_rngs):
     """This test's seed (see seed_for): inputs are random but reproducible."""
     return _seeded_rngs

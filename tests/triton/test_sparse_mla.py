@@ -456,7 +456,7 @@ def test_cuda_mla_cache_write_bit_exact(cuda_ext, seed, fp8, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("op", ["mla_write", "mla_decode"])
-def test_cuda_bound_checks_raise_in_debug_mode(cuda_ext, monkeypatch, op):
+def test_cuda_bound_checks_raise_in_debug_mode(cuda_ext, cuda_bounds_checked, op):
     """Out-of-range values never reach memory (masked like -1); with DSV32_CUDA_CHECK_BOUNDS=1 they raise
     an IndexError naming the tensor."""
     pages = 2
@@ -468,14 +468,7 @@ def test_cuda_bound_checks_raise_in_debug_mode(cuda_ext, monkeypatch, op):
         "mla_decode": ("indices", lambda: cuda_ext.sparse_mla_decode(
             torch.randn(1, 1, 16, 576, device=DEV).bfloat16(), mcache, bad.view(1, 1, 2), 0.1)),
     }
-    name, call = calls[op]
-    monkeypatch.delenv("DSV32_CUDA_CHECK_BOUNDS", raising=False)
-    call()                      # masked, no error, no illegal address
-    torch.cuda.synchronize()
-    monkeypatch.setenv("DSV32_CUDA_CHECK_BOUNDS", "1")
-    with pytest.raises(IndexError, match=name):
-        call()
-    torch.cuda.synchronize()    # the context is still usable
+    cuda_bounds_checked(*calls[op])
 
 
 @pytest.mark.gpu
