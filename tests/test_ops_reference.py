@@ -435,27 +435,6 @@ def test_dispatch_falls_back_on_unsupported_with_one_warning():
         last(11)
 
 
-def test_dispatch_hints_reach_only_implementations_that_name_them():
-    """call_with_hints passes a keyword hint (e.g. silu_and_mul_fp8_quant's m_indices) only to implementations
-    whose signature has it, also through a fallback chain (a kernel that takes it, a reference that does not)."""
-    from deepseek_v32_plugin.ops import _dispatch
-
-    def kernel(x, m_indices=None):
-        if x > 10:
-            raise _dispatch.Unsupported("big")
-        return ("kernel", x, m_indices)
-
-    def ref(x):
-        return ("ref", x)
-
-    assert _dispatch.call_with_hints(kernel, 1, m_indices="rows") == ("kernel", 1, "rows")
-    assert _dispatch.call_with_hints(ref, 1, m_indices="rows") == ("ref", 1)
-    chain = _dispatch._with_fallback("demo_hint_op", [("triton", kernel), ("torch", ref)])
-    assert _dispatch.call_with_hints(chain, 2, m_indices="rows") == ("kernel", 2, "rows")
-    with pytest.warns(UserWarning, match="demo_hint_op"):
-        assert _dispatch.call_with_hints(chain, 11, m_indices="rows") == ("ref", 11)
-
-
 def test_silu_and_mul_quant_row_hint_on_the_reference():
     """The torch reference has no row mask: with m_indices it computes every row (padding rows defined)."""
     x = torch.randn(5, 512)

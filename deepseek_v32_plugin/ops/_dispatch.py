@@ -15,15 +15,11 @@ kernels inside an engine on CPU). A forced backend that cannot run raises;
 an auto choice that falls back warns once, naming the op and why. Falling back happens at two points:
 when a backend cannot load (not built, wrong GPU), and per call when a kernel launcher raises
 `Unsupported` for inputs past its limits (e.g. a top-k larger than the kernel's capacity).
-Hints: `call_with_hints(fn, *args, **hints)` passes each keyword hint only to implementations whose
-signature names it (e.g. silu_and_mul_fp8_quant's m_indices: kernels skip padding rows, the reference
-computes them).
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import os
 import warnings
 from typing import Callable, Optional
@@ -130,37 +126,18 @@ def resolve(op: str, device: torch.device, backend: Optional[str] = None) -> Cal
     return _cache[key]
 
 
-_params: dict = {}
-
-
-def _accepted(fn: Callable, hints: dict) -> dict:
-    if not hints:
-        return hints
-    if fn not in _params:   # inspect.signature is slow for a per-layer call path: once per implementation
-        _params[fn] = frozenset(inspect.signature(fn).parameters)
-    return {k: v for k, v in hints.items() if k in _params[fn]}
-
-
-def call_with_hints(fn: Callable, *args, **hints):
-    """fn(*args) plus the keyword hints fn's signature names (a fallback chain filters per backend)."""
-    if getattr(fn, "takes_hints", False):
-        return fn(*args, **hints)
-    return fn(*args, **_accepted(fn, hints))
-
-
 def _with_fallback(op: str, chain: list) -> Callable:
     """Call the first backend; on `Unsupported` (raised before any launch) try the next, warning once."""
-    def call(*args, **hints):
+    def call(*args):
         for i, (b, fn) in enumerate(chain):
             try:
-                return fn(*args, **_accepted(fn, hints))
+                return fn(*args)
             except Unsupported as e:
                 if i + 1 == len(chain):
                     raise
                 _warn_once((op, b, "unsupported"), f"op {op}: the {b} backend cannot serve this call ({e}); "
                            f"using {chain[i + 1][0]}")
     call.__name__ = f"{op}_with_fallback"
-    call.takes_hints = True
     return call
 
 

@@ -35,7 +35,7 @@ import os
 
 import torch
 
-from .._dispatch import call_with_hints, check_tensor, register_ops, requested_backend, resolve
+from .._dispatch import check_tensor, register_ops, requested_backend, resolve
 from ..fp8_quant import FP8_DTYPE, GROUP, fp8_quant_act
 
 register_ops("fp8_moe", ["fp8_grouped_gemm_nt_contiguous", "fp8_grouped_gemm_nt_masked",
@@ -80,12 +80,10 @@ def silu_and_mul_fp8_quant(x, m_indices=None, *, backend=None):
     check_tensor("x", x, dtype=_FLOAT, dims=2)
     if x.shape[1] % (2 * GROUP):
         raise ValueError(f"x width {x.shape[1]} must be 2*N with N a multiple of {GROUP}")
-    fn = resolve("silu_and_mul_fp8_quant", x.device, backend)
-    if m_indices is None:
-        return fn(x)
-    check_tensor("m_indices", m_indices, dtype=torch.int32, shape=(x.shape[0],))
-    # a hint: the kernels skip padding rows; the torch reference (no such parameter) computes them too
-    return call_with_hints(fn, x, m_indices=m_indices)
+    if m_indices is not None:
+        check_tensor("m_indices", m_indices, dtype=torch.int32, shape=(x.shape[0],))
+    # the kernels skip padding rows; the torch reference computes them too
+    return resolve("silu_and_mul_fp8_quant", x.device, backend)(x, m_indices)
 
 
 def moe_align_m(device: torch.device, backend=None) -> int:

@@ -27,7 +27,9 @@ def naive_fp8_grouped_gemm_nt_masked(a, a_scale, b, b_scale, masked_m, out_dtype
     return out.to(out_dtype)
 
 
-def naive_silu_and_mul_fp8_quant(x):
+def naive_silu_and_mul_fp8_quant(x, m_indices=None):
+    """m_indices (the padded MoE layout's rows, -1 = padding): the kernels skip padding rows; the reference
+    computes every row, so it is ignored here."""
     n = x.shape[-1] // 2
     xf = x.float()
     h = torch.nn.functional.silu(xf[..., :n]) * xf[..., n:]
